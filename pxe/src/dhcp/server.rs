@@ -1,0 +1,203 @@
+//! The ProxyDHCP sockets and their receive loops: receive -> classify -> decide ->
+//! build -> send. A bad packet is logged and dropped; only a socket failure ends a loop.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+
+use dhcproto::{Encodable, Encoder};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn};
+
+use super::classify::{classify, Listener};
+use super::offer::{boot_file, build, reply_addr, BootFiles};
+use crate::{BootDecision, BootPolicy, BootStep, Error, Observation};
+
+/// Settings of the ProxyDHCP server.
+#[derive(Clone, Debug)]
+pub struct DhcpSettings {
+    /// Address for the port-67 socket (production: 0.0.0.0:67 with `interface`).
+    pub listen: SocketAddr,
+    /// Address for the port-4011 socket.
+    pub pxe_listen: SocketAddr,
+    /// Bind both sockets to this interface (SO_BINDTODEVICE), so that broadcasts are
+    /// received and sent on the lab network only.
+    pub interface: Option<String>,
+    /// Our address as stations see it: server identifier, siaddr.
+    pub server_ip: Ipv4Addr,
+    /// Where answers to clients without an address go (normally 255.255.255.255:68).
+    pub broadcast: SocketAddrV4,
+    /// Boot files and URLs to hand out.
+    pub files: BootFiles,
+}
+
+/// A bound ProxyDHCP server, ready to [`run`](DhcpServer::run).
+pub struct DhcpServer {
+    dhcp: UdpSocket,
+    pxe: UdpSocket,
+    settings: Arc<DhcpSettings>,
+    policy: Arc<dyn BootPolicy>,
+}
+
+impl DhcpServer {
+    /// Bind both sockets. Fails with the address that could not be bound.
+    pub fn bind(settings: DhcpSettings, policy: Arc<dyn BootPolicy>) -> Result<Self, Error> {
+        let dhcp = bind_udp(settings.listen, settings.interface.as_deref(), "dhcp")?;
+        let pxe = bind_udp(
+            settings.pxe_listen,
+            settings.interface.as_deref(),
+            "pxe (4011)",
+        )?;
+        Ok(DhcpServer {
+            dhcp,
+            pxe,
+            settings: Arc::new(settings),
+            policy,
+        })
+    }
+
+    /// The bound addresses (port 67 socket, port 4011 socket); useful with port 0.
+    pub fn local_addrs(&self) -> (SocketAddr, SocketAddr) {
+        (
+            self.dhcp.local_addr().expect("bound socket has an address"),
+            self.pxe.local_addr().expect("bound socket has an address"),
+        )
+    }
+
+    /// Serve until `cancel` fires. Returns an error only when a socket fails.
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), Error> {
+        let DhcpServer {
+            dhcp,
+            pxe,
+            settings,
+            policy,
+        } = self;
+        info!(dhcp = %dhcp.local_addr().map_err(|source| Error::Socket { what: "dhcp", source })?,
+              pxe = %pxe.local_addr().map_err(|source| Error::Socket { what: "pxe", source })?,
+              server_ip = %settings.server_ip, "proxydhcp listening");
+        let a = serve(
+            dhcp,
+            Listener::Dhcp,
+            settings.clone(),
+            policy.clone(),
+            cancel.clone(),
+        );
+        let b = serve(pxe, Listener::Pxe, settings, policy, cancel);
+        tokio::try_join!(a, b)?;
+        Ok(())
+    }
+}
+
+async fn serve(
+    socket: UdpSocket,
+    listener: Listener,
+    settings: Arc<DhcpSettings>,
+    policy: Arc<dyn BootPolicy>,
+    cancel: CancellationToken,
+) -> Result<(), Error> {
+    let what = match listener {
+        Listener::Dhcp => "dhcp",
+        Listener::Pxe => "pxe (4011)",
+    };
+    // Large enough for any DHCP packet, including jumbo-frame ones.
+    let mut buf = vec![0u8; 9000];
+    loop {
+        let (len, from) = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            received = socket.recv_from(&mut buf) => match received {
+                Ok(r) => r,
+                // ICMP port unreachable from an earlier send surfaces here on Linux;
+                // it concerns that client only.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+                Err(source) => return Err(Error::Socket { what, source }),
+            },
+        };
+        let Some((reply, to)) = answer(&buf[..len], from, listener, &settings, policy.as_ref())
+        else {
+            continue;
+        };
+        if let Err(e) = socket.send_to(&reply, to).await {
+            // A send to one client failing (no route, unreachable) must not stop the
+            // server for everybody else.
+            warn!(%to, error = %e, "send failed");
+        }
+    }
+}
+
+/// One packet in, at most one answer out. Synchronous and allocation-light: this is
+/// the hot path of a classroom switching on at once.
+fn answer(
+    bytes: &[u8],
+    from: SocketAddr,
+    listener: Listener,
+    settings: &DhcpSettings,
+    policy: &dyn BootPolicy,
+) -> Option<(Vec<u8>, SocketAddr)> {
+    let request = match classify(bytes, listener, settings.server_ip) {
+        Ok(r) => r,
+        Err(skip) => {
+            debug!(%from, ?listener, reason = %skip, "ignored packet");
+            return None;
+        }
+    };
+    let xid = request.message.xid();
+    let span = info_span!("dhcp", mac = %request.machine.mac, xid = format_args!("{xid:08x}"));
+    let _enter = span.enter();
+    let step = match listener {
+        Listener::Dhcp => BootStep::DhcpOffer,
+        Listener::Pxe => BootStep::Pxe4011,
+    };
+    if policy.decide(&request.machine, step) == BootDecision::Ignore {
+        debug!("policy: ignore");
+        return None;
+    }
+    let Some(file) = boot_file(&request.machine, &settings.files) else {
+        info!(arch = ?request.machine.arch, firmware = ?request.machine.firmware, "no boot file for this firmware");
+        return None;
+    };
+    let reply = build(&request, &file, settings.server_ip);
+    let mut out = Vec::with_capacity(400);
+    if let Err(e) = reply.encode(&mut Encoder::new(&mut out)) {
+        warn!(error = %e, "cannot encode reply");
+        return None;
+    }
+    let to = reply_addr(&request, listener, from, settings.broadcast);
+    debug!(%to, file = file.as_str(), kind = ?request.kind, "answer");
+    let boot_file = file.as_str().to_owned();
+    let machine = request.machine;
+    policy.observe(match listener {
+        Listener::Dhcp => Observation::DhcpOffer {
+            machine,
+            xid,
+            boot_file,
+        },
+        Listener::Pxe => Observation::Pxe4011 {
+            machine,
+            xid,
+            boot_file,
+        },
+    });
+    Some((out, to))
+}
+
+fn bind_udp(
+    addr: SocketAddr,
+    interface: Option<&str>,
+    what: &'static str,
+) -> Result<UdpSocket, Error> {
+    let err = |source| Error::Bind { what, addr, source };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    socket.set_reuse_address(true).map_err(err)?;
+    socket.set_broadcast(true).map_err(err)?;
+    // A classroom powering on sends hundreds of DISCOVERs within milliseconds; the
+    // default receive buffer holds only about a hundred of them.
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    if let Some(name) = interface {
+        socket.bind_device(Some(name.as_bytes())).map_err(err)?;
+    }
+    socket.set_nonblocking(true).map_err(err)?;
+    socket.bind(&addr.into()).map_err(err)?;
+    UdpSocket::from_std(socket.into()).map_err(err)
+}

@@ -1,0 +1,42 @@
+//! The `pxe` crate's error type.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Errors of the protocol servers and the script renderer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A socket could not be bound or configured.
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The TFTP root is missing or not a directory.
+    #[error("tftp root {path}: {source}")]
+    TftpRoot {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The TFTP server stopped.
+    #[error("tftp server: {0}")]
+    Tftp(String),
+    /// A receive or send failed on a socket that the server cannot work without.
+    #[error("{what} socket: {source}")]
+    Socket {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    /// A value would change the meaning of a rendered iPXE script.
+    #[error("unsafe value for iPXE script field {field}: {value:?} ({why})")]
+    UnsafeScriptValue {
+        field: &'static str,
+        value: String,
+        why: &'static str,
+    },
+    /// A MAC address did not parse.
+    #[error("not a MAC address: {0:?} (expected six hex octets such as 52:54:00:12:34:56)")]
+    Mac(String),
+}

@@ -1,0 +1,20 @@
+//! Network boot protocol servers for netreset: ProxyDHCP (`dhcp`), TFTP (`tftp`) and
+//! iPXE script rendering (`ipxe`).
+//!
+//! The servers hold no policy and no campaign state. Every decision about a machine
+//! ("boot the local disk", "chain this kernel", "stay silent") is asked of one trait,
+//! [`BootPolicy`], which the orchestrator implements. The servers may ask it several
+//! times per boot attempt, once per step.
+
+pub mod dhcp;
+mod error;
+pub mod ipxe;
+mod mac;
+mod policy;
+pub mod tftp;
+
+pub use error::Error;
+pub use mac::MacAddr;
+pub use policy::{
+    Arch, BootDecision, BootPolicy, BootStep, ChainTarget, Firmware, Machine, Observation,
+};

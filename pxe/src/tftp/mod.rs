@@ -1,0 +1,291 @@
+//! Read-only TFTP for the iPXE binaries, on async-tftp with our own handler:
+//! request -> [`resolve`] (confined to the root) -> transfer.
+//!
+//! Option negotiation (blksize RFC 2348, tsize RFC 2349, windowsize RFC 7440) is the
+//! crate's; we clamp blksize so that a block always fits the interface MTU, because PXE
+//! ROMs ask for large blocks and some cannot reassemble IP fragments.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use async_tftp::packet;
+use async_tftp::server::{Handler, TftpServerBuilder};
+use futures_lite::io::AsyncRead;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{BootPolicy, Error, Observation};
+
+/// IPv4 header (20) + UDP header (8) + TFTP DATA header (4).
+const BLOCK_OVERHEAD: u16 = 32;
+
+/// Why a request path was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("empty file name")]
+    Empty,
+    #[error("control character in file name")]
+    ControlCharacter,
+    #[error("absolute path")]
+    Absolute,
+    #[error("parent directory component")]
+    ParentDir,
+    #[error("no such file")]
+    NotFound,
+    #[error("not a regular file")]
+    NotAFile,
+}
+
+/// Map a requested file name to a path under `root`, or refuse it.
+///
+/// Backslashes count as separators, since PXE clients from the Windows world (WDS
+/// menus, some vendor ROMs) send `boot\x64\file`; after that the name must be relative
+/// and free of `..`. Symlinks inside the root are the admin's and are followed
+/// (Debian's `/usr/lib/ipxe/ipxe.efi` points into `/boot`). The result must be a
+/// regular file.
+pub fn resolve(root: &Path, requested: &str) -> Result<PathBuf, Refusal> {
+    if requested.is_empty() {
+        return Err(Refusal::Empty);
+    }
+    if requested.chars().any(char::is_control) {
+        return Err(Refusal::ControlCharacter);
+    }
+    let name = requested.replace('\\', "/");
+    let path = Path::new(&name);
+    let mut relative = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => relative.push(part),
+            Component::CurDir => {}
+            Component::ParentDir => return Err(Refusal::ParentDir),
+            Component::RootDir | Component::Prefix(_) => return Err(Refusal::Absolute),
+        }
+    }
+    if relative.as_os_str().is_empty() {
+        return Err(Refusal::NotAFile);
+    }
+    let full = root.join(relative);
+    match std::fs::metadata(&full) {
+        Ok(meta) if meta.is_file() => Ok(full),
+        Ok(_) => Err(Refusal::NotAFile),
+        Err(_) => Err(Refusal::NotFound),
+    }
+}
+
+/// The largest blksize that fits an interface MTU without IP fragmentation.
+pub fn max_block_size(mtu: u32) -> u16 {
+    // RFC 2348 caps blksize at 65464.
+    let mtu = mtu.clamp(576, 65_535) as u16;
+    (mtu - BLOCK_OVERHEAD).min(65_464)
+}
+
+/// Settings of the TFTP server.
+#[derive(Clone, Debug)]
+pub struct TftpSettings {
+    pub listen: SocketAddr,
+    pub root: PathBuf,
+    /// MTU of the lab interface; blksize is clamped to fit it.
+    pub mtu: u32,
+}
+
+struct RootHandler {
+    root: PathBuf,
+    policy: Arc<dyn BootPolicy>,
+}
+
+impl Handler for RootHandler {
+    type Reader = Box<dyn AsyncRead + Unpin + Send>;
+    type Writer = futures_lite::io::Sink;
+
+    async fn read_req_open(
+        &mut self,
+        client: &SocketAddr,
+        path: &Path,
+    ) -> Result<(Self::Reader, Option<u64>), packet::Error> {
+        let requested = path.to_string_lossy().into_owned();
+        let refuse = |reason: Refusal| {
+            warn!(peer = %client, file = %requested, %reason, "tftp request refused");
+            self.policy.observe(Observation::TftpRefused {
+                peer: *client,
+                file: requested.clone(),
+                reason: reason.to_string(),
+            });
+            match reason {
+                Refusal::NotFound | Refusal::NotAFile => packet::Error::FileNotFound,
+                _ => packet::Error::PermissionDenied,
+            }
+        };
+        let full = resolve(&self.root, &requested).map_err(refuse)?;
+        let file = std::fs::File::open(&full).map_err(|_| refuse(Refusal::NotFound))?;
+        let size = file
+            .metadata()
+            .map(|m| m.len())
+            .map_err(|_| refuse(Refusal::NotFound))?;
+        info!(peer = %client, file = %requested, size, "tftp read");
+        self.policy.observe(Observation::Tftp {
+            peer: *client,
+            file: requested,
+            size,
+        });
+        Ok((
+            Box::new(blocking::Unblock::with_capacity(64 * 1024, file)),
+            Some(size),
+        ))
+    }
+
+    async fn write_req_open(
+        &mut self,
+        client: &SocketAddr,
+        path: &Path,
+        _size: Option<u64>,
+    ) -> Result<Self::Writer, packet::Error> {
+        warn!(peer = %client, file = %path.display(), "tftp write refused: server is read-only");
+        Err(packet::Error::IllegalOperation)
+    }
+}
+
+/// A bound TFTP server.
+pub struct TftpServer {
+    socket: UdpSocket,
+    settings: TftpSettings,
+    policy: Arc<dyn BootPolicy>,
+}
+
+impl TftpServer {
+    /// Check the root and bind the socket.
+    pub fn bind(settings: TftpSettings, policy: Arc<dyn BootPolicy>) -> Result<Self, Error> {
+        let meta = std::fs::metadata(&settings.root).map_err(|source| Error::TftpRoot {
+            path: settings.root.clone(),
+            source,
+        })?;
+        if !meta.is_dir() {
+            return Err(Error::TftpRoot {
+                path: settings.root.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+            });
+        }
+        let socket = UdpSocket::bind(settings.listen).map_err(|source| Error::Bind {
+            what: "tftp",
+            addr: settings.listen,
+            source,
+        })?;
+        Ok(TftpServer {
+            socket,
+            settings,
+            policy,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.socket
+            .local_addr()
+            .expect("bound socket has an address")
+    }
+
+    /// Serve until `cancel` fires. Transfers in flight are dropped with the server.
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), Error> {
+        let addr = self.local_addr();
+        let blksize = max_block_size(self.settings.mtu);
+        let handler = RootHandler {
+            root: self.settings.root.clone(),
+            policy: self.policy,
+        };
+        let server = TftpServerBuilder::with_handler(handler)
+            .std_socket(self.socket)
+            .map_err(|e| Error::Tftp(e.to_string()))?
+            .block_size_limit(blksize)
+            .build()
+            .await
+            .map_err(|e| Error::Tftp(e.to_string()))?;
+        info!(%addr, root = %self.settings.root.display(), max_blksize = blksize, "tftp listening");
+        tokio::select! {
+            _ = cancel.cancelled() => Ok(()),
+            served = server.serve() => served.map_err(|e| Error::Tftp(e.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("undionly.kpxe"), b"bios").unwrap();
+        std::fs::create_dir(dir.path().join("boot")).unwrap();
+        std::fs::write(dir.path().join("boot").join("x64.efi"), b"efi").unwrap();
+        dir
+    }
+
+    #[test]
+    fn plain_names_and_subdirectories_resolve_inside_the_root() {
+        let dir = root();
+        assert_eq!(
+            resolve(dir.path(), "undionly.kpxe").unwrap(),
+            dir.path().join("undionly.kpxe")
+        );
+        assert_eq!(
+            resolve(dir.path(), "./undionly.kpxe").unwrap(),
+            dir.path().join("undionly.kpxe")
+        );
+        assert_eq!(
+            resolve(dir.path(), "boot/x64.efi").unwrap(),
+            dir.path().join("boot/x64.efi")
+        );
+        assert_eq!(
+            resolve(dir.path(), "boot\\x64.efi").unwrap(),
+            dir.path().join("boot/x64.efi")
+        );
+    }
+
+    #[test]
+    fn traversal_absolute_and_control_characters_are_refused() {
+        let dir = root();
+        let cases: &[(&str, Refusal)] = &[
+            ("", Refusal::Empty),
+            ("../etc/passwd", Refusal::ParentDir),
+            ("boot/../../etc/passwd", Refusal::ParentDir),
+            ("..\\..\\etc\\passwd", Refusal::ParentDir),
+            ("boot\\..\\..\\etc\\passwd", Refusal::ParentDir),
+            ("./../etc/passwd", Refusal::ParentDir),
+            ("..", Refusal::ParentDir),
+            ("/etc/passwd", Refusal::Absolute),
+            ("\\etc\\passwd", Refusal::Absolute),
+            ("//etc/passwd", Refusal::Absolute),
+            (
+                "undionly.kpxe\u{0}../../etc/passwd",
+                Refusal::ControlCharacter,
+            ),
+            ("undionly.kpxe\n", Refusal::ControlCharacter),
+            ("boot", Refusal::NotAFile),
+            (".", Refusal::NotAFile),
+            ("missing.efi", Refusal::NotFound),
+        ];
+        for (name, want) in cases {
+            assert_eq!(resolve(dir.path(), name).as_ref(), Err(want), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn symlinks_inside_the_root_are_followed() {
+        let dir = root();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("ipxe.efi"), b"efi").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("ipxe.efi"), dir.path().join("ipxe.efi"))
+            .unwrap();
+        assert_eq!(
+            resolve(dir.path(), "ipxe.efi").unwrap(),
+            dir.path().join("ipxe.efi")
+        );
+    }
+
+    #[test]
+    fn block_size_fits_the_mtu() {
+        assert_eq!(max_block_size(1500), 1468);
+        assert_eq!(max_block_size(9000), 8968);
+        assert_eq!(max_block_size(65_536), 65_464);
+        assert_eq!(max_block_size(100), 544);
+    }
+}
