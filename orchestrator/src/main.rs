@@ -1,1 +1,80 @@
-fn main() {}
+//! The `netreset` command: the daemon and its CLI.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use orchestrator::{Config, Daemon};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "netreset", version, about = "Network reset and KMS activation for school lab PCs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: ProxyDHCP, TFTP and HTTP.
+    Serve {
+        /// Configuration file.
+        #[arg(long, short, default_value = "/etc/netreset/netreset.toml")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file; names the bad key and value.
+    CheckConfig {
+        /// Configuration file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Serve { config } => serve(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netreset: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(file)?;
+    println!(
+        "{}: ok (dhcp {:?}, tftp root {}, http {})",
+        file.display(),
+        config.dhcp.mode,
+        config.tftp.root.display(),
+        config.http_listen
+    );
+    Ok(())
+}
+
+fn serve(file: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(file)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let daemon = Daemon::start(config).await?;
+        daemon.run_until(shutdown_signal()).await
+    })
+}
+
+/// SIGTERM (systemd) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

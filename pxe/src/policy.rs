@@ -102,6 +102,7 @@ pub enum BootDecision {
 }
 
 /// Something a protocol server saw, for the orchestrator's records.
+#[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Observation {
     /// A ProxyDHCP answer was sent on port 67.

@@ -37,14 +37,10 @@ pub enum Refusal {
     NotAFile,
 }
 
-/// Map a requested file name to a path under `root`, or refuse it.
-///
-/// Backslashes count as separators, since PXE clients from the Windows world (WDS
-/// menus, some vendor ROMs) send `boot\x64\file`; after that the name must be relative
-/// and free of `..`. Symlinks inside the root are the admin's and are followed
-/// (Debian's `/usr/lib/ipxe/ipxe.efi` points into `/boot`). The result must be a
-/// regular file.
-pub fn resolve(root: &Path, requested: &str) -> Result<PathBuf, Refusal> {
+/// Check that a file name stays inside the root: relative, no `..`, no control
+/// characters (backslashes count as separators). Used for requests and for the boot
+/// file names in the configuration.
+pub fn check_name(requested: &str) -> Result<PathBuf, Refusal> {
     if requested.is_empty() {
         return Err(Refusal::Empty);
     }
@@ -52,9 +48,8 @@ pub fn resolve(root: &Path, requested: &str) -> Result<PathBuf, Refusal> {
         return Err(Refusal::ControlCharacter);
     }
     let name = requested.replace('\\', "/");
-    let path = Path::new(&name);
     let mut relative = PathBuf::new();
-    for component in path.components() {
+    for component in Path::new(&name).components() {
         match component {
             Component::Normal(part) => relative.push(part),
             Component::CurDir => {}
@@ -65,7 +60,18 @@ pub fn resolve(root: &Path, requested: &str) -> Result<PathBuf, Refusal> {
     if relative.as_os_str().is_empty() {
         return Err(Refusal::NotAFile);
     }
-    let full = root.join(relative);
+    Ok(relative)
+}
+
+/// Map a requested file name to a path under `root`, or refuse it.
+///
+/// Backslashes count as separators, since PXE clients from the Windows world (WDS
+/// menus, some vendor ROMs) send `boot\x64\file`; after that the name must be relative
+/// and free of `..`. Symlinks inside the root are the admin's and are followed
+/// (Debian's `/usr/lib/ipxe/ipxe.efi` points into `/boot`). The result must be a
+/// regular file.
+pub fn resolve(root: &Path, requested: &str) -> Result<PathBuf, Refusal> {
+    let full = root.join(check_name(requested)?);
     match std::fs::metadata(&full) {
         Ok(meta) if meta.is_file() => Ok(full),
         Ok(_) => Err(Refusal::NotAFile),

@@ -1,0 +1,74 @@
+//! The HTTP side: iPXE scripts (`/boot`), the iPXE binaries for UEFI HTTP boot
+//! (`/ipxe`), and the admin API under `/api/v1`. Errors become HTTP responses in one
+//! place, [`ApiError`].
+
+mod boot;
+mod stations;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::policy::Orchestrator;
+use crate::store::StoreError;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub policy: Orchestrator,
+    /// The TFTP root, also served over HTTP under `/ipxe/`.
+    pub tftp_root: Arc<std::path::PathBuf>,
+    pub started: Instant,
+}
+
+/// The router of the whole HTTP server.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/boot/{file}", get(boot::script))
+        .route("/ipxe/{*file}", get(boot::binary))
+        .route("/api/v1/health", get(health))
+        .route("/api/v1/stations", get(stations::list))
+        .route("/api/v1/stations/{mac}", get(stations::show))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .with_state(state)
+}
+
+async fn health(axum::extract::State(state): axum::extract::State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": state.started.elapsed().as_secs(),
+    }))
+}
+
+/// An error answer: status and a message for the admin.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        (status, Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}

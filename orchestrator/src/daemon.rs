@@ -1,0 +1,185 @@
+//! Wiring: open the store, bind every server, run them under one cancellation token,
+//! and shut down in order (servers drain with a deadline, the store is flushed last).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use pxe::dhcp::{BootFiles, DhcpServer, DhcpSettings};
+use pxe::tftp::{TftpServer, TftpSettings};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::api::{self, AppState};
+use crate::config::{Config, DhcpMode};
+use crate::policy::Orchestrator;
+use crate::store::Store;
+
+/// How long servers may take to finish what they are doing at shutdown.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// A running daemon.
+pub struct Daemon {
+    /// Where the HTTP server listens.
+    pub http_addr: SocketAddr,
+    /// Where ProxyDHCP listens (port 67 socket, port 4011 socket), when enabled.
+    pub dhcp_addrs: Option<(SocketAddr, SocketAddr)>,
+    /// Where TFTP listens.
+    pub tftp_addr: SocketAddr,
+    /// The URL stations use to reach us.
+    pub public_url: String,
+    policy: Orchestrator,
+    cancel: CancellationToken,
+    tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
+}
+
+impl Daemon {
+    /// Open the store and bind every server; they run until [`Daemon::shutdown`].
+    pub async fn start(config: Config) -> anyhow::Result<Daemon> {
+        let server_ip = server_ip(&config)?;
+        let public_url = config.public_url_for(server_ip);
+        std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+        let store = Store::open(&config.data_dir.join("store"), config.inventory.events_per_station)
+            .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+        for st in &config.inventory.stations {
+            store.upsert_configured(st.mac, st.name.clone(), st.room.clone())?;
+        }
+        for (key, name) in [("boot.bios", &config.boot.bios), ("boot.uefi_x64", &config.boot.uefi_x64)] {
+            if pxe::tftp::resolve(&config.tftp.root, name).is_err() {
+                warn!(key, file = %name, root = %config.tftp.root.display(), "boot file missing under tftp.root");
+            }
+        }
+        let policy = Orchestrator::new(store, config.boot.clone(), config.inventory.clone());
+        let shared: Arc<dyn pxe::BootPolicy> = Arc::new(policy.clone());
+        let cancel = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+
+        let dhcp_addrs = match config.dhcp.mode {
+            DhcpMode::Off => None,
+            DhcpMode::Proxy => {
+                let settings = DhcpSettings {
+                    listen: config.dhcp.listen,
+                    pxe_listen: config.dhcp.pxe_listen,
+                    interface: config.dhcp.interface.clone(),
+                    server_ip,
+                    broadcast: config.dhcp.broadcast,
+                    files: BootFiles {
+                        bios: config.boot.bios.clone(),
+                        uefi_x64: config.boot.uefi_x64.clone(),
+                        uefi_arm64: config.boot.uefi_arm64.clone(),
+                        http_base: public_url.clone(),
+                    },
+                };
+                let server = DhcpServer::bind(settings, shared.clone()).context(
+                    "ProxyDHCP needs ports 67 and 4011: run as root or with CAP_NET_BIND_SERVICE and CAP_NET_RAW",
+                )?;
+                let addrs = server.local_addrs();
+                let token = cancel.child_token();
+                tasks.spawn(async move { ("dhcp", server.run(token).await.map_err(Into::into)) });
+                Some(addrs)
+            }
+        };
+
+        let mtu = config.tftp.mtu.or_else(|| config.dhcp.interface.as_deref().and_then(interface_mtu)).unwrap_or(1500);
+        let tftp = TftpServer::bind(TftpSettings { listen: config.tftp.listen, root: config.tftp.root.clone(), mtu }, shared)
+            .context("TFTP needs port 69: run as root or with CAP_NET_BIND_SERVICE")?;
+        let tftp_addr = tftp.local_addr();
+        let token = cancel.child_token();
+        tasks.spawn(async move { ("tftp", tftp.run(token).await.map_err(Into::into)) });
+
+        let listener = tokio::net::TcpListener::bind(config.http_listen)
+            .await
+            .with_context(|| format!("cannot listen on http.listen {}", config.http_listen))?;
+        let http_addr = listener.local_addr()?;
+        let state = AppState { policy: policy.clone(), tftp_root: Arc::new(config.tftp.root.clone()), started: Instant::now() };
+        let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let token = cancel.child_token();
+        tasks.spawn(async move {
+            let served = axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await;
+            ("http", served.map_err(Into::into))
+        });
+        info!(%http_addr, %public_url, %server_ip, "netreset running");
+
+        Ok(Daemon { http_addr, dhcp_addrs, tftp_addr, public_url, policy, cancel, tasks })
+    }
+
+    /// The policy (and through it the store) of this daemon.
+    pub fn policy(&self) -> &Orchestrator {
+        &self.policy
+    }
+
+    /// Run until `stop` resolves or a server fails; then shut down.
+    pub async fn run_until(mut self, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        tokio::select! {
+            _ = stop => {
+                info!("shutting down");
+                self.shutdown().await
+            }
+            Some(joined) = self.tasks.join_next() => {
+                let failure = match joined {
+                    Ok((name, Ok(()))) => anyhow!("{name} server stopped unexpectedly"),
+                    Ok((name, Err(e))) => e.context(format!("{name} server failed")),
+                    Err(e) => anyhow!("a server task panicked: {e}"),
+                };
+                let _ = self.shutdown().await;
+                Err(failure)
+            }
+        }
+    }
+
+    /// Stop every server, wait for them (at most a few seconds), flush the store.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.cancel.cancel();
+        let drained = tokio::time::timeout(DRAIN, async {
+            while let Some(joined) = self.tasks.join_next().await {
+                if let Ok((name, Err(e))) = joined {
+                    warn!(server = name, error = %e, "server ended with an error");
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            warn!("servers did not stop within {DRAIN:?}; aborting them");
+            self.tasks.abort_all();
+        }
+        self.policy.store().flush()?;
+        Ok(())
+    }
+}
+
+/// Our address as stations see it: `dhcp.server_ip`, else the interface's IPv4
+/// address, else the specific address DHCP or HTTP listens on.
+fn server_ip(config: &Config) -> anyhow::Result<Ipv4Addr> {
+    if let Some(ip) = config.dhcp.server_ip {
+        return Ok(ip);
+    }
+    if let Some(name) = &config.dhcp.interface {
+        let addrs = if_addrs::get_if_addrs().context("cannot list network interfaces")?;
+        if !addrs.iter().any(|a| &a.name == name) {
+            bail!("dhcp.interface = {name:?}: no such interface on this machine");
+        }
+        return addrs
+            .iter()
+            .filter(|a| &a.name == name)
+            .find_map(|a| match a.ip() {
+                IpAddr::V4(v4) => Some(v4),
+                IpAddr::V6(_) => None,
+            })
+            .ok_or_else(|| anyhow!("dhcp.interface = {name:?} has no IPv4 address; set dhcp.server_ip"));
+    }
+    for addr in [config.dhcp.listen, config.http_listen] {
+        if let IpAddr::V4(v4) = addr.ip() {
+            if !v4.is_unspecified() {
+                return Ok(v4);
+            }
+        }
+    }
+    bail!("cannot tell our own address: set dhcp.server_ip or dhcp.interface")
+}
+
+fn interface_mtu(name: &str) -> Option<u32> {
+    std::fs::read_to_string(Path::new("/sys/class/net").join(name).join("mtu")).ok()?.trim().parse().ok()
+}

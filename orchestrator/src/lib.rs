@@ -1,0 +1,11 @@
+//! netreset's orchestrator: configuration, the station inventory, the boot policy, the
+//! HTTP API and the daemon that wires them to the `pxe` servers.
+
+pub mod api;
+pub mod config;
+pub mod daemon;
+pub mod policy;
+pub mod store;
+
+pub use config::Config;
+pub use daemon::Daemon;

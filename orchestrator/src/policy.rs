@@ -1,0 +1,161 @@
+//! The orchestrator's [`BootPolicy`]: what each station boots, and the record of every
+//! step it takes. For now every station boots its local disk; resets and campaigns
+//! will choose `Chain` here.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use pxe::{Arch, BootDecision, BootPolicy, BootStep, Firmware, MacAddr, Machine, Observation};
+use tracing::{debug, warn};
+
+use crate::config::{BootConfig, InventoryConfig, UnknownMode};
+use crate::store::{Sighting, Store};
+
+/// The boot policy over the inventory.
+#[derive(Clone)]
+pub struct Orchestrator {
+    store: Store,
+    boot: Arc<BootConfig>,
+    inventory: Arc<InventoryConfig>,
+}
+
+impl Orchestrator {
+    pub fn new(store: Store, boot: BootConfig, inventory: InventoryConfig) -> Orchestrator {
+        Orchestrator { store, boot: Arc::new(boot), inventory: Arc::new(inventory) }
+    }
+
+    /// The store behind the policy.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The boot settings.
+    pub fn boot(&self) -> &BootConfig {
+        &self.boot
+    }
+
+    /// What the inventory knows of `mac`, as the servers would describe it.
+    pub fn machine(&self, mac: MacAddr) -> Machine {
+        let station = self.store.station(mac).ok().flatten();
+        let firmware = match station.as_ref().and_then(|s| s.firmware.as_deref()) {
+            Some("bios") => Firmware::Bios,
+            Some("uefi") => Firmware::Uefi,
+            Some("uefi-http") => Firmware::UefiHttp,
+            Some("bios-http") => Firmware::BiosHttp,
+            _ => Firmware::Other,
+        };
+        let arch = match station.as_ref().and_then(|s| s.arch.as_deref()) {
+            Some("x86") => Arch::X86,
+            Some("x64") => Arch::X64,
+            Some("arm64") => Arch::Arm64,
+            _ => Arch::Other(u16::MAX),
+        };
+        Machine { mac, arch, firmware, ipxe: true, uuid: None, ip: station.and_then(|s| s.ip) }
+    }
+
+    /// Record that `mac` fetched its script from `peer`.
+    pub fn script_served(&self, mac: MacAddr, peer: IpAddr, decision: &BootDecision) {
+        let ip = match peer {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+        };
+        let sighting = Sighting { ip, ..Sighting::default() };
+        let what = match decision {
+            BootDecision::Ignore | BootDecision::LocalDisk => "local-disk".to_owned(),
+            BootDecision::Chain(t) => format!("chain {}", t.kernel),
+        };
+        self.sighted(mac, &sighting, "script", what);
+    }
+
+    fn sighted(&self, mac: MacAddr, sighting: &Sighting, kind: &str, detail: String) {
+        let result = self.store.saw(mac, sighting, self.inventory.register_unknown).and_then(|known| match known {
+            Some(_) => self.store.record(mac, kind, detail),
+            None => Ok(()),
+        });
+        if let Err(e) = result {
+            warn!(%mac, error = %e, "cannot record boot event");
+        }
+    }
+
+    fn tftp_mac(&self, ip: Ipv4Addr) -> Option<MacAddr> {
+        if let Ok(Some(mac)) = self.store.mac_at(ip) {
+            return Some(mac);
+        }
+        // A UEFI client that took its address from the school's server and loaded
+        // the file named in our offer never told us its address; the kernel's ARP
+        // table has it, since the TFTP exchange just happened.
+        let table = std::fs::read_to_string("/proc/net/arp").ok()?;
+        arp_lookup(&table, ip)
+    }
+}
+
+/// Find `ip` in the text of /proc/net/arp.
+fn arp_lookup(table: &str, ip: Ipv4Addr) -> Option<MacAddr> {
+    table.lines().skip(1).find_map(|line| {
+        let mut cols = line.split_whitespace();
+        let addr: Ipv4Addr = cols.next()?.parse().ok()?;
+        let mac: MacAddr = cols.nth(2)?.parse().ok()?;
+        (addr == ip && mac.octets() != [0; 6]).then_some(mac)
+    })
+}
+
+impl BootPolicy for Orchestrator {
+    fn decide(&self, machine: &Machine, step: BootStep) -> BootDecision {
+        let known = matches!(self.store.station(machine.mac), Ok(Some(_)));
+        if !known && self.boot.unknown == UnknownMode::Ignore {
+            debug!(mac = %machine.mac, ?step, "unknown station ignored");
+            return BootDecision::Ignore;
+        }
+        BootDecision::LocalDisk
+    }
+
+    fn observe(&self, observation: Observation) {
+        match observation {
+            Observation::DhcpOffer { machine, boot_file, .. } => {
+                self.sighted(machine.mac, &sighting(&machine), "dhcp-offer", boot_file);
+            }
+            Observation::Pxe4011 { machine, boot_file, .. } => {
+                self.sighted(machine.mac, &sighting(&machine), "pxe-4011", boot_file);
+            }
+            Observation::Tftp { peer, file, size } => {
+                self.tftp_event(peer.ip(), "tftp", format!("{file} ({size} bytes)"));
+            }
+            Observation::TftpRefused { peer, file, reason } => {
+                self.tftp_event(peer.ip(), "tftp-refused", format!("{file:?}: {reason}"));
+            }
+            other => debug!(?other, "observation not recorded"),
+        }
+    }
+}
+
+impl Orchestrator {
+    fn tftp_event(&self, peer: IpAddr, kind: &str, detail: String) {
+        let ip = match peer {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+        };
+        match ip.and_then(|ip| self.tftp_mac(ip)) {
+            Some(mac) => self.sighted(mac, &Sighting::default(), kind, detail),
+            None => debug!(%peer, kind, detail, "tftp peer has no known MAC"),
+        }
+    }
+}
+
+fn sighting(machine: &Machine) -> Sighting {
+    Sighting { arch: Some(machine.arch), firmware: Some(machine.firmware), uuid: machine.uuid.clone(), ip: machine.ip }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arp_table_lookup_finds_complete_entries_only() {
+        let table = "IP address       HW type     Flags       HW address            Mask     Device\n\
+                     10.0.0.50        0x1         0x2         52:54:00:12:34:56     *        br0\n\
+                     10.0.0.51        0x1         0x0         00:00:00:00:00:00     *        br0\n";
+        assert_eq!(arp_lookup(table, Ipv4Addr::new(10, 0, 0, 50)), Some("52:54:00:12:34:56".parse().unwrap()));
+        assert_eq!(arp_lookup(table, Ipv4Addr::new(10, 0, 0, 51)), None);
+        assert_eq!(arp_lookup(table, Ipv4Addr::new(10, 0, 0, 52)), None);
+    }
+}

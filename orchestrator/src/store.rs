@@ -1,0 +1,275 @@
+//! The station inventory in sled: one record per MAC, the last N boot events per MAC,
+//! and an index from the last IPv4 address seen to the MAC (TFTP knows only addresses).
+//!
+//! Keys are binary (6-octet MAC, MAC + 8-octet big-endian sequence, 4-octet IPv4) so
+//! that a station's events are one ordered prefix scan; values are JSON.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use pxe::{Arch, Firmware, MacAddr};
+use serde::{Deserialize, Serialize};
+
+/// A store error.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("store: corrupt record for {key}: {source}")]
+    Corrupt { key: String, source: serde_json::Error },
+}
+
+/// One station as the inventory knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Station {
+    pub mac: MacAddr,
+    pub name: Option<String>,
+    pub room: Option<String>,
+    /// Processor from option 93, as text (`x64`, `x86`, ...).
+    pub arch: Option<String>,
+    /// Firmware family (`bios`, `uefi`, `uefi-http`, ...).
+    pub firmware: Option<String>,
+    /// SMBIOS UUID from option 97, as 32 hex digits.
+    pub uuid: Option<String>,
+    pub ip: Option<Ipv4Addr>,
+    /// Unix milliseconds.
+    pub first_seen: Option<u64>,
+    pub last_seen: Option<u64>,
+}
+
+impl Station {
+    /// A station known by MAC only.
+    pub fn new(mac: MacAddr) -> Station {
+        Station { mac, name: None, room: None, arch: None, firmware: None, uuid: None, ip: None, first_seen: None, last_seen: None }
+    }
+}
+
+/// What a booting station told us, merged into its record by [`Store::saw`].
+#[derive(Clone, Debug, Default)]
+pub struct Sighting {
+    pub arch: Option<Arch>,
+    pub firmware: Option<Firmware>,
+    pub uuid: Option<Vec<u8>>,
+    pub ip: Option<Ipv4Addr>,
+}
+
+/// One step of a station's boot path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// `dhcp-offer`, `pxe-4011`, `tftp`, `tftp-refused`, `script`.
+    pub kind: String,
+    /// Unix milliseconds.
+    pub at: u64,
+    /// What was handed out or refused.
+    pub detail: String,
+}
+
+/// The inventory.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    stations: sled::Tree,
+    events: sled::Tree,
+    by_ip: sled::Tree,
+    events_per_station: usize,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Store {
+    /// Open (or create) the store under `dir`.
+    pub fn open(dir: &Path, events_per_station: usize) -> Result<Store, StoreError> {
+        let db = sled::Config::new().path(dir).flush_every_ms(Some(500)).open()?;
+        Ok(Store {
+            stations: db.open_tree("stations")?,
+            events: db.open_tree("events")?,
+            by_ip: db.open_tree("by_ip")?,
+            db,
+            events_per_station,
+        })
+    }
+
+    /// One station, if known.
+    pub fn station(&self, mac: MacAddr) -> Result<Option<Station>, StoreError> {
+        self.stations.get(mac.octets())?.map(|v| decode(&mac.to_string(), &v)).transpose()
+    }
+
+    /// All stations, in MAC order.
+    pub fn stations(&self) -> Result<Vec<Station>, StoreError> {
+        self.stations
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&format!("{k:?}"), &v)
+            })
+            .collect()
+    }
+
+    /// Add or update a station from the configuration's inventory: name and room
+    /// come from the admin, everything else is kept.
+    pub fn upsert_configured(&self, mac: MacAddr, name: Option<String>, room: Option<String>) -> Result<(), StoreError> {
+        self.update(mac, |st| {
+            st.name = name.clone();
+            st.room = room.clone();
+        })?;
+        Ok(())
+    }
+
+    /// Record a sighting of `mac`: create the record when `create` is set, merge what
+    /// the packet said, refresh last_seen. Returns the record, or `None` when the
+    /// station is unknown and `create` is false.
+    pub fn saw(&self, mac: MacAddr, sighting: &Sighting, create: bool) -> Result<Option<Station>, StoreError> {
+        if !create && !self.stations.contains_key(mac.octets())? {
+            return Ok(None);
+        }
+        let now = now_ms();
+        let station = self.update(mac, |st| {
+            if let Some(arch) = sighting.arch {
+                st.arch = Some(label(arch));
+            }
+            if let Some(fw) = sighting.firmware {
+                st.firmware = Some(label(fw));
+            }
+            if let Some(uuid) = &sighting.uuid {
+                // Option 97 is a type octet followed by the 16-octet UUID.
+                st.uuid = Some(uuid.iter().skip(1).map(|b| format!("{b:02x}")).collect());
+            }
+            if sighting.ip.is_some() {
+                st.ip = sighting.ip;
+            }
+            st.first_seen.get_or_insert(now);
+            st.last_seen = Some(now);
+        })?;
+        if let Some(ip) = sighting.ip {
+            self.by_ip.insert(ip.octets(), &mac.octets())?;
+        }
+        Ok(Some(station))
+    }
+
+    /// The station last seen at `ip`.
+    pub fn mac_at(&self, ip: Ipv4Addr) -> Result<Option<MacAddr>, StoreError> {
+        Ok(self.by_ip.get(ip.octets())?.and_then(|v| <[u8; 6]>::try_from(v.as_ref()).ok()).map(MacAddr))
+    }
+
+    /// Append an event for `mac`, dropping the oldest beyond the configured number.
+    pub fn record(&self, mac: MacAddr, kind: &str, detail: impl Into<String>) -> Result<(), StoreError> {
+        let seq = self.db.generate_id()?;
+        let mut key = [0u8; 14];
+        key[..6].copy_from_slice(&mac.octets());
+        key[6..].copy_from_slice(&seq.to_be_bytes());
+        let event = Event { kind: kind.to_owned(), at: now_ms(), detail: detail.into() };
+        self.events.insert(key, serde_json::to_vec(&event).expect("event serializes"))?;
+        let keys: Vec<sled::IVec> = self.events.scan_prefix(mac.octets()).keys().collect::<Result<_, _>>()?;
+        if keys.len() > self.events_per_station {
+            for old in &keys[..keys.len() - self.events_per_station] {
+                self.events.remove(old)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The events of `mac`, oldest first.
+    pub fn events(&self, mac: MacAddr) -> Result<Vec<Event>, StoreError> {
+        self.events
+            .scan_prefix(mac.octets())
+            .values()
+            .map(|v| decode(&mac.to_string(), &v?))
+            .collect()
+    }
+
+    /// Write everything to disk.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn update(&self, mac: MacAddr, change: impl Fn(&mut Station)) -> Result<Station, StoreError> {
+        let mut corrupt = None;
+        let new = self.stations.update_and_fetch(mac.octets(), |old| {
+            let mut st = match old.map(serde_json::from_slice::<Station>) {
+                Some(Ok(st)) => st,
+                Some(Err(e)) => {
+                    corrupt = Some(e);
+                    Station::new(mac)
+                }
+                None => Station::new(mac),
+            };
+            change(&mut st);
+            Some(serde_json::to_vec(&st).expect("station serializes"))
+        })?;
+        if let Some(e) = corrupt {
+            tracing::warn!(%mac, error = %e, "replaced a corrupt station record");
+        }
+        let bytes = new.expect("update_and_fetch with Some returns Some");
+        decode(&mac.to_string(), &bytes)
+    }
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { key: key.to_owned(), source })
+}
+
+/// The serde name of an enum value (`x64`, `uefi-http`, `other-12`...).
+fn label<T: Serialize>(value: T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(serde_json::Value::Object(map)) => map.iter().map(|(k, v)| format!("{k}-{v}")).collect(),
+        Ok(other) => other.to_string(),
+        Err(_) => "unknown".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAC: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
+
+    #[test]
+    fn sighting_creates_and_merges_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 3).unwrap();
+        assert!(store.saw(MAC, &Sighting::default(), false).unwrap().is_none(), "unknown and not created");
+        let mut uuid = vec![0u8];
+        uuid.extend([0xab; 16]);
+        let s = Sighting { arch: Some(Arch::X64), firmware: Some(Firmware::UefiHttp), uuid: Some(uuid), ip: Some(Ipv4Addr::new(10, 0, 0, 9)) };
+        let st = store.saw(MAC, &s, true).unwrap().unwrap();
+        assert_eq!(st.arch.as_deref(), Some("x64"));
+        assert_eq!(st.firmware.as_deref(), Some("uefi-http"));
+        assert_eq!(st.uuid.as_deref(), Some("abababababababababababababababab"));
+        assert_eq!(store.mac_at(Ipv4Addr::new(10, 0, 0, 9)).unwrap(), Some(MAC));
+        let st = store.saw(MAC, &Sighting { arch: Some(Arch::Other(12)), ..Sighting::default() }, false).unwrap().unwrap();
+        assert_eq!(st.arch.as_deref(), Some("other-12"));
+        assert_eq!(st.ip, Some(Ipv4Addr::new(10, 0, 0, 9)), "an address is kept until a new one is seen");
+    }
+
+    #[test]
+    fn events_keep_only_the_newest_n_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 3).unwrap();
+        for i in 0..5 {
+            store.record(MAC, "tftp", format!("file{i}")).unwrap();
+        }
+        store.record(MacAddr([9; 6]), "script", "other station").unwrap();
+        let details: Vec<String> = store.events(MAC).unwrap().into_iter().map(|e| e.detail).collect();
+        assert_eq!(details, ["file2", "file3", "file4"]);
+    }
+
+    #[test]
+    fn records_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), 10).unwrap();
+            store.upsert_configured(MAC, Some("pc01".into()), Some("room-1".into())).unwrap();
+            store.record(MAC, "dhcp-offer", "undionly.kpxe").unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path(), 10).unwrap();
+        assert_eq!(store.station(MAC).unwrap().unwrap().name.as_deref(), Some("pc01"));
+        assert_eq!(store.events(MAC).unwrap().len(), 1);
+    }
+}
