@@ -13,15 +13,30 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{key} = {value:?}: {why}")]
-    Invalid { key: String, value: String, why: String },
+    Invalid {
+        key: String,
+        value: String,
+        why: String,
+    },
 }
 
-fn invalid(key: impl Into<String>, value: impl Into<String>, why: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), value: value.into(), why: why.into() }
+fn invalid(
+    key: impl Into<String>,
+    value: impl Into<String>,
+    why: impl Into<String>,
+) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        value: value.into(),
+        why: why.into(),
+    }
 }
 
 /// The file as written.
@@ -178,13 +193,19 @@ pub struct StationConfig {
 impl Config {
     /// Read and validate a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Config::parse(&text, path)
     }
 
     /// Validate TOML text; `path` names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Config::from_raw(raw, base)
     }
@@ -194,7 +215,10 @@ impl Config {
     pub fn from_raw(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         let data_dir = base.join(raw.data_dir.unwrap_or_else(|| "/var/lib/netreset".into()));
 
-        let http_listen = addr("http.listen", raw.http.listen.as_deref().unwrap_or("0.0.0.0:8080"))?;
+        let http_listen = addr(
+            "http.listen",
+            raw.http.listen.as_deref().unwrap_or("0.0.0.0:8080"),
+        )?;
         let public_url = match raw.http.public_url {
             Some(url) => Some(public_url(&url)?),
             None => None,
@@ -206,22 +230,48 @@ impl Config {
             None => None,
         };
         if let Some(name) = &raw.dhcp.interface {
-            if name.is_empty() || name.len() > 15 || name.contains('/') || name.chars().any(char::is_whitespace) {
-                return Err(invalid("dhcp.interface", name, "not a network interface name"));
+            if name.is_empty()
+                || name.len() > 15
+                || name.contains('/')
+                || name.chars().any(char::is_whitespace)
+            {
+                return Err(invalid(
+                    "dhcp.interface",
+                    name,
+                    "not a network interface name",
+                ));
             }
         }
         let dhcp = DhcpConfig {
             mode,
             interface: raw.dhcp.interface,
             server_ip,
-            listen: addr("dhcp.listen", raw.dhcp.listen.as_deref().unwrap_or("0.0.0.0:67"))?,
-            pxe_listen: addr("dhcp.pxe_listen", raw.dhcp.pxe_listen.as_deref().unwrap_or("0.0.0.0:4011"))?,
-            broadcast: match addr("dhcp.broadcast", raw.dhcp.broadcast.as_deref().unwrap_or("255.255.255.255:68"))? {
+            listen: addr(
+                "dhcp.listen",
+                raw.dhcp.listen.as_deref().unwrap_or("0.0.0.0:67"),
+            )?,
+            pxe_listen: addr(
+                "dhcp.pxe_listen",
+                raw.dhcp.pxe_listen.as_deref().unwrap_or("0.0.0.0:4011"),
+            )?,
+            broadcast: match addr(
+                "dhcp.broadcast",
+                raw.dhcp
+                    .broadcast
+                    .as_deref()
+                    .unwrap_or("255.255.255.255:68"),
+            )? {
                 SocketAddr::V4(v4) => v4,
-                SocketAddr::V6(v6) => return Err(invalid("dhcp.broadcast", v6.to_string(), "DHCP is IPv4")),
+                SocketAddr::V6(v6) => {
+                    return Err(invalid("dhcp.broadcast", v6.to_string(), "DHCP is IPv4"))
+                }
             },
         };
-        if mode == DhcpMode::Proxy && dhcp.interface.is_none() && dhcp.listen.ip().is_unspecified() && server_ip.is_none() {
+        if mode == DhcpMode::Proxy
+            && dhcp.interface.is_none()
+            && dhcp.listen.ip().is_unspecified()
+            && server_ip.is_none()
+        {
             return Err(invalid(
                 "dhcp.interface",
                 "",
@@ -239,18 +289,31 @@ impl Config {
         }
         if let Some(mtu) = raw.tftp.mtu {
             if !(576..=65_535).contains(&mtu) {
-                return Err(invalid("tftp.mtu", mtu.to_string(), "must be between 576 and 65535"));
+                return Err(invalid(
+                    "tftp.mtu",
+                    mtu.to_string(),
+                    "must be between 576 and 65535",
+                ));
             }
         }
         let tftp = TftpConfig {
-            listen: addr("tftp.listen", raw.tftp.listen.as_deref().unwrap_or("0.0.0.0:69"))?,
+            listen: addr(
+                "tftp.listen",
+                raw.tftp.listen.as_deref().unwrap_or("0.0.0.0:69"),
+            )?,
             root,
             mtu: raw.tftp.mtu,
         };
 
         let boot = BootConfig {
-            bios: boot_name("boot.bios", raw.boot.bios.unwrap_or_else(|| "undionly.kpxe".into()))?,
-            uefi_x64: boot_name("boot.uefi_x64", raw.boot.uefi_x64.unwrap_or_else(|| "snponly.efi".into()))?,
+            bios: boot_name(
+                "boot.bios",
+                raw.boot.bios.unwrap_or_else(|| "undionly.kpxe".into()),
+            )?,
+            uefi_x64: boot_name(
+                "boot.uefi_x64",
+                raw.boot.uefi_x64.unwrap_or_else(|| "snponly.efi".into()),
+            )?,
             uefi_arm64: match raw.boot.uefi_arm64 {
                 Some(name) => Some(boot_name("boot.uefi_arm64", name)?),
                 None => None,
@@ -264,16 +327,27 @@ impl Config {
 
         let events_per_station = raw.inventory.events_per_station.unwrap_or(50);
         if !(1..=10_000).contains(&events_per_station) {
-            return Err(invalid("inventory.events_per_station", events_per_station.to_string(), "must be between 1 and 10000"));
+            return Err(invalid(
+                "inventory.events_per_station",
+                events_per_station.to_string(),
+                "must be between 1 and 10000",
+            ));
         }
         let mut stations = Vec::with_capacity(raw.inventory.stations.len());
         for (i, st) in raw.inventory.stations.into_iter().enumerate() {
             let key = format!("inventory.stations[{i}].mac");
-            let mac: MacAddr = st.mac.parse().map_err(|e: pxe::Error| invalid(&key, &st.mac, e.to_string()))?;
+            let mac: MacAddr = st
+                .mac
+                .parse()
+                .map_err(|e: pxe::Error| invalid(&key, &st.mac, e.to_string()))?;
             if stations.iter().any(|s: &StationConfig| s.mac == mac) {
                 return Err(invalid(key, &st.mac, "listed twice"));
             }
-            stations.push(StationConfig { mac, name: st.name, room: st.room });
+            stations.push(StationConfig {
+                mac,
+                name: st.name,
+                room: st.room,
+            });
         }
         let inventory = InventoryConfig {
             register_unknown: raw.inventory.register_unknown.unwrap_or(true),
@@ -281,41 +355,61 @@ impl Config {
             stations,
         };
 
-        Ok(Config { data_dir, http_listen, public_url, dhcp, tftp, boot, inventory })
-    }
-
-    /// The base URL stations use, from `http.public_url` or else from our address.
-    pub fn public_url_for(&self, server_ip: Ipv4Addr) -> String {
-        self.public_url.clone().unwrap_or_else(|| format!("http://{}:{}", server_ip, self.http_listen.port()))
+        Ok(Config {
+            data_dir,
+            http_listen,
+            public_url,
+            dhcp,
+            tftp,
+            boot,
+            inventory,
+        })
     }
 }
 
 fn addr(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
-    text.parse().map_err(|_| invalid(key, text, "expected address:port, such as 0.0.0.0:8080"))
+    text.parse()
+        .map_err(|_| invalid(key, text, "expected address:port, such as 0.0.0.0:8080"))
 }
 
 fn ipv4(key: &str, text: &str) -> Result<Ipv4Addr, ConfigError> {
     match text.parse::<IpAddr>() {
-        Ok(IpAddr::V4(ip)) if !ip.is_unspecified() && !ip.is_broadcast() && !ip.is_multicast() => Ok(ip),
+        Ok(IpAddr::V4(ip)) if !ip.is_unspecified() && !ip.is_broadcast() && !ip.is_multicast() => {
+            Ok(ip)
+        }
         _ => Err(invalid(key, text, "expected the server's own IPv4 address")),
     }
 }
 
 fn public_url(text: &str) -> Result<String, ConfigError> {
     let url = text.trim_end_matches('/');
-    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
     match rest {
-        Some(host) if !host.is_empty() && !url.chars().any(|c| c.is_whitespace() || c.is_control()) && !url.contains("${") => {
+        Some(host)
+            if !host.is_empty()
+                && !url.chars().any(|c| c.is_whitespace() || c.is_control())
+                && !url.contains("${") =>
+        {
             Ok(url.to_owned())
         }
-        _ => Err(invalid("http.public_url", text, "expected an http:// or https:// URL that stations can reach")),
+        _ => Err(invalid(
+            "http.public_url",
+            text,
+            "expected an http:// or https:// URL that stations can reach",
+        )),
     }
 }
 
 fn boot_name(key: &str, name: String) -> Result<String, ConfigError> {
     match pxe::tftp::check_name(&name) {
         Ok(_) => Ok(name),
-        Err(why) => Err(invalid(key, name, format!("not a file name under tftp.root ({why})"))),
+        Err(why) => Err(invalid(
+            key,
+            name,
+            format!("not a file name under tftp.root ({why})"),
+        )),
     }
 }
 
@@ -352,13 +446,18 @@ mod tests {
         assert_eq!(c.boot.uefi_x64, "snponly.efi");
         assert_eq!(c.boot.local, LocalBoot::Exit);
         assert!(c.inventory.register_unknown);
-        assert_eq!(c.public_url_for(Ipv4Addr::new(10, 0, 0, 1)), "http://10.0.0.1:8080");
+        assert_eq!(c.public_url, None);
     }
 
     #[test]
     fn unknown_key_is_named() {
         let dir = root();
-        let err = parse(&format!("{}[http]\nlisten_addr = \"1.2.3.4:5\"\n", minimal(dir.path()))).unwrap_err().to_string();
+        let err = parse(&format!(
+            "{}[http]\nlisten_addr = \"1.2.3.4:5\"\n",
+            minimal(dir.path())
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("listen_addr"), "{err}");
     }
 
@@ -368,21 +467,52 @@ mod tests {
         let base = minimal(dir.path());
         let cases = [
             ("[http]\nlisten = \"8080\"\n", "http.listen", "8080"),
-            ("[http]\npublic_url = \"ftp://x\"\n", "http.public_url", "ftp://x"),
-            ("[boot]\nbios = \"../../etc/passwd\"\n", "boot.bios", "../../etc/passwd"),
-            ("[inventory]\nstations = [{ mac = \"52:54:00:zz:00:01\" }]\n", "inventory.stations[0].mac", "52:54:00:zz:00:01"),
-            ("[inventory]\nevents_per_station = 0\n", "inventory.events_per_station", "0"),
+            (
+                "[http]\npublic_url = \"ftp://x\"\n",
+                "http.public_url",
+                "ftp://x",
+            ),
+            (
+                "[boot]\nbios = \"../../etc/passwd\"\n",
+                "boot.bios",
+                "../../etc/passwd",
+            ),
+            (
+                "[inventory]\nstations = [{ mac = \"52:54:00:zz:00:01\" }]\n",
+                "inventory.stations[0].mac",
+                "52:54:00:zz:00:01",
+            ),
+            (
+                "[inventory]\nevents_per_station = 0\n",
+                "inventory.events_per_station",
+                "0",
+            ),
         ];
         for (extra, key, value) in cases {
             let err = parse(&format!("{base}{extra}")).unwrap_err().to_string();
             assert!(err.contains(key) && err.contains(value), "{extra}: {err}");
         }
-        let err = parse(&base.replace("interface = \"eth0\"", "interface = \"eth0\"\nserver_ip = \"10.0.0.256\"")).unwrap_err().to_string();
-        assert!(err.contains("dhcp.server_ip") && err.contains("10.0.0.256"), "{err}");
-        let err = parse(&base.replace("interface = \"eth0\"", "mode = \"prox\"")).unwrap_err().to_string();
+        let err = parse(&base.replace(
+            "interface = \"eth0\"",
+            "interface = \"eth0\"\nserver_ip = \"10.0.0.256\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("dhcp.server_ip") && err.contains("10.0.0.256"),
+            "{err}"
+        );
+        let err = parse(&base.replace("interface = \"eth0\"", "mode = \"prox\""))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("mode") && err.contains("prox"), "{err}");
-        let err = parse("[tftp]\nroot = \"/nonexistent/netreset\"\n[dhcp]\ninterface = \"eth0\"\n").unwrap_err().to_string();
-        assert!(err.contains("tftp.root") && err.contains("/nonexistent/netreset"), "{err}");
+        let err = parse("[tftp]\nroot = \"/nonexistent/netreset\"\n[dhcp]\ninterface = \"eth0\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tftp.root") && err.contains("/nonexistent/netreset"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -398,13 +528,21 @@ mod tests {
     #[test]
     fn the_shipped_example_files_are_valid() {
         for name in ["netreset.toml", "demo.toml"] {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs").join(name);
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../configs")
+                .join(name);
             let text = std::fs::read_to_string(&path).unwrap();
             let raw: RawConfig = toml::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
             // tftp.root may not exist on a build machine without the ipxe package; the
             // rest must validate.
             let dir = root();
-            let raw = RawConfig { tftp: RawTftp { root: Some(dir.path().display().to_string()), ..raw.tftp }, ..raw };
+            let raw = RawConfig {
+                tftp: RawTftp {
+                    root: Some(dir.path().display().to_string()),
+                    ..raw.tftp
+                },
+                ..raw
+            };
             Config::from_raw(raw, Path::new(".")).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
     }

@@ -40,14 +40,30 @@ impl Daemon {
     /// Open the store and bind every server; they run until [`Daemon::shutdown`].
     pub async fn start(config: Config) -> anyhow::Result<Daemon> {
         let server_ip = server_ip(&config)?;
-        let public_url = config.public_url_for(server_ip);
-        std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
-        let store = Store::open(&config.data_dir.join("store"), config.inventory.events_per_station)
-            .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+        // Bound first, so that an ephemeral port (tests) is known before the DHCP
+        // server starts handing out script URLs that contain it.
+        let listener = tokio::net::TcpListener::bind(config.http_listen)
+            .await
+            .with_context(|| format!("cannot listen on http.listen {}", config.http_listen))?;
+        let http_addr = listener.local_addr()?;
+        let public_url = config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{server_ip}:{}", http_addr.port()));
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+        let store = Store::open(
+            &config.data_dir.join("store"),
+            config.inventory.events_per_station,
+        )
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
         for st in &config.inventory.stations {
             store.upsert_configured(st.mac, st.name.clone(), st.room.clone())?;
         }
-        for (key, name) in [("boot.bios", &config.boot.bios), ("boot.uefi_x64", &config.boot.uefi_x64)] {
+        for (key, name) in [
+            ("boot.bios", &config.boot.bios),
+            ("boot.uefi_x64", &config.boot.uefi_x64),
+        ] {
             if pxe::tftp::resolve(&config.tftp.root, name).is_err() {
                 warn!(key, file = %name, root = %config.tftp.root.display(), "boot file missing under tftp.root");
             }
@@ -83,27 +99,48 @@ impl Daemon {
             }
         };
 
-        let mtu = config.tftp.mtu.or_else(|| config.dhcp.interface.as_deref().and_then(interface_mtu)).unwrap_or(1500);
-        let tftp = TftpServer::bind(TftpSettings { listen: config.tftp.listen, root: config.tftp.root.clone(), mtu }, shared)
-            .context("TFTP needs port 69: run as root or with CAP_NET_BIND_SERVICE")?;
+        let mtu = config
+            .tftp
+            .mtu
+            .or_else(|| config.dhcp.interface.as_deref().and_then(interface_mtu))
+            .unwrap_or(1500);
+        let tftp = TftpServer::bind(
+            TftpSettings {
+                listen: config.tftp.listen,
+                root: config.tftp.root.clone(),
+                mtu,
+            },
+            shared,
+        )
+        .context("TFTP needs port 69: run as root or with CAP_NET_BIND_SERVICE")?;
         let tftp_addr = tftp.local_addr();
         let token = cancel.child_token();
         tasks.spawn(async move { ("tftp", tftp.run(token).await.map_err(Into::into)) });
 
-        let listener = tokio::net::TcpListener::bind(config.http_listen)
-            .await
-            .with_context(|| format!("cannot listen on http.listen {}", config.http_listen))?;
-        let http_addr = listener.local_addr()?;
-        let state = AppState { policy: policy.clone(), tftp_root: Arc::new(config.tftp.root.clone()), started: Instant::now() };
+        let state = AppState {
+            policy: policy.clone(),
+            tftp_root: Arc::new(config.tftp.root.clone()),
+            started: Instant::now(),
+        };
         let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
         let token = cancel.child_token();
         tasks.spawn(async move {
-            let served = axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await;
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await;
             ("http", served.map_err(Into::into))
         });
         info!(%http_addr, %public_url, %server_ip, "netreset running");
 
-        Ok(Daemon { http_addr, dhcp_addrs, tftp_addr, public_url, policy, cancel, tasks })
+        Ok(Daemon {
+            http_addr,
+            dhcp_addrs,
+            tftp_addr,
+            public_url,
+            policy,
+            cancel,
+            tasks,
+        })
     }
 
     /// The policy (and through it the store) of this daemon.
@@ -112,7 +149,10 @@ impl Daemon {
     }
 
     /// Run until `stop` resolves or a server fails; then shut down.
-    pub async fn run_until(mut self, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    pub async fn run_until(
+        mut self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
         tokio::select! {
             _ = stop => {
                 info!("shutting down");
@@ -168,7 +208,9 @@ fn server_ip(config: &Config) -> anyhow::Result<Ipv4Addr> {
                 IpAddr::V4(v4) => Some(v4),
                 IpAddr::V6(_) => None,
             })
-            .ok_or_else(|| anyhow!("dhcp.interface = {name:?} has no IPv4 address; set dhcp.server_ip"));
+            .ok_or_else(|| {
+                anyhow!("dhcp.interface = {name:?} has no IPv4 address; set dhcp.server_ip")
+            });
     }
     for addr in [config.dhcp.listen, config.http_listen] {
         if let IpAddr::V4(v4) = addr.ip() {
@@ -181,5 +223,9 @@ fn server_ip(config: &Config) -> anyhow::Result<Ipv4Addr> {
 }
 
 fn interface_mtu(name: &str) -> Option<u32> {
-    std::fs::read_to_string(Path::new("/sys/class/net").join(name).join("mtu")).ok()?.trim().parse().ok()
+    std::fs::read_to_string(Path::new("/sys/class/net").join(name).join("mtu"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }

@@ -8,7 +8,11 @@ use orchestrator::{Config, Daemon};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "netreset", version, about = "Network reset and KMS activation for school lab PCs")]
+#[command(
+    name = "netreset",
+    version,
+    about = "Network reset and KMS activation for school lab PCs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,7 +36,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {

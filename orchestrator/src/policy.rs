@@ -21,7 +21,11 @@ pub struct Orchestrator {
 
 impl Orchestrator {
     pub fn new(store: Store, boot: BootConfig, inventory: InventoryConfig) -> Orchestrator {
-        Orchestrator { store, boot: Arc::new(boot), inventory: Arc::new(inventory) }
+        Orchestrator {
+            store,
+            boot: Arc::new(boot),
+            inventory: Arc::new(inventory),
+        }
     }
 
     /// The store behind the policy.
@@ -50,7 +54,14 @@ impl Orchestrator {
             Some("arm64") => Arch::Arm64,
             _ => Arch::Other(u16::MAX),
         };
-        Machine { mac, arch, firmware, ipxe: true, uuid: None, ip: station.and_then(|s| s.ip) }
+        Machine {
+            mac,
+            arch,
+            firmware,
+            ipxe: true,
+            uuid: None,
+            ip: station.and_then(|s| s.ip),
+        }
     }
 
     /// Record that `mac` fetched its script from `peer`.
@@ -59,7 +70,10 @@ impl Orchestrator {
             IpAddr::V4(v4) => Some(v4),
             IpAddr::V6(v6) => v6.to_ipv4_mapped(),
         };
-        let sighting = Sighting { ip, ..Sighting::default() };
+        let sighting = Sighting {
+            ip,
+            ..Sighting::default()
+        };
         let what = match decision {
             BootDecision::Ignore | BootDecision::LocalDisk => "local-disk".to_owned(),
             BootDecision::Chain(t) => format!("chain {}", t.kernel),
@@ -68,10 +82,13 @@ impl Orchestrator {
     }
 
     fn sighted(&self, mac: MacAddr, sighting: &Sighting, kind: &str, detail: String) {
-        let result = self.store.saw(mac, sighting, self.inventory.register_unknown).and_then(|known| match known {
-            Some(_) => self.store.record(mac, kind, detail),
-            None => Ok(()),
-        });
+        let result = self
+            .store
+            .saw(mac, sighting, self.inventory.register_unknown)
+            .and_then(|known| match known {
+                Some(_) => self.store.record(mac, kind, detail),
+                None => Ok(()),
+            });
         if let Err(e) = result {
             warn!(%mac, error = %e, "cannot record boot event");
         }
@@ -111,10 +128,14 @@ impl BootPolicy for Orchestrator {
 
     fn observe(&self, observation: Observation) {
         match observation {
-            Observation::DhcpOffer { machine, boot_file, .. } => {
+            Observation::DhcpOffer {
+                machine, boot_file, ..
+            } => {
                 self.sighted(machine.mac, &sighting(&machine), "dhcp-offer", boot_file);
             }
-            Observation::Pxe4011 { machine, boot_file, .. } => {
+            Observation::Pxe4011 {
+                machine, boot_file, ..
+            } => {
                 self.sighted(machine.mac, &sighting(&machine), "pxe-4011", boot_file);
             }
             Observation::Tftp { peer, file, size } => {
@@ -142,7 +163,12 @@ impl Orchestrator {
 }
 
 fn sighting(machine: &Machine) -> Sighting {
-    Sighting { arch: Some(machine.arch), firmware: Some(machine.firmware), uuid: machine.uuid.clone(), ip: machine.ip }
+    Sighting {
+        arch: Some(machine.arch),
+        firmware: Some(machine.firmware),
+        uuid: machine.uuid.clone(),
+        ip: machine.ip,
+    }
 }
 
 #[cfg(test)]
@@ -151,10 +177,14 @@ mod tests {
 
     #[test]
     fn arp_table_lookup_finds_complete_entries_only() {
-        let table = "IP address       HW type     Flags       HW address            Mask     Device\n\
+        let table =
+            "IP address       HW type     Flags       HW address            Mask     Device\n\
                      10.0.0.50        0x1         0x2         52:54:00:12:34:56     *        br0\n\
                      10.0.0.51        0x1         0x0         00:00:00:00:00:00     *        br0\n";
-        assert_eq!(arp_lookup(table, Ipv4Addr::new(10, 0, 0, 50)), Some("52:54:00:12:34:56".parse().unwrap()));
+        assert_eq!(
+            arp_lookup(table, Ipv4Addr::new(10, 0, 0, 50)),
+            Some("52:54:00:12:34:56".parse().unwrap())
+        );
         assert_eq!(arp_lookup(table, Ipv4Addr::new(10, 0, 0, 51)), None);
         assert_eq!(arp_lookup(table, Ipv4Addr::new(10, 0, 0, 52)), None);
     }

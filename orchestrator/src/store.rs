@@ -17,7 +17,10 @@ pub enum StoreError {
     #[error("store: {0}")]
     Sled(#[from] sled::Error),
     #[error("store: corrupt record for {key}: {source}")]
-    Corrupt { key: String, source: serde_json::Error },
+    Corrupt {
+        key: String,
+        source: serde_json::Error,
+    },
 }
 
 /// One station as the inventory knows it.
@@ -41,7 +44,17 @@ pub struct Station {
 impl Station {
     /// A station known by MAC only.
     pub fn new(mac: MacAddr) -> Station {
-        Station { mac, name: None, room: None, arch: None, firmware: None, uuid: None, ip: None, first_seen: None, last_seen: None }
+        Station {
+            mac,
+            name: None,
+            room: None,
+            arch: None,
+            firmware: None,
+            uuid: None,
+            ip: None,
+            first_seen: None,
+            last_seen: None,
+        }
     }
 }
 
@@ -77,13 +90,19 @@ pub struct Store {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Store {
     /// Open (or create) the store under `dir`.
     pub fn open(dir: &Path, events_per_station: usize) -> Result<Store, StoreError> {
-        let db = sled::Config::new().path(dir).flush_every_ms(Some(500)).open()?;
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(Some(500))
+            .open()?;
         Ok(Store {
             stations: db.open_tree("stations")?,
             events: db.open_tree("events")?,
@@ -95,7 +114,10 @@ impl Store {
 
     /// One station, if known.
     pub fn station(&self, mac: MacAddr) -> Result<Option<Station>, StoreError> {
-        self.stations.get(mac.octets())?.map(|v| decode(&mac.to_string(), &v)).transpose()
+        self.stations
+            .get(mac.octets())?
+            .map(|v| decode(&mac.to_string(), &v))
+            .transpose()
     }
 
     /// All stations, in MAC order.
@@ -111,7 +133,12 @@ impl Store {
 
     /// Add or update a station from the configuration's inventory: name and room
     /// come from the admin, everything else is kept.
-    pub fn upsert_configured(&self, mac: MacAddr, name: Option<String>, room: Option<String>) -> Result<(), StoreError> {
+    pub fn upsert_configured(
+        &self,
+        mac: MacAddr,
+        name: Option<String>,
+        room: Option<String>,
+    ) -> Result<(), StoreError> {
         self.update(mac, |st| {
             st.name = name.clone();
             st.room = room.clone();
@@ -122,7 +149,12 @@ impl Store {
     /// Record a sighting of `mac`: create the record when `create` is set, merge what
     /// the packet said, refresh last_seen. Returns the record, or `None` when the
     /// station is unknown and `create` is false.
-    pub fn saw(&self, mac: MacAddr, sighting: &Sighting, create: bool) -> Result<Option<Station>, StoreError> {
+    pub fn saw(
+        &self,
+        mac: MacAddr,
+        sighting: &Sighting,
+        create: bool,
+    ) -> Result<Option<Station>, StoreError> {
         if !create && !self.stations.contains_key(mac.octets())? {
             return Ok(None);
         }
@@ -152,18 +184,36 @@ impl Store {
 
     /// The station last seen at `ip`.
     pub fn mac_at(&self, ip: Ipv4Addr) -> Result<Option<MacAddr>, StoreError> {
-        Ok(self.by_ip.get(ip.octets())?.and_then(|v| <[u8; 6]>::try_from(v.as_ref()).ok()).map(MacAddr))
+        Ok(self
+            .by_ip
+            .get(ip.octets())?
+            .and_then(|v| <[u8; 6]>::try_from(v.as_ref()).ok())
+            .map(MacAddr))
     }
 
     /// Append an event for `mac`, dropping the oldest beyond the configured number.
-    pub fn record(&self, mac: MacAddr, kind: &str, detail: impl Into<String>) -> Result<(), StoreError> {
+    pub fn record(
+        &self,
+        mac: MacAddr,
+        kind: &str,
+        detail: impl Into<String>,
+    ) -> Result<(), StoreError> {
         let seq = self.db.generate_id()?;
         let mut key = [0u8; 14];
         key[..6].copy_from_slice(&mac.octets());
         key[6..].copy_from_slice(&seq.to_be_bytes());
-        let event = Event { kind: kind.to_owned(), at: now_ms(), detail: detail.into() };
-        self.events.insert(key, serde_json::to_vec(&event).expect("event serializes"))?;
-        let keys: Vec<sled::IVec> = self.events.scan_prefix(mac.octets()).keys().collect::<Result<_, _>>()?;
+        let event = Event {
+            kind: kind.to_owned(),
+            at: now_ms(),
+            detail: detail.into(),
+        };
+        self.events
+            .insert(key, serde_json::to_vec(&event).expect("event serializes"))?;
+        let keys: Vec<sled::IVec> = self
+            .events
+            .scan_prefix(mac.octets())
+            .keys()
+            .collect::<Result<_, _>>()?;
         if keys.len() > self.events_per_station {
             for old in &keys[..keys.len() - self.events_per_station] {
                 self.events.remove(old)?;
@@ -210,7 +260,10 @@ impl Store {
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { key: key.to_owned(), source })
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+        key: key.to_owned(),
+        source,
+    })
 }
 
 /// The serde name of an enum value (`x64`, `uefi-http`, `other-12`...).
@@ -233,18 +286,43 @@ mod tests {
     fn sighting_creates_and_merges_the_record() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 3).unwrap();
-        assert!(store.saw(MAC, &Sighting::default(), false).unwrap().is_none(), "unknown and not created");
+        assert!(
+            store
+                .saw(MAC, &Sighting::default(), false)
+                .unwrap()
+                .is_none(),
+            "unknown and not created"
+        );
         let mut uuid = vec![0u8];
         uuid.extend([0xab; 16]);
-        let s = Sighting { arch: Some(Arch::X64), firmware: Some(Firmware::UefiHttp), uuid: Some(uuid), ip: Some(Ipv4Addr::new(10, 0, 0, 9)) };
+        let s = Sighting {
+            arch: Some(Arch::X64),
+            firmware: Some(Firmware::UefiHttp),
+            uuid: Some(uuid),
+            ip: Some(Ipv4Addr::new(10, 0, 0, 9)),
+        };
         let st = store.saw(MAC, &s, true).unwrap().unwrap();
         assert_eq!(st.arch.as_deref(), Some("x64"));
         assert_eq!(st.firmware.as_deref(), Some("uefi-http"));
         assert_eq!(st.uuid.as_deref(), Some("abababababababababababababababab"));
         assert_eq!(store.mac_at(Ipv4Addr::new(10, 0, 0, 9)).unwrap(), Some(MAC));
-        let st = store.saw(MAC, &Sighting { arch: Some(Arch::Other(12)), ..Sighting::default() }, false).unwrap().unwrap();
+        let st = store
+            .saw(
+                MAC,
+                &Sighting {
+                    arch: Some(Arch::Other(12)),
+                    ..Sighting::default()
+                },
+                false,
+            )
+            .unwrap()
+            .unwrap();
         assert_eq!(st.arch.as_deref(), Some("other-12"));
-        assert_eq!(st.ip, Some(Ipv4Addr::new(10, 0, 0, 9)), "an address is kept until a new one is seen");
+        assert_eq!(
+            st.ip,
+            Some(Ipv4Addr::new(10, 0, 0, 9)),
+            "an address is kept until a new one is seen"
+        );
     }
 
     #[test]
@@ -254,8 +332,15 @@ mod tests {
         for i in 0..5 {
             store.record(MAC, "tftp", format!("file{i}")).unwrap();
         }
-        store.record(MacAddr([9; 6]), "script", "other station").unwrap();
-        let details: Vec<String> = store.events(MAC).unwrap().into_iter().map(|e| e.detail).collect();
+        store
+            .record(MacAddr([9; 6]), "script", "other station")
+            .unwrap();
+        let details: Vec<String> = store
+            .events(MAC)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.detail)
+            .collect();
         assert_eq!(details, ["file2", "file3", "file4"]);
     }
 
@@ -264,12 +349,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path(), 10).unwrap();
-            store.upsert_configured(MAC, Some("pc01".into()), Some("room-1".into())).unwrap();
+            store
+                .upsert_configured(MAC, Some("pc01".into()), Some("room-1".into()))
+                .unwrap();
             store.record(MAC, "dhcp-offer", "undionly.kpxe").unwrap();
             store.flush().unwrap();
         }
         let store = Store::open(dir.path(), 10).unwrap();
-        assert_eq!(store.station(MAC).unwrap().unwrap().name.as_deref(), Some("pc01"));
+        assert_eq!(
+            store.station(MAC).unwrap().unwrap().name.as_deref(),
+            Some("pc01")
+        );
         assert_eq!(store.events(MAC).unwrap().len(), 1);
     }
 }

@@ -1,1 +1,6 @@
+//! Loopback integration tests: the real daemon on 127.0.0.1 with ephemeral ports,
+//! clients speaking real DHCP, TFTP and HTTP to it. No root needed.
 
+mod boot_path;
+mod support;
+mod tftp;

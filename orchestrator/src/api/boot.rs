@@ -34,11 +34,23 @@ pub async fn script(
     let text = render(mac, &decision, local).map_err(|e| ApiError::Internal(e.to_string()))?;
     policy.script_served(mac, peer.ip(), &decision);
     tracing::info!(%mac, %peer, "script served");
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], text))
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        text,
+    ))
 }
 
-pub async fn binary(State(state): State<AppState>, Path(file): Path<String>) -> Result<impl IntoResponse, ApiError> {
-    let path = pxe::tftp::resolve(&state.tftp_root, &file).map_err(|why| ApiError::NotFound(format!("{file:?}: {why}")))?;
-    let bytes = tokio::fs::read(&path).await.map_err(|e| ApiError::NotFound(format!("{file:?}: {e}")))?;
+pub async fn binary(
+    State(state): State<AppState>,
+    Path(file): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let path = pxe::tftp::resolve(&state.tftp_root, &file)
+        .map_err(|why| ApiError::NotFound(format!("{file:?}: {why}")))?;
+    let bytes = tokio::fs::read(&path)
+        .await
+        .map_err(|e| ApiError::NotFound(format!("{file:?}: {e}")))?;
     Ok(([(header::CONTENT_TYPE, "application/efi")], bytes))
 }

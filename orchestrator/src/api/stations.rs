@@ -9,7 +9,8 @@ use super::{ApiError, AppState};
 use crate::store::{Event, Station};
 
 fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
 }
 
 fn station_json(st: &Station) -> Value {
@@ -32,13 +33,22 @@ fn event_json(e: &Event) -> Value {
 
 pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let stations = state.policy.store().stations()?;
-    Ok(Json(Value::Array(stations.iter().map(station_json).collect())))
+    Ok(Json(Value::Array(
+        stations.iter().map(station_json).collect(),
+    )))
 }
 
-pub async fn show(State(state): State<AppState>, Path(mac): Path<String>) -> Result<Json<Value>, ApiError> {
-    let mac: MacAddr = mac.parse().map_err(|e: pxe::Error| ApiError::BadRequest(e.to_string()))?;
+pub async fn show(
+    State(state): State<AppState>,
+    Path(mac): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let mac: MacAddr = mac
+        .parse()
+        .map_err(|e: pxe::Error| ApiError::BadRequest(e.to_string()))?;
     let store = state.policy.store();
-    let station = store.station(mac)?.ok_or_else(|| ApiError::NotFound(format!("no station {mac}")))?;
+    let station = store
+        .station(mac)?
+        .ok_or_else(|| ApiError::NotFound(format!("no station {mac}")))?;
     let mut body = station_json(&station);
     body["events"] = Value::Array(store.events(mac)?.iter().map(event_json).collect());
     Ok(Json(body))

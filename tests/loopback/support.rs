@@ -1,0 +1,294 @@
+//! A daemon on loopback and small protocol clients for the tests.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use dhcproto::v4::{Architecture, DhcpOption, Flags, Message, MessageType};
+use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+use orchestrator::{Config, Daemon};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+/// A daemon with its own data directory and TFTP root.
+pub struct TestServer {
+    pub daemon: Daemon,
+    pub root: tempfile::TempDir,
+    _data: tempfile::TempDir,
+}
+
+/// Bytes of the fake iPXE binaries in every test root (not real programs; the e2e
+/// layer uses Debian's).
+pub fn fake_binary(name: &str, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(name.len() as u8))
+        .collect()
+}
+
+/// Start a daemon on 127.0.0.1 (all ports ephemeral). `extra` is appended to the TOML.
+pub async fn start(extra: &str) -> TestServer {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(
+        root.path().join("undionly.kpxe"),
+        fake_binary("undionly.kpxe", 70_000),
+    )
+    .unwrap();
+    std::fs::write(
+        root.path().join("snponly.efi"),
+        fake_binary("snponly.efi", 200_001),
+    )
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let text = format!(
+        "data_dir = \"{data}\"\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n\
+         [dhcp]\nserver_ip = \"127.0.0.1\"\nlisten = \"127.0.0.1:0\"\npxe_listen = \"127.0.0.1:0\"\nbroadcast = \"127.0.0.1:9\"\n\
+         [tftp]\nlisten = \"127.0.0.1:0\"\nroot = \"{root}\"\nmtu = 1500\n{extra}",
+        data = data.path().display(),
+        root = root.path().display(),
+    );
+    let config = Config::parse(&text, Path::new("test.toml")).expect("test config is valid");
+    let daemon = Daemon::start(config).await.expect("daemon starts");
+    TestServer {
+        daemon,
+        root,
+        _data: data,
+    }
+}
+
+impl TestServer {
+    pub fn dhcp(&self) -> SocketAddr {
+        self.daemon.dhcp_addrs.unwrap().0
+    }
+    pub fn pxe(&self) -> SocketAddr {
+        self.daemon.dhcp_addrs.unwrap().1
+    }
+}
+
+/// A simulated PXE client on its own loopback address, so that tests and stations
+/// stay apart and the server can tell them apart by address.
+pub struct PxeClient {
+    pub socket: UdpSocket,
+    pub mac: [u8; 6],
+}
+
+impl PxeClient {
+    pub async fn new(ip: Ipv4Addr, mac: [u8; 6]) -> PxeClient {
+        let socket = UdpSocket::bind((ip, 0)).await.unwrap();
+        PxeClient { socket, mac }
+    }
+
+    /// Build a client packet. `class` is option 60; `arch` option 93.
+    pub fn packet(
+        &self,
+        kind: MessageType,
+        xid: u32,
+        class: Option<&str>,
+        arch: u16,
+        extra: &[DhcpOption],
+    ) -> Vec<u8> {
+        let mut msg = Message::new_with_id(
+            xid,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            &self.mac,
+        );
+        msg.set_flags(Flags::default().set_broadcast());
+        msg.opts_mut().insert(DhcpOption::MessageType(kind));
+        if let Some(class) = class {
+            msg.opts_mut()
+                .insert(DhcpOption::ClassIdentifier(class.as_bytes().to_vec()));
+        }
+        msg.opts_mut()
+            .insert(DhcpOption::ClientSystemArchitecture(Architecture::from(
+                arch,
+            )));
+        let mut uuid = vec![0u8];
+        uuid.extend(self.mac.iter().cycle().take(16));
+        msg.opts_mut()
+            .insert(DhcpOption::ClientMachineIdentifier(uuid));
+        for opt in extra {
+            msg.opts_mut().insert(opt.clone());
+        }
+        let mut buf = Vec::new();
+        msg.encode(&mut Encoder::new(&mut buf)).unwrap();
+        buf
+    }
+
+    pub async fn send(&self, bytes: &[u8], to: SocketAddr) {
+        self.socket.send_to(bytes, to).await.unwrap();
+    }
+
+    /// The next reply, or `None` after `wait`.
+    pub async fn recv(&self, wait: Duration) -> Option<Message> {
+        let mut buf = vec![0u8; 1500];
+        let (len, _) = tokio::time::timeout(wait, self.socket.recv_from(&mut buf))
+            .await
+            .ok()?
+            .unwrap();
+        Some(
+            Message::decode(&mut Decoder::new(&buf[..len])).expect("server sent a decodable reply"),
+        )
+    }
+}
+
+/// The boot file of a reply, from the file field or option 67.
+pub fn boot_file(reply: &Message) -> String {
+    if let Some(DhcpOption::BootfileName(name)) =
+        reply.opts().get(dhcproto::v4::OptionCode::BootfileName)
+    {
+        return String::from_utf8(name.clone()).unwrap();
+    }
+    reply
+        .fname_str()
+        .map(|s| s.unwrap().trim_end_matches('\0').to_owned())
+        .unwrap_or_default()
+}
+
+/// A plain HTTP/1.1 GET: status and body as text.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let (status, body) = http_get_bytes(addr, path).await;
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A plain HTTP/1.1 GET: status and body bytes (no chunked encoding expected for
+/// files, which carry Content-Length).
+pub async fn http_get_bytes(addr: SocketAddr, path: &str) -> (u16, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("HTTP response has a head");
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let body = &raw[split + 4..];
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let chunked = head.contains("transfer-encoding: chunked");
+    (
+        status,
+        if chunked {
+            dechunk(body)
+        } else {
+            body.to_vec()
+        },
+    )
+}
+
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = body.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(std::str::from_utf8(&body[..eol]).unwrap().trim(), 16)
+            .unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let rest = &body[eol + 2..];
+        out.extend_from_slice(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+    out
+}
+
+/// GET a JSON document.
+pub async fn get_json(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) {
+    let (status, body) = http_get(addr, path).await;
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}")),
+    )
+}
+
+/// Poll `check` until it returns `Some` or five seconds pass (no fixed sleeps).
+pub async fn eventually<T, F, Fut>(mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Outcome of a TFTP read request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TftpResult {
+    Data(Vec<u8>),
+    Error(u16, String),
+    /// Nothing came back within two seconds.
+    NoAnswer,
+}
+
+/// A minimal RFC 1350 client (octet mode, lock-step, optional blksize), enough to
+/// check the server's answers; the real clients run in the e2e layer.
+pub async fn tftp_get(
+    server: SocketAddr,
+    from: Ipv4Addr,
+    name: &[u8],
+    blksize: Option<u16>,
+) -> TftpResult {
+    let socket = UdpSocket::bind((from, 0)).await.unwrap();
+    let mut rrq = vec![0, 1];
+    rrq.extend_from_slice(name);
+    rrq.extend_from_slice(b"\0octet\0");
+    if let Some(size) = blksize {
+        rrq.extend_from_slice(format!("blksize\0{size}\0").as_bytes());
+    }
+    socket.send_to(&rrq, server).await.unwrap();
+    let mut block_size = 512usize;
+    let mut data = Vec::new();
+    let mut expect: u16 = 1;
+    let mut buf = vec![0u8; 70_000];
+    loop {
+        let Ok(received) =
+            tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf)).await
+        else {
+            return TftpResult::NoAnswer;
+        };
+        let (len, peer) = received.unwrap();
+        let pkt = &buf[..len];
+        match u16::from_be_bytes([pkt[0], pkt[1]]) {
+            3 => {
+                let block = u16::from_be_bytes([pkt[2], pkt[3]]);
+                if block == expect {
+                    data.extend_from_slice(&pkt[4..]);
+                    expect = expect.wrapping_add(1);
+                }
+                socket.send_to(&[0, 4, pkt[2], pkt[3]], peer).await.unwrap();
+                if block + 1 == expect && pkt.len() - 4 < block_size {
+                    return TftpResult::Data(data);
+                }
+            }
+            5 => {
+                let code = u16::from_be_bytes([pkt[2], pkt[3]]);
+                let msg = String::from_utf8_lossy(&pkt[4..])
+                    .trim_end_matches('\0')
+                    .to_owned();
+                return TftpResult::Error(code, msg);
+            }
+            6 => {
+                // OACK: take the negotiated blksize, acknowledge with block 0.
+                let fields: Vec<&[u8]> = pkt[2..].split(|&b| b == 0).collect();
+                for pair in fields.chunks(2) {
+                    if pair.len() == 2 && pair[0].eq_ignore_ascii_case(b"blksize") {
+                        block_size = std::str::from_utf8(pair[1]).unwrap().parse().unwrap();
+                    }
+                }
+                socket.send_to(&[0, 4, 0, 0], peer).await.unwrap();
+            }
+            other => panic!("unexpected TFTP opcode {other}"),
+        }
+    }
+}
