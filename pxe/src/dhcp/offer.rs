@@ -108,12 +108,12 @@ pub fn build(request: &Request, file: &BootFile, server_ip: Ipv4Addr) -> Message
         opts.insert(DhcpOption::VendorExtensions(vec![6, 1, 8, 255]));
     }
 
-    if let BootFile::Tftp(_) = file {
-        // Some UEFI firmware ignores option 43 and takes the TFTP server from siaddr
-        // only; BIOS ROMs read sname. Both name us.
-        reply.set_siaddr(server_ip);
-        reply.set_sname_str(server_ip.to_string());
-    }
+    // siaddr and sname name us in every answer: some UEFI firmware ignores option 43
+    // and takes the TFTP server from siaddr only, BIOS ROMs read sname, and iPXE
+    // ignores a ProxyDHCP answer as "without PXE options" unless siaddr is set next to
+    // the boot file name (dhcp_has_pxeopts), even when the file is an http URL.
+    reply.set_siaddr(server_ip);
+    reply.set_sname_str(server_ip.to_string());
     let name = file.as_str();
     if name.len() < 128 {
         reply.set_fname_str(name);
@@ -285,7 +285,7 @@ mod tests {
     }
 
     #[test]
-    fn ipxe_offer_golden_points_at_the_script() {
+    fn ipxe_offer_golden_points_at_the_script_with_siaddr_set() {
         let req = request(
             MessageType::Discover,
             "PXEClient:Arch:00000:UNDI:002001",
@@ -295,7 +295,7 @@ mod tests {
         let (reply, bytes) = answer(&req);
         assert_eq!(
             describe(&bytes).lines().next().unwrap(),
-            "op=BootReply xid=deadbeef flags.broadcast=true ciaddr=0.0.0.0 yiaddr=0.0.0.0 siaddr=0.0.0.0 giaddr=0.0.0.0 chaddr=52:54:00:12:34:56 sname=\"\" file=\"http://10.0.0.1:8080/boot/52:54:00:12:34:56.ipxe\""
+            "op=BootReply xid=deadbeef flags.broadcast=true ciaddr=0.0.0.0 yiaddr=0.0.0.0 siaddr=10.0.0.1 giaddr=0.0.0.0 chaddr=52:54:00:12:34:56 sname=\"10.0.0.1\" file=\"http://10.0.0.1:8080/boot/52:54:00:12:34:56.ipxe\""
         );
         assert_eq!(reply.opts().msg_type(), Some(MessageType::Offer));
     }
@@ -311,7 +311,7 @@ mod tests {
         let (reply, bytes) = answer(&req);
         assert_eq!(
             describe(&bytes),
-            "op=BootReply xid=deadbeef flags.broadcast=true ciaddr=0.0.0.0 yiaddr=0.0.0.0 siaddr=0.0.0.0 giaddr=0.0.0.0 chaddr=52:54:00:12:34:56 sname=\"\" file=\"http://10.0.0.1:8080/ipxe/snponly.efi\"\n\
+            "op=BootReply xid=deadbeef flags.broadcast=true ciaddr=0.0.0.0 yiaddr=0.0.0.0 siaddr=10.0.0.1 giaddr=0.0.0.0 chaddr=52:54:00:12:34:56 sname=\"10.0.0.1\" file=\"http://10.0.0.1:8080/ipxe/snponly.efi\"\n\
              opt 53: MessageType(Offer)\n\
              opt 54: ServerIdentifier(10.0.0.1)\n\
              opt 60: ClassIdentifier([72, 84, 84, 80, 67, 108, 105, 101, 110, 116])\n\
