@@ -1,0 +1,126 @@
+//! DHCP burst generator for the ProxyDHCP benchmark: sends N PXE DISCOVERs from
+//! distinct MACs as fast as possible (or paced) and measures what comes back.
+//!
+//! Usage: dhcp-burst --server 10.78.0.1:67 [--bind 0.0.0.0:68] [--count 1000]
+//!                   [--pace-us 0] [--wait-ms 2000] [--arch 0]
+//! Prints one JSON line: sent, answered, lost, seconds, per_second, p50_ms, p99_ms, max_ms.
+//!
+//! Run it only against loopback or inside a network namespace of your own.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn main() -> Result<(), String> {
+    let mut server: Option<SocketAddr> = None;
+    let mut bind: SocketAddr = "0.0.0.0:68".parse().unwrap();
+    let (mut count, mut pace_us, mut wait_ms, mut arch) = (1000usize, 0u64, 2000u64, 0u16);
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
+        match flag.as_str() {
+            "--server" => server = Some(value.parse().map_err(|e| bad(&e))?),
+            "--bind" => bind = value.parse().map_err(|e| bad(&e))?,
+            "--count" => count = value.parse().map_err(|e| bad(&e))?,
+            "--pace-us" => pace_us = value.parse().map_err(|e| bad(&e))?,
+            "--wait-ms" => wait_ms = value.parse().map_err(|e| bad(&e))?,
+            "--arch" => arch = value.parse().map_err(|e| bad(&e))?,
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    let server = server.ok_or("--server is required")?;
+    let socket = UdpSocket::bind(bind).map_err(|e| format!("bind {bind}: {e}"))?;
+    socket.set_broadcast(true).map_err(|e| e.to_string())?;
+    socket.set_read_timeout(Some(Duration::from_millis(50))).map_err(|e| e.to_string())?;
+
+    let packets: Vec<Vec<u8>> = (0..count).map(|i| discover(i as u32, arch)).collect();
+    let sent_at: Arc<Mutex<HashMap<u32, Instant>>> = Arc::new(Mutex::new(HashMap::with_capacity(count)));
+    let receiver = {
+        let socket = socket.try_clone().map_err(|e| e.to_string())?;
+        let sent_at = Arc::clone(&sent_at);
+        std::thread::spawn(move || receive(socket, sent_at, count, Duration::from_millis(wait_ms)))
+    };
+    let start = Instant::now();
+    for (i, packet) in packets.iter().enumerate() {
+        if pace_us > 0 {
+            let due = start + Duration::from_micros(pace_us * i as u64);
+            while Instant::now() < due {
+                std::hint::spin_loop();
+            }
+        }
+        sent_at.lock().unwrap().insert(xid(i as u32), Instant::now());
+        socket.send_to(packet, server).map_err(|e| format!("send to {server}: {e}"))?;
+    }
+    let (latencies, last_reply) = receiver.join().map_err(|_| "receiver panicked")?;
+    let answered = latencies.len();
+    let mut sorted = latencies.clone();
+    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| if sorted.is_empty() { f64::NAN } else { sorted[((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1)] };
+    let seconds = last_reply.map(|t| t.duration_since(start).as_secs_f64()).unwrap_or(f64::NAN);
+    println!(
+        "{{\"sent\":{count},\"answered\":{answered},\"lost\":{},\"seconds\":{seconds:.4},\"per_second\":{:.0},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"pace_us\":{pace_us}}}",
+        count - answered,
+        answered as f64 / seconds,
+        pct(0.50),
+        pct(0.99),
+        sorted.last().copied().unwrap_or(f64::NAN),
+    );
+    Ok(())
+}
+
+fn xid(i: u32) -> u32 {
+    0x4e52_0000 ^ i
+}
+
+/// A PXE DISCOVER as a BIOS PXE ROM sends it: broadcast flag, option 53, 57, 60, 93,
+/// 94, 97, 55.
+fn discover(i: u32, arch: u16) -> Vec<u8> {
+    let mut p = vec![0u8; 240];
+    p[0] = 1; // BOOTREQUEST
+    p[1] = 1; // Ethernet
+    p[2] = 6;
+    p[4..8].copy_from_slice(&xid(i).to_be_bytes());
+    p[10] = 0x80; // broadcast flag
+    let mac = [0x02, 0x4e, 0x52, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+    p[28..34].copy_from_slice(&mac);
+    p[236..240].copy_from_slice(&[99, 130, 83, 99]);
+    p.extend_from_slice(&[53, 1, 1]);
+    p.extend_from_slice(&[57, 2, 0x05, 0xc0]);
+    let class = format!("PXEClient:Arch:{arch:05}:UNDI:002001");
+    p.push(60);
+    p.push(class.len() as u8);
+    p.extend_from_slice(class.as_bytes());
+    p.extend_from_slice(&[93, 2, (arch >> 8) as u8, arch as u8]);
+    p.extend_from_slice(&[94, 3, 1, 2, 1]);
+    p.extend_from_slice(&[97, 17, 0]);
+    p.extend_from_slice(&[0x4e; 10]);
+    p.extend_from_slice(&mac);
+    p.extend_from_slice(&[55, 6, 1, 3, 43, 60, 66, 67]);
+    p.push(255);
+    p
+}
+
+fn receive(socket: UdpSocket, sent_at: Arc<Mutex<HashMap<u32, Instant>>>, count: usize, wait: Duration) -> (Vec<f64>, Option<Instant>) {
+    let mut latencies = Vec::with_capacity(count);
+    let mut seen = std::collections::HashSet::with_capacity(count);
+    let mut last_reply = None;
+    let mut last_progress = Instant::now();
+    let mut buf = [0u8; 1500];
+    while seen.len() < count && last_progress.elapsed() < wait {
+        let Ok((len, _)) = socket.recv_from(&mut buf) else { continue };
+        let now = Instant::now();
+        if len < 240 || buf[0] != 2 {
+            continue;
+        }
+        let id = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+        let Some(sent) = sent_at.lock().unwrap().get(&id).copied() else { continue };
+        if seen.insert(id) {
+            latencies.push(now.duration_since(sent).as_secs_f64() * 1000.0);
+            last_reply = Some(now);
+            last_progress = now;
+        }
+    }
+    (latencies, last_reply)
+}
