@@ -185,6 +185,9 @@ impl Daemon {
             warn!("servers did not stop within {DRAIN:?}; aborting them");
             self.tasks.abort_all();
         }
+        if !self.policy.drain_events(DRAIN) {
+            warn!("boot events still queued at shutdown were not written");
+        }
         self.policy.store().flush()?;
         Ok(())
     }

@@ -5,6 +5,7 @@ pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod policy;
+pub mod recorder;
 pub mod store;
 
 pub use config::Config;

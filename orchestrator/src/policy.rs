@@ -9,12 +9,14 @@ use pxe::{Arch, BootDecision, BootPolicy, BootStep, Firmware, MacAddr, Machine, 
 use tracing::{debug, warn};
 
 use crate::config::{BootConfig, InventoryConfig, UnknownMode};
+use crate::recorder::Recorder;
 use crate::store::{Sighting, Store};
 
 /// The boot policy over the inventory.
 #[derive(Clone)]
 pub struct Orchestrator {
     store: Store,
+    recorder: Arc<Recorder>,
     boot: Arc<BootConfig>,
     inventory: Arc<InventoryConfig>,
 }
@@ -22,6 +24,7 @@ pub struct Orchestrator {
 impl Orchestrator {
     pub fn new(store: Store, boot: BootConfig, inventory: InventoryConfig) -> Orchestrator {
         Orchestrator {
+            recorder: Recorder::start(store.clone()),
             store,
             boot: Arc::new(boot),
             inventory: Arc::new(inventory),
@@ -31,6 +34,11 @@ impl Orchestrator {
     /// The store behind the policy.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Wait until every boot event queued so far is in the store.
+    pub fn drain_events(&self, deadline: std::time::Duration) -> bool {
+        self.recorder.drain(deadline)
     }
 
     /// The boot settings.
@@ -78,32 +86,46 @@ impl Orchestrator {
             BootDecision::Ignore | BootDecision::LocalDisk => "local-disk".to_owned(),
             BootDecision::Chain(t) => format!("chain {}", t.kernel),
         };
-        self.sighted(mac, &sighting, "script", what);
+        self.sighted(mac, sighting, "script", what);
     }
 
-    fn sighted(&self, mac: MacAddr, sighting: &Sighting, kind: &str, detail: String) {
-        let result = self
-            .store
-            .saw(mac, sighting, self.inventory.register_unknown)
-            .and_then(|known| match known {
-                Some(_) => self.store.record(mac, kind, detail),
-                None => Ok(()),
-            });
-        if let Err(e) = result {
-            warn!(%mac, error = %e, "cannot record boot event");
-        }
+    fn sighted(&self, mac: MacAddr, sighting: Sighting, kind: &'static str, detail: String) {
+        let create = self.inventory.register_unknown;
+        self.recorder
+            .submit(move |store| record(store, mac, &sighting, create, kind, detail));
     }
+}
 
-    fn tftp_mac(&self, ip: Ipv4Addr) -> Option<MacAddr> {
-        if let Ok(Some(mac)) = self.store.mac_at(ip) {
-            return Some(mac);
-        }
-        // A UEFI client that took its address from the school's server and loaded
-        // the file named in our offer never told us its address; the kernel's ARP
-        // table has it, since the TFTP exchange just happened.
-        let table = std::fs::read_to_string("/proc/net/arp").ok()?;
-        arp_lookup(&table, ip)
+/// Merge a sighting into the inventory and append the event (on the recorder thread).
+fn record(
+    store: &Store,
+    mac: MacAddr,
+    sighting: &Sighting,
+    create: bool,
+    kind: &str,
+    detail: String,
+) {
+    let result = store
+        .saw(mac, sighting, create)
+        .and_then(|known| match known {
+            Some(_) => store.record(mac, kind, detail),
+            None => Ok(()),
+        });
+    if let Err(e) = result {
+        warn!(%mac, error = %e, "cannot record boot event");
     }
+}
+
+/// The station at `ip`: the address DHCP last saw it use, else the kernel's ARP table.
+fn tftp_mac(store: &Store, ip: Ipv4Addr) -> Option<MacAddr> {
+    if let Ok(Some(mac)) = store.mac_at(ip) {
+        return Some(mac);
+    }
+    // A UEFI client that took its address from the school's server and loaded the
+    // file named in our offer never told us its address; the kernel's ARP table has
+    // it, since the TFTP exchange just happened.
+    let table = std::fs::read_to_string("/proc/net/arp").ok()?;
+    arp_lookup(&table, ip)
 }
 
 /// Find `ip` in the text of /proc/net/arp.
@@ -118,7 +140,7 @@ fn arp_lookup(table: &str, ip: Ipv4Addr) -> Option<MacAddr> {
 
 impl BootPolicy for Orchestrator {
     fn decide(&self, machine: &Machine, step: BootStep) -> BootDecision {
-        let known = matches!(self.store.station(machine.mac), Ok(Some(_)));
+        let known = self.store.contains(machine.mac);
         if !known && self.boot.unknown == UnknownMode::Ignore {
             debug!(mac = %machine.mac, ?step, "unknown station ignored");
             return BootDecision::Ignore;
@@ -131,12 +153,12 @@ impl BootPolicy for Orchestrator {
             Observation::DhcpOffer {
                 machine, boot_file, ..
             } => {
-                self.sighted(machine.mac, &sighting(&machine), "dhcp-offer", boot_file);
+                self.sighted(machine.mac, sighting(&machine), "dhcp-offer", boot_file);
             }
             Observation::Pxe4011 {
                 machine, boot_file, ..
             } => {
-                self.sighted(machine.mac, &sighting(&machine), "pxe-4011", boot_file);
+                self.sighted(machine.mac, sighting(&machine), "pxe-4011", boot_file);
             }
             Observation::Tftp { peer, file, size } => {
                 self.tftp_event(peer.ip(), "tftp", format!("{file} ({size} bytes)"));
@@ -150,15 +172,17 @@ impl BootPolicy for Orchestrator {
 }
 
 impl Orchestrator {
-    fn tftp_event(&self, peer: IpAddr, kind: &str, detail: String) {
+    fn tftp_event(&self, peer: IpAddr, kind: &'static str, detail: String) {
         let ip = match peer {
             IpAddr::V4(v4) => Some(v4),
             IpAddr::V6(v6) => v6.to_ipv4_mapped(),
         };
-        match ip.and_then(|ip| self.tftp_mac(ip)) {
-            Some(mac) => self.sighted(mac, &Sighting::default(), kind, detail),
-            None => debug!(%peer, kind, detail, "tftp peer has no known MAC"),
-        }
+        let create = self.inventory.register_unknown;
+        self.recorder
+            .submit(move |store| match ip.and_then(|ip| tftp_mac(store, ip)) {
+                Some(mac) => record(store, mac, &Sighting::default(), create, kind, detail),
+                None => debug!(%peer, kind, detail, "tftp peer has no known MAC"),
+            });
     }
 }
 

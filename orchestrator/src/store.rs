@@ -120,6 +120,12 @@ impl Store {
             .transpose()
     }
 
+    /// Whether the inventory has `mac` (a read error counts as unknown). Cheap: the
+    /// DHCP hot path asks it for every packet.
+    pub fn contains(&self, mac: MacAddr) -> bool {
+        self.stations.contains_key(mac.octets()).unwrap_or(false)
+    }
+
     /// All stations, in MAC order.
     pub fn stations(&self) -> Result<Vec<Station>, StoreError> {
         self.stations

@@ -54,21 +54,11 @@ async fn bios_pxe_client_gets_undionly_offer_and_4011_ack_and_is_registered() {
     assert_eq!(ack.xid(), 0x1002);
     assert_eq!(boot_file(&ack), "undionly.kpxe");
 
-    let (status, station) = get_json(
-        server.daemon.http_addr,
-        "/api/v1/stations/52:54:00:00:0a:01",
-    )
-    .await;
-    assert_eq!(status, 200, "{station}");
+    let (station, kinds) =
+        station_with_events(server.daemon.http_addr, "52:54:00:00:0a:01", 2).await;
     assert_eq!(station["mac"], "52:54:00:00:0a:01");
     assert_eq!(station["firmware"], "bios");
     assert_eq!(station["arch"], "x86");
-    let kinds: Vec<&str> = station["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
     assert_eq!(kinds, ["dhcp-offer", "pxe-4011"]);
     assert!(station["events"][0]["at"].as_str().unwrap().ends_with('Z'));
     server.daemon.shutdown().await.unwrap();
@@ -114,17 +104,8 @@ async fn uefi_client_gets_snponly_and_ipxe_gets_script_url_then_local_disk_scrip
     assert!(script.starts_with("#!ipxe\n"), "{script}");
     assert!(script.contains("\n:netreset_boot\nexit 0\n"), "{script}");
 
-    let (_, station) = get_json(
-        server.daemon.http_addr,
-        "/api/v1/stations/52-54-00-00-0a-02",
-    )
-    .await;
-    let kinds: Vec<&str> = station["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
+    let (station, kinds) =
+        station_with_events(server.daemon.http_addr, "52-54-00-00-0a-02", 3).await;
     assert_eq!(kinds, ["dhcp-offer", "dhcp-offer", "script"]);
     assert_eq!(station["firmware"], "uefi");
     server.daemon.shutdown().await.unwrap();
@@ -230,6 +211,8 @@ async fn unknown_stations_are_ignored_when_configured_and_known_ones_answered() 
         "unknown station ignored"
     );
 
+    // The known station's offer is recorded; the stranger never appears.
+    station_with_events(server.daemon.http_addr, "52:54:00:00:0a:06", 1).await;
     let (_, list) = get_json(server.daemon.http_addr, "/api/v1/stations").await;
     let list = list.as_array().unwrap();
     assert_eq!(list.len(), 1);

@@ -222,6 +222,32 @@ where
     }
 }
 
+/// The station's JSON and its event kinds, once it has at least `n` events (events
+/// are written by the recorder thread, a moment after the answer went out).
+pub async fn station_with_events(
+    addr: SocketAddr,
+    mac: &str,
+    n: usize,
+) -> (serde_json::Value, Vec<String>) {
+    let path = format!("/api/v1/stations/{mac}");
+    eventually(|| {
+        let path = path.clone();
+        async move {
+            let (status, st) = get_json(addr, &path).await;
+            if status != 200 {
+                return None;
+            }
+            let kinds: Vec<String> = st["events"]
+                .as_array()?
+                .iter()
+                .map(|e| e["kind"].as_str().unwrap().to_owned())
+                .collect();
+            (kinds.len() >= n).then_some((st, kinds))
+        }
+    })
+    .await
+}
+
 /// Outcome of a TFTP read request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum TftpResult {

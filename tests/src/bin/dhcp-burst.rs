@@ -31,12 +31,25 @@ fn main() -> Result<(), String> {
         }
     }
     let server = server.ok_or("--server is required")?;
-    let socket = UdpSocket::bind(bind).map_err(|e| format!("bind {bind}: {e}"))?;
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+        .map_err(|e| e.to_string())?;
+    // Room for every reply of the burst, so that losses counted are the server's.
+    socket
+        .set_recv_buffer_size(8 << 20)
+        .map_err(|e| e.to_string())?;
+    socket.set_reuse_address(true).map_err(|e| e.to_string())?;
+    socket
+        .bind(&bind.into())
+        .map_err(|e| format!("bind {bind}: {e}"))?;
+    let socket: UdpSocket = socket.into();
     socket.set_broadcast(true).map_err(|e| e.to_string())?;
-    socket.set_read_timeout(Some(Duration::from_millis(50))).map_err(|e| e.to_string())?;
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .map_err(|e| e.to_string())?;
 
     let packets: Vec<Vec<u8>> = (0..count).map(|i| discover(i as u32, arch)).collect();
-    let sent_at: Arc<Mutex<HashMap<u32, Instant>>> = Arc::new(Mutex::new(HashMap::with_capacity(count)));
+    let sent_at: Arc<Mutex<HashMap<u32, Instant>>> =
+        Arc::new(Mutex::new(HashMap::with_capacity(count)));
     let receiver = {
         let socket = socket.try_clone().map_err(|e| e.to_string())?;
         let sent_at = Arc::clone(&sent_at);
@@ -50,15 +63,28 @@ fn main() -> Result<(), String> {
                 std::hint::spin_loop();
             }
         }
-        sent_at.lock().unwrap().insert(xid(i as u32), Instant::now());
-        socket.send_to(packet, server).map_err(|e| format!("send to {server}: {e}"))?;
+        sent_at
+            .lock()
+            .unwrap()
+            .insert(xid(i as u32), Instant::now());
+        socket
+            .send_to(packet, server)
+            .map_err(|e| format!("send to {server}: {e}"))?;
     }
     let (latencies, last_reply) = receiver.join().map_err(|_| "receiver panicked")?;
     let answered = latencies.len();
     let mut sorted = latencies.clone();
     sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let pct = |p: f64| if sorted.is_empty() { f64::NAN } else { sorted[((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1)] };
-    let seconds = last_reply.map(|t| t.duration_since(start).as_secs_f64()).unwrap_or(f64::NAN);
+    let pct = |p: f64| {
+        if sorted.is_empty() {
+            f64::NAN
+        } else {
+            sorted[((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1)]
+        }
+    };
+    let seconds = last_reply
+        .map(|t| t.duration_since(start).as_secs_f64())
+        .unwrap_or(f64::NAN);
     println!(
         "{{\"sent\":{count},\"answered\":{answered},\"lost\":{},\"seconds\":{seconds:.4},\"per_second\":{:.0},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"pace_us\":{pace_us}}}",
         count - answered,
@@ -102,20 +128,29 @@ fn discover(i: u32, arch: u16) -> Vec<u8> {
     p
 }
 
-fn receive(socket: UdpSocket, sent_at: Arc<Mutex<HashMap<u32, Instant>>>, count: usize, wait: Duration) -> (Vec<f64>, Option<Instant>) {
+fn receive(
+    socket: UdpSocket,
+    sent_at: Arc<Mutex<HashMap<u32, Instant>>>,
+    count: usize,
+    wait: Duration,
+) -> (Vec<f64>, Option<Instant>) {
     let mut latencies = Vec::with_capacity(count);
     let mut seen = std::collections::HashSet::with_capacity(count);
     let mut last_reply = None;
     let mut last_progress = Instant::now();
     let mut buf = [0u8; 1500];
     while seen.len() < count && last_progress.elapsed() < wait {
-        let Ok((len, _)) = socket.recv_from(&mut buf) else { continue };
+        let Ok((len, _)) = socket.recv_from(&mut buf) else {
+            continue;
+        };
         let now = Instant::now();
         if len < 240 || buf[0] != 2 {
             continue;
         }
         let id = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
-        let Some(sent) = sent_at.lock().unwrap().get(&id).copied() else { continue };
+        let Some(sent) = sent_at.lock().unwrap().get(&id).copied() else {
+            continue;
+        };
         if seen.insert(id) {
             latencies.push(now.duration_since(sent).as_secs_f64() * 1000.0);
             last_reply = Some(now);

@@ -1,0 +1,78 @@
+//! Boot events go to the store through one thread of their own: the protocol servers
+//! only queue them, so a classroom switching on at once is answered at socket speed
+//! and not at sled's. Events keep their order (one FIFO queue, one writer).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::warn;
+
+use crate::store::Store;
+
+/// How many events may wait; beyond that new ones are dropped (and counted), since a
+/// boot must never wait for its own record.
+const QUEUE: usize = 16_384;
+
+type Job = Box<dyn FnOnce(&Store) + Send>;
+
+/// The queue in front of the writer thread.
+pub struct Recorder {
+    tx: SyncSender<Job>,
+    dropped: AtomicU64,
+}
+
+impl Recorder {
+    /// Start the writer thread for `store`. It ends when the last `Recorder` handle is
+    /// dropped.
+    pub fn start(store: Store) -> Arc<Recorder> {
+        let (tx, rx) = sync_channel::<Job>(QUEUE);
+        std::thread::Builder::new()
+            .name("netreset-recorder".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job(&store);
+                }
+            })
+            .expect("spawn the recorder thread");
+        Arc::new(Recorder {
+            tx,
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    /// Queue a write. Never blocks.
+    pub fn submit(&self, job: impl FnOnce(&Store) + Send + 'static) {
+        match self.tx.try_send(Box::new(job)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    warn!(dropped = n, "boot event queue full; events dropped");
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// Wait until everything queued so far is written (at most `deadline`).
+    pub fn drain(&self, deadline: Duration) -> bool {
+        let (done_tx, done_rx) = sync_channel(1);
+        if self
+            .tx
+            .send(Box::new(move |_: &Store| {
+                let _ = done_tx.send(());
+            }))
+            .is_err()
+        {
+            return false;
+        }
+        done_rx.recv_timeout(deadline).is_ok()
+    }
+
+    /// Events dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
