@@ -98,6 +98,52 @@ pub struct TftpSettings {
 struct RootHandler {
     root: PathBuf,
     policy: Arc<dyn BootPolicy>,
+    cache: FileCache,
+}
+
+/// Files up to this size are served from memory: a classroom fetching the same iPXE
+/// binary at once reads it from disk once, and each block is a copy, not a read on
+/// the blocking thread pool.
+const CACHE_FILE_MAX: u64 = 64 << 20;
+/// The cache starts over when it would hold more than this.
+const CACHE_TOTAL_MAX: u64 = 256 << 20;
+
+/// Contents of recently served files, checked against size and mtime on every use, so
+/// that a file the admin replaces is served new at once.
+#[derive(Default)]
+struct FileCache {
+    files: std::collections::HashMap<PathBuf, (std::time::SystemTime, Arc<[u8]>)>,
+    total: u64,
+}
+
+impl FileCache {
+    fn get(&mut self, path: &Path, meta: &std::fs::Metadata) -> std::io::Result<Arc<[u8]>> {
+        let mtime = meta.modified()?;
+        if let Some((when, bytes)) = self.files.get(path) {
+            if *when == mtime && bytes.len() as u64 == meta.len() {
+                return Ok(bytes.clone());
+            }
+        }
+        let bytes: Arc<[u8]> = std::fs::read(path)?.into();
+        if self.total + bytes.len() as u64 > CACHE_TOTAL_MAX {
+            self.files.clear();
+            self.total = 0;
+        }
+        self.total += bytes.len() as u64;
+        if let Some((_, old)) = self.files.insert(path.to_owned(), (mtime, bytes.clone())) {
+            self.total -= old.len() as u64;
+        }
+        Ok(bytes)
+    }
+}
+
+/// A cached file as an async reader.
+struct Shared(Arc<[u8]>);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 impl Handler for RootHandler {
@@ -128,16 +174,20 @@ impl Handler for RootHandler {
             .metadata()
             .map(|m| m.len())
             .map_err(|_| refuse(Refusal::NotFound))?;
+        let reader: Self::Reader = if size <= CACHE_FILE_MAX {
+            let meta = file.metadata().map_err(|_| refuse(Refusal::NotFound))?;
+            let bytes = self.cache.get(&full, &meta).map_err(|_| refuse(Refusal::NotFound))?;
+            Box::new(futures_lite::io::Cursor::new(Shared(bytes)))
+        } else {
+            Box::new(blocking::Unblock::with_capacity(64 * 1024, file))
+        };
         info!(peer = %client, file = %requested, size, "tftp read");
         self.policy.observe(Observation::Tftp {
             peer: *client,
             file: requested,
             size,
         });
-        Ok((
-            Box::new(blocking::Unblock::with_capacity(64 * 1024, file)),
-            Some(size),
-        ))
+        Ok((reader, Some(size)))
     }
 
     async fn write_req_open(
@@ -197,6 +247,7 @@ impl TftpServer {
         let handler = RootHandler {
             root: self.settings.root.clone(),
             policy: self.policy,
+            cache: FileCache::default(),
         };
         let server = TftpServerBuilder::with_handler(handler)
             .std_socket(self.socket)
@@ -285,6 +336,19 @@ mod tests {
             resolve(dir.path(), "ipxe.efi").unwrap(),
             dir.path().join("ipxe.efi")
         );
+    }
+
+    #[test]
+    fn cache_serves_a_replaced_file_new() {
+        let dir = root();
+        let path = dir.path().join("undionly.kpxe");
+        let mut cache = FileCache::default();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(&*cache.get(&path, &meta).unwrap(), b"bios");
+        std::fs::write(&path, b"bios v2").unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(&*cache.get(&path, &meta).unwrap(), b"bios v2");
+        assert_eq!(cache.total, 7);
     }
 
     #[test]

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# TFTP throughput benchmark (root): netreset against atftpd (which has windowsize),
+# dnsmasq's TFTP and tftpd-hpa, all driven by the same atftp client, in one run, over
+# a veth pair between two namespaces of this script's own.
+#
+# Rows: 50 concurrent downloads of ipxe.efi (blksize 1468), lock-step and windowsize
+# 16; one 32 MiB file, lock-step and windowsize 16. Figures are payload MB/s (10^6).
+# Usage: tests/bench/tftp.sh [ROUNDS]  (default 3; the table shows every round)
+source "$(dirname "$0")/../e2e/lib.sh"
+rounds=${1:-3}
+need ip dnsmasq atftp apt-get dpkg python3 curl
+[ "$(id -u)" = 0 ] || fail "needs root (network namespaces)"
+
+# atftpd and tftpd-hpa conflict as installed packages; unpack both beside the build.
+peers=$E2E_ROOT/target/bench-peers
+if [ ! -x "$peers/usr/sbin/atftpd" ] || [ ! -x "$peers/usr/sbin/in.tftpd" ]; then
+  apt-get install -y -qq libwrap0 >/dev/null
+  mkdir -p "$peers" && (cd "$E2E_TMP" && apt-get download atftpd tftpd-hpa >/dev/null && for d in *.deb; do dpkg -x "$d" "$peers"; done)
+fi
+(cd "$E2E_ROOT" && cargo build -q --release --bin netreset -p orchestrator)
+NETRESET=$E2E_ROOT/target/release/netreset
+
+id=$(printf '%04x' $((E2E_ID % 65536)))
+srv=nrtsrv-$id cli=nrtcli-$id
+ip netns add "$srv"; defer "ip netns del $srv"
+ip netns add "$cli"; defer "ip netns del $cli"
+S() { ip netns exec "$srv" "$@"; }
+C() { ip netns exec "$cli" "$@"; }
+ip link add "ts-$id" type veth peer name "tc-$id"
+ip link set "ts-$id" netns "$srv"; ip link set "tc-$id" netns "$cli"
+S ip link set lo up; C ip link set lo up
+S ip addr add 10.79.0.1/24 dev "ts-$id"; S ip link set "ts-$id" up
+C ip addr add 10.79.0.2/24 dev "tc-$id"; C ip link set "tc-$id" up
+
+root=$E2E_TMP/root
+mkdir -p "$root"
+cp "$(readlink -f /usr/lib/ipxe/ipxe.efi)" "$root/ipxe.efi"
+head -c $((32 << 20)) /dev/urandom > "$root/big.bin"
+chmod -R a+rX "$E2E_TMP"
+efi_size=$(stat -c %s "$root/ipxe.efi")
+mkdir -p "$E2E_TMP/out"
+
+# row NAME MODE FILE COUNT: COUNT concurrent atftp downloads (MODE lock|window);
+# prints payload MB/s.
+row() {
+  local file=$3 count=$4 size start end i
+  local opts=(--option "blksize 1468")
+  [ "$2" = window ] && opts+=(--option "windowsize 16")
+  size=$(stat -c %s "$root/$file")
+  rm -f "$E2E_TMP"/out/*
+  start=$(date +%s.%N)
+  for ((i = 0; i < count; i++)); do
+    C atftp "${opts[@]}" -g -r "$file" -l "$E2E_TMP/out/$i" 10.79.0.1 69 2>>"$E2E_TMP/atftp.log" &
+  done
+  wait
+  end=$(date +%s.%N)
+  for ((i = 0; i < count; i++)); do
+    cmp -s "$root/$file" "$E2E_TMP/out/$i" || { echo FAIL; return; }
+  done
+  python3 -c "print(f'{$size * $count / ($end - $start) / 1e6:.1f}')"
+}
+
+measure() { # SERVER_NAME
+  local name=$1 r label mode file count oack
+  # Did the server take windowsize? Ask with a raw RRQ and read its OACK.
+  oack=$(C python3 - <<'PY'
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.sendto(b"\0\x01ipxe.efi\0octet\0blksize\x001468\0windowsize\x0016\0", ("10.79.0.1", 69))
+data, peer = s.recvfrom(2048)
+s.sendto(b"\0\x05\0\x08probe done\0", peer)  # error 8: end the transfer here
+fields = data[2:].split(b"\0") if data[:2] == b"\0\x06" else []
+opts = [f.decode(errors="replace") for f in fields if f]
+print(",".join(f"{k}={v}" for k, v in zip(opts[::2], opts[1::2])) or "no-OACK")
+PY
+)
+  printf '%s\t%s\t%s\n' "OACK to blksize 1468 + windowsize 16" "$name" "$oack" >> "$E2E_TMP/results.tsv"
+  while IFS='|' read -r label mode file count; do
+    local figures=()
+    for ((r = 1; r <= rounds; r++)); do figures+=("$(row "$name" "$mode" "$file" "$count")"); done
+    printf '%s\t%s\t%s\n' "$label" "$name" "${figures[*]}" >> "$E2E_TMP/results.tsv"
+  done <<ROWS
+50 x ipxe.efi, lock-step|lock|ipxe.efi|50
+50 x ipxe.efi, windowsize 16|window|ipxe.efi|50
+32 MiB, lock-step|lock|big.bin|1
+32 MiB, windowsize 16|window|big.bin|1
+ROWS
+}
+
+start_server() { # NAME COMMAND...: start in the server namespace, wait until it serves
+  local name=$1; shift
+  S "$@" > "$E2E_TMP/$name.log" 2>&1 &
+  server_pid=$!
+  wait_for 20 "$name to serve" C atftp -g -r ipxe.efi -l "$E2E_TMP/probe" 10.79.0.1 69
+}
+stop_server() { kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; }
+
+cat > "$E2E_TMP/netreset.toml" <<TOML
+data_dir = "$E2E_TMP/data"
+[http]
+listen = "10.79.0.1:8080"
+[dhcp]
+mode = "off"
+server_ip = "10.79.0.1"
+[tftp]
+listen = "10.79.0.1:69"
+root = "$root"
+mtu = 1500
+TOML
+start_server netreset env RUST_LOG=warn "$NETRESET" serve --config "$E2E_TMP/netreset.toml"
+measure netreset; stop_server
+
+start_server atftpd "$peers/usr/sbin/atftpd" --daemon --no-fork --bind-address 10.79.0.1 --port 69 \
+  --maxthread 200 --user root.root --logfile /dev/null "$root"
+measure "atftpd 0.8.0"; stop_server
+
+start_server dnsmasq dnsmasq --no-daemon --port=0 --enable-tftp --tftp-root="$root" --tftp-max=200 \
+  --listen-address=10.79.0.1 --bind-interfaces --user=root --log-facility=/dev/null
+measure "dnsmasq $(dnsmasq --version | head -1 | awk '{print $3}')"; stop_server
+
+start_server tftpd-hpa "$peers/usr/sbin/in.tftpd" --foreground --listen --address 10.79.0.1:69 \
+  --secure --user root "$root"
+measure "tftpd-hpa 5.2"; stop_server
+
+python3 - "$E2E_TMP/results.tsv" <<'PY'
+import sys, statistics
+rows, servers = {}, []
+for line in open(sys.argv[1]):
+    label, server, figs = line.rstrip("\n").split("\t")
+    rows.setdefault(label, {})[server] = figs.split()
+    if server not in servers: servers.append(server)
+print("| payload MB/s (rounds) | " + " | ".join(servers) + " |")
+print("|---|" + "---|" * len(servers))
+for label, by in rows.items():
+    print(f"| {label} | " + " | ".join(" / ".join(by.get(s, ['-'])) for s in servers) + " |")
+PY
