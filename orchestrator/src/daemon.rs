@@ -109,6 +109,7 @@ impl Daemon {
                 listen: config.tftp.listen,
                 root: config.tftp.root.clone(),
                 mtu,
+                workers: config.tftp.workers,
             },
             shared,
         )

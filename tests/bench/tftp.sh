@@ -130,8 +130,26 @@ for line in open(sys.argv[1]):
     label, server, figs = line.rstrip("\n").split("\t")
     rows.setdefault(label, {})[server] = figs.split()
     if server not in servers: servers.append(server)
-print("| payload MB/s (rounds) | " + " | ".join(servers) + " |")
-print("|---|" + "---|" * len(servers))
+def median(v):
+    nums = [float(x) for x in v if x != "FAIL"]
+    return statistics.median(nums) if nums else None
+print("Payload MB/s, median (min-max) of the rounds; FAIL = a download was not byte-identical.\n")
+print("| row | " + " | ".join(servers) + " | netreset / atftpd | netreset / best peer |")
+print("|---|" + "---|" * (len(servers) + 2))
 for label, by in rows.items():
-    print(f"| {label} | " + " | ".join(" / ".join(by.get(s, ['-'])) for s in servers) + " |")
+    if label.startswith("OACK"):
+        print(f"| {label} | " + " | ".join(by.get(s, ["-"])[0] for s in servers) + " | | |")
+        continue
+    cells = []
+    for s in servers:
+        v = by.get(s, [])
+        nums = [float(x) for x in v if x != "FAIL"]
+        fails = len(v) - len(nums)
+        cell = f"{median(v):.1f} ({min(nums):.1f}-{max(nums):.1f})" if nums else "-"
+        cells.append(cell + (f" {fails} FAIL" if fails else ""))
+    ours = median(by["netreset"])
+    peers = {s: median(by[s]) for s in servers if s != "netreset" and median(by[s])}
+    atftpd = next((v for s, v in peers.items() if s.startswith("atftpd")), None)
+    best = max(peers.values())
+    print(f"| {label} | " + " | ".join(cells) + f" | {ours / atftpd:.2f} | {ours / best:.2f} |")
 PY

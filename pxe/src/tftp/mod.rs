@@ -7,7 +7,7 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_tftp::packet;
 use async_tftp::server::{Handler, TftpServerBuilder};
@@ -93,12 +93,14 @@ pub struct TftpSettings {
     pub root: PathBuf,
     /// MTU of the lab interface; blksize is clamped to fit it.
     pub mtu: u32,
+    /// Listening sockets, each served on its own thread.
+    pub workers: usize,
 }
 
 struct RootHandler {
     root: PathBuf,
     policy: Arc<dyn BootPolicy>,
-    cache: FileCache,
+    cache: Arc<Mutex<FileCache>>,
 }
 
 /// Files up to this size are served from memory: a classroom fetching the same iPXE
@@ -176,7 +178,12 @@ impl Handler for RootHandler {
             .map_err(|_| refuse(Refusal::NotFound))?;
         let reader: Self::Reader = if size <= CACHE_FILE_MAX {
             let meta = file.metadata().map_err(|_| refuse(Refusal::NotFound))?;
-            let bytes = self.cache.get(&full, &meta).map_err(|_| refuse(Refusal::NotFound))?;
+            let bytes = self
+                .cache
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .get(&full, &meta)
+                .map_err(|_| refuse(Refusal::NotFound))?;
             Box::new(futures_lite::io::Cursor::new(Shared(bytes)))
         } else {
             Box::new(blocking::Unblock::with_capacity(64 * 1024, file))
@@ -203,13 +210,16 @@ impl Handler for RootHandler {
 
 /// A bound TFTP server.
 pub struct TftpServer {
-    socket: UdpSocket,
+    sockets: Vec<UdpSocket>,
     settings: TftpSettings,
     policy: Arc<dyn BootPolicy>,
 }
 
 impl TftpServer {
-    /// Check the root and bind the socket.
+    /// Check the root and bind the sockets: one per worker, all on the same address
+    /// (SO_REUSEPORT), because async-tftp runs every transfer of a server on one
+    /// thread; the kernel spreads requests over the workers by client address. Linux
+    /// lets only sockets of the same user share the port.
     pub fn bind(settings: TftpSettings, policy: Arc<dyn BootPolicy>) -> Result<Self, Error> {
         let meta = std::fs::metadata(&settings.root).map_err(|source| Error::TftpRoot {
             path: settings.root.clone(),
@@ -221,13 +231,23 @@ impl TftpServer {
                 source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
             });
         }
-        let socket = UdpSocket::bind(settings.listen).map_err(|source| Error::Bind {
-            what: "tftp",
-            addr: settings.listen,
-            source,
-        })?;
+        let mut addr = settings.listen;
+        let mut sockets = Vec::with_capacity(settings.workers);
+        for _ in 0..settings.workers.max(1) {
+            let socket = bind_shared(addr).map_err(|source| Error::Bind {
+                what: "tftp",
+                addr,
+                source,
+            })?;
+            // Port 0 (tests): the first bind picks the port, the others join it.
+            addr = socket.local_addr().map_err(|source| Error::Socket {
+                what: "tftp",
+                source,
+            })?;
+            sockets.push(socket);
+        }
         Ok(TftpServer {
-            socket,
+            sockets,
             settings,
             policy,
         })
@@ -235,7 +255,7 @@ impl TftpServer {
 
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.socket
+        self.sockets[0]
             .local_addr()
             .expect("bound socket has an address")
     }
@@ -244,26 +264,50 @@ impl TftpServer {
     pub async fn run(self, cancel: CancellationToken) -> Result<(), Error> {
         let addr = self.local_addr();
         let blksize = max_block_size(self.settings.mtu);
-        let handler = RootHandler {
-            root: self.settings.root.clone(),
-            policy: self.policy,
-            cache: FileCache::default(),
-        };
-        let server = TftpServerBuilder::with_handler(handler)
-            .std_socket(self.socket)
-            .map_err(|e| Error::Tftp(e.to_string()))?
-            .block_size_limit(blksize)
-            .build()
-            .await
-            .map_err(|e| Error::Tftp(e.to_string()))?;
-        info!(%addr, root = %self.settings.root.display(), max_blksize = blksize, "tftp listening");
+        let workers = self.sockets.len();
+        let cache = Arc::new(Mutex::new(FileCache::default()));
+        let mut tasks = tokio::task::JoinSet::new();
+        for socket in self.sockets {
+            let handler = RootHandler {
+                root: self.settings.root.clone(),
+                policy: self.policy.clone(),
+                cache: cache.clone(),
+            };
+            let server = TftpServerBuilder::with_handler(handler)
+                .std_socket(socket)
+                .map_err(|e| Error::Tftp(e.to_string()))?
+                .block_size_limit(blksize)
+                .build()
+                .await
+                .map_err(|e| Error::Tftp(e.to_string()))?;
+            tasks
+                .spawn(async move { server.serve().await.map_err(|e| Error::Tftp(e.to_string())) });
+        }
+        info!(%addr, root = %self.settings.root.display(), max_blksize = blksize, workers, "tftp listening");
         tokio::select! {
-            _ = cancel.cancelled() => Ok(()),
-            served = server.serve() => served.map_err(|e| Error::Tftp(e.to_string())),
+            _ = cancel.cancelled() => {
+                tasks.abort_all();
+                Ok(())
+            }
+            Some(ended) = tasks.join_next() => match ended {
+                Ok(Ok(())) => Err(Error::Tftp("a tftp worker stopped".into())),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(Error::Tftp(format!("a tftp worker panicked: {e}"))),
+            },
         }
     }
 }
 
+fn bind_shared(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
 #[cfg(test)]
 mod tests {
     use super::*;
