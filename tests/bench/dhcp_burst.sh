@@ -17,13 +17,13 @@ BURST=$E2E_ROOT/target/release/dhcp-burst
 
 id=$(printf '%04x' $((E2E_ID % 65536)))
 srv=nrbsrv-$id cli=nrbcli-$id
-ip netns add "$srv"; defer "ip netns del $srv"
-ip netns add "$cli"; defer "ip netns del $cli"
+make_ns "$srv"
+make_ns "$cli"
 S() { ip netns exec "$srv" "$@"; }
 C() { ip netns exec "$cli" "$@"; }
 ip link add "bs-$id" type veth peer name "bc-$id"
+defer "ip link del bs-$id"   # only if the pair never left this namespace
 ip link set "bs-$id" netns "$srv"; ip link set "bc-$id" netns "$cli"
-S ip link set lo up; C ip link set lo up
 S ip addr add 10.78.0.1/24 dev "bs-$id"; S ip link set "bs-$id" up
 C ip addr add 10.78.0.2/24 dev "bc-$id"; C ip link set "bc-$id" up
 
@@ -48,19 +48,20 @@ interface = "bs-$id"
 listen = "10.78.0.1:69"
 root = "/usr/lib/ipxe"
 TOML
-S env RUST_LOG=warn "$NETRESET" serve --config "$E2E_TMP/netreset.toml" > "$E2E_TMP/netreset.log" 2>&1 &
-pid=$!; defer "kill $pid"
+bg_in "$srv" "$E2E_TMP/netreset.log" env RUST_LOG=warn "$NETRESET" serve --config "$E2E_TMP/netreset.toml"
+pid=$BG_PID
 wait_for 20 "netreset" S curl -sf http://10.78.0.1:8080/api/v1/health
 run_rows netreset >> "$results"
 S nstat -az UdpRcvbufErrors UdpInErrors > "$E2E_TMP/srv-nstat.txt" 2>&1 || true
 C nstat -az UdpRcvbufErrors UdpInErrors > "$E2E_TMP/cli-nstat.txt" 2>&1 || true
 kill "$pid"; wait "$pid" 2>/dev/null || true
+S ss -ulpn | grep -q ':67 ' && fail "netreset still holds port 67"
 
-S dnsmasq --no-daemon --port=0 --interface="bs-$id" --bind-interfaces \
-  --dhcp-range=10.78.0.0,proxy --pxe-service=x86PC,"netreset bench",undionly \
-  --dhcp-leasefile=/dev/null --log-facility="$E2E_TMP/dnsmasq.log" > /dev/null 2>&1 &
-pid=$!; defer "kill $pid"
-sleep 0.5   # dnsmasq has no readiness probe; the generator's first round shows it
+bg_in "$srv" "$E2E_TMP/dnsmasq.out" dnsmasq --no-daemon --port=0 --interface="bs-$id" \
+  --bind-interfaces --dhcp-range=10.78.0.0,proxy --pxe-service=x86PC,"netreset bench",undionly \
+  --dhcp-leasefile=/dev/null --log-facility="$E2E_TMP/dnsmasq.log"
+pid=$BG_PID
+wait_for 10 "dnsmasq on port 67" bash -c "ip netns exec $srv ss -ulpn | grep -q dnsmasq"
 kill -0 "$pid" || fail "dnsmasq did not start: $(cat "$E2E_TMP/dnsmasq.log")"
 run_rows "dnsmasq $(dnsmasq --version | head -1 | awk '{print $3}')" >> "$results"
 

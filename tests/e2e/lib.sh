@@ -32,6 +32,25 @@ trap 'exit 130' INT TERM
 
 defer() { CLEANUP+=("$*"); }
 
+# make_ns NAME: a network namespace of this test. At exit every process still in it
+# is killed before it is deleted (deleting a namespace does not end its processes).
+make_ns() {
+  ip netns add "$1"
+  defer "ip netns pids $1 | xargs -r kill -9; ip netns del $1"
+  ip netns exec "$1" ip link set lo up
+}
+
+# bg_in NS LOG COMMAND...: start COMMAND in namespace NS in the background, output to
+# LOG; its pid is in BG_PID and it is killed at exit. Called directly, never through
+# a shell function: `f ... &` forks a subshell, and killing that leaves COMMAND running.
+bg_in() {
+  local ns=$1 out=$2
+  shift 2
+  ip netns exec "$ns" "$@" > "$out" 2>&1 &
+  BG_PID=$!
+  defer "kill $BG_PID"
+}
+
 # wait_for SECONDS DESCRIPTION COMMAND...: poll until COMMAND succeeds.
 wait_for() {
   local seconds=$1 what=$2; shift 2

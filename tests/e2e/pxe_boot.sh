@@ -17,18 +17,17 @@ id=$(printf '%04x' $((E2E_ID % 65536)))
 lab=nrlab-$id dhcp=nrdhcp-$id
 mac=52:54:00:7e:${id:0:2}:${id:2:2}
 server=10.77.0.1
-ip netns add "$lab"; defer "ip netns del $lab"
-ip netns add "$dhcp"; defer "ip netns del $dhcp"
+make_ns "$lab"
+make_ns "$dhcp"
 L() { ip netns exec "$lab" "$@"; }
 D() { ip netns exec "$dhcp" "$@"; }
 
-L ip link set lo up
-D ip link set lo up
 L ip link add br0 type bridge
 L ip link set br0 up
 L ip addr add $server/24 dev br0
 # The school's DHCP server, on its own host, joined to the lab bridge.
 ip link add "vd-$id" type veth peer name "vl-$id"
+defer "ip link del vd-$id"   # only if the pair never left this namespace
 ip link set "vd-$id" netns "$dhcp"
 ip link set "vl-$id" netns "$lab"
 L ip link set "vl-$id" master br0 up
@@ -38,16 +37,13 @@ D ip link set "vd-$id" up
 L ip tuntap add tap0 mode tap
 L ip link set tap0 master br0 up
 
-D dnsmasq --no-daemon --port=0 --interface="vd-$id" --bind-interfaces \
-  --dhcp-range=10.77.0.100,10.77.0.150,255.255.255.0,1h --dhcp-authoritative \
-  --dhcp-leasefile="$E2E_TMP/leases" --log-dhcp --pid-file="$E2E_TMP/dnsmasq.pid" \
-  > "$E2E_TMP/dnsmasq.log" 2>&1 &
-defer "kill $!"
+bg_in "$dhcp" "$E2E_TMP/dnsmasq.log" dnsmasq --no-daemon --port=0 --interface="vd-$id" \
+  --bind-interfaces --dhcp-range=10.77.0.100,10.77.0.150,255.255.255.0,1h \
+  --dhcp-authoritative --dhcp-leasefile="$E2E_TMP/leases" --log-dhcp
 
-L tcpdump -i br0 -n -U -w "$E2E_TMP/dhcp.pcap" 'udp port 67 or udp port 68 or udp port 4011' \
-  > "$E2E_TMP/tcpdump.log" 2>&1 &
-tcpdump_pid=$!
-defer "kill $tcpdump_pid"
+bg_in "$lab" "$E2E_TMP/tcpdump.log" tcpdump -i br0 -n -U -w "$E2E_TMP/dhcp.pcap" \
+  'udp port 67 or udp port 68 or udp port 4011'
+tcpdump_pid=$BG_PID
 wait_for 10 "tcpdump" grep -q "listening on" "$E2E_TMP/tcpdump.log"
 
 cat > "$E2E_TMP/netreset.toml" <<TOML
@@ -64,8 +60,7 @@ root = "/usr/lib/ipxe"
 bios = "undionly.kpxe"
 uefi_x64 = "snponly.efi"
 TOML
-L "$NETRESET" serve --config "$E2E_TMP/netreset.toml" > "$E2E_TMP/netreset.log" 2>&1 &
-defer "kill $!"
+bg_in "$lab" "$E2E_TMP/netreset.log" "$NETRESET" serve --config "$E2E_TMP/netreset.toml"
 wait_for 20 "netreset http" L curl -sf "http://$server:8080/api/v1/health"
 
 # The station: TCG, no disk, network boot only. With SeaBIOS the virtio NIC's option
@@ -84,9 +79,8 @@ case "$firmware" in
   *) fail "unknown firmware $firmware" ;;
 esac
 started=$SECONDS
-L timeout 120 "${qemu[@]}" > "$E2E_TMP/qemu.log" 2>&1 &
-qemu_pid=$!
-defer "kill $qemu_pid"
+bg_in "$lab" "$E2E_TMP/qemu.log" timeout 120 "${qemu[@]}"
+qemu_pid=$BG_PID
 
 # Done when netreset's API shows the whole path for this MAC.
 has_path() {
