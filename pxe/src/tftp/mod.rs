@@ -277,7 +277,7 @@ impl TftpServer {
             // async-tftp is built on async-io. Driving it with async-io's own block_on
             // on a thread of its own lets that thread poll the reactor itself, instead
             // of a hand-off between the reactor thread and a tokio worker for every
-            // ACK, which halves lock-step throughput.
+            // ACK of a lock-step transfer.
             tasks.spawn_blocking(move || {
                 async_io::block_on(async move {
                     let server = TftpServerBuilder::with_handler(handler)
