@@ -21,11 +21,9 @@ make_ns "$srv"
 make_ns "$cli"
 S() { ip netns exec "$srv" "$@"; }
 C() { ip netns exec "$cli" "$@"; }
-ip link add "bs-$id" type veth peer name "bc-$id"
-defer "ip link del bs-$id"   # only if the pair never left this namespace
-ip link set "bs-$id" netns "$srv"; ip link set "bc-$id" netns "$cli"
-S ip addr add 10.78.0.1/24 dev "bs-$id"; S ip link set "bs-$id" up
-C ip addr add 10.78.0.2/24 dev "bc-$id"; C ip link set "bc-$id" up
+cable "$srv" "bs-$id" "$cli" "bc-$id"
+S ip addr add 10.78.0.1/24 dev "bs-$id"
+C ip addr add 10.78.0.2/24 dev "bc-$id"
 
 run_rows() { # NAME: runs the generator unpaced and paced, ROUNDS times each
   local name=$1 pace

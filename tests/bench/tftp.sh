@@ -27,14 +27,11 @@ make_ns "$srv"
 make_ns "$cli"
 S() { ip netns exec "$srv" "$@"; }
 C() { ip netns exec "$cli" "$@"; }
-ip link add "ts-$id" type veth peer name "tc-$id"
-defer "ip link del ts-$id"   # only if the pair never left this namespace
-ip link set "ts-$id" netns "$srv"; ip link set "tc-$id" netns "$cli"
+cable "$srv" "ts-$id" "$cli" "tc-$id"
 # One address per server, so that all four run at once and the rounds interleave:
 # the machine's drift then touches every server alike.
 for a in 1 2 3 4; do S ip addr add "10.79.0.$a/24" dev "ts-$id"; done
-S ip link set "ts-$id" up
-C ip addr add 10.79.0.100/24 dev "tc-$id"; C ip link set "tc-$id" up
+C ip addr add 10.79.0.100/24 dev "tc-$id"
 
 root=$E2E_TMP/root
 mkdir -p "$root" "$E2E_TMP/out"

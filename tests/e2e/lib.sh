@@ -40,6 +40,16 @@ make_ns() {
   ip netns exec "$1" ip link set lo up
 }
 
+# cable NS_A IF_A NS_B IF_B: a veth pair, IF_A in NS_A and IF_B in NS_B, both up.
+cable() {
+  ip link add "$2" type veth peer name "$4"
+  defer "ip link del $2"   # only needed if the pair never left this namespace
+  ip link set "$2" netns "$1"
+  ip link set "$4" netns "$3"
+  ip netns exec "$1" ip link set "$2" up
+  ip netns exec "$3" ip link set "$4" up
+}
+
 # bg_in NS LOG COMMAND...: start COMMAND in namespace NS in the background, output to
 # LOG; its pid is in BG_PID and it is killed at exit. Called directly, never through
 # a shell function: `f ... &` forks a subshell, and killing that leaves COMMAND running.

@@ -26,13 +26,9 @@ L ip link add br0 type bridge
 L ip link set br0 up
 L ip addr add $server/24 dev br0
 # The school's DHCP server, on its own host, joined to the lab bridge.
-ip link add "vd-$id" type veth peer name "vl-$id"
-defer "ip link del vd-$id"   # only if the pair never left this namespace
-ip link set "vd-$id" netns "$dhcp"
-ip link set "vl-$id" netns "$lab"
-L ip link set "vl-$id" master br0 up
+cable "$dhcp" "vd-$id" "$lab" "vl-$id"
+L ip link set "vl-$id" master br0
 D ip addr add 10.77.0.2/24 dev "vd-$id"
-D ip link set "vd-$id" up
 # The station's cable.
 L ip tuntap add tap0 mode tap
 L ip link set tap0 master br0 up
