@@ -74,23 +74,29 @@ impl Orchestrator {
 
     /// Record that `mac` fetched its script from `peer`.
     pub fn script_served(&self, mac: MacAddr, peer: IpAddr, decision: &BootDecision) {
-        let ip = match peer {
-            IpAddr::V4(v4) => Some(v4),
-            IpAddr::V6(v6) => v6.to_ipv4_mapped(),
-        };
         let sighting = Sighting {
-            ip,
+            ip: ipv4(peer),
             ..Sighting::default()
         };
         let what = match decision {
-            BootDecision::Ignore | BootDecision::LocalDisk => "local-disk".to_owned(),
+            BootDecision::Ignore => "local-disk (unknown station, not registered)".to_owned(),
+            BootDecision::LocalDisk => "local-disk".to_owned(),
             BootDecision::Chain(t) => format!("chain {}", t.kernel),
         };
-        self.sighted(mac, sighting, "script", what);
+        // A station the policy ignores is not registered by asking for a script.
+        let create = *decision != BootDecision::Ignore;
+        self.sighted(mac, sighting, create, "script", what);
     }
 
-    fn sighted(&self, mac: MacAddr, sighting: Sighting, kind: &'static str, detail: String) {
-        let create = self.inventory.register_unknown;
+    fn sighted(
+        &self,
+        mac: MacAddr,
+        sighting: Sighting,
+        create: bool,
+        kind: &'static str,
+        detail: String,
+    ) {
+        let create = create && self.inventory.register_unknown;
         self.recorder
             .submit(move |store| record(store, mac, &sighting, create, kind, detail));
     }
@@ -153,12 +159,18 @@ impl BootPolicy for Orchestrator {
             Observation::DhcpOffer {
                 machine, boot_file, ..
             } => {
-                self.sighted(machine.mac, sighting(&machine), "dhcp-offer", boot_file);
+                self.sighted(
+                    machine.mac,
+                    sighting(&machine),
+                    true,
+                    "dhcp-offer",
+                    boot_file,
+                );
             }
             Observation::Pxe4011 {
                 machine, boot_file, ..
             } => {
-                self.sighted(machine.mac, sighting(&machine), "pxe-4011", boot_file);
+                self.sighted(machine.mac, sighting(&machine), true, "pxe-4011", boot_file);
             }
             Observation::Tftp { peer, file, size } => {
                 self.tftp_event(peer.ip(), "tftp", format!("{file} ({size} bytes)"));
@@ -173,16 +185,21 @@ impl BootPolicy for Orchestrator {
 
 impl Orchestrator {
     fn tftp_event(&self, peer: IpAddr, kind: &'static str, detail: String) {
-        let ip = match peer {
-            IpAddr::V4(v4) => Some(v4),
-            IpAddr::V6(v6) => v6.to_ipv4_mapped(),
-        };
+        let ip = ipv4(peer);
         let create = self.inventory.register_unknown;
         self.recorder
             .submit(move |store| match ip.and_then(|ip| tftp_mac(store, ip)) {
                 Some(mac) => record(store, mac, &Sighting::default(), create, kind, detail),
                 None => debug!(%peer, kind, detail, "tftp peer has no known MAC"),
             });
+    }
+}
+
+/// The IPv4 address of a peer (also when it reached a dual-stack socket).
+fn ipv4(peer: IpAddr) -> Option<Ipv4Addr> {
+    match peer {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped(),
     }
 }
 

@@ -182,7 +182,7 @@ async fn non_pxe_and_garbage_packets_get_no_answer_and_do_not_stop_the_server() 
 }
 
 #[tokio::test]
-async fn unknown_stations_are_ignored_when_configured_and_known_ones_answered() {
+async fn unknown_stations_are_ignored_and_not_registered_when_configured() {
     let server = start("[boot]\nunknown = \"ignore\"\n[[inventory.stations]]\nmac = \"52:54:00:00:0a:06\"\nname = \"r1-pc06\"\nroom = \"1\"\n").await;
     let stranger = PxeClient::new(Ipv4Addr::new(127, 0, 10, 5), [0x52, 0x54, 0, 0, 10, 5]).await;
     stranger
@@ -211,8 +211,17 @@ async fn unknown_stations_are_ignored_when_configured_and_known_ones_answered() 
         "unknown station ignored"
     );
 
-    // The known station's offer is recorded; the stranger never appears.
-    station_with_events(server.daemon.http_addr, "52:54:00:00:0a:06", 1).await;
+    // A stranger that reaches the script anyway (the school's DHCP server points at
+    // us) is sent to its disk and not registered.
+    let (status, script) = http_get(server.daemon.http_addr, "/boot/52:54:00:00:0a:05.ipxe").await;
+    assert_eq!(status, 200);
+    assert!(script.contains("\nexit 0\n"), "{script}");
+    // The known station's offer and script are recorded; events are written in order,
+    // so once the script event is there the stranger's request was handled too.
+    let (status, _) = http_get(server.daemon.http_addr, "/boot/52:54:00:00:0a:06.ipxe").await;
+    assert_eq!(status, 200);
+    let (_, kinds) = station_with_events(server.daemon.http_addr, "52:54:00:00:0a:06", 2).await;
+    assert_eq!(kinds, ["dhcp-offer", "script"]);
     let (_, list) = get_json(server.daemon.http_addr, "/api/v1/stations").await;
     let list = list.as_array().unwrap();
     assert_eq!(list.len(), 1);
