@@ -1,6 +1,10 @@
 //! Boot events go to the store through one thread of their own: the protocol servers
 //! only queue them, so a classroom switching on at once is answered at socket speed
 //! and not at sled's. Events keep their order (one FIFO queue, one writer).
+//!
+//! The writer works in batches: after a batch it sleeps for [`BATCH_PAUSE`], so that
+//! during a burst queuing an event never has to wake it, and its sled work waits until
+//! the DHCP replies are out instead of competing with them for the CPU.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
@@ -15,7 +19,25 @@ use crate::store::Store;
 /// boot must never wait for its own record.
 const QUEUE: usize = 16_384;
 
+/// Pause between batches: the longest an event waits before it is written.
+const BATCH_PAUSE: Duration = Duration::from_millis(20);
+
 type Job = Box<dyn FnOnce(&Store) + Send>;
+
+/// Run this thread at nice 10: the writer must never take the CPU from the protocol
+/// servers (on a small boot server they share two cores). Best effort.
+#[allow(unsafe_code)]
+fn lower_priority() {
+    // SAFETY: gettid and setpriority take and return plain integers; on Linux
+    // PRIO_PROCESS with a thread id changes that thread only.
+    let ok = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10) == 0
+    };
+    if !ok {
+        tracing::debug!("recorder thread keeps normal priority");
+    }
+}
 
 /// The queue in front of the writer thread.
 pub struct Recorder {
@@ -31,8 +53,13 @@ impl Recorder {
         std::thread::Builder::new()
             .name("netreset-recorder".into())
             .spawn(move || {
+                lower_priority();
                 while let Ok(job) = rx.recv() {
                     job(&store);
+                    while let Ok(job) = rx.try_recv() {
+                        job(&store);
+                    }
+                    std::thread::sleep(BATCH_PAUSE);
                 }
             })
             .expect("spawn the recorder thread");
