@@ -76,21 +76,50 @@ impl DhcpServer {
         info!(dhcp = %dhcp.local_addr().map_err(|source| Error::Socket { what: "dhcp", source })?,
               pxe = %pxe.local_addr().map_err(|source| Error::Socket { what: "pxe", source })?,
               server_ip = %settings.server_ip, "proxydhcp listening");
-        let a = serve(
-            dhcp,
-            Listener::Dhcp,
-            settings.clone(),
-            policy.clone(),
+        // Port 67 is read by one task per core: a classroom powering on queues
+        // hundreds of DISCOVERs at once, and each is independent of the others.
+        let dhcp = Arc::new(dhcp);
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..workers {
+            tasks.spawn(serve(
+                dhcp.clone(),
+                Listener::Dhcp,
+                settings.clone(),
+                policy.clone(),
+                cancel.clone(),
+            ));
+        }
+        tasks.spawn(serve(
+            Arc::new(pxe),
+            Listener::Pxe,
+            settings,
+            policy,
             cancel.clone(),
-        );
-        let b = serve(pxe, Listener::Pxe, settings, policy, cancel);
-        tokio::try_join!(a, b)?;
-        Ok(())
+        ));
+        let mut result = Ok(());
+        while let Some(ended) = tasks.join_next().await {
+            let outcome = match ended {
+                Ok(outcome) => outcome,
+                Err(e) => Err(Error::Socket {
+                    what: "dhcp",
+                    source: std::io::Error::other(e.to_string()),
+                }),
+            };
+            if let Err(e) = outcome {
+                if result.is_ok() {
+                    // A failed socket ends the server; stop the other loops too.
+                    cancel.cancel();
+                    result = Err(e);
+                }
+            }
+        }
+        result
     }
 }
 
 async fn serve(
-    socket: UdpSocket,
+    socket: Arc<UdpSocket>,
     listener: Listener,
     settings: Arc<DhcpSettings>,
     policy: Arc<dyn BootPolicy>,
