@@ -29,6 +29,12 @@ pub enum Error {
         what: &'static str,
         source: std::io::Error,
     },
+    /// A worker of a server ended although the server was not stopping.
+    #[error("{what} server: a worker stopped unexpectedly")]
+    Stopped { what: &'static str },
+    /// A worker of a server panicked.
+    #[error("{what} server: a worker panicked: {message}")]
+    Panicked { what: &'static str, message: String },
     /// A value would change the meaning of a rendered iPXE script.
     #[error("unsafe value for iPXE script field {field}: {value:?} ({why})")]
     UnsafeScriptValue {

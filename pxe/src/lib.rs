@@ -12,6 +12,7 @@ pub mod ipxe;
 mod mac;
 mod policy;
 pub mod tftp;
+mod workers;
 
 pub use error::Error;
 pub use mac::MacAddr;

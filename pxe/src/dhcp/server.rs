@@ -95,23 +95,7 @@ impl DhcpServer {
                 serve(&socket, listener, &settings, policy.as_ref(), &cancel)
             });
         }
-        let mut result = Ok(());
-        while let Some(ended) = tasks.join_next().await {
-            let outcome = ended.unwrap_or_else(|e| {
-                Err(Error::Socket {
-                    what: "dhcp",
-                    source: std::io::Error::other(e.to_string()),
-                })
-            });
-            if let Err(e) = outcome {
-                if result.is_ok() {
-                    // A failed socket ends the server; stop the other loops too.
-                    cancel.cancel();
-                    result = Err(e);
-                }
-            }
-        }
-        result
+        crate::workers::supervise(tasks, &cancel, "dhcp").await
     }
 }
 

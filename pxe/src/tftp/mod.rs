@@ -299,22 +299,7 @@ impl TftpServer {
             });
         }
         info!(%addr, root = %self.settings.root.display(), max_blksize = blksize, workers, "tftp listening");
-        // Every worker ends when `cancel` fires; one that ends before is a failure.
-        let mut result = Ok(());
-        while let Some(ended) = tasks.join_next().await {
-            let failure = match ended {
-                Ok(Ok(())) if cancel.is_cancelled() => continue,
-                Ok(Ok(())) => Error::Tftp("a tftp worker stopped".into()),
-                Ok(Err(e)) => e,
-                Err(e) => Error::Tftp(format!("a tftp worker panicked: {e}")),
-            };
-            if result.is_ok() {
-                // Stop the others too: the daemon treats a failed server as fatal.
-                cancel.cancel();
-                result = Err(failure);
-            }
-        }
-        result
+        crate::workers::supervise(tasks, &cancel, "tftp").await
     }
 }
 
