@@ -80,7 +80,6 @@ pub struct RawTftp {
     pub listen: Option<String>,
     pub root: Option<String>,
     pub mtu: Option<u32>,
-    pub workers: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -166,8 +165,6 @@ pub struct TftpConfig {
     pub listen: SocketAddr,
     pub root: PathBuf,
     pub mtu: Option<u32>,
-    /// Listening sockets (SO_REUSEPORT), each served by its own thread.
-    pub workers: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -299,17 +296,6 @@ impl Config {
                 ));
             }
         }
-        let workers = match raw.tftp.workers {
-            Some(n) if (1..=64).contains(&n) => n,
-            Some(n) => {
-                return Err(invalid(
-                    "tftp.workers",
-                    n.to_string(),
-                    "must be between 1 and 64",
-                ))
-            }
-            None => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
-        };
         let tftp = TftpConfig {
             listen: addr(
                 "tftp.listen",
@@ -317,7 +303,6 @@ impl Config {
             )?,
             root,
             mtu: raw.tftp.mtu,
-            workers,
         };
 
         let boot = BootConfig {
@@ -528,14 +513,6 @@ mod tests {
             err.contains("tftp.root") && err.contains("/nonexistent/netreset"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn tftp_workers_out_of_range_is_named() {
-        let dir = root();
-        let text = minimal(dir.path()).replace("[tftp]\n", "[tftp]\nworkers = 0\n");
-        let err = parse(&text).unwrap_err().to_string();
-        assert!(err.contains("tftp.workers") && err.contains('0'), "{err}");
     }
 
     #[test]

@@ -109,7 +109,6 @@ impl Daemon {
                 listen: config.tftp.listen,
                 root: config.tftp.root.clone(),
                 mtu,
-                workers: config.tftp.workers,
             },
             shared,
         )
@@ -191,6 +190,14 @@ impl Daemon {
         }
         self.policy.store().flush()?;
         Ok(())
+    }
+}
+
+impl Drop for Daemon {
+    /// A daemon dropped without [`Daemon::shutdown`] (a failed test, an early return)
+    /// still stops its servers: their threads watch the token.
+    fn drop(&mut self) {
+        self.cancel.cancel();
     }
 }
 

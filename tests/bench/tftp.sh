@@ -85,7 +85,6 @@ server_ip = "10.79.0.1"
 listen = "10.79.0.1:69"
 root = "$root"
 mtu = 1500
-workers = ${TFTP_WORKERS:-2}
 TOML
 bg_in "$srv" "$E2E_TMP/netreset.log" env RUST_LOG=warn "$NETRESET" serve --config "$E2E_TMP/netreset.toml"
 bg_in "$srv" "$E2E_TMP/atftpd.log" "$peers/usr/sbin/atftpd" --daemon --no-fork --bind-address 10.79.0.2 --port 69 \

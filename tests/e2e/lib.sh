@@ -58,7 +58,7 @@ bg_in() {
   shift 2
   ip netns exec "$ns" "$@" > "$out" 2>&1 &
   BG_PID=$!
-  defer "kill $BG_PID"
+  defer "kill $BG_PID; wait $BG_PID"
 }
 
 # wait_for SECONDS DESCRIPTION COMMAND...: poll until COMMAND succeeds.

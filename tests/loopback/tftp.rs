@@ -53,6 +53,7 @@ async fn tftp_path_traversal_variants_are_refused_and_nothing_outside_the_root_i
         b"undionly.kpxe\n../../etc/passwd".to_vec(),
         b"\x01../etc/passwd".to_vec(),
         b"%2e%2e/%2e%2e/etc/passwd".to_vec(),
+        b"\xff\xfe../etc/passwd".to_vec(),
     ];
     let from = Ipv4Addr::new(127, 0, 11, 2);
     for name in &variants {
@@ -69,18 +70,6 @@ async fn tftp_path_traversal_variants_are_refused_and_nothing_outside_the_root_i
             TftpResult::NoAnswer => panic!("{:?} got no TFTP error", String::from_utf8_lossy(name)),
         }
     }
-    // A name that is not UTF-8 is a malformed packet to async-tftp: dropped without an
-    // answer, and certainly without data.
-    assert_eq!(
-        tftp_get(
-            server.daemon.tftp_addr,
-            from,
-            b"\xff\xfe../etc/passwd",
-            None
-        )
-        .await,
-        TftpResult::NoAnswer
-    );
     // The server is still serving after all that.
     assert!(matches!(
         tftp_get(server.daemon.tftp_addr, from, b"undionly.kpxe", None).await,
