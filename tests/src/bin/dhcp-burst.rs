@@ -7,9 +7,9 @@
 //!
 //! Run it only against loopback or inside a network namespace of your own.
 
-use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn main() -> Result<(), String> {
@@ -48,17 +48,18 @@ fn main() -> Result<(), String> {
         .map_err(|e| e.to_string())?;
 
     let packets: Vec<Vec<u8>> = (0..count).map(|i| discover(i as u32, arch)).collect();
-    let sent_at: Arc<Mutex<HashMap<u32, Instant>>> =
-        Arc::new(Mutex::new(HashMap::with_capacity(count)));
-    let receiver = {
-        let socket = socket.try_clone().map_err(|e| e.to_string())?;
-        let sent_at = Arc::clone(&sent_at);
-        std::thread::spawn(move || receive(socket, sent_at, count, Duration::from_millis(wait_ms)))
-    };
+    // Send times in nanoseconds after `start` (0 = not sent yet), one slot per packet:
+    // lock-free, so that timing the burst does not slow it.
+    let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..count).map(|_| AtomicU64::new(0)).collect());
     if pace_us > 0 {
         precise_sleeps();
     }
     let start = Instant::now();
+    let receiver = {
+        let socket = socket.try_clone().map_err(|e| e.to_string())?;
+        let sent_at = Arc::clone(&sent_at);
+        std::thread::spawn(move || receive(socket, sent_at, start, Duration::from_millis(wait_ms)))
+    };
     for (i, packet) in packets.iter().enumerate() {
         if pace_us > 0 {
             // Sleep, not spin: on a 2-core machine a spinning sender would take a
@@ -68,10 +69,7 @@ fn main() -> Result<(), String> {
                 std::thread::sleep(wait);
             }
         }
-        sent_at
-            .lock()
-            .unwrap()
-            .insert(xid(i as u32), Instant::now());
+        sent_at[i].store(start.elapsed().as_nanos().max(1) as u64, Ordering::Release);
         socket
             .send_to(packet, server)
             .map_err(|e| format!("send to {server}: {e}"))?;
@@ -145,16 +143,18 @@ fn discover(i: u32, arch: u16) -> Vec<u8> {
 
 fn receive(
     socket: UdpSocket,
-    sent_at: Arc<Mutex<HashMap<u32, Instant>>>,
-    count: usize,
+    sent_at: Arc<Vec<AtomicU64>>,
+    start: Instant,
     wait: Duration,
 ) -> (Vec<f64>, Option<Instant>) {
+    let count = sent_at.len();
     let mut latencies = Vec::with_capacity(count);
-    let mut seen = std::collections::HashSet::with_capacity(count);
+    let mut seen = vec![false; count];
+    let mut answered = 0;
     let mut last_reply = None;
     let mut last_progress = Instant::now();
     let mut buf = [0u8; 1500];
-    while seen.len() < count && last_progress.elapsed() < wait {
+    while answered < count && last_progress.elapsed() < wait {
         let Ok((len, _)) = socket.recv_from(&mut buf) else {
             continue;
         };
@@ -162,12 +162,16 @@ fn receive(
         if len < 240 || buf[0] != 2 {
             continue;
         }
-        let id = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
-        let Some(sent) = sent_at.lock().unwrap().get(&id).copied() else {
-            continue;
+        let i = (u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) ^ xid(0)) as usize;
+        let sent = match sent_at.get(i).map(|t| t.load(Ordering::Acquire)) {
+            Some(nanos) if nanos > 0 => nanos,
+            _ => continue, // not one of ours
         };
-        if seen.insert(id) {
-            latencies.push(now.duration_since(sent).as_secs_f64() * 1000.0);
+        if !seen[i] {
+            seen[i] = true;
+            answered += 1;
+            let at = now.duration_since(start).as_nanos() as u64;
+            latencies.push(at.saturating_sub(sent) as f64 / 1e6);
             last_reply = Some(now);
             last_progress = now;
         }
