@@ -37,15 +37,21 @@ pub(crate) async fn supervise(
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_failing_worker_stops_the_others_and_its_error_is_returned() {
-        let cancel = CancellationToken::new();
+    /// A set with one well-behaved worker: it runs until `cancel` fires.
+    fn until_cancelled(cancel: &CancellationToken) -> JoinSet<Result<(), Error>> {
         let mut workers = JoinSet::new();
         let token = cancel.clone();
         workers.spawn(async move {
             token.cancelled().await;
             Ok(())
         });
+        workers
+    }
+
+    #[tokio::test]
+    async fn a_failing_worker_stops_the_others_and_its_error_is_returned() {
+        let cancel = CancellationToken::new();
+        let mut workers = until_cancelled(&cancel);
         workers.spawn(async { Err(Error::Tftp("boom".into())) });
         let result = supervise(workers, &cancel, "test").await;
         assert!(
@@ -58,12 +64,7 @@ mod tests {
     #[tokio::test]
     async fn workers_ending_on_cancel_are_a_clean_stop_and_an_early_end_is_not() {
         let cancel = CancellationToken::new();
-        let mut workers = JoinSet::new();
-        let token = cancel.clone();
-        workers.spawn(async move {
-            token.cancelled().await;
-            Ok(())
-        });
+        let workers = until_cancelled(&cancel);
         cancel.cancel();
         assert!(supervise(workers, &cancel, "test").await.is_ok());
 
