@@ -6,6 +6,13 @@ need atftp tftp curl cmp
 [ -x "$NETRESET" ] || fail "$NETRESET missing: cargo build first"
 [ -f /usr/lib/ipxe/undionly.kpxe ] || fail "Debian's ipxe package is not installed"
 
+# The served root: Debian's binaries through symlinks (ipxe.efi is itself a symlink
+# into /boot, so that is two hops), and a text file for netascii.
+root=$E2E_TMP/root
+mkdir -p "$root"
+for f in undionly.kpxe snponly.efi ipxe.efi; do ln -s "/usr/lib/ipxe/$f" "$root/$f"; done
+printf 'line one\nline two\n\ttabbed\n' > "$root/menu.txt"
+
 port=$((20000 + RANDOM % 20000))
 http=$((port + 1))
 cat > "$E2E_TMP/netreset.toml" <<TOML
@@ -17,7 +24,7 @@ mode = "off"
 server_ip = "127.0.0.1"
 [tftp]
 listen = "127.0.0.1:$port"
-root = "/usr/lib/ipxe"
+root = "$root"
 mtu = 1500
 TOML
 "$NETRESET" check-config "$E2E_TMP/netreset.toml" >/dev/null
@@ -40,6 +47,11 @@ for f in "${files[@]}"; do
   rm -f out; curl -sS --tftp-blksize 1468 -o out "tftp://127.0.0.1:$port/$f" 2>>curl.log; cmp_files "$src" out "curl blksize $f"
   log "ok: $f ($(stat -c %s "$src") bytes) by atftp (plain, blksize, windowsize, tsize), tftp-hpa, curl"
 done
+
+# netascii: tftp-hpa's default mode. The server sends CR LF, the client turns it back.
+rm -f out; tftp -m netascii 127.0.0.1 "$port" -c get menu.txt out 2>tftp-hpa.log
+cmp_files "$root/menu.txt" out "tftp-hpa netascii menu.txt"
+log "ok: menu.txt by tftp-hpa in netascii mode"
 
 # Refused: a name outside the root, through a real client.
 rm -f out

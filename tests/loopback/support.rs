@@ -265,10 +265,23 @@ pub async fn tftp_get(
     name: &[u8],
     blksize: Option<u16>,
 ) -> TftpResult {
+    tftp_get_mode(server, from, name, "octet", blksize).await
+}
+
+/// [`tftp_get`] in a given transfer mode.
+pub async fn tftp_get_mode(
+    server: SocketAddr,
+    from: Ipv4Addr,
+    name: &[u8],
+    mode: &str,
+    blksize: Option<u16>,
+) -> TftpResult {
     let socket = UdpSocket::bind((from, 0)).await.unwrap();
     let mut rrq = vec![0, 1];
     rrq.extend_from_slice(name);
-    rrq.extend_from_slice(b"\0octet\0");
+    rrq.push(0);
+    rrq.extend_from_slice(mode.as_bytes());
+    rrq.push(0);
     if let Some(size) = blksize {
         rrq.extend_from_slice(format!("blksize\0{size}\0").as_bytes());
     }

@@ -141,3 +141,23 @@ async fn tftp_read_is_recorded_for_the_station_that_dhcp_saw_at_that_address() {
     assert_eq!(kinds, ["pxe-4011", "tftp"]);
     server.daemon.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn tftp_netascii_sends_cr_lf_line_ends_and_unknown_modes_get_an_error() {
+    let server = start("").await;
+    std::fs::write(
+        server.root.path().join("menu.txt"),
+        b"line one\nline two\r\n",
+    )
+    .unwrap();
+    let from = Ipv4Addr::new(127, 0, 11, 5);
+    assert_eq!(
+        tftp_get_mode(server.daemon.tftp_addr, from, b"menu.txt", "netascii", None).await,
+        TftpResult::Data(b"line one\r\nline two\r\0\r\n".to_vec())
+    );
+    match tftp_get_mode(server.daemon.tftp_addr, from, b"menu.txt", "mail", None).await {
+        TftpResult::Error(0, message) => assert!(message.contains("mail"), "{message}"),
+        other => panic!("mail mode: {other:?}"),
+    }
+    server.daemon.shutdown().await.unwrap();
+}

@@ -295,6 +295,17 @@ impl Listener {
             return refuse(Refusal::NotFound);
         };
         let source = match resolve(&self.root, name).and_then(|path| self.open(&path)) {
+            Ok(Source::Memory(bytes)) if req.netascii => {
+                Source::Memory(packet::to_netascii(&bytes).into())
+            }
+            Ok(Source::File { .. }) if req.netascii => {
+                warn!(%peer, %file, "tftp: netascii refused for a file this large");
+                return self.reply_error(
+                    peer,
+                    ErrorCode::NotDefined,
+                    "netascii is served for files up to 64 MiB; use octet",
+                );
+            }
             Ok(source) => source,
             Err(reason) => return refuse(reason),
         };

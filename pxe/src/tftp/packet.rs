@@ -27,6 +27,9 @@ pub struct ReadRequest {
     pub file: Vec<u8>,
     /// Option names (lowercased) and values, in the order sent.
     pub options: Vec<(String, String)>,
+    /// Netascii mode (RFC 1350 §1): line ends go out as CR LF. tftp-hpa's client
+    /// asks for it unless told `-m binary`.
+    pub netascii: bool,
 }
 
 /// Why a request packet is not served.
@@ -38,11 +41,11 @@ pub enum RequestError {
     Write,
     #[error("malformed request: {0}")]
     Malformed(&'static str),
-    #[error("transfer mode {0:?} is not served; use octet")]
+    #[error("transfer mode {0:?} is not served; use octet or netascii")]
     Mode(String),
 }
 
-/// Parse a request packet. Only octet-mode RRQs are served.
+/// Parse a request packet. Octet and netascii RRQs are served.
 pub fn parse_request(packet: &[u8]) -> Result<ReadRequest, RequestError> {
     if packet.len() < 2 {
         return Err(RequestError::NotARequest);
@@ -65,9 +68,11 @@ pub fn parse_request(packet: &[u8]) -> Result<ReadRequest, RequestError> {
         .next()
         .ok_or(RequestError::Malformed("no transfer mode"))?;
     let mode = String::from_utf8_lossy(mode).to_ascii_lowercase();
-    if mode != "octet" {
-        return Err(RequestError::Mode(mode));
-    }
+    let netascii = match mode.as_str() {
+        "octet" => false,
+        "netascii" => true,
+        _ => return Err(RequestError::Mode(mode)),
+    };
     let rest: Vec<&[u8]> = fields.collect();
     if rest.len() % 2 != 0 {
         return Err(RequestError::Malformed("option without a value"));
@@ -84,7 +89,21 @@ pub fn parse_request(packet: &[u8]) -> Result<ReadRequest, RequestError> {
     Ok(ReadRequest {
         file: file.to_vec(),
         options,
+        netascii,
     })
+}
+
+/// `bytes` as netascii: LF becomes CR LF and a lone CR becomes CR NUL.
+pub fn to_netascii(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 16);
+    for &b in bytes {
+        match b {
+            b'\n' => out.extend_from_slice(b"\r\n"),
+            b'\r' => out.extend_from_slice(b"\r\0"),
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// The transfer parameters after negotiation.
@@ -239,12 +258,19 @@ mod tests {
             Err(RequestError::Malformed("option without a value"))
         );
         assert_eq!(
-            parse_request(&rrq(&["f", "netascii"])),
-            Err(RequestError::Mode("netascii".into()))
+            parse_request(&rrq(&["f", "mail"])),
+            Err(RequestError::Mode("mail".into()))
         );
         let mut wrq = rrq(&["f", "octet"]);
         wrq[1] = 2;
         assert_eq!(parse_request(&wrq), Err(RequestError::Write));
+    }
+
+    #[test]
+    fn netascii_requests_parse_and_convert_line_ends() {
+        assert!(parse_request(&rrq(&["f", "NetASCII"])).unwrap().netascii);
+        assert!(!parse_request(&rrq(&["f", "octet"])).unwrap().netascii);
+        assert_eq!(to_netascii(b"a\nb\rc\r\n"), b"a\r\nb\r\0c\r\0\r\n");
     }
 
     #[test]
