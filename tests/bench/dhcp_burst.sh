@@ -69,9 +69,9 @@ rows = {}
 for line in open(sys.argv[1]):
     name, pace, js = line.rstrip("\n").split("\t", 2)
     rows.setdefault((name, int(pace)), []).append(json.loads(js))
-print("| server | pacing | answered (of 1000) | answers/s | p50 ms | p99 ms |")
-print("|---|---|---|---|---|---|")
+print("| server | pacing | answered (of 1000) | answers/s | p50 ms | p99 ms | generator send ms |")
+print("|---|---|---|---|---|---|---|")
 for (name, pace), runs in rows.items():
     f = lambda k, fmt: " / ".join(fmt.format(r[k]) for r in runs)
-    print(f"| {name} | {'unpaced' if pace == 0 else f'{pace} µs'} | {f('answered', '{}')} | {f('per_second', '{:.0f}')} | {f('p50_ms', '{:.2f}')} | {f('p99_ms', '{:.2f}')} |")
+    print(f"| {name} | {'unpaced' if pace == 0 else f'{pace} µs'} | {f('answered', '{}')} | {f('per_second', '{:.0f}')} | {f('p50_ms', '{:.2f}')} | {f('p99_ms', '{:.2f}')} | {f('send_ms', '{:.1f}')} |")
 PY

@@ -3,7 +3,8 @@
 //!
 //! Usage: dhcp-burst --server 10.78.0.1:67 [--bind 0.0.0.0:68] [--count 1000]
 //!                   [--pace-us 0] [--wait-ms 2000] [--arch 0]
-//! Prints one JSON line: sent, answered, lost, seconds, per_second, p50_ms, p99_ms, max_ms.
+//! Prints one JSON line: sent, answered, lost, seconds, per_second, p50_ms, p99_ms, max_ms,
+//! pace_us, send_ms (how long sending the burst took).
 //!
 //! Run it only against loopback or inside a network namespace of your own.
 
@@ -74,6 +75,7 @@ fn main() -> Result<(), String> {
             .send_to(packet, server)
             .map_err(|e| format!("send to {server}: {e}"))?;
     }
+    let send_ms = start.elapsed().as_secs_f64() * 1000.0;
     let (latencies, last_reply) = receiver.join().map_err(|_| "receiver panicked")?;
     let answered = latencies.len();
     let mut sorted = latencies.clone();
@@ -89,7 +91,7 @@ fn main() -> Result<(), String> {
         .map(|t| t.duration_since(start).as_secs_f64())
         .unwrap_or(f64::NAN);
     println!(
-        "{{\"sent\":{count},\"answered\":{answered},\"lost\":{},\"seconds\":{seconds:.4},\"per_second\":{:.0},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"pace_us\":{pace_us}}}",
+        "{{\"sent\":{count},\"answered\":{answered},\"lost\":{},\"seconds\":{seconds:.4},\"per_second\":{:.0},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"pace_us\":{pace_us},\"send_ms\":{send_ms:.3}}}",
         count - answered,
         answered as f64 / seconds,
         pct(0.50),
