@@ -2,10 +2,12 @@
 //! root) -> transfer.
 //!
 //! One thread receives requests on port 69; each transfer runs on a thread and a
-//! socket of its own, as in atftpd and tftpd-hpa. Options: blksize (RFC 2348),
-//! timeout and tsize (RFC 2349), windowsize (RFC 7440). blksize is clamped so that a
-//! block always fits the interface MTU, because PXE ROMs ask for large blocks and
-//! some cannot reassemble IP fragments.
+//! socket of its own, as in atftpd and tftpd-hpa. Modes octet and netascii. Options:
+//! blksize (RFC 2348), timeout and tsize (RFC 2349), windowsize (RFC 7440, at most
+//! 64). blksize is clamped so that a block always fits the interface MTU, because PXE
+//! ROMs ask for large blocks and some cannot reassemble IP fragments. A request with
+//! options is answered with an OACK and no data until the client acknowledges it, so a
+//! spoofed request for a window of large blocks costs the spoofed host one small packet.
 //!
 //! (The crate async-tftp served here first. It runs every transfer of a server on one
 //! thread and hands each ACK from its reactor thread to the transfer's; measured
