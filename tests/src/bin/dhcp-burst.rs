@@ -1,12 +1,14 @@
 //! DHCP burst generator for the ProxyDHCP benchmark: sends N PXE DISCOVERs from
 //! distinct MACs as fast as possible (or paced) and measures what comes back.
 //!
-//! Usage: dhcp-burst --server 10.78.0.1:67 [--bind 0.0.0.0:68] [--count 1000]
+//! Usage: dhcp-burst --server 10.78.0.1:67 --bind ADDR:PORT [--count 1000]
 //!                   [--pace-us 0] [--wait-ms 2000] [--arch 0]
 //! Prints one JSON line: sent, answered, lost, seconds, per_second, p50_ms, p99_ms, max_ms,
 //! pace_us, send_ms (how long sending the burst took).
 //!
-//! Run it only against loopback or inside a network namespace of your own.
+//! It refuses to send anywhere but loopback unless it runs in a network namespace other
+//! than the host's (tests/bench/dhcp_burst.sh makes one): a burst of DISCOVERs must
+//! never reach a real network.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 
 fn main() -> Result<(), String> {
     let mut server: Option<SocketAddr> = None;
-    let mut bind: SocketAddr = "0.0.0.0:68".parse().unwrap();
+    let mut bind: Option<SocketAddr> = None;
     let (mut count, mut pace_us, mut wait_ms, mut arch) = (1000usize, 0u64, 2000u64, 0u16);
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -23,7 +25,7 @@ fn main() -> Result<(), String> {
         let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
         match flag.as_str() {
             "--server" => server = Some(value.parse().map_err(|e| bad(&e))?),
-            "--bind" => bind = value.parse().map_err(|e| bad(&e))?,
+            "--bind" => bind = Some(value.parse().map_err(|e| bad(&e))?),
             "--count" => count = value.parse().map_err(|e| bad(&e))?,
             "--pace-us" => pace_us = value.parse().map_err(|e| bad(&e))?,
             "--wait-ms" => wait_ms = value.parse().map_err(|e| bad(&e))?,
@@ -32,6 +34,12 @@ fn main() -> Result<(), String> {
         }
     }
     let server = server.ok_or("--server is required")?;
+    let bind = bind.ok_or("--bind is required (inside the bench namespace: 0.0.0.0:68)")?;
+    if !server.ip().is_loopback() && !in_own_network_namespace() {
+        return Err(format!(
+            "refusing to send to {server} from the host's network namespace: run inside a namespace of your own (tests/bench/dhcp_burst.sh)"
+        ));
+    }
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
         .map_err(|e| e.to_string())?;
     // Room for every reply of the burst, so that losses counted are the server's.
@@ -109,6 +117,29 @@ fn precise_sleeps() {
     unsafe {
         libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
     }
+}
+
+/// Whether this process runs in a network namespace made with `ip netns add` (one
+/// of the bind mounts under /run/netns), and not in the host's.
+fn in_own_network_namespace() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(own) = std::fs::read_link("/proc/self/ns/net") else {
+        return false;
+    };
+    // "net:[4026532246]" -> 4026532246
+    let Some(inode) = own
+        .to_str()
+        .and_then(|s| s.strip_prefix("net:["))
+        .and_then(|s| s.strip_suffix(']'))
+        .and_then(|s| s.parse::<u64>().ok())
+    else {
+        return false;
+    };
+    std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|entry| entry.metadata().map(|m| m.ino() == inode).unwrap_or(false))
 }
 
 fn xid(i: u32) -> u32 {
