@@ -3,8 +3,9 @@
 //! and not at sled's. Events keep their order (one FIFO queue, one writer).
 //!
 //! The writer works in batches: after a batch it sleeps for [`BATCH_PAUSE`], so that
-//! during a burst queuing an event never has to wake it, and its sled work waits until
-//! the DHCP replies are out instead of competing with them for the CPU.
+//! during a burst queuing an event never has to wake it. It runs under SCHED_IDLE, so
+//! its sled work waits until the DHCP replies are out instead of competing with them
+//! for the CPU.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
@@ -24,15 +25,17 @@ const BATCH_PAUSE: Duration = Duration::from_millis(20);
 
 type Job = Box<dyn FnOnce(&Store) + Send>;
 
-/// Run this thread at nice 10: the writer must never take the CPU from the protocol
-/// servers (on a small boot server they share two cores). Best effort.
+/// Run this thread under SCHED_IDLE: it gets the CPU only when nothing else wants it,
+/// so the writer never delays a protocol server (on a small boot server they share
+/// two cores); it catches up as soon as a burst is answered. Falls back to nice 19.
 #[allow(unsafe_code)]
 fn lower_priority() {
-    // SAFETY: gettid and setpriority take and return plain integers; on Linux
-    // PRIO_PROCESS with a thread id changes that thread only.
+    // SAFETY: sched_setscheduler and setpriority read a plain struct we own and take
+    // integers; 0 / gettid() name this thread only.
     let ok = unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10) == 0
+        let param = libc::sched_param { sched_priority: 0 };
+        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0
+            || libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) == 0
     };
     if !ok {
         tracing::debug!("recorder thread keeps normal priority");
