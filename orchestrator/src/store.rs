@@ -4,8 +4,10 @@
 //! Keys are binary (6-octet MAC, MAC + 8-octet big-endian sequence, 4-octet IPv4) so
 //! that a station's events are one ordered prefix scan; values are JSON.
 
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use pxe::{Arch, Firmware, MacAddr};
@@ -86,6 +88,10 @@ pub struct Store {
     events: sled::Tree,
     by_ip: sled::Tree,
     events_per_station: usize,
+    /// The keys of `stations`, in memory: the DHCP hot path asks for every packet
+    /// whether a MAC is known, and a read lock is cheaper than a sled lookup. Every
+    /// station write goes through [`Store::update`], which keeps it in step.
+    known: Arc<RwLock<HashSet<MacAddr>>>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -103,12 +109,20 @@ impl Store {
             .path(dir)
             .flush_every_ms(Some(500))
             .open()?;
+        let stations = db.open_tree("stations")?;
+        let mut known = HashSet::new();
+        for key in stations.iter().keys() {
+            if let Ok(octets) = <[u8; 6]>::try_from(key?.as_ref()) {
+                known.insert(MacAddr(octets));
+            }
+        }
         Ok(Store {
-            stations: db.open_tree("stations")?,
+            stations,
             events: db.open_tree("events")?,
             by_ip: db.open_tree("by_ip")?,
             db,
             events_per_station,
+            known: Arc::new(RwLock::new(known)),
         })
     }
 
@@ -123,7 +137,10 @@ impl Store {
     /// Whether the inventory has `mac` (a read error counts as unknown). Cheap: the
     /// DHCP hot path asks it for every packet.
     pub fn contains(&self, mac: MacAddr) -> bool {
-        self.stations.contains_key(mac.octets()).unwrap_or(false)
+        self.known
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&mac)
     }
 
     /// All stations, in MAC order.
@@ -161,7 +178,7 @@ impl Store {
         sighting: &Sighting,
         create: bool,
     ) -> Result<Option<Station>, StoreError> {
-        if !create && !self.stations.contains_key(mac.octets())? {
+        if !create && !self.contains(mac) {
             return Ok(None);
         }
         let now = now_ms();
@@ -261,6 +278,10 @@ impl Store {
             tracing::warn!(%mac, error = %e, "replaced a corrupt station record");
         }
         let bytes = new.expect("update_and_fetch with Some returns Some");
+        self.known
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(mac);
         decode(&mac.to_string(), &bytes)
     }
 }
