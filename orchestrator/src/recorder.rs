@@ -6,6 +6,10 @@
 //! during a burst queuing an event never has to wake it. It runs under SCHED_IDLE, so
 //! its sled work waits until the DHCP replies are out instead of competing with them
 //! for the CPU.
+//!
+//! Only the record of what happened goes through here. State that an action depends
+//! on (a campaign step, a station's lifecycle) is written by its caller, durably,
+//! before the action; under sustained load this queue may lag or, when full, drop.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
