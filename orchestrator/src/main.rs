@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+mod image_cli;
 use orchestrator::{Config, Daemon};
 use tracing_subscriber::EnvFilter;
 
@@ -31,6 +33,14 @@ enum Command {
         /// Configuration file.
         file: PathBuf,
     },
+    /// Disk images in the chunk store under data_dir.
+    Image {
+        /// Configuration file (for data_dir).
+        #[arg(long, short, default_value = "/etc/netreset/netreset.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: image_cli::ImageCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -44,6 +54,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::CheckConfig { file } => check_config(&file),
         Command::Serve { config } => serve(&config),
+        Command::Image { config, command } => image_cli::run(&config, command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -109,3 +109,111 @@ fn serve_stops_cleanly_on_sigterm_and_keeps_its_store() {
         Some("pc1")
     );
 }
+
+fn netreset(config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(NETRESET)
+        .arg("image")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn image_import_ls_verify_rm_and_gc_work_and_a_corrupt_chunk_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    // 3 MiB: random-looking data, a zero MiB, data again.
+    let mut disk = vec![0u8; 3 << 20];
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for (i, b) in disk.iter_mut().enumerate() {
+        if !((1 << 20)..(2 << 20)).contains(&i) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+    }
+    let raw = dir.path().join("golden.raw");
+    std::fs::write(&raw, &disk).unwrap();
+
+    let out = netreset(
+        &config,
+        &["import", raw.to_str().unwrap(), "--name", "golden"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("3 chunks (2 new, 1 zero)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let out = netreset(
+        &config,
+        &["import", raw.to_str().unwrap(), "--name", "golden"],
+    );
+    assert!(
+        !out.status.success(),
+        "a second image of the same name is refused"
+    );
+    let out = netreset(
+        &config,
+        &["import", raw.to_str().unwrap(), "--name", "../evil"],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an image name"));
+
+    let out = netreset(&config, &["ls"]);
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .starts_with("golden\t3145728 bytes\t3 chunks of 1024 KiB"));
+    let out = netreset(&config, &["verify", "golden"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Damage one stored chunk: verify names it and fails.
+    let chunks = dir.path().join("data/chunks");
+    let shard = std::fs::read_dir(&chunks)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let chunk = std::fs::read_dir(&shard)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::write(&chunk, zstd_of(b"something else")).unwrap();
+    let out = netreset(&config, &["verify", "golden"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not match its id"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    assert!(netreset(&config, &["rm", "golden"]).status.success());
+    let out = netreset(&config, &["gc"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("removed 2 chunks"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// A valid zstd frame holding `data`, made by the store itself.
+fn zstd_of(data: &[u8]) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = images::ChunkStore::open(dir.path()).unwrap();
+    let (id, _) = store.put(data).unwrap();
+    store.get_compressed(&id).unwrap()
+}

@@ -1,0 +1,329 @@
+//! The chunk store and the image catalog on local disk, under one directory:
+//!
+//! ```text
+//! chunks/ab/abcdef…      zstd-compressed chunk, named by the BLAKE3 of its bytes
+//! images/NAME.idx        an image's index
+//! ```
+//! Every file is written to a temporary name in its final directory, fsynced and
+//! renamed, so a crash never leaves a chunk whose content does not match its name, nor
+//! a half-written index. [`ChunkStore::gc`] removes leftovers of such a crash.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::io;
+use crate::{ChunkId, Error, Index};
+
+/// Prefix of files being written.
+const TEMP_PREFIX: &str = ".tmp-";
+/// zstd level: 3 is zstd's default, fast to compress at import and to decompress.
+const ZSTD_LEVEL: i32 = 3;
+
+/// Content-addressed chunks on disk.
+#[derive(Debug)]
+pub struct ChunkStore {
+    dir: PathBuf,
+    temp_seq: AtomicU64,
+}
+
+/// What [`ChunkStore::gc`] removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct GcStats {
+    pub chunks_removed: u64,
+    pub bytes_freed: u64,
+    pub temp_files_removed: u64,
+}
+
+impl ChunkStore {
+    /// Open (or create) the store in `dir/chunks`.
+    pub fn open(dir: &Path) -> Result<ChunkStore, Error> {
+        let dir = dir.join("chunks");
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        Ok(ChunkStore {
+            dir,
+            temp_seq: AtomicU64::new(0),
+        })
+    }
+
+    fn path(&self, id: &ChunkId) -> PathBuf {
+        let hex = id.to_string();
+        self.dir.join(&hex[..2]).join(hex)
+    }
+
+    /// Whether chunk `id` is stored.
+    pub fn has(&self, id: &ChunkId) -> bool {
+        self.path(id).is_file()
+    }
+
+    /// Store `data` (not all zeros: those are never stored). Returns its id and whether
+    /// it was new.
+    pub fn put(&self, data: &[u8]) -> Result<(ChunkId, bool), Error> {
+        let id = ChunkId::of(data);
+        let path = self.path(&id);
+        if path.is_file() {
+            return Ok((id, false));
+        }
+        let compressed = zstd::bulk::compress(data, ZSTD_LEVEL).map_err(io(&path))?;
+        self.write_atomic(&path, &compressed)?;
+        Ok((id, true))
+    }
+
+    /// The compressed bytes of chunk `id`, as stored (served to restore clients).
+    pub fn get_compressed(&self, id: &ChunkId) -> Result<Vec<u8>, Error> {
+        let path = self.path(id);
+        fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::MissingChunk { id: *id },
+            _ => Error::Io { path, source: e },
+        })
+    }
+
+    /// The bytes of chunk `id`, decompressed and checked against the id.
+    pub fn get(&self, id: &ChunkId, max_len: usize) -> Result<Vec<u8>, Error> {
+        decode_chunk(id, &self.get_compressed(id)?, max_len)
+    }
+
+    /// Remove every chunk not in `keep`, and temporary files of interrupted writes.
+    pub fn gc(&self, keep: &HashSet<ChunkId>) -> Result<GcStats, Error> {
+        let mut stats = GcStats::default();
+        for shard in fs::read_dir(&self.dir).map_err(io(&self.dir))? {
+            let shard = shard.map_err(io(&self.dir))?.path();
+            if !shard.is_dir() {
+                continue;
+            }
+            for entry in fs::read_dir(&shard).map_err(io(&shard))? {
+                let path = entry.map_err(io(&shard))?.path();
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                if name.starts_with(TEMP_PREFIX) {
+                    fs::remove_file(&path).map_err(io(&path))?;
+                    stats.temp_files_removed += 1;
+                } else if name
+                    .parse::<ChunkId>()
+                    .map(|id| !keep.contains(&id))
+                    .unwrap_or(false)
+                {
+                    fs::remove_file(&path).map_err(io(&path))?;
+                    stats.chunks_removed += 1;
+                    stats.bytes_freed += len;
+                }
+            }
+        }
+        Ok(stats)
+    }
+
+    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), Error> {
+        write_atomic(path, bytes, self.temp_seq.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// Decompress a stored chunk and check it: at most `max_len` bytes, and its hash must
+/// be its id. Unverified data never leaves this function.
+pub fn decode_chunk(id: &ChunkId, compressed: &[u8], max_len: usize) -> Result<Vec<u8>, Error> {
+    let data = zstd::bulk::decompress(compressed, max_len).map_err(|e| Error::CorruptChunk {
+        id: *id,
+        why: format!("cannot decompress: {e}"),
+    })?;
+    if ChunkId::of(&data) != *id {
+        return Err(Error::CorruptChunk {
+            id: *id,
+            why: "content does not match its id".into(),
+        });
+    }
+    Ok(data)
+}
+
+/// Write `bytes` to `path` through a temporary file, fsync it, rename it into place and
+/// fsync the directory.
+fn write_atomic(path: &Path, bytes: &[u8], seq: u64) -> Result<(), Error> {
+    let dir = path.parent().expect("store paths have a parent");
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let temp = dir.join(format!("{TEMP_PREFIX}{}-{seq}", std::process::id()));
+    let mut file = fs::File::create(&temp).map_err(io(&temp))?;
+    file.write_all(bytes).map_err(io(&temp))?;
+    file.sync_all().map_err(io(&temp))?;
+    drop(file);
+    fs::rename(&temp, path).map_err(io(path))?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
+    Ok(())
+}
+
+/// The catalog of imported images: `dir/images/NAME.idx`.
+#[derive(Debug)]
+pub struct Images {
+    dir: PathBuf,
+}
+
+impl Images {
+    /// Open (or create) the catalog in `dir/images`.
+    pub fn open(dir: &Path) -> Result<Images, Error> {
+        let dir = dir.join("images");
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        Ok(Images { dir })
+    }
+
+    fn path(&self, name: &str) -> Result<PathBuf, Error> {
+        check_name(name)?;
+        Ok(self.dir.join(format!("{name}.idx")))
+    }
+
+    /// Save a new image's index; an existing name is refused.
+    pub fn add(&self, name: &str, index: &Index) -> Result<(), Error> {
+        let path = self.path(name)?;
+        if path.exists() {
+            return Err(Error::ImageExists(name.to_owned()));
+        }
+        write_atomic(&path, &index.encode(), 0)
+    }
+
+    /// An image's index.
+    pub fn get(&self, name: &str) -> Result<Index, Error> {
+        let path = self.path(name)?;
+        let bytes = fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NoImage(name.to_owned()),
+            _ => Error::Io {
+                path: path.clone(),
+                source: e,
+            },
+        })?;
+        Index::decode(&bytes).map_err(|e| Error::BadIndex(format!("image {name:?}: {e}")))
+    }
+
+    /// Remove an image (its chunks stay until [`ChunkStore::gc`]).
+    pub fn remove(&self, name: &str) -> Result<(), Error> {
+        let path = self.path(name)?;
+        fs::remove_file(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NoImage(name.to_owned()),
+            _ => Error::Io { path, source: e },
+        })
+    }
+
+    /// All image names, sorted.
+    pub fn names(&self) -> Result<Vec<String>, Error> {
+        let mut names: Vec<String> = fs::read_dir(&self.dir)
+            .map_err(io(&self.dir))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".idx"))
+                    .map(str::to_owned)
+            })
+            .filter(|n| check_name(n).is_ok())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Every chunk that some image needs: what [`ChunkStore::gc`] must keep.
+    pub fn referenced(&self) -> Result<HashSet<ChunkId>, Error> {
+        let mut keep = HashSet::new();
+        for name in self.names()? {
+            keep.extend(self.get(&name)?.chunks.into_iter().flatten());
+        }
+        Ok(keep)
+    }
+}
+
+/// Image names are file names: letters, digits, `.`, `_`, `-`, at most 64, not
+/// starting with a dot.
+pub fn check_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadName(name.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_round_trip_and_deduplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let (id, new) = store.put(b"hello chunk").unwrap();
+        assert!(new);
+        assert_eq!(store.put(b"hello chunk").unwrap(), (id, false));
+        assert_eq!(store.get(&id, 1 << 20).unwrap(), b"hello chunk");
+        assert!(store.has(&id));
+    }
+
+    #[test]
+    fn a_corrupt_or_missing_chunk_is_reported_never_returned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let (id, _) = store.put(&[7u8; 5000]).unwrap();
+        let other = zstd::bulk::compress(&[8u8; 5000], 3).unwrap();
+        fs::write(store.path(&id), other).unwrap();
+        assert!(matches!(
+            store.get(&id, 1 << 20),
+            Err(Error::CorruptChunk { .. })
+        ));
+        fs::write(store.path(&id), b"not zstd").unwrap();
+        assert!(matches!(
+            store.get(&id, 1 << 20),
+            Err(Error::CorruptChunk { .. })
+        ));
+        let missing = ChunkId::of(b"never stored");
+        assert!(matches!(
+            store.get(&missing, 1 << 20),
+            Err(Error::MissingChunk { .. })
+        ));
+    }
+
+    #[test]
+    fn gc_keeps_referenced_chunks_and_removes_the_rest_and_crash_leftovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let (keep, _) = store.put(b"keep me").unwrap();
+        let (drop_id, _) = store.put(b"drop me").unwrap();
+        let shard = store.path(&keep).parent().unwrap().to_owned();
+        fs::write(shard.join(format!("{TEMP_PREFIX}123-0")), b"half a chunk").unwrap();
+        let stats = store.gc(&HashSet::from([keep])).unwrap();
+        assert_eq!((stats.chunks_removed, stats.temp_files_removed), (1, 1));
+        assert!(store.has(&keep));
+        assert!(!store.has(&drop_id));
+    }
+
+    #[test]
+    fn catalog_adds_lists_refuses_bad_names_and_removes() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = Images::open(dir.path()).unwrap();
+        let index = Index {
+            chunk_size: 64 << 10,
+            total_size: 10,
+            chunks: vec![Some(ChunkId::of(b"x"))],
+        };
+        images.add("win11-lab", &index).unwrap();
+        assert!(matches!(
+            images.add("win11-lab", &index),
+            Err(Error::ImageExists(_))
+        ));
+        assert_eq!(images.get("win11-lab").unwrap(), index);
+        assert_eq!(images.names().unwrap(), ["win11-lab"]);
+        assert_eq!(
+            images.referenced().unwrap(),
+            HashSet::from([ChunkId::of(b"x")])
+        );
+        for bad in ["", "../x", "a/b", ".hidden", "x y", &"n".repeat(65)] {
+            assert!(
+                matches!(images.add(bad, &index), Err(Error::BadName(_))),
+                "{bad:?}"
+            );
+        }
+        images.remove("win11-lab").unwrap();
+        assert!(matches!(images.get("win11-lab"), Err(Error::NoImage(_))));
+    }
+}
