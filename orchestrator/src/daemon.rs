@@ -120,6 +120,12 @@ impl Daemon {
         let state = AppState {
             policy: policy.clone(),
             tftp_root: Arc::new(config.tftp.root.clone()),
+            chunks: Arc::new(images::ChunkStore::open(&config.data_dir).with_context(|| {
+                format!(
+                    "cannot open the chunk store in {}",
+                    config.data_dir.display()
+                )
+            })?),
             started: Instant::now(),
         };
         let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();

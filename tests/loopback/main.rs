@@ -2,5 +2,6 @@
 //! clients speaking real DHCP, TFTP and HTTP to it. No root needed.
 
 mod boot_path;
+mod chunks;
 mod support;
 mod tftp;

@@ -14,7 +14,8 @@ use tokio::net::{TcpStream, UdpSocket};
 pub struct TestServer {
     pub daemon: Daemon,
     pub root: tempfile::TempDir,
-    _data: tempfile::TempDir,
+    /// The daemon's data_dir (store, chunks, images).
+    pub data: tempfile::TempDir,
 }
 
 /// Bytes of the fake iPXE binaries in every test root (not real programs; the e2e
@@ -49,11 +50,7 @@ pub async fn start(extra: &str) -> TestServer {
     );
     let config = Config::parse(&text, Path::new("test.toml")).expect("test config is valid");
     let daemon = Daemon::start(config).await.expect("daemon starts");
-    TestServer {
-        daemon,
-        root,
-        _data: data,
-    }
+    TestServer { daemon, root, data }
 }
 
 impl TestServer {
@@ -156,8 +153,16 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 /// A plain HTTP/1.1 GET: status and body bytes (no chunked encoding expected for
 /// files, which carry Content-Length).
 pub async fn http_get_bytes(addr: SocketAddr, path: &str) -> (u16, Vec<u8>) {
+    let (status, _, body) = http_request(addr, path, "").await;
+    (status, body)
+}
+
+/// A GET with extra header lines (each ending in CRLF): status, the response head in
+/// lowercase, and the body.
+pub async fn http_request(addr: SocketAddr, path: &str, extra: &str) -> (u16, String, Vec<u8>) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.unwrap();
@@ -169,14 +174,12 @@ pub async fn http_get_bytes(addr: SocketAddr, path: &str) -> (u16, Vec<u8>) {
     let body = &raw[split + 4..];
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
     let chunked = head.contains("transfer-encoding: chunked");
-    (
-        status,
-        if chunked {
-            dechunk(body)
-        } else {
-            body.to_vec()
-        },
-    )
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_vec()
+    };
+    (status, head, body)
 }
 
 fn dechunk(mut body: &[u8]) -> Vec<u8> {

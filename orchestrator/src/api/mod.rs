@@ -3,6 +3,7 @@
 //! place, [`ApiError`].
 
 mod boot;
+mod chunks;
 mod stations;
 
 use std::sync::Arc;
@@ -23,6 +24,8 @@ pub struct AppState {
     pub policy: Orchestrator,
     /// The TFTP root, also served over HTTP under `/ipxe/`.
     pub tftp_root: Arc<std::path::PathBuf>,
+    /// Image chunks, served to restore clients under `/chunks/`.
+    pub chunks: Arc<images::ChunkStore>,
     pub started: Instant,
 }
 
@@ -31,6 +34,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/boot/{file}", get(boot::script))
         .route("/ipxe/{*file}", get(boot::binary))
+        .route("/chunks/{id}", get(chunks::chunk))
         .route("/api/v1/health", get(health))
         .route("/api/v1/stations", get(stations::list))
         .route("/api/v1/stations/{mac}", get(stations::show))
