@@ -1,0 +1,292 @@
+//! Restore a disk to an image in place: read each chunk of the disk, keep it when it
+//! already matches the index, otherwise fetch the chunk, verify it against its id and
+//! write it. Zero chunks are written as zeros. Killed at any point and run again, it
+//! finishes with the same disk, since every decision is made from what is on the
+//! disk at that moment.
+//!
+//! The transport is the caller's ([`Fetch`]): the restore client fetches over HTTP,
+//! tests fetch from a local store.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use crate::error::io;
+use crate::store::decode_chunk;
+use crate::{ChunkId, Error, Index};
+
+/// Where missing chunks come from: the compressed bytes of a chunk, as stored.
+pub trait Fetch {
+    fn fetch(&self, id: &ChunkId) -> Result<Vec<u8>, Error>;
+}
+
+impl Fetch for crate::ChunkStore {
+    fn fetch(&self, id: &ChunkId) -> Result<Vec<u8>, Error> {
+        self.get_compressed(id)
+    }
+}
+
+/// How many times a chunk that fails verification is fetched again before the restore
+/// gives up.
+const REFETCHES: u32 = 1;
+
+/// What a restore did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RestoreStats {
+    pub chunks_total: u64,
+    /// Chunks that were already right on the disk.
+    pub chunks_in_place: u64,
+    /// Chunks fetched and written.
+    pub chunks_fetched: u64,
+    /// Zero chunks written (the disk had something else there).
+    pub zero_chunks_written: u64,
+    /// Compressed bytes fetched.
+    pub bytes_fetched: u64,
+    /// Fetched chunks that failed verification (and were fetched again).
+    pub bad_chunks_refetched: u64,
+}
+
+/// Bring the disk at `disk` to `index`. The disk (file or block device) must be at
+/// least as large as the image; it is never grown or truncated.
+pub fn restore(
+    index: &Index,
+    disk: &Path,
+    source: &impl Fetch,
+    mut progress: impl FnMut(u64, &RestoreStats),
+) -> Result<RestoreStats, Error> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk)
+        .map_err(io(disk))?;
+    let size = disk_size(&file, disk)?;
+    if size < index.total_size {
+        return Err(Error::BadIndex(format!(
+            "the image needs {} bytes but {} has {size}",
+            index.total_size,
+            disk.display()
+        )));
+    }
+    let mut stats = RestoreStats {
+        chunks_total: index.chunks.len() as u64,
+        ..RestoreStats::default()
+    };
+    let mut local = vec![0u8; index.chunk_size as usize];
+    for (i, entry) in index.chunks.iter().enumerate() {
+        let len = index.chunk_len(i);
+        let offset = i as u64 * u64::from(index.chunk_size);
+        let here = &mut local[..len];
+        file.read_exact_at(here, offset).map_err(io(disk))?;
+        match entry {
+            None if here.iter().all(|&b| b == 0) => stats.chunks_in_place += 1,
+            None => {
+                here.fill(0);
+                file.write_all_at(here, offset).map_err(io(disk))?;
+                stats.zero_chunks_written += 1;
+            }
+            Some(id) if ChunkId::of(here) == *id => stats.chunks_in_place += 1,
+            Some(id) => {
+                let data = fetch_verified(source, id, len, &mut stats)?;
+                file.write_all_at(&data, offset).map_err(io(disk))?;
+                stats.chunks_fetched += 1;
+            }
+        }
+        progress(offset + len as u64, &stats);
+    }
+    file.sync_all().map_err(io(disk))?;
+    Ok(stats)
+}
+
+/// Fetch a chunk and verify it; a bad one is fetched again, then the restore fails.
+/// Unverified data is never returned, so it is never written.
+fn fetch_verified(
+    source: &impl Fetch,
+    id: &ChunkId,
+    len: usize,
+    stats: &mut RestoreStats,
+) -> Result<Vec<u8>, Error> {
+    let mut last = None;
+    for _ in 0..=REFETCHES {
+        let compressed = source.fetch(id)?;
+        stats.bytes_fetched += compressed.len() as u64;
+        match decode_chunk(id, &compressed, len) {
+            Ok(data) if data.len() == len => return Ok(data),
+            Ok(data) => {
+                last = Some(Error::CorruptChunk {
+                    id: *id,
+                    why: format!("{} bytes, expected {len}", data.len()),
+                })
+            }
+            Err(e) => last = Some(e),
+        }
+        stats.bad_chunks_refetched += 1;
+    }
+    Err(last.expect("at least one attempt"))
+}
+
+/// The size of a file or block device.
+fn disk_size(file: &File, path: &Path) -> Result<u64, Error> {
+    use std::io::{Seek, SeekFrom};
+    // metadata().len() is 0 for block devices; seeking to the end works for both.
+    let mut handle = file.try_clone().map_err(io(path))?;
+    handle.seek(SeekFrom::End(0)).map_err(io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{import, ChunkStore, MIN_CHUNK_SIZE};
+    use std::cell::Cell;
+
+    const CS: usize = MIN_CHUNK_SIZE as usize;
+
+    fn pattern(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// An image of 8 chunks, chunk 3 all zeros, a short last chunk.
+    fn setup() -> (tempfile::TempDir, ChunkStore, Index, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let mut image = pattern(8 * CS - 1000, 7);
+        image[3 * CS..4 * CS].fill(0);
+        let raw = dir.path().join("image.raw");
+        std::fs::write(&raw, &image).unwrap();
+        let index = import(&store, &raw, MIN_CHUNK_SIZE as u64, |_| {})
+            .unwrap()
+            .index;
+        (dir, store, index, image)
+    }
+
+    #[test]
+    fn blank_disk_is_restored_byte_identical_and_zero_chunks_are_not_fetched() {
+        let (dir, store, index, image) = setup();
+        let disk = dir.path().join("disk");
+        std::fs::write(&disk, vec![0u8; image.len() + 4096]).unwrap();
+        let stats = restore(&index, &disk, &store, |_, _| {}).unwrap();
+        assert_eq!(stats.chunks_fetched, 7);
+        assert_eq!(stats.chunks_in_place, 1, "the zero chunk was already zeros");
+        let back = std::fs::read(&disk).unwrap();
+        assert_eq!(&back[..image.len()], &image[..]);
+        assert!(
+            back[image.len()..].iter().all(|&b| b == 0),
+            "bytes past the image are untouched"
+        );
+    }
+
+    #[test]
+    fn delta_restore_fetches_only_changed_chunks_and_an_unchanged_disk_nothing() {
+        let (dir, store, index, image) = setup();
+        let disk = dir.path().join("disk");
+        let mut changed = image.clone();
+        changed[5] ^= 0xff; // chunk 0
+        changed[6 * CS + 17] ^= 0xff; // chunk 6
+        changed[3 * CS + 9] = 1; // the zero chunk
+        std::fs::write(&disk, &changed).unwrap();
+        let stats = restore(&index, &disk, &store, |_, _| {}).unwrap();
+        assert_eq!(
+            (
+                stats.chunks_fetched,
+                stats.zero_chunks_written,
+                stats.chunks_in_place
+            ),
+            (2, 1, 5)
+        );
+        assert_eq!(std::fs::read(&disk).unwrap(), image);
+        let again = restore(&index, &disk, &store, |_, _| {}).unwrap();
+        assert_eq!(
+            (
+                again.chunks_fetched,
+                again.bytes_fetched,
+                again.chunks_in_place
+            ),
+            (0, 0, 8)
+        );
+    }
+
+    /// A source that corrupts the first `bad` fetches.
+    struct Flaky<'a> {
+        store: &'a ChunkStore,
+        bad: Cell<u32>,
+    }
+
+    impl Fetch for Flaky<'_> {
+        fn fetch(&self, id: &ChunkId) -> Result<Vec<u8>, Error> {
+            let mut bytes = self.store.get_compressed(id)?;
+            if self.bad.get() > 0 {
+                self.bad.set(self.bad.get() - 1);
+                let last = bytes.len() - 1;
+                bytes[last] ^= 0x55;
+            }
+            Ok(bytes)
+        }
+    }
+
+    #[test]
+    fn a_corrupt_chunk_is_fetched_again_and_never_written() {
+        let (dir, store, index, image) = setup();
+        let disk = dir.path().join("disk");
+        std::fs::write(&disk, vec![0u8; image.len()]).unwrap();
+        let once = Flaky {
+            store: &store,
+            bad: Cell::new(1),
+        };
+        let stats = restore(&index, &disk, &once, |_, _| {}).unwrap();
+        assert_eq!(stats.bad_chunks_refetched, 1);
+        assert_eq!(std::fs::read(&disk).unwrap(), image);
+
+        std::fs::write(&disk, vec![0u8; image.len()]).unwrap();
+        let always = Flaky {
+            store: &store,
+            bad: Cell::new(u32::MAX),
+        };
+        let err = restore(&index, &disk, &always, |_, _| {}).unwrap_err();
+        assert!(matches!(err, Error::CorruptChunk { .. }), "{err}");
+        assert!(
+            std::fs::read(&disk).unwrap().iter().all(|&b| b == 0),
+            "nothing unverified was written"
+        );
+    }
+
+    #[test]
+    fn an_interrupted_restore_run_again_finishes_with_the_same_disk() {
+        let (dir, store, index, image) = setup();
+        let disk = dir.path().join("disk");
+        std::fs::write(&disk, pattern(image.len(), 99)).unwrap();
+        // Stop after 3 chunks by failing the 4th fetch.
+        struct StopAfter<'a>(&'a ChunkStore, Cell<u32>);
+        impl Fetch for StopAfter<'_> {
+            fn fetch(&self, id: &ChunkId) -> Result<Vec<u8>, Error> {
+                if self.1.get() == 0 {
+                    return Err(Error::MissingChunk { id: *id });
+                }
+                self.1.set(self.1.get() - 1);
+                self.0.get_compressed(id)
+            }
+        }
+        assert!(restore(&index, &disk, &StopAfter(&store, Cell::new(3)), |_, _| {}).is_err());
+        let stats = restore(&index, &disk, &store, |_, _| {}).unwrap();
+        // The first run wrote chunks 0-2 and the zero chunk 3 before chunk 4 failed.
+        assert_eq!(stats.chunks_in_place, 4, "the first run's chunks are kept");
+        assert_eq!(stats.chunks_fetched, 4);
+        assert_eq!(std::fs::read(&disk).unwrap(), image);
+    }
+
+    #[test]
+    fn a_disk_smaller_than_the_image_is_refused_untouched() {
+        let (dir, store, index, image) = setup();
+        let disk = dir.path().join("disk");
+        std::fs::write(&disk, vec![9u8; image.len() - 1]).unwrap();
+        let err = restore(&index, &disk, &store, |_, _| {}).unwrap_err();
+        assert!(err.to_string().contains("needs"), "{err}");
+        assert!(std::fs::read(&disk).unwrap().iter().all(|&b| b == 9));
+    }
+}
