@@ -104,9 +104,4 @@ impl Recorder {
         }
         done_rx.recv_timeout(deadline).is_ok()
     }
-
-    /// Events dropped because the queue was full.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
 }

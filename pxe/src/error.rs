@@ -20,9 +20,6 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// The TFTP server stopped.
-    #[error("tftp server: {0}")]
-    Tftp(String),
     /// A receive or send failed on a socket that the server cannot work without.
     #[error("{what} socket: {source}")]
     Socket {

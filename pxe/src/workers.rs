@@ -52,10 +52,15 @@ mod tests {
     async fn a_failing_worker_stops_the_others_and_its_error_is_returned() {
         let cancel = CancellationToken::new();
         let mut workers = until_cancelled(&cancel);
-        workers.spawn(async { Err(Error::Tftp("boom".into())) });
+        workers.spawn(async {
+            Err(Error::Socket {
+                what: "boom",
+                source: std::io::Error::other("gone"),
+            })
+        });
         let result = supervise(workers, &cancel, "test").await;
         assert!(
-            matches!(result, Err(Error::Tftp(ref m)) if m == "boom"),
+            matches!(result, Err(Error::Socket { what: "boom", .. })),
             "{result:?}"
         );
         assert!(cancel.is_cancelled());

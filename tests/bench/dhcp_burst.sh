@@ -15,15 +15,9 @@ need ip dnsmasq cargo python3
 NETRESET=$E2E_ROOT/target/release/netreset
 BURST=$E2E_ROOT/target/release/dhcp-burst
 
-id=$(printf '%04x' $((E2E_ID % 65536)))
-srv=nrbsrv-$id cli=nrbcli-$id
-make_ns "$srv"
-make_ns "$cli"
-S() { ip netns exec "$srv" "$@"; }
-C() { ip netns exec "$cli" "$@"; }
-cable "$srv" "bs-$id" "$cli" "bc-$id"
-S ip addr add 10.78.0.1/24 dev "bs-$id"
-C ip addr add 10.78.0.2/24 dev "bc-$id"
+server_client b
+S ip addr add 10.78.0.1/24 dev "$srv_if"
+C ip addr add 10.78.0.2/24 dev "$cli_if"
 
 run_rows() { # NAME: runs the generator unpaced and paced, ROUNDS times each
   local name=$1 pace
@@ -41,7 +35,7 @@ data_dir = "$E2E_TMP/data"
 [http]
 listen = "10.78.0.1:8080"
 [dhcp]
-interface = "bs-$id"
+interface = "$srv_if"
 [tftp]
 listen = "10.78.0.1:69"
 root = "/usr/lib/ipxe"
@@ -55,7 +49,7 @@ C nstat -az UdpRcvbufErrors UdpInErrors > "$E2E_TMP/cli-nstat.txt" 2>&1 || true
 kill "$pid"; wait "$pid" 2>/dev/null || true
 S ss -ulpn | grep -q ':67 ' && fail "netreset still holds port 67"
 
-bg_in "$srv" "$E2E_TMP/dnsmasq.out" dnsmasq --no-daemon --port=0 --interface="bs-$id" \
+bg_in "$srv" "$E2E_TMP/dnsmasq.out" dnsmasq --no-daemon --port=0 --interface="$srv_if" \
   --bind-interfaces --dhcp-range=10.78.0.0,proxy --pxe-service=x86PC,"netreset bench",undionly \
   --dhcp-leasefile=/dev/null --log-facility="$E2E_TMP/dnsmasq.log"
 pid=$BG_PID

@@ -21,17 +21,11 @@ fi
 (cd "$E2E_ROOT" && cargo build -q --release --bin netreset -p orchestrator)
 NETRESET=$E2E_ROOT/target/release/netreset
 
-id=$(printf '%04x' $((E2E_ID % 65536)))
-srv=nrtsrv-$id cli=nrtcli-$id
-make_ns "$srv"
-make_ns "$cli"
-S() { ip netns exec "$srv" "$@"; }
-C() { ip netns exec "$cli" "$@"; }
-cable "$srv" "ts-$id" "$cli" "tc-$id"
+server_client t
 # One address per server, so that all four run at once and the rounds interleave:
 # the machine's drift then touches every server alike.
-for a in 1 2 3 4; do S ip addr add "10.79.0.$a/24" dev "ts-$id"; done
-C ip addr add 10.79.0.100/24 dev "tc-$id"
+for a in 1 2 3 4; do S ip addr add "10.79.0.$a/24" dev "$srv_if"; done
+C ip addr add 10.79.0.100/24 dev "$cli_if"
 
 root=$E2E_TMP/root
 mkdir -p "$root" "$E2E_TMP/out"

@@ -50,6 +50,19 @@ cable() {
   ip netns exec "$3" ip link set "$4" up
 }
 
+# server_client TAG: the two hosts of a benchmark, namespaces $srv and $cli joined by a
+# veth pair ($srv_if in $srv, $cli_if in $cli). S and C run a command in each.
+server_client() {
+  local id
+  id=$(printf '%04x' $((E2E_ID % 65536)))
+  srv=nr${1}srv-$id cli=nr${1}cli-$id srv_if=${1}s-$id cli_if=${1}c-$id
+  make_ns "$srv"
+  make_ns "$cli"
+  cable "$srv" "$srv_if" "$cli" "$cli_if"
+}
+S() { ip netns exec "$srv" "$@"; }
+C() { ip netns exec "$cli" "$@"; }
+
 # bg_in NS LOG COMMAND...: start COMMAND in namespace NS in the background, output to
 # LOG; its pid is in BG_PID and it is killed at exit. Called directly, never through
 # a shell function: `f ... &` forks a subshell, and killing that leaves COMMAND running.
