@@ -28,6 +28,18 @@ pub enum Error {
     ImageExists(String),
     #[error("chunk size {0} is not a power of two between 64 KiB and 16 MiB")]
     BadChunkSize(u64),
+    #[error("staged image: {0}")]
+    BadStaged(String),
+    #[error("template: {0}")]
+    Template(String),
+    #[error("{disk}: {why}")]
+    Partitions { disk: PathBuf, why: String },
+    #[error("injection: {0}")]
+    Inject(String),
+    #[error("{url}: {why}")]
+    Fetch { url: String, why: String },
+    #[error("{0}")]
+    Usage(String),
 }
 
 /// Attach the path to an I/O error.

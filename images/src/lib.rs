@@ -2,19 +2,28 @@
 //! disk, all-zero chunks never stored, deduplicated across images), the index that
 //! lists an image's chunks in order, and import of raw disk images.
 //!
-//! [`restore`] brings a disk to an image in place, fetching only the chunks that
-//! differ. Staging, injection and the HTTP restore client build on these (issue 3).
+//! A [`Staged`] image is an index plus the files injected into the restored disk
+//! ([`inject`]: FAT in-process, NTFS through ntfs-3g). [`restore`] brings a disk to
+//! an image in place, fetching only the chunks that differ; [`http::Client`] fetches
+//! them from the orchestrator for the `netreset-restore` binary.
 
 mod chunk;
 mod error;
+pub mod http;
 mod import;
+pub mod inject;
 mod index;
+pub mod partition;
 mod restore;
+mod staged;
 mod store;
 
 pub use chunk::ChunkId;
 pub use error::Error;
 pub use import::{import, Imported};
-pub use index::{Index, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+pub use index::{check_chunk_size, Index, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 pub use restore::{restore, Fetch, RestoreStats};
+pub use staged::{
+    check_inject_path, check_kms_host, InjectFile, KmsSettings, Profile, Staged, Target, STAGED_VERSION,
+};
 pub use store::{check_name, decode_chunk, ChunkStore, GcStats, Images};

@@ -10,13 +10,16 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{mpsc, Mutex};
 
 use crate::error::io;
 use crate::store::decode_chunk;
 use crate::{ChunkId, Error, Index};
 
 /// Where missing chunks come from: the compressed bytes of a chunk, as stored.
-pub trait Fetch {
+/// Fetches run on several threads at once.
+pub trait Fetch: Sync {
     fn fetch(&self, id: &ChunkId) -> Result<Vec<u8>, Error>;
 }
 
@@ -31,7 +34,7 @@ impl Fetch for crate::ChunkStore {
 const REFETCHES: u32 = 1;
 
 /// What a restore did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RestoreStats {
     pub chunks_total: u64,
     /// Chunks that were already right on the disk.
@@ -46,13 +49,41 @@ pub struct RestoreStats {
     pub bad_chunks_refetched: u64,
 }
 
+#[derive(Default)]
+struct Counters {
+    in_place: AtomicU64,
+    fetched: AtomicU64,
+    zeros: AtomicU64,
+    bytes: AtomicU64,
+    refetched: AtomicU64,
+    done_bytes: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self, total: u64) -> RestoreStats {
+        RestoreStats {
+            chunks_total: total,
+            chunks_in_place: self.in_place.load(Relaxed),
+            chunks_fetched: self.fetched.load(Relaxed),
+            zero_chunks_written: self.zeros.load(Relaxed),
+            bytes_fetched: self.bytes.load(Relaxed),
+            bad_chunks_refetched: self.refetched.load(Relaxed),
+        }
+    }
+}
+
 /// Bring the disk at `disk` to `index`. The disk (file or block device) must be at
 /// least as large as the image; it is never grown or truncated.
+///
+/// One thread reads and hashes the disk in order; `parallel` threads fetch, verify
+/// and write the chunks that differ, so the network and the disk are busy at once.
+/// `progress(done_bytes, stats)` is called after each chunk, from any of them.
 pub fn restore(
     index: &Index,
     disk: &Path,
     source: &impl Fetch,
-    mut progress: impl FnMut(u64, &RestoreStats),
+    parallel: usize,
+    progress: &(dyn Fn(u64, &RestoreStats) + Sync),
 ) -> Result<RestoreStats, Error> {
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -67,34 +98,115 @@ pub fn restore(
             disk.display()
         )));
     }
-    let mut stats = RestoreStats {
-        chunks_total: index.chunks.len() as u64,
-        ..RestoreStats::default()
+    let punch = file.metadata().map_err(io(disk))?.file_type().is_file();
+    let total = index.chunks.len() as u64;
+    let counters = Counters::default();
+    let stop = AtomicBool::new(false);
+    let failure: Mutex<Option<Error>> = Mutex::new(None);
+    let fail = |e: Error| {
+        stop.store(true, Relaxed);
+        failure.lock().expect("not poisoned").get_or_insert(e);
     };
-    let mut local = vec![0u8; index.chunk_size as usize];
-    for (i, entry) in index.chunks.iter().enumerate() {
-        let len = index.chunk_len(i);
-        let offset = i as u64 * u64::from(index.chunk_size);
-        let here = &mut local[..len];
-        file.read_exact_at(here, offset).map_err(io(disk))?;
-        match entry {
-            None if here.iter().all(|&b| b == 0) => stats.chunks_in_place += 1,
-            None => {
-                here.fill(0);
-                file.write_all_at(here, offset).map_err(io(disk))?;
-                stats.zero_chunks_written += 1;
-            }
-            Some(id) if ChunkId::of(here) == *id => stats.chunks_in_place += 1,
-            Some(id) => {
-                let data = fetch_verified(source, id, len, &mut stats)?;
-                file.write_all_at(&data, offset).map_err(io(disk))?;
-                stats.chunks_fetched += 1;
-            }
+    let done = |len: usize| {
+        let d = counters.done_bytes.fetch_add(len as u64, Relaxed) + len as u64;
+        progress(d, &counters.snapshot(total));
+    };
+    let parallel = parallel.max(1);
+    let (tx, rx) = mpsc::sync_channel::<(u64, ChunkId, usize)>(parallel * 2);
+    let rx = Mutex::new(rx);
+    std::thread::scope(|scope| {
+        for _ in 0..parallel {
+            scope.spawn(|| loop {
+                let job = rx.lock().expect("not poisoned").recv();
+                let Ok((offset, id, len)) = job else { return };
+                if stop.load(Relaxed) {
+                    continue;
+                }
+                let written = fetch_verified(source, &id, len, &counters).and_then(|data| {
+                    file.write_all_at(&data, offset).map_err(io(disk))
+                });
+                match written {
+                    Ok(()) => {
+                        counters.fetched.fetch_add(1, Relaxed);
+                        done(len);
+                    }
+                    Err(e) => fail(e),
+                }
+            });
         }
-        progress(offset + len as u64, &stats);
+        let mut local = vec![0u8; index.chunk_size as usize];
+        for (i, entry) in index.chunks.iter().enumerate() {
+            if stop.load(Relaxed) {
+                break;
+            }
+            let len = index.chunk_len(i);
+            let offset = i as u64 * u64::from(index.chunk_size);
+            let here = &mut local[..len];
+            if let Err(e) = file.read_exact_at(here, offset) {
+                fail(io(disk)(e));
+                break;
+            }
+            match entry {
+                None if is_zero(here) => counters.in_place.fetch_add(1, Relaxed),
+                None => match zero_range(&file, punch, offset, here) {
+                    Ok(()) => counters.zeros.fetch_add(1, Relaxed),
+                    Err(e) => {
+                        fail(io(disk)(e));
+                        break;
+                    }
+                },
+                Some(id) if ChunkId::of(here) == *id => counters.in_place.fetch_add(1, Relaxed),
+                Some(id) => {
+                    if tx.send((offset, *id, len)).is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            done(len);
+        }
+        drop(tx);
+    });
+    if let Some(e) = failure.into_inner().expect("not poisoned") {
+        return Err(e);
     }
     file.sync_all().map_err(io(disk))?;
-    Ok(stats)
+    Ok(counters.snapshot(total))
+}
+
+/// All zeros? Folding 4 KiB at a time lets the compiler vectorize it.
+fn is_zero(data: &[u8]) -> bool {
+    data.chunks(4096).all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
+}
+
+/// Make `here.len()` bytes at `offset` zeros: a hole in a regular file (no blocks
+/// used, reads return zeros), written zeros on a block device.
+fn zero_range(file: &File, punch: bool, offset: u64, here: &mut [u8]) -> std::io::Result<()> {
+    if punch && punch_hole(file, offset, here.len() as u64).is_ok() {
+        return Ok(());
+    }
+    here.fill(0);
+    file.write_all_at(here, offset)
+}
+
+#[allow(unsafe_code)]
+fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fallocate only reads its integer arguments; the descriptor is open for
+    // as long as `file` is borrowed.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Fetch a chunk and verify it; a bad one is fetched again, then the restore fails.
@@ -103,12 +215,12 @@ fn fetch_verified(
     source: &impl Fetch,
     id: &ChunkId,
     len: usize,
-    stats: &mut RestoreStats,
+    counters: &Counters,
 ) -> Result<Vec<u8>, Error> {
     let mut last = None;
     for _ in 0..=REFETCHES {
         let compressed = source.fetch(id)?;
-        stats.bytes_fetched += compressed.len() as u64;
+        counters.bytes.fetch_add(compressed.len() as u64, Relaxed);
         match decode_chunk(id, &compressed, len) {
             Ok(data) if data.len() == len => return Ok(data),
             Ok(data) => {
@@ -119,7 +231,7 @@ fn fetch_verified(
             }
             Err(e) => last = Some(e),
         }
-        stats.bad_chunks_refetched += 1;
+        counters.refetched.fetch_add(1, Relaxed);
     }
     Err(last.expect("at least one attempt"))
 }
@@ -136,7 +248,7 @@ fn disk_size(file: &File, path: &Path) -> Result<u64, Error> {
 mod tests {
     use super::*;
     use crate::{import, ChunkStore, MIN_CHUNK_SIZE};
-    use std::cell::Cell;
+    use std::sync::atomic::AtomicU32;
 
     const CS: usize = MIN_CHUNK_SIZE as usize;
 
@@ -171,7 +283,7 @@ mod tests {
         let (dir, store, index, image) = setup();
         let disk = dir.path().join("disk");
         std::fs::write(&disk, vec![0u8; image.len() + 4096]).unwrap();
-        let stats = restore(&index, &disk, &store, |_, _| {}).unwrap();
+        let stats = restore(&index, &disk, &store, 4, &|_, _| {}).unwrap();
         assert_eq!(stats.chunks_fetched, 7);
         assert_eq!(stats.chunks_in_place, 1, "the zero chunk was already zeros");
         let back = std::fs::read(&disk).unwrap();
@@ -191,7 +303,7 @@ mod tests {
         changed[6 * CS + 17] ^= 0xff; // chunk 6
         changed[3 * CS + 9] = 1; // the zero chunk
         std::fs::write(&disk, &changed).unwrap();
-        let stats = restore(&index, &disk, &store, |_, _| {}).unwrap();
+        let stats = restore(&index, &disk, &store, 4, &|_, _| {}).unwrap();
         assert_eq!(
             (
                 stats.chunks_fetched,
@@ -201,7 +313,7 @@ mod tests {
             (2, 1, 5)
         );
         assert_eq!(std::fs::read(&disk).unwrap(), image);
-        let again = restore(&index, &disk, &store, |_, _| {}).unwrap();
+        let again = restore(&index, &disk, &store, 4, &|_, _| {}).unwrap();
         assert_eq!(
             (
                 again.chunks_fetched,
@@ -215,14 +327,14 @@ mod tests {
     /// A source that corrupts the first `bad` fetches.
     struct Flaky<'a> {
         store: &'a ChunkStore,
-        bad: Cell<u32>,
+        bad: AtomicU32,
     }
 
     impl Fetch for Flaky<'_> {
         fn fetch(&self, id: &ChunkId) -> Result<Vec<u8>, Error> {
             let mut bytes = self.store.get_compressed(id)?;
-            if self.bad.get() > 0 {
-                self.bad.set(self.bad.get() - 1);
+            let bad = self.bad.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+            if bad.is_ok() {
                 let last = bytes.len() - 1;
                 bytes[last] ^= 0x55;
             }
@@ -237,18 +349,18 @@ mod tests {
         std::fs::write(&disk, vec![0u8; image.len()]).unwrap();
         let once = Flaky {
             store: &store,
-            bad: Cell::new(1),
+            bad: AtomicU32::new(1),
         };
-        let stats = restore(&index, &disk, &once, |_, _| {}).unwrap();
+        let stats = restore(&index, &disk, &once, 4, &|_, _| {}).unwrap();
         assert_eq!(stats.bad_chunks_refetched, 1);
         assert_eq!(std::fs::read(&disk).unwrap(), image);
 
         std::fs::write(&disk, vec![0u8; image.len()]).unwrap();
         let always = Flaky {
             store: &store,
-            bad: Cell::new(u32::MAX),
+            bad: AtomicU32::new(u32::MAX),
         };
-        let err = restore(&index, &disk, &always, |_, _| {}).unwrap_err();
+        let err = restore(&index, &disk, &always, 4, &|_, _| {}).unwrap_err();
         assert!(matches!(err, Error::CorruptChunk { .. }), "{err}");
         assert!(
             std::fs::read(&disk).unwrap().iter().all(|&b| b == 0),
@@ -262,18 +374,19 @@ mod tests {
         let disk = dir.path().join("disk");
         std::fs::write(&disk, pattern(image.len(), 99)).unwrap();
         // Stop after 3 chunks by failing the 4th fetch.
-        struct StopAfter<'a>(&'a ChunkStore, Cell<u32>);
+        struct StopAfter<'a>(&'a ChunkStore, AtomicU32);
         impl Fetch for StopAfter<'_> {
             fn fetch(&self, id: &ChunkId) -> Result<Vec<u8>, Error> {
-                if self.1.get() == 0 {
+                if self.1.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1)).is_err() {
                     return Err(Error::MissingChunk { id: *id });
                 }
-                self.1.set(self.1.get() - 1);
                 self.0.get_compressed(id)
             }
         }
-        assert!(restore(&index, &disk, &StopAfter(&store, Cell::new(3)), |_, _| {}).is_err());
-        let stats = restore(&index, &disk, &store, |_, _| {}).unwrap();
+        // One fetch thread, so "after 3 chunks" is well defined.
+        let stop = StopAfter(&store, AtomicU32::new(3));
+        assert!(restore(&index, &disk, &stop, 1, &|_, _| {}).is_err());
+        let stats = restore(&index, &disk, &store, 4, &|_, _| {}).unwrap();
         // The first run wrote chunks 0-2 and the zero chunk 3 before chunk 4 failed.
         assert_eq!(stats.chunks_in_place, 4, "the first run's chunks are kept");
         assert_eq!(stats.chunks_fetched, 4);
@@ -285,7 +398,7 @@ mod tests {
         let (dir, store, index, image) = setup();
         let disk = dir.path().join("disk");
         std::fs::write(&disk, vec![9u8; image.len() - 1]).unwrap();
-        let err = restore(&index, &disk, &store, |_, _| {}).unwrap_err();
+        let err = restore(&index, &disk, &store, 4, &|_, _| {}).unwrap_err();
         assert!(err.to_string().contains("needs"), "{err}");
         assert!(std::fs::read(&disk).unwrap().iter().all(|&b| b == 9));
     }

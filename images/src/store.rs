@@ -3,6 +3,7 @@
 //! ```text
 //! chunks/ab/abcdef…      zstd-compressed chunk, named by the BLAKE3 of its bytes
 //! images/NAME.idx        an image's index
+//! staged/ID.stg          a staged image (index + injection set), named by its hash
 //! ```
 //! Every file is written to a temporary name in its final directory, fsynced and
 //! renamed, so a crash never leaves a chunk whose content does not match its name, nor
@@ -15,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::io;
-use crate::{ChunkId, Error, Index};
+use crate::{ChunkId, Error, Index, Staged};
 
 /// Prefix of files being written.
 const TEMP_PREFIX: &str = ".tmp-";
@@ -152,18 +153,67 @@ fn write_atomic(path: &Path, bytes: &[u8], seq: u64) -> Result<(), Error> {
     Ok(())
 }
 
-/// The catalog of imported images: `dir/images/NAME.idx`.
+/// The catalog of imported images, `dir/images/NAME.idx`, and of the images staged
+/// from them, `dir/staged/ID.stg`.
 #[derive(Debug)]
 pub struct Images {
     dir: PathBuf,
+    staged: PathBuf,
 }
 
 impl Images {
-    /// Open (or create) the catalog in `dir/images`.
+    /// Open (or create) the catalog in `dir/images` and `dir/staged`.
     pub fn open(dir: &Path) -> Result<Images, Error> {
+        let staged = dir.join("staged");
         let dir = dir.join("images");
-        fs::create_dir_all(&dir).map_err(io(&dir))?;
-        Ok(Images { dir })
+        for d in [&dir, &staged] {
+            fs::create_dir_all(d).map_err(io(d))?;
+        }
+        Ok(Images { dir, staged })
+    }
+
+    /// A directory on the same filesystem as the store, for scratch files of imports.
+    pub fn scratch_dir(&self) -> PathBuf {
+        self.dir.clone()
+    }
+
+    /// Keep a staged image; returns its id. Staging the same thing twice is free.
+    pub fn put_staged(&self, staged: &Staged) -> Result<ChunkId, Error> {
+        let bytes = staged.encode();
+        let id = ChunkId::of(&bytes);
+        let path = self.staged.join(format!("{id}.stg"));
+        if !path.exists() {
+            write_atomic(&path, &bytes, 0)?;
+        }
+        Ok(id)
+    }
+
+    /// The encoding of staged image `id`, as stations fetch it.
+    pub fn staged_bytes(&self, id: &ChunkId) -> Result<Vec<u8>, Error> {
+        let path = self.staged.join(format!("{id}.stg"));
+        fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NoImage(format!("staged {id}")),
+            _ => Error::Io { path, source: e },
+        })
+    }
+
+    /// Remove the staged images of base image `name`; returns how many.
+    fn remove_staged_of(&self, name: &str) -> Result<u64, Error> {
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.staged).map_err(io(&self.staged))?.flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "stg") {
+                continue;
+            }
+            let bytes = fs::read(&path).map_err(io(&path))?;
+            // A staged file that no longer decodes is of no use to anyone either.
+            let of_name = Staged::decode(&bytes, None).map_or(true, |s| s.base == name);
+            if of_name {
+                fs::remove_file(&path).map_err(io(&path))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     fn path(&self, name: &str) -> Result<PathBuf, Error> {
@@ -193,13 +243,16 @@ impl Images {
         Index::decode(&bytes).map_err(|e| Error::BadIndex(format!("image {name:?}: {e}")))
     }
 
-    /// Remove an image (its chunks stay until [`ChunkStore::gc`]).
+    /// Remove an image and the images staged from it (the chunks stay until
+    /// [`ChunkStore::gc`]).
     pub fn remove(&self, name: &str) -> Result<(), Error> {
         let path = self.path(name)?;
         fs::remove_file(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::NoImage(name.to_owned()),
             _ => Error::Io { path, source: e },
-        })
+        })?;
+        self.remove_staged_of(name)?;
+        Ok(())
     }
 
     /// All image names, sorted.

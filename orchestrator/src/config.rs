@@ -54,6 +54,34 @@ pub struct RawConfig {
     pub boot: RawBoot,
     #[serde(default)]
     pub inventory: RawInventory,
+    pub kms: Option<RawKms>,
+    #[serde(default)]
+    pub images: RawImages,
+    #[serde(default)]
+    pub restore: RawRestore,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKms {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub families: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawImages {
+    pub fat_label: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRestore {
+    pub kernel: Option<String>,
+    pub initrd: Option<String>,
+    pub cmdline: Option<String>,
+    pub token_ttl: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -148,6 +176,37 @@ pub struct Config {
     pub tftp: TftpConfig,
     pub boot: BootConfig,
     pub inventory: InventoryConfig,
+    /// The KMS host staged images point Windows and Office at; `None` when `[kms]` is
+    /// absent (then only plain resets can be staged).
+    pub kms: Option<KmsConfig>,
+    pub images: ImagesConfig,
+    pub restore: RestoreConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KmsConfig {
+    pub host: String,
+    pub port: u16,
+    pub windows: bool,
+    pub office: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct ImagesConfig {
+    /// The FAT partition station.json is written to; empty: the EFI system partition.
+    pub fat_label: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct RestoreConfig {
+    /// The restore environment's kernel and initrd: http(s) URLs, or paths under the
+    /// public URL.
+    pub kernel: String,
+    pub initrd: String,
+    /// Extra kernel command line.
+    pub cmdline: String,
+    /// How long a per-restore token stays valid after the boot script hands it out.
+    pub token_ttl: std::time::Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -355,6 +414,21 @@ impl Config {
             stations,
         };
 
+        let kms = match raw.kms {
+            None => None,
+            Some(k) => Some(kms(k)?),
+        };
+        let fat_label = raw.images.fat_label.unwrap_or_default();
+        if fat_label.len() > 11 || !fat_label.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+            return Err(invalid(
+                "images.fat_label",
+                fat_label,
+                "a FAT volume label: at most 11 ASCII characters",
+            ));
+        }
+        let images = ImagesConfig { fat_label };
+        let restore = restore(raw.restore)?;
+
         Ok(Config {
             data_dir,
             http_listen,
@@ -363,8 +437,110 @@ impl Config {
             tftp,
             boot,
             inventory,
+            kms,
+            images,
+            restore,
         })
     }
+
+    /// The URL stations reach the HTTP server at, when the configuration alone tells
+    /// (the daemon also knows its bound port).
+    pub fn station_url(&self) -> Option<String> {
+        self.public_url.clone().or_else(|| {
+            let ip = self.dhcp.server_ip.or(match self.http_listen.ip() {
+                IpAddr::V4(v4) if !v4.is_unspecified() => Some(v4),
+                _ => None,
+            })?;
+            Some(format!("http://{ip}:{}", self.http_listen.port()))
+        })
+    }
+}
+
+fn kms(raw: RawKms) -> Result<KmsConfig, ConfigError> {
+    let host = raw
+        .host
+        .ok_or_else(|| invalid("kms.host", "", "the KMS host's name or address is required in [kms]"))?;
+    images::check_kms_host(&host).map_err(|why| invalid("kms.host", &host, why))?;
+    let port = raw.port.unwrap_or(1688);
+    if port == 0 {
+        return Err(invalid("kms.port", "0", "must be a TCP port (KMS listens on 1688)"));
+    }
+    let families = raw
+        .families
+        .unwrap_or_else(|| vec!["windows".into(), "office".into()]);
+    let (mut windows, mut office) = (false, false);
+    for f in &families {
+        match f.as_str() {
+            "windows" => windows = true,
+            "office" => office = true,
+            other => {
+                return Err(invalid(
+                    "kms.families",
+                    other,
+                    "expected \"windows\" and/or \"office\"",
+                ))
+            }
+        }
+    }
+    if !windows && !office {
+        return Err(invalid("kms.families", "[]", "name at least one of windows, office"));
+    }
+    Ok(KmsConfig {
+        host,
+        port,
+        windows,
+        office,
+    })
+}
+
+fn restore(raw: RawRestore) -> Result<RestoreConfig, ConfigError> {
+    let location = |key: &str, value: Option<String>, default: &str| {
+        let value = value.unwrap_or_else(|| default.into());
+        let absolute = value.starts_with("http://") || value.starts_with("https://");
+        let safe = !value.is_empty()
+            && value.bytes().all(|b| b.is_ascii_graphic())
+            && !value.contains("${")
+            && !value.contains("||")
+            && !value.contains("&&")
+            && !value.contains('#');
+        let relative_ok = !value.starts_with('/') && value.split('/').all(|c| !c.is_empty() && c != "..");
+        if safe && (absolute || relative_ok) {
+            Ok(value)
+        } else {
+            Err(invalid(
+                key,
+                &value,
+                "an http(s) URL or a relative path under http.public_url, with no spaces",
+            ))
+        }
+    };
+    let kernel = location("restore.kernel", raw.kernel, "restore/vmlinuz")?;
+    let initrd = location("restore.initrd", raw.initrd, "restore/initrd.img")?;
+    let cmdline = raw.cmdline.unwrap_or_default();
+    if cmdline.chars().any(char::is_control)
+        || cmdline.contains("${")
+        || cmdline.contains("||")
+        || cmdline.contains("&&")
+        || cmdline.contains('#')
+        || cmdline.contains("netreset.")
+    {
+        return Err(invalid(
+            "restore.cmdline",
+            &cmdline,
+            "extra kernel arguments without iPXE operators; netreset.* arguments are set by netreset",
+        ));
+    }
+    let ttl_text = raw.token_ttl.unwrap_or_else(|| "4h".into());
+    let token_ttl = humantime::parse_duration(&ttl_text)
+        .ok()
+        .filter(|d| (std::time::Duration::from_secs(60)..=std::time::Duration::from_secs(7 * 86_400)).contains(d))
+        .ok_or_else(|| invalid("restore.token_ttl", &ttl_text, "a duration between 1m and 7d, such as 4h"))?;
+    Ok(RestoreConfig {
+        kernel,
+        initrd,
+        cmdline,
+        token_ttl,
+    })
 }
 
 fn addr(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {

@@ -15,7 +15,9 @@ use tracing::{info, warn};
 
 use crate::api::{self, AppState};
 use crate::config::{Config, DhcpMode};
-use crate::policy::Orchestrator;
+use crate::policy::{Orchestrator, RestoreBoot};
+use crate::staging::StageSettings;
+use crate::tokens::Secret;
 use crate::store::Store;
 
 /// How long servers may take to finish what they are doing at shutdown.
@@ -68,7 +70,21 @@ impl Daemon {
                 warn!(key, file = %name, root = %config.tftp.root.display(), "boot file missing under tftp.root");
             }
         }
-        let policy = Orchestrator::new(store, config.boot.clone(), config.inventory.clone());
+        let secret = Secret::load_or_create(&config.data_dir)?;
+        let restore = RestoreBoot {
+            kernel: absolute(&public_url, &config.restore.kernel),
+            initrd: absolute(&public_url, &config.restore.initrd),
+            cmdline: config.restore.cmdline.clone(),
+            server_url: public_url.clone(),
+            token_ttl: config.restore.token_ttl,
+            secret,
+        };
+        let policy = Orchestrator::new(
+            store,
+            config.boot.clone(),
+            config.inventory.clone(),
+            restore,
+        );
         let shared: Arc<dyn pxe::BootPolicy> = Arc::new(policy.clone());
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -126,6 +142,10 @@ impl Daemon {
                     config.data_dir.display()
                 )
             })?),
+            images: Arc::new(images::Images::open(&config.data_dir).with_context(|| {
+                format!("cannot open the image catalog in {}", config.data_dir.display())
+            })?),
+            staging: Arc::new(StageSettings::from_config(&config)),
             started: Instant::now(),
         };
         let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
@@ -245,4 +265,13 @@ fn interface_mtu(name: &str) -> Option<u32> {
         .trim()
         .parse()
         .ok()
+}
+
+/// `location` as a URL: itself when absolute, else under `base`.
+fn absolute(base: &str, location: &str) -> String {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        location.to_owned()
+    } else {
+        format!("{}/{location}", base.trim_end_matches('/'))
+    }
 }

@@ -18,7 +18,8 @@ const DEFAULT_CHUNK_SIZE: u64 = 1 << 20;
 
 #[derive(Subcommand)]
 pub enum ImageCommand {
-    /// Import a raw disk image (a file or a block device).
+    /// Import a disk image: raw (a file or a block device) or qcow2 (converted with
+    /// qemu-img).
     Import {
         /// The disk image.
         file: PathBuf,
@@ -28,6 +29,15 @@ pub enum ImageCommand {
         /// Chunk size in bytes: a power of two from 65536 to 16777216.
         #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE)]
         chunk_size: u64,
+    },
+    /// Stage an image: its index plus the files injected at restore time. Prints the
+    /// staged id, which restore clients fetch.
+    Stage {
+        name: String,
+        /// kms: point Windows and Office at [kms] host and install the agent; plain:
+        /// a reset to the image, nothing injected.
+        #[arg(long, default_value = "plain")]
+        profile: images::Profile,
     },
     /// List the images.
     Ls,
@@ -50,6 +60,16 @@ pub fn run(config: &Path, command: ImageCommand) -> anyhow::Result<()> {
             name,
             chunk_size,
         } => import(&store, &images, &file, &name, chunk_size),
+        ImageCommand::Stage { name, profile } => {
+            let settings = orchestrator::staging::StageSettings::from_config(&config);
+            let (id, staged) = settings.stage(&images, &name, profile)?;
+            eprintln!(
+                "staged {name} ({profile}): {} files injected; restore clients fetch /images/{id}/index",
+                staged.files.len()
+            );
+            println!("{id}");
+            Ok(())
+        }
         ImageCommand::Ls => {
             for name in images.names()? {
                 let index = images.get(&name)?;
@@ -106,13 +126,22 @@ fn import(
     if images.names()?.iter().any(|n| n == name) {
         bail!("an image named {name:?} exists already (netreset image rm {name})");
     }
-    let len = std::fs::metadata(file)
-        .with_context(|| format!("{}", file.display()))?
-        .len();
-    let progress = bar(len, "import");
+    images::check_chunk_size(chunk_size)?;
     let started = Instant::now();
-    let imported = images::import(store, file, chunk_size, |n| progress.set_position(n))?;
+    // A qcow2 image is converted to a sparse raw file beside the store first: qemu-img
+    // knows every qcow2 feature (compression, backing files, snapshots), and the holes
+    // cost no space.
+    let converted = if is_qcow2(file)? {
+        Some(qcow2_to_raw(file, &images.scratch_dir())?)
+    } else {
+        None
+    };
+    let raw = converted.as_ref().map_or(file, |t| t.path());
+    let len = disk_len(raw)?;
+    let progress = bar(len, "import");
+    let imported = images::import(store, raw, chunk_size, |n| progress.set_position(n))?;
     progress.finish_and_clear();
+    drop(converted);
     images.add(name, &imported.index)?;
     println!(
         "imported {name}: {} bytes in {:.1} s, {} chunks ({} new, {} zero)",
@@ -123,6 +152,48 @@ fn import(
         imported.zero_chunks
     );
     Ok(())
+}
+
+fn disk_len(path: &Path) -> anyhow::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    // metadata().len() is 0 for a block device; seeking to the end works for both.
+    let mut f = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+    Ok(f.seek(SeekFrom::End(0))?)
+}
+
+/// qcow2 files start with "QFI\xfb".
+fn is_qcow2(path: &Path) -> anyhow::Result<bool> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let mut f = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+    let n = f.read(&mut magic)?;
+    Ok(n == 4 && magic == *b"QFI\xfb")
+}
+
+fn qcow2_to_raw(file: &Path, scratch: &Path) -> anyhow::Result<tempfile::NamedTempFile> {
+    let out = tempfile::Builder::new()
+        .prefix(".import-")
+        .suffix(".raw")
+        .tempfile_in(scratch)
+        .with_context(|| format!("making a scratch file in {}", scratch.display()))?;
+    let spinner = ProgressBar::new_spinner();
+    spinner.set_message(format!("converting {} from qcow2 with qemu-img", file.display()));
+    spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+    let status = std::process::Command::new("qemu-img")
+        .args(["convert", "-q", "-f", "qcow2", "-O", "raw"])
+        .arg(file)
+        .arg(out.path())
+        .status();
+    spinner.finish_and_clear();
+    match status {
+        Ok(s) if s.success() => Ok(out),
+        Ok(s) => bail!("qemu-img convert {} failed ({s})", file.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "{} is a qcow2 image, which needs qemu-img to import (Debian: apt-get install qemu-utils)",
+            file.display()
+        ),
+        Err(e) => bail!("running qemu-img: {e}"),
+    }
 }
 
 fn verify(store: &ChunkStore, images: &Images, name: &str) -> anyhow::Result<()> {

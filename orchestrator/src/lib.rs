@@ -6,7 +6,9 @@ pub mod config;
 pub mod daemon;
 pub mod policy;
 pub mod recorder;
+pub mod staging;
 pub mod store;
+pub mod tokens;
 
 pub use config::Config;
 pub use daemon::Daemon;

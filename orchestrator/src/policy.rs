@@ -1,16 +1,35 @@
 //! The orchestrator's [`BootPolicy`]: what each station boots, and the record of every
-//! step it takes. For now every station boots its local disk; resets and campaigns
-//! will choose `Chain` here.
+//! step it takes. A station marked for reset chains the restore environment with a
+//! fresh per-restore token; every other station boots its local disk.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
+use std::time::Duration;
 
-use pxe::{Arch, BootDecision, BootPolicy, BootStep, Firmware, MacAddr, Machine, Observation};
+use pxe::{
+    Arch, BootDecision, BootPolicy, BootStep, ChainTarget, Firmware, MacAddr, Machine, Observation,
+};
 use tracing::{debug, warn};
 
 use crate::config::{BootConfig, InventoryConfig, UnknownMode};
 use crate::recorder::Recorder;
-use crate::store::{Sighting, Store};
+use crate::store::{now_ms, Sighting, Store};
+use crate::tokens::Secret;
+
+/// What the boot script of a station being reset chains: the restore environment,
+/// with `netreset.*` arguments `netreset-restore` takes.
+#[derive(Clone, Debug)]
+pub struct RestoreBoot {
+    /// URLs of the restore environment's kernel and initrd.
+    pub kernel: String,
+    pub initrd: String,
+    /// Extra kernel arguments from the configuration.
+    pub cmdline: String,
+    /// The server URL the restore environment talks to.
+    pub server_url: String,
+    pub token_ttl: Duration,
+    pub secret: Secret,
+}
 
 /// The boot policy over the inventory.
 #[derive(Clone)]
@@ -19,16 +38,59 @@ pub struct Orchestrator {
     recorder: Arc<Recorder>,
     boot: Arc<BootConfig>,
     inventory: Arc<InventoryConfig>,
+    restore: Arc<RestoreBoot>,
 }
 
 impl Orchestrator {
-    pub fn new(store: Store, boot: BootConfig, inventory: InventoryConfig) -> Orchestrator {
+    pub fn new(
+        store: Store,
+        boot: BootConfig,
+        inventory: InventoryConfig,
+        restore: RestoreBoot,
+    ) -> Orchestrator {
         Orchestrator {
             recorder: Recorder::start(store.clone()),
             store,
             boot: Arc::new(boot),
             inventory: Arc::new(inventory),
+            restore: Arc::new(restore),
         }
+    }
+
+    /// The restore settings (and the server secret behind the tokens).
+    pub fn restore(&self) -> &RestoreBoot {
+        &self.restore
+    }
+
+    /// The chain to the restore environment, when `mac` has a reset under way. Each
+    /// call mints a new token, valid for `restore.token_ttl`.
+    fn restore_target(&self, mac: MacAddr) -> Option<ChainTarget> {
+        let reset = match self.store.reset(mac) {
+            Ok(Some(r)) if r.state.active() => r,
+            Ok(_) => return None,
+            Err(e) => {
+                warn!(%mac, error = %e, "cannot read the station's reset; booting local disk");
+                return None;
+            }
+        };
+        let r = &self.restore;
+        let expires = now_ms() / 1000 + r.token_ttl.as_secs();
+        let token = r.secret.restore_token(mac, &reset.staged, expires);
+        // UEFI kernels find the initrd iPXE loaded by this name.
+        let initrd_name = r.initrd.rsplit('/').next().unwrap_or("initrd");
+        let mut cmdline = format!(
+            "initrd={initrd_name} netreset.server={} netreset.station={mac} netreset.token={token} netreset.image={}",
+            r.server_url, reset.staged
+        );
+        if !r.cmdline.is_empty() {
+            cmdline.push(' ');
+            cmdline.push_str(&r.cmdline);
+        }
+        Some(ChainTarget {
+            kernel: r.kernel.clone(),
+            initrds: vec![r.initrd.clone()],
+            cmdline,
+        })
     }
 
     /// The store behind the policy.
@@ -150,6 +212,13 @@ impl BootPolicy for Orchestrator {
         if !known && self.boot.unknown == UnknownMode::Ignore {
             debug!(mac = %machine.mac, ?step, "unknown station ignored");
             return BootDecision::Ignore;
+        }
+        // The DHCP steps only decide whether to answer (every answer loads iPXE);
+        // what iPXE boots is decided when it asks for the script.
+        if step == BootStep::Script {
+            if let Some(target) = self.restore_target(machine.mac) {
+                return BootDecision::Chain(target);
+            }
         }
         BootDecision::LocalDisk
     }

@@ -80,11 +80,53 @@ pub struct Event {
     pub detail: String,
 }
 
+/// Where a station's reset stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResetState {
+    /// Marked; the next PXE boot chains the restore environment.
+    Pending,
+    /// The restore environment reported progress.
+    Restoring,
+    /// Completed; the station boots its local disk again.
+    Done,
+    /// The restore failed; the next PXE boot tries again.
+    Failed,
+}
+
+impl ResetState {
+    /// Whether the station's PXE boot goes to the restore environment.
+    pub fn active(self) -> bool {
+        !matches!(self, ResetState::Done)
+    }
+}
+
+/// A station's reset to a staged image, and how far its restore got.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reset {
+    /// The base image's name and the profile it was staged with.
+    pub image: String,
+    pub profile: String,
+    /// The staged image id.
+    pub staged: String,
+    pub state: ResetState,
+    /// Unix milliseconds.
+    pub requested_at: u64,
+    pub updated_at: u64,
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    /// The restore client's last figures (chunks_in_place, bytes_fetched, ...).
+    #[serde(default)]
+    pub stats: serde_json::Map<String, serde_json::Value>,
+    pub error: Option<String>,
+}
+
 /// The inventory.
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
     stations: sled::Tree,
+    resets: sled::Tree,
     events: sled::Tree,
     by_ip: sled::Tree,
     events_per_station: usize,
@@ -118,6 +160,7 @@ impl Store {
         }
         Ok(Store {
             stations,
+            resets: db.open_tree("resets")?,
             events: db.open_tree("events")?,
             by_ip: db.open_tree("by_ip")?,
             db,
@@ -252,6 +295,31 @@ impl Store {
             .values()
             .map(|v| decode(&mac.to_string(), &v?))
             .collect()
+    }
+
+    /// The reset of `mac`, if one was ever asked for.
+    pub fn reset(&self, mac: MacAddr) -> Result<Option<Reset>, StoreError> {
+        self.resets
+            .get(mac.octets())?
+            .map(|v| decode(&mac.to_string(), &v))
+            .transpose()
+    }
+
+    /// Write the reset of `mac`, durably: the next boot decision depends on it.
+    pub fn put_reset(&self, mac: MacAddr, reset: &Reset) -> Result<(), StoreError> {
+        self.resets.insert(
+            mac.octets(),
+            serde_json::to_vec(reset).expect("reset serializes"),
+        )?;
+        self.resets.flush()?;
+        Ok(())
+    }
+
+    /// Forget the reset of `mac`; returns whether there was one.
+    pub fn remove_reset(&self, mac: MacAddr) -> Result<bool, StoreError> {
+        let had = self.resets.remove(mac.octets())?.is_some();
+        self.resets.flush()?;
+        Ok(had)
     }
 
     /// Write everything to disk.

@@ -4,6 +4,7 @@
 
 mod boot;
 mod chunks;
+mod resets;
 mod stations;
 
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::time::Instant;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -26,6 +27,9 @@ pub struct AppState {
     pub tftp_root: Arc<std::path::PathBuf>,
     /// Image chunks, served to restore clients under `/chunks/`.
     pub chunks: Arc<images::ChunkStore>,
+    /// The image catalog and staged images.
+    pub images: Arc<images::Images>,
+    pub staging: Arc<crate::staging::StageSettings>,
     pub started: Instant,
 }
 
@@ -35,9 +39,22 @@ pub fn router(state: AppState) -> Router {
         .route("/boot/{file}", get(boot::script))
         .route("/ipxe/{*file}", get(boot::binary))
         .route("/chunks/{id}", get(chunks::chunk))
+        .route("/images/{id}/index", get(resets::staged_index))
         .route("/api/v1/health", get(health))
         .route("/api/v1/stations", get(stations::list))
         .route("/api/v1/stations/{mac}", get(stations::show))
+        .route(
+            "/api/v1/stations/{mac}/reset",
+            post(resets::request).delete(resets::cancel),
+        )
+        .route(
+            "/api/v1/stations/{mac}/station.json",
+            get(resets::station_json),
+        )
+        .route(
+            "/api/v1/stations/{mac}/restore-progress",
+            post(resets::progress),
+        )
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(state)
 }
@@ -59,6 +76,10 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -70,6 +91,8 @@ impl IntoResponse for ApiError {
         let status = match &self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {

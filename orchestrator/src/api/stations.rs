@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::{ApiError, AppState};
 use crate::store::{Event, Station};
 
-fn rfc3339(ms: u64) -> String {
+pub(super) fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
         .to_string()
 }
@@ -50,6 +50,10 @@ pub async fn show(
         .station(mac)?
         .ok_or_else(|| ApiError::NotFound(format!("no station {mac}")))?;
     let mut body = station_json(&station);
+    body["reset"] = match store.reset(mac)? {
+        Some(r) => super::resets::reset_json(&r),
+        None => Value::Null,
+    };
     body["events"] = Value::Array(store.events(mac)?.iter().map(event_json).collect());
     Ok(Json(body))
 }

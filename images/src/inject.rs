@@ -1,0 +1,253 @@
+//! Injection of the staged files into a restored disk: FAT in-process with the fatfs
+//! crate, NTFS through ntfs-3g's `ntfscp` (no NTFS writer in Rust is trustworthy
+//! enough to let loose on a school's Windows partition).
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::error::io;
+use crate::partition::{self, Fs, Partition, Slice};
+use crate::staged::{InjectFile, Target};
+use crate::Error;
+
+/// The ntfs-3g tools injection into NTFS needs.
+const NTFS_TOOLS: [&str; 2] = ["ntfscp", "ntfsls"];
+
+/// Fail early, before the disk is touched, when `files` need a tool this machine
+/// lacks.
+pub fn check_tools(files: &[InjectFile]) -> Result<(), Error> {
+    if let Some(f) = files.iter().find(|f| f.target == Target::Windows) {
+        for tool in NTFS_TOOLS {
+            if which(tool).is_none() {
+                return Err(Error::Inject(format!(
+                    "this staged image writes {} into the Windows (NTFS) partition, which \
+                     needs {tool} from ntfs-3g; it is not on PATH (Debian: apt-get install ntfs-3g)",
+                    f.path
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// The FAT partition files with [`Target::Fat`] go to: the one labelled `label`, or
+/// the EFI system partition when `label` is empty.
+pub fn fat_partition(disk: &Path, parts: &[Partition], label: &str) -> Result<Option<Partition>, Error> {
+    let file = File::open(disk).map_err(io(disk))?;
+    for p in parts.iter().filter(|p| p.fs == Fs::Fat) {
+        if label.is_empty() {
+            if p.esp {
+                return Ok(Some(p.clone()));
+            }
+            continue;
+        }
+        let fs = fatfs::FileSystem::new(Slice::new(&file, p), fatfs::FsOptions::new())
+            .map_err(|e| fat_error(disk, p, e))?;
+        if fs.volume_label().trim_end() == label {
+            return Ok(Some(p.clone()));
+        }
+    }
+    Ok(None)
+}
+
+/// Write `files` into the disk's filesystems. Parent directories are created on FAT;
+/// on NTFS they must exist in the image.
+pub fn inject(disk: &Path, fat_label: &str, files: &[InjectFile]) -> Result<(), Error> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    check_tools(files)?;
+    let parts = partition::partitions(disk)?;
+    let fat: Vec<&InjectFile> = files.iter().filter(|f| f.target == Target::Fat).collect();
+    let ntfs: Vec<&InjectFile> = files.iter().filter(|f| f.target == Target::Windows).collect();
+    if !fat.is_empty() {
+        let part = fat_partition(disk, &parts, fat_label)?.ok_or_else(|| {
+            Error::Inject(match fat_label {
+                "" => format!("{} has no EFI system partition to write {} to", disk.display(), fat[0].path),
+                l => format!("{} has no FAT partition labelled {l:?} to write {} to", disk.display(), fat[0].path),
+            })
+        })?;
+        write_fat(disk, &part, &fat)?;
+    }
+    if !ntfs.is_empty() {
+        let part = partition::windows_partition(&parts).cloned().ok_or_else(|| {
+            Error::Inject(format!(
+                "{} has no NTFS partition to write {} to",
+                disk.display(),
+                ntfs[0].path
+            ))
+        })?;
+        write_ntfs(disk, &part, &ntfs)?;
+    }
+    Ok(())
+}
+
+fn fat_error(disk: &Path, part: &Partition, e: std::io::Error) -> Error {
+    Error::Inject(format!("{} partition {} (FAT): {e}", disk.display(), part.number))
+}
+
+fn write_fat(disk: &Path, part: &Partition, files: &[&InjectFile]) -> Result<(), Error> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk)
+        .map_err(io(disk))?;
+    let err = |e| fat_error(disk, part, e);
+    {
+        let fs = fatfs::FileSystem::new(Slice::new(&file, part), fatfs::FsOptions::new()).map_err(err)?;
+        let root = fs.root_dir();
+        for f in files {
+            let (dirs, name) = match f.path.rsplit_once('/') {
+                Some((d, n)) => (Some(d), n),
+                None => (None, f.path.as_str()),
+            };
+            let dir = match dirs {
+                None => root.clone(),
+                Some(d) => {
+                    let mut dir = root.clone();
+                    for c in d.split('/') {
+                        dir = dir.create_dir(c).map_err(err)?;
+                    }
+                    dir
+                }
+            };
+            let mut out = dir.create_file(name).map_err(err)?;
+            out.truncate().map_err(err)?;
+            out.write_all(&f.data).map_err(err)?;
+            out.flush().map_err(err)?;
+        }
+    }
+    file.sync_all().map_err(io(disk))
+}
+
+fn write_ntfs(disk: &Path, part: &Partition, files: &[&InjectFile]) -> Result<(), Error> {
+    let work = tempfile::tempdir().map_err(io(std::env::temp_dir()))?;
+    let work = work.path();
+    let meta = std::fs::metadata(disk).map_err(io(disk))?;
+    if meta.file_type().is_block_device() {
+        let device = partition_device(disk, part)?;
+        copy_in(&device, files, work)
+    } else {
+        // A disk image file: ntfs-3g cannot open a partition at an offset, so the
+        // partition is copied out, written, and the blocks that changed copied back.
+        let image = work.join("partition");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(disk)
+            .map_err(io(disk))?;
+        let before = copy_range(&file, part.start, part.len, &image)?;
+        copy_in(&image, files, work)?;
+        copy_back(&image, &before, &file, part.start)?;
+        file.sync_all().map_err(io(disk))
+    }
+}
+
+fn copy_in(device: &Path, files: &[&InjectFile], work: &Path) -> Result<(), Error> {
+    for (i, f) in files.iter().enumerate() {
+        let parent = f.path.rsplit_once('/').map_or("", |(d, _)| d);
+        // ntfscp cannot create directories: say which one the image lacks.
+        let ls = Command::new("ntfsls")
+            .arg("-p")
+            .arg(format!("/{parent}"))
+            .arg(device)
+            .output()
+            .map_err(|e| Error::Inject(format!("running ntfsls: {e}")))?;
+        if !ls.status.success() {
+            return Err(Error::Inject(format!(
+                "the Windows partition has no /{parent} directory for {} ({}); create it in \
+                 the golden image (mkdir C:\\{}) and import it again",
+                f.path,
+                String::from_utf8_lossy(&ls.stderr).trim(),
+                parent.replace('/', "\\")
+            )));
+        }
+        let src = work.join(format!("file{i}"));
+        std::fs::write(&src, &f.data).map_err(io(&src))?;
+        let cp = Command::new("ntfscp")
+            .arg(device)
+            .arg(&src)
+            .arg(format!("/{}", f.path))
+            .output()
+            .map_err(|e| Error::Inject(format!("running ntfscp: {e}")))?;
+        if !cp.status.success() {
+            return Err(Error::Inject(format!(
+                "ntfscp {} /{} failed: {}",
+                device.display(),
+                f.path,
+                String::from_utf8_lossy(&cp.stderr).trim()
+            )));
+        }
+    }
+    Ok(())
+}
+
+const BLOCK: usize = 1 << 20;
+
+/// Copy `len` bytes at `start` of `file` to a new file at `to`, keeping the hashes of
+/// its blocks so [`copy_back`] writes only what changed.
+fn copy_range(file: &File, start: u64, len: u64, to: &Path) -> Result<Vec<blake3::Hash>, Error> {
+    let out = File::create(to).map_err(io(to))?;
+    let mut buf = vec![0u8; BLOCK];
+    let mut hashes = Vec::new();
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(BLOCK as u64) as usize;
+        file.read_exact_at(&mut buf[..n], start + done)
+            .map_err(|e| Error::Inject(format!("reading the partition: {e}")))?;
+        out.write_all_at(&buf[..n], done).map_err(io(to))?;
+        hashes.push(blake3::hash(&buf[..n]));
+        done += n as u64;
+    }
+    Ok(hashes)
+}
+
+fn copy_back(from: &Path, before: &[blake3::Hash], file: &File, start: u64) -> Result<(), Error> {
+    let src = File::open(from).map_err(io(from))?;
+    let mut buf = vec![0u8; BLOCK];
+    let len = src.metadata().map_err(io(from))?.len();
+    for (i, hash) in before.iter().enumerate() {
+        let at = (i * BLOCK) as u64;
+        let n = (len - at).min(BLOCK as u64) as usize;
+        src.read_exact_at(&mut buf[..n], at).map_err(io(from))?;
+        if blake3::hash(&buf[..n]) != *hash {
+            file.write_all_at(&buf[..n], start + at)
+                .map_err(|e| Error::Inject(format!("writing the partition back: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// The device node of partition `part` of the block device `disk`, after asking the
+/// kernel to read the (just restored) partition table again.
+fn partition_device(disk: &Path, part: &Partition) -> Result<PathBuf, Error> {
+    let _ = Command::new("blockdev").arg("--rereadpt").arg(disk).status();
+    let name = std::fs::canonicalize(disk)
+        .map_err(io(disk))?
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let sys = Path::new("/sys/class/block").join(&name);
+    let entries = std::fs::read_dir(&sys).map_err(io(&sys))?;
+    for entry in entries.flatten() {
+        let number = std::fs::read_to_string(entry.path().join("partition")).unwrap_or_default();
+        if number.trim() == part.number.to_string() {
+            return Ok(Path::new("/dev").join(entry.file_name()));
+        }
+    }
+    Err(Error::Inject(format!(
+        "the kernel shows no partition {} of {} after re-reading its partition table",
+        part.number,
+        disk.display()
+    )))
+}

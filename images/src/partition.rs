@@ -1,0 +1,184 @@
+//! The partitions of a restored disk, from its GPT (gpt crate) or MBR (mbrman crate),
+//! with the filesystem each one holds, read from its boot sector.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use crate::error::io;
+use crate::Error;
+
+/// What a partition holds, as its boot sector says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fs {
+    Fat,
+    Ntfs,
+    Other,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partition {
+    /// 1-based, as Linux numbers them (sda1, nvme0n1p1).
+    pub number: u32,
+    /// Byte offset on the disk.
+    pub start: u64,
+    pub len: u64,
+    pub fs: Fs,
+    /// A GPT EFI system partition, or an MBR partition of type 0xEF.
+    pub esp: bool,
+}
+
+const SECTOR: u64 = 512;
+/// The MBR partition type of a protective MBR in front of a GPT.
+const MBR_GPT_PROTECTIVE: u8 = 0xee;
+const MBR_ESP: u8 = 0xef;
+
+/// Read the partition table of the disk at `path` (512-byte logical sectors).
+pub fn partitions(path: &Path) -> Result<Vec<Partition>, Error> {
+    let mut file = File::open(path).map_err(io(path))?;
+    let bad = |why: String| Error::Partitions {
+        disk: path.to_owned(),
+        why,
+    };
+    let mbr = mbrman::MBR::read_from(&mut file, SECTOR as u32)
+        .map_err(|e| bad(format!("no MBR or GPT partition table: {e}")))?;
+    let protective = mbr.iter().any(|(_, p)| p.sys == MBR_GPT_PROTECTIVE);
+    let mut found = Vec::new();
+    if protective {
+        let disk = gpt::GptConfig::new()
+            .writable(false)
+            .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
+            .open_from_device(&mut file)
+            .map_err(|e| bad(format!("bad GPT: {e}")))?;
+        for (&number, p) in disk.partitions() {
+            if !p.is_used() {
+                continue;
+            }
+            let start = p.first_lba * SECTOR;
+            let len = (p.last_lba + 1)
+                .checked_sub(p.first_lba)
+                .ok_or_else(|| bad(format!("partition {number} ends before it starts")))?
+                * SECTOR;
+            found.push((number, start, len, p.part_type_guid == gpt::partition_types::EFI));
+        }
+    } else {
+        for (number, p) in mbr.iter() {
+            if !p.is_used() || p.is_extended() {
+                continue;
+            }
+            let start = u64::from(p.starting_lba) * SECTOR;
+            let len = u64::from(p.sectors) * SECTOR;
+            found.push((number as u32, start, len, p.sys == MBR_ESP));
+        }
+    }
+    let size = file.seek(SeekFrom::End(0)).map_err(io(path))?;
+    let mut out = Vec::new();
+    for (number, start, len, esp) in found {
+        if start + len > size {
+            return Err(bad(format!(
+                "partition {number} ({start}+{len} bytes) runs past the end of the disk ({size} bytes)"
+            )));
+        }
+        let mut boot = [0u8; 512];
+        file.read_exact_at(&mut boot, start).map_err(io(path))?;
+        out.push(Partition {
+            number,
+            start,
+            len,
+            fs: detect(&boot),
+            esp,
+        });
+    }
+    out.sort_by_key(|p| p.start);
+    Ok(out)
+}
+
+/// The filesystem a boot sector belongs to.
+pub fn detect(boot: &[u8; 512]) -> Fs {
+    if &boot[3..11] == b"NTFS    " {
+        return Fs::Ntfs;
+    }
+    let signed = boot[510] == 0x55 && boot[511] == 0xaa;
+    let fat_name = boot[54..59] == *b"FAT12" || boot[54..59] == *b"FAT16" || boot[82..87] == *b"FAT32";
+    if signed && fat_name {
+        Fs::Fat
+    } else {
+        Fs::Other
+    }
+}
+
+/// The partition Windows lives on: the largest NTFS partition (recovery partitions
+/// are small).
+pub fn windows_partition(parts: &[Partition]) -> Option<&Partition> {
+    parts.iter().filter(|p| p.fs == Fs::Ntfs).max_by_key(|p| p.len)
+}
+
+/// A partition as a file of its own, for filesystem code that wants `Read + Write +
+/// Seek` from offset 0.
+#[derive(Debug)]
+pub struct Slice<'a> {
+    file: &'a File,
+    start: u64,
+    len: u64,
+    pos: u64,
+}
+
+impl<'a> Slice<'a> {
+    pub fn new(file: &'a File, part: &Partition) -> Slice<'a> {
+        Slice {
+            file,
+            start: part.start,
+            len: part.len,
+            pos: 0,
+        }
+    }
+}
+
+impl Read for Slice<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.len.saturating_sub(self.pos)) as usize;
+        let n = self.file.read_at(&mut buf[..n], self.start + self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl std::io::Write for Slice<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.len.saturating_sub(self.pos)) as usize;
+        if n == 0 && !buf.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "write past the end of the partition",
+            ));
+        }
+        let n = self.file.write_at(&buf[..n], self.start + self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Seek for Slice<'_> {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let pos = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        match pos {
+            Some(p) if p <= self.len => {
+                self.pos = p;
+                Ok(p)
+            }
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "seek outside the partition",
+            )),
+        }
+    }
+}

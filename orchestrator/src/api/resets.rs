@@ -1,0 +1,297 @@
+//! Station resets:
+//!
+//! - `POST /api/v1/stations/{mac}/reset` `{"image": NAME, "profile": "kms"|"plain"}`
+//!   stages the image and marks the station; its next PXE boot chains the restore
+//!   environment. `DELETE` on the same path cancels.
+//! - `GET /images/{staged_id}/index`: the staged image, for the restore client.
+//! - `GET /api/v1/stations/{mac}/station.json` and
+//!   `POST /api/v1/stations/{mac}/restore-progress`: the restore client's calls, with
+//!   the per-restore token from its kernel command line.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use images::{ChunkId, Profile};
+use pxe::MacAddr;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{ApiError, AppState};
+use crate::store::{now_ms, Reset, ResetState};
+
+fn parse_mac(text: &str) -> Result<MacAddr, ApiError> {
+    text.parse()
+        .map_err(|e: pxe::Error| ApiError::BadRequest(e.to_string()))
+}
+
+fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    payload
+        .map(|Json(v)| v)
+        .map_err(|e| ApiError::BadRequest(format!("request body: {}", e.body_text())))
+}
+
+/// The reset as the API shows it.
+pub fn reset_json(r: &Reset) -> Value {
+    let percent = if r.total_bytes > 0 {
+        (r.done_bytes as f64 * 1000.0 / r.total_bytes as f64).round() / 10.0
+    } else {
+        0.0
+    };
+    json!({
+        "image": r.image,
+        "profile": r.profile,
+        "staged": r.staged,
+        "state": r.state,
+        "percent": percent,
+        "done_bytes": r.done_bytes,
+        "total_bytes": r.total_bytes,
+        "stats": r.stats,
+        "error": r.error,
+        "requested_at": super::stations::rfc3339(r.requested_at),
+        "updated_at": super::stations::rfc3339(r.updated_at),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResetRequest {
+    image: String,
+    profile: String,
+}
+
+pub async fn request(
+    State(state): State<AppState>,
+    Path(mac): Path<String>,
+    payload: Result<Json<ResetRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let mac = parse_mac(&mac)?;
+    let req = body(payload)?;
+    let profile: Profile = req.profile.parse().map_err(ApiError::BadRequest)?;
+    images::check_name(&req.image).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let store = state.policy.store().clone();
+    if store.station(mac)?.is_none() {
+        return Err(ApiError::NotFound(format!(
+            "no station {mac} in the inventory (it registers at its first PXE boot, or list it in [[inventory.stations]])"
+        )));
+    }
+    let (images, staging, name) = (state.images.clone(), state.staging.clone(), req.image.clone());
+    let (id, _) = tokio::task::spawn_blocking(move || staging.stage(&images, &name, profile))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| match e {
+            crate::staging::StageError::Images(images::Error::NoImage(n)) => {
+                ApiError::NotFound(format!("no image named {n:?} (netreset image ls)"))
+            }
+            crate::staging::StageError::NoKms => ApiError::Conflict(e.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        })?;
+    let now = now_ms();
+    let reset = Reset {
+        image: req.image,
+        profile: profile.to_string(),
+        staged: id.to_string(),
+        state: ResetState::Pending,
+        requested_at: now,
+        updated_at: now,
+        done_bytes: 0,
+        total_bytes: 0,
+        stats: Default::default(),
+        error: None,
+    };
+    store.put_reset(mac, &reset)?;
+    store.record(
+        mac,
+        "reset-requested",
+        format!("{} ({}) staged {}", reset.image, reset.profile, reset.staged),
+    )?;
+    tracing::info!(%mac, image = %reset.image, profile = %reset.profile, staged = %reset.staged, "reset requested");
+    let mut answer = reset_json(&reset);
+    answer["station"] = json!(mac);
+    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
+}
+
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(mac): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let mac = parse_mac(&mac)?;
+    let store = state.policy.store();
+    match store.reset(mac)? {
+        Some(r) if r.state.active() => {
+            store.remove_reset(mac)?;
+            store.record(mac, "reset-cancelled", r.staged)?;
+            Ok(Json(json!({ "station": mac, "cancelled": true })))
+        }
+        _ => Err(ApiError::NotFound(format!("no reset under way for {mac}"))),
+    }
+}
+
+pub async fn staged_index(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id: ChunkId = id
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("{id:?} is not a staged image id (64 hex digits)")))?;
+    let etag = format!("\"{id}\"");
+    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    }
+    let images = state.images.clone();
+    let bytes = tokio::task::spawn_blocking(move || images.staged_bytes(&id))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| match e {
+            images::Error::NoImage(_) => ApiError::NotFound(format!("no staged image {id}")),
+            other => ApiError::Internal(other.to_string()),
+        })?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::ETAG, etag),
+            (header::CACHE_CONTROL, "public, max-age=31536000, immutable".to_owned()),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+/// The reset of `mac`, when `headers` carry a valid restore token for it.
+fn authorized(state: &AppState, mac: MacAddr, headers: &HeaderMap) -> Result<Reset, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| ApiError::Unauthorized("a restore token is needed (Authorization: Bearer ...)".into()))?;
+    let reset = state
+        .policy
+        .store()
+        .reset(mac)?
+        .ok_or_else(|| ApiError::Unauthorized(format!("no reset was asked for {mac}")))?;
+    let secret = &state.policy.restore().secret;
+    if !secret.check_restore_token(token, mac, &reset.staged, now_ms() / 1000) {
+        return Err(ApiError::Unauthorized(
+            "the restore token is wrong or expired for this station and image".into(),
+        ));
+    }
+    Ok(reset)
+}
+
+pub async fn station_json(
+    State(state): State<AppState>,
+    Path(mac): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let mac = parse_mac(&mac)?;
+    let reset = authorized(&state, mac, &headers)?;
+    let restore = state.policy.restore();
+    let mut families = Vec::new();
+    if let Some(kms) = &state.staging.kms {
+        if kms.windows {
+            families.push("windows");
+        }
+        if kms.office {
+            families.push("office");
+        }
+    }
+    Ok(Json(json!({
+        "server": restore.server_url,
+        "station": mac,
+        "token": restore.secret.agent_token(mac),
+        "image": reset.staged,
+        "base": reset.image,
+        "profile": reset.profile,
+        "families": families,
+    })))
+}
+
+/// What the restore client reports. Unknown fields are kept as figures.
+#[derive(Deserialize)]
+pub struct ProgressReport {
+    state: String,
+    image: String,
+    #[serde(default)]
+    done_bytes: Option<u64>,
+    #[serde(default)]
+    total_bytes: Option<u64>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(flatten)]
+    figures: serde_json::Map<String, Value>,
+}
+
+pub async fn progress(
+    State(state): State<AppState>,
+    Path(mac): Path<String>,
+    headers: HeaderMap,
+    payload: Result<Json<ProgressReport>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let mac = parse_mac(&mac)?;
+    let mut reset = authorized(&state, mac, &headers)?;
+    let report = body(payload)?;
+    if report.image != reset.staged {
+        return Err(ApiError::Conflict(format!(
+            "the report is for staged image {}, the station is being reset to {}",
+            report.image, reset.staged
+        )));
+    }
+    let next = match report.state.as_str() {
+        "running" => ResetState::Restoring,
+        "done" => ResetState::Done,
+        "failed" => ResetState::Failed,
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "state {other:?}: expected running, done or failed"
+            )))
+        }
+    };
+    if reset.state == ResetState::Done {
+        return Err(ApiError::Conflict(format!(
+            "the reset of {mac} to {} is complete already",
+            reset.staged
+        )));
+    }
+    let previous = reset.state;
+    reset.state = next;
+    reset.updated_at = now_ms();
+    reset.done_bytes = report.done_bytes.unwrap_or(reset.done_bytes);
+    reset.total_bytes = report.total_bytes.unwrap_or(reset.total_bytes);
+    reset.error = report.error.map(|e| e.chars().take(2000).collect());
+    let figures: serde_json::Map<String, Value> = report
+        .figures
+        .into_iter()
+        .filter(|(_, v)| v.is_number())
+        .take(32)
+        .collect();
+    if !figures.is_empty() {
+        reset.stats = figures;
+    }
+    let store = state.policy.store();
+    store.put_reset(mac, &reset)?;
+    let event = match (previous, next) {
+        (ResetState::Restoring, ResetState::Restoring) => None,
+        (_, ResetState::Restoring) => Some(("restore-started", reset.staged.clone())),
+        (_, ResetState::Done) => Some(("restore-done", summary(&reset))),
+        (_, ResetState::Failed) => Some(("restore-failed", reset.error.clone().unwrap_or_default())),
+        _ => None,
+    };
+    if let Some((kind, detail)) = event {
+        store.record(mac, kind, detail)?;
+        tracing::info!(%mac, kind, "restore report");
+    }
+    Ok(Json(reset_json(&reset)))
+}
+
+fn summary(r: &Reset) -> String {
+    let n = |k: &str| r.stats.get(k).and_then(Value::as_u64).unwrap_or(0);
+    format!(
+        "{}: {} chunks in place, {} fetched ({} bytes)",
+        r.staged,
+        n("chunks_in_place"),
+        n("chunks_fetched"),
+        n("bytes_fetched")
+    )
+}

@@ -1,0 +1,49 @@
+//! Staging: a base image + a profile -> a staged image in the catalog. Shared by
+//! `netreset image stage` and `POST /api/v1/stations/{mac}/reset`; it reads the base
+//! index and renders the injection set, so it costs O(index + injection set), never
+//! O(image).
+
+use images::{ChunkId, Images, KmsSettings, Profile, Staged};
+
+use crate::config::{Config, KmsConfig};
+
+/// What staging needs from the configuration.
+#[derive(Clone, Debug)]
+pub struct StageSettings {
+    pub kms: Option<KmsConfig>,
+    pub fat_label: String,
+}
+
+impl StageSettings {
+    pub fn from_config(config: &Config) -> StageSettings {
+        StageSettings {
+            kms: config.kms.clone(),
+            fat_label: config.images.fat_label.clone(),
+        }
+    }
+
+    /// Stage image `name` with `profile` and keep it in the catalog.
+    pub fn stage(&self, images: &Images, name: &str, profile: Profile) -> Result<(ChunkId, Staged), StageError> {
+        let kms = match (profile, &self.kms) {
+            (Profile::Kms, None) => return Err(StageError::NoKms),
+            (_, kms) => kms.as_ref().map(|k| KmsSettings {
+                host: k.host.clone(),
+                port: k.port,
+                windows: k.windows,
+                office: k.office,
+            }),
+        };
+        let index = images.get(name)?;
+        let staged = Staged::new(name, index, profile, kms.as_ref(), &self.fat_label)?;
+        let id = images.put_staged(&staged)?;
+        Ok((id, staged))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("the kms profile needs the KMS host: add [kms] host = \"...\" to the configuration")]
+    NoKms,
+    #[error(transparent)]
+    Images(#[from] images::Error),
+}

@@ -1,0 +1,147 @@
+//! Tokens stations carry, all derived from one server secret (`data_dir/secret`,
+//! 32 random bytes made at first start, mode 0600), so nothing per token is stored:
+//!
+//! - the agent token of a station: keyed BLAKE3 of its MAC — the "HMAC of the MAC
+//!   under a server secret" of DESIGN.md §7, injected into the staged image through
+//!   station.json;
+//! - a per-restore token: `{expiry}.{mac of station, staged image and expiry}`,
+//!   handed to the restore environment on the kernel command line; it is good for
+//!   that station, that staged image and until the expiry only.
+//!
+//! BLAKE3's keyed mode is a MAC (a PRF under the key); `blake3::Hash` compares in
+//! constant time.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use anyhow::Context;
+use pxe::MacAddr;
+
+#[derive(Clone)]
+pub struct Secret([u8; 32]);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl Secret {
+    /// Read `data_dir/secret`, or make it when it does not exist yet.
+    pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Secret> {
+        let path = data_dir.join("secret");
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+                    anyhow::anyhow!(
+                        "{}: expected 32 bytes, found {}; remove it to make a new one (stations then need new staged images)",
+                        path.display(),
+                        bytes.len()
+                    )
+                })?;
+                Ok(Secret(key))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut key = [0u8; 32];
+                std::fs::File::open("/dev/urandom")
+                    .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut key))
+                    .context("reading /dev/urandom")?;
+                let tmp = data_dir.join(".secret.tmp");
+                let mut out = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .with_context(|| format!("creating {}", tmp.display()))?;
+                out.write_all(&key)?;
+                out.sync_all()?;
+                std::fs::rename(&tmp, &path).with_context(|| format!("creating {}", path.display()))?;
+                Ok(Secret(key))
+            }
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn fixed(byte: u8) -> Secret {
+        Secret([byte; 32])
+    }
+
+    fn mac(&self, message: &str) -> blake3::Hash {
+        blake3::keyed_hash(&self.0, message.as_bytes())
+    }
+
+    /// The agent token of `station`.
+    pub fn agent_token(&self, station: MacAddr) -> String {
+        self.mac(&format!("netreset agent v1 {station}")).to_hex().to_string()
+    }
+
+    /// A restore token for `station` and the staged image `staged`, valid until
+    /// `expires` (Unix seconds).
+    pub fn restore_token(&self, station: MacAddr, staged: &str, expires: u64) -> String {
+        let tag = self.mac(&format!("netreset restore v1 {station} {staged} {expires}"));
+        format!("{expires}.{}", tag.to_hex())
+    }
+
+    /// Whether `token` is a restore token for `station` and `staged` that has not
+    /// expired at `now` (Unix seconds).
+    pub fn check_restore_token(&self, token: &str, station: MacAddr, staged: &str, now: u64) -> bool {
+        let Some((expires, tag)) = token.split_once('.') else {
+            return false;
+        };
+        let (Ok(expires), Ok(tag)) = (expires.parse::<u64>(), blake3::Hash::from_hex(tag)) else {
+            return false;
+        };
+        let want = self.mac(&format!("netreset restore v1 {station} {staged} {expires}"));
+        // Hash equality is constant time.
+        want == tag && now < expires
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
+    const B: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);
+
+    #[test]
+    fn a_restore_token_is_good_for_its_station_image_and_time_only() {
+        let s = Secret::fixed(7);
+        let t = s.restore_token(A, "img1", 1000);
+        assert!(s.check_restore_token(&t, A, "img1", 999));
+        assert!(!s.check_restore_token(&t, A, "img1", 1000), "expired");
+        assert!(!s.check_restore_token(&t, B, "img1", 10), "another station");
+        assert!(!s.check_restore_token(&t, A, "img2", 10), "another image");
+        assert!(!Secret::fixed(8).check_restore_token(&t, A, "img1", 10), "another secret");
+        let forged = t.replacen("1000.", "9999.", 1);
+        assert!(!s.check_restore_token(&forged, A, "img1", 10), "a later expiry is not forgeable");
+        for junk in ["", ".", "x.y", "1000", "1000.zz"] {
+            assert!(!s.check_restore_token(junk, A, "img1", 10), "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn agent_tokens_differ_per_station_and_secret_and_are_stable() {
+        let s = Secret::fixed(1);
+        assert_eq!(s.agent_token(A), s.agent_token(A));
+        assert_ne!(s.agent_token(A), s.agent_token(B));
+        assert_ne!(s.agent_token(A), Secret::fixed(2).agent_token(A));
+    }
+
+    #[test]
+    fn the_secret_is_made_once_with_mode_0600_and_a_bad_one_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let a = Secret::load_or_create(dir.path()).unwrap();
+        let b = Secret::load_or_create(dir.path()).unwrap();
+        assert_eq!(a.0, b.0);
+        let mode = std::fs::metadata(dir.path().join("secret")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::write(dir.path().join("secret"), b"short").unwrap();
+        let err = Secret::load_or_create(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("expected 32 bytes"), "{err}");
+    }
+}
