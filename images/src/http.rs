@@ -28,7 +28,12 @@ pub struct Client {
 impl Client {
     /// `base` is the server URL (`http://10.0.0.1:8080`); `mbit` caps the bandwidth
     /// chunk fetches use, in Mbit/s.
-    pub fn new(base: &str, token: &str, parallel: usize, mbit: Option<f64>) -> Result<Client, Error> {
+    pub fn new(
+        base: &str,
+        token: &str,
+        parallel: usize,
+        mbit: Option<f64>,
+    ) -> Result<Client, Error> {
         let base = base.trim_end_matches('/');
         if !base.starts_with("http://") && !base.starts_with("https://") {
             return Err(Error::Fetch {
@@ -69,14 +74,17 @@ impl Client {
         let url = format!("{}/api/v1/stations/{mac}/restore-progress", self.base);
         let body = body.to_string();
         self.request("POST", &url, attempts, |req| {
-            req.set("Content-Type", "application/json").send_string(&body)
+            req.set("Content-Type", "application/json")
+                .send_string(&body)
         })
-            .map(|_| ())
-            .map_err(|f| f.error)
+        .map(|_| ())
+        .map_err(|f| f.error)
     }
 
     fn get(&self, url: &str, limit: u64) -> Result<Vec<u8>, Error> {
-        let resp = self.request("GET", url, ATTEMPTS, |req| req.call()).map_err(|f| f.error)?;
+        let resp = self
+            .request("GET", url, ATTEMPTS, |req| req.call())
+            .map_err(|f| f.error)?;
         read_body(url, resp, limit)
     }
 
@@ -145,7 +153,9 @@ fn read_body(url: &str, resp: ureq::Response, limit: u64) -> Result<Vec<u8>, Err
         url: url.into(),
         why: format!("{n} bytes, more than the {limit} expected"),
     };
-    let declared = resp.header("Content-Length").and_then(|v| v.parse::<u64>().ok());
+    let declared = resp
+        .header("Content-Length")
+        .and_then(|v| v.parse::<u64>().ok());
     if let Some(n) = declared.filter(|&n| n > limit) {
         return Err(too_big(n));
     }
@@ -176,7 +186,9 @@ impl Fetch for Client {
         let limit = u64::from(MAX_CHUNK_SIZE) + (1 << 20);
         let resp = match self.request("GET", &url, ATTEMPTS, |req| req.call()) {
             Ok(resp) => resp,
-            Err(Failure { status: Some(404), .. }) => return Err(Error::MissingChunk { id: *id }),
+            Err(Failure {
+                status: Some(404), ..
+            }) => return Err(Error::MissingChunk { id: *id }),
             Err(f) => return Err(f.error),
         };
         let body = read_body(&url, resp, limit)?;

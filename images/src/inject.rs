@@ -19,9 +19,13 @@ const NTFS_TOOLS: [&str; 2] = ["ntfscp", "ntfsls"];
 /// Fail early, before the disk is touched, when `files` need a tool this machine
 /// lacks.
 pub fn check_tools(files: &[InjectFile]) -> Result<(), Error> {
+    check_tools_in(files, std::env::var_os("PATH").as_deref())
+}
+
+fn check_tools_in(files: &[InjectFile], path: Option<&std::ffi::OsStr>) -> Result<(), Error> {
     if let Some(f) = files.iter().find(|f| f.target == Target::Windows) {
         for tool in NTFS_TOOLS {
-            if which(tool).is_none() {
+            if which(tool, path).is_none() {
                 return Err(Error::Inject(format!(
                     "this staged image writes {} into the Windows (NTFS) partition, which \
                      needs {tool} from ntfs-3g; it is not on PATH (Debian: apt-get install ntfs-3g)",
@@ -33,16 +37,19 @@ pub fn check_tools(files: &[InjectFile]) -> Result<(), Error> {
     Ok(())
 }
 
-fn which(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
+fn which(tool: &str, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    std::env::split_paths(path?)
         .map(|dir| dir.join(tool))
         .find(|p| p.is_file())
 }
 
 /// The FAT partition files with [`Target::Fat`] go to: the one labelled `label`, or
 /// the EFI system partition when `label` is empty.
-pub fn fat_partition(disk: &Path, parts: &[Partition], label: &str) -> Result<Option<Partition>, Error> {
+pub fn fat_partition(
+    disk: &Path,
+    parts: &[Partition],
+    label: &str,
+) -> Result<Option<Partition>, Error> {
     let file = File::open(disk).map_err(io(disk))?;
     for p in parts.iter().filter(|p| p.fs == Fs::Fat) {
         if label.is_empty() {
@@ -69,31 +76,48 @@ pub fn inject(disk: &Path, fat_label: &str, files: &[InjectFile]) -> Result<(), 
     check_tools(files)?;
     let parts = partition::partitions(disk)?;
     let fat: Vec<&InjectFile> = files.iter().filter(|f| f.target == Target::Fat).collect();
-    let ntfs: Vec<&InjectFile> = files.iter().filter(|f| f.target == Target::Windows).collect();
+    let ntfs: Vec<&InjectFile> = files
+        .iter()
+        .filter(|f| f.target == Target::Windows)
+        .collect();
     if !fat.is_empty() {
         let part = fat_partition(disk, &parts, fat_label)?.ok_or_else(|| {
             Error::Inject(match fat_label {
-                "" => format!("{} has no EFI system partition to write {} to", disk.display(), fat[0].path),
-                l => format!("{} has no FAT partition labelled {l:?} to write {} to", disk.display(), fat[0].path),
+                "" => format!(
+                    "{} has no EFI system partition to write {} to",
+                    disk.display(),
+                    fat[0].path
+                ),
+                l => format!(
+                    "{} has no FAT partition labelled {l:?} to write {} to",
+                    disk.display(),
+                    fat[0].path
+                ),
             })
         })?;
         write_fat(disk, &part, &fat)?;
     }
     if !ntfs.is_empty() {
-        let part = partition::windows_partition(&parts).cloned().ok_or_else(|| {
-            Error::Inject(format!(
-                "{} has no NTFS partition to write {} to",
-                disk.display(),
-                ntfs[0].path
-            ))
-        })?;
+        let part = partition::windows_partition(&parts)
+            .cloned()
+            .ok_or_else(|| {
+                Error::Inject(format!(
+                    "{} has no NTFS partition to write {} to",
+                    disk.display(),
+                    ntfs[0].path
+                ))
+            })?;
         write_ntfs(disk, &part, &ntfs)?;
     }
     Ok(())
 }
 
 fn fat_error(disk: &Path, part: &Partition, e: std::io::Error) -> Error {
-    Error::Inject(format!("{} partition {} (FAT): {e}", disk.display(), part.number))
+    Error::Inject(format!(
+        "{} partition {} (FAT): {e}",
+        disk.display(),
+        part.number
+    ))
 }
 
 fn write_fat(disk: &Path, part: &Partition, files: &[&InjectFile]) -> Result<(), Error> {
@@ -104,7 +128,8 @@ fn write_fat(disk: &Path, part: &Partition, files: &[&InjectFile]) -> Result<(),
         .map_err(io(disk))?;
     let err = |e| fat_error(disk, part, e);
     {
-        let fs = fatfs::FileSystem::new(Slice::new(&file, part), fatfs::FsOptions::new()).map_err(err)?;
+        let fs = fatfs::FileSystem::new(Slice::new(&file, part), fatfs::FsOptions::new())
+            .map_err(err)?;
         let root = fs.root_dir();
         for f in files {
             let (dirs, name) = match f.path.rsplit_once('/') {
@@ -231,7 +256,10 @@ fn copy_back(from: &Path, before: &[blake3::Hash], file: &File, start: u64) -> R
 /// The device node of partition `part` of the block device `disk`, after asking the
 /// kernel to read the (just restored) partition table again.
 fn partition_device(disk: &Path, part: &Partition) -> Result<PathBuf, Error> {
-    let _ = Command::new("blockdev").arg("--rereadpt").arg(disk).status();
+    let _ = Command::new("blockdev")
+        .arg("--rereadpt")
+        .arg(disk)
+        .status();
     let name = std::fs::canonicalize(disk)
         .map_err(io(disk))?
         .file_name()
@@ -250,4 +278,174 @@ fn partition_device(disk: &Path, part: &Partition) -> Result<PathBuf, Error> {
         part.number,
         disk.display()
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::OpenOptions;
+    use std::io::Read;
+
+    const MIB: u64 = 1 << 20;
+
+    fn rw(path: &Path) -> File {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap()
+    }
+
+    fn format(path: &Path, part: &Partition, label: &[u8; 11]) {
+        let file = rw(path);
+        let opts = fatfs::FormatVolumeOptions::new().volume_label(*label);
+        fatfs::format_volume(Slice::new(&file, part), opts).unwrap();
+    }
+
+    /// A 40 MiB GPT disk: an 8 MiB EFI system partition (FAT) and a data partition.
+    fn gpt_disk(path: &Path) -> Vec<Partition> {
+        let size = 40 * MIB;
+        File::create(path).unwrap().set_len(size).unwrap();
+        let mbr = gpt::mbr::ProtectiveMBR::with_lb_size((size / 512 - 1) as u32);
+        mbr.overwrite_lba0(&mut rw(path)).unwrap();
+        let mut disk = gpt::GptConfig::new()
+            .writable(true)
+            .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
+            .create(path)
+            .unwrap();
+        disk.add_partition(
+            "EFI system partition",
+            8 * MIB,
+            gpt::partition_types::EFI,
+            0,
+            None,
+        )
+        .unwrap();
+        disk.add_partition("data", 16 * MIB, gpt::partition_types::BASIC, 0, None)
+            .unwrap();
+        disk.write().unwrap();
+        let parts = partition::partitions(path).unwrap();
+        format(path, &parts[0], b"EFI        ");
+        partition::partitions(path).unwrap()
+    }
+
+    fn fat_file(path: &Path, part: &Partition, name: &str) -> Option<Vec<u8>> {
+        let file = File::open(path).unwrap();
+        let fs = fatfs::FileSystem::new(Slice::new(&file, part), fatfs::FsOptions::new()).unwrap();
+        let mut f = fs.root_dir().open_file(name).ok()?;
+        let mut out = Vec::new();
+        f.read_to_end(&mut out).unwrap();
+        Some(out)
+    }
+
+    fn fat(path: &str, data: &[u8]) -> InjectFile {
+        InjectFile {
+            target: Target::Fat,
+            path: path.into(),
+            data: data.to_vec(),
+        }
+    }
+
+    #[test]
+    fn gpt_partitions_are_found_with_the_esp_marked_and_its_fat_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        let parts = gpt_disk(&path);
+        assert_eq!(parts.len(), 2);
+        assert!(parts[0].esp && parts[0].fs == Fs::Fat, "{parts:?}");
+        assert_eq!(parts[0].len, 8 * MIB);
+        assert!(!parts[1].esp && parts[1].fs == Fs::Other);
+    }
+
+    #[test]
+    fn fat_files_land_in_the_esp_with_their_directories_and_replace_old_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        let parts = gpt_disk(&path);
+        let before = std::fs::read(&path).unwrap();
+        inject(
+            &path,
+            "",
+            &[fat(
+                "netreset/station.json",
+                b"{\"a\": 1, \"long\": \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}",
+            )],
+        )
+        .unwrap();
+        inject(&path, "", &[fat("netreset/station.json", b"{}")]).unwrap();
+        assert_eq!(
+            fat_file(&path, &parts[0], "netreset/station.json").unwrap(),
+            b"{}"
+        );
+        let after = std::fs::read(&path).unwrap();
+        let esp = parts[0].start as usize..(parts[0].start + parts[0].len) as usize;
+        for (i, (a, b)) in before.iter().zip(&after).enumerate() {
+            if a != b {
+                assert!(esp.contains(&i), "byte {i} outside the ESP changed");
+            }
+        }
+    }
+
+    #[test]
+    fn a_labelled_fat_partition_is_chosen_over_the_esp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        File::create(&path).unwrap().set_len(40 * MIB).unwrap();
+        let mut mbr = mbrman::MBR::new_from(&mut rw(&path), 512, [1, 2, 3, 4]).unwrap();
+        for (slot, sys, start) in [(1, 0xef, 2048u32), (2, 0x0c, 2048 + 16384)] {
+            mbr[slot] = mbrman::MBRPartitionEntry {
+                boot: mbrman::BOOT_INACTIVE,
+                first_chs: mbrman::CHS::empty(),
+                sys,
+                last_chs: mbrman::CHS::empty(),
+                starting_lba: start,
+                sectors: 16384,
+            };
+        }
+        mbr.write_into(&mut rw(&path)).unwrap();
+        let parts = partition::partitions(&path).unwrap();
+        assert!(parts[0].esp && !parts[1].esp);
+        format(&path, &parts[0], b"EFI        ");
+        format(&path, &parts[1], b"NRCONF     ");
+        inject(&path, "NRCONF", &[fat("station.json", b"x")]).unwrap();
+        assert_eq!(fat_file(&path, &parts[1], "station.json").unwrap(), b"x");
+        assert!(fat_file(&path, &parts[0], "station.json").is_none());
+        let err = inject(&path, "OTHER", &[fat("a", b"x")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no FAT partition labelled \"OTHER\""), "{err}");
+    }
+
+    #[test]
+    fn ntfs_files_need_ntfscp_and_a_disk_without_a_table_is_refused() {
+        let ntfs = InjectFile {
+            target: Target::Windows,
+            path: "Windows/Setup/Scripts/SetupComplete.cmd".into(),
+            data: b"rem".to_vec(),
+        };
+        let empty = tempfile::tempdir().unwrap();
+        let err = check_tools_in(&[ntfs.clone()], Some(empty.path().as_os_str()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ntfscp") && err.contains("apt-get install ntfs-3g"),
+            "{err}"
+        );
+        assert!(
+            check_tools_in(&[fat("a", b"")], None).is_ok(),
+            "FAT needs no tool"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        std::fs::write(&path, vec![0u8; MIB as usize]).unwrap();
+        let err = inject(&path, "", &[fat("a", b"x")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("partition table"), "{err}");
+        assert!(
+            std::fs::read(&path).unwrap().iter().all(|&b| b == 0),
+            "nothing written"
+        );
+    }
 }

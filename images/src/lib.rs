@@ -8,11 +8,12 @@
 //! them from the orchestrator for the `netreset-restore` binary.
 
 mod chunk;
+pub mod client;
 mod error;
 pub mod http;
 mod import;
-pub mod inject;
 mod index;
+pub mod inject;
 pub mod partition;
 mod restore;
 mod staged;
@@ -24,6 +25,7 @@ pub use import::{import, Imported};
 pub use index::{check_chunk_size, Index, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 pub use restore::{restore, Fetch, RestoreStats};
 pub use staged::{
-    check_inject_path, check_kms_host, InjectFile, KmsSettings, Profile, Staged, Target, STAGED_VERSION,
+    check_inject_path, check_kms_host, InjectFile, KmsSettings, Profile, Staged, Target,
+    STAGED_VERSION,
 };
 pub use store::{check_name, decode_chunk, ChunkStore, GcStats, Images};

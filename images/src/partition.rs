@@ -60,7 +60,12 @@ pub fn partitions(path: &Path) -> Result<Vec<Partition>, Error> {
                 .checked_sub(p.first_lba)
                 .ok_or_else(|| bad(format!("partition {number} ends before it starts")))?
                 * SECTOR;
-            found.push((number, start, len, p.part_type_guid == gpt::partition_types::EFI));
+            found.push((
+                number,
+                start,
+                len,
+                p.part_type_guid == gpt::partition_types::EFI,
+            ));
         }
     } else {
         for (number, p) in mbr.iter() {
@@ -100,7 +105,8 @@ pub fn detect(boot: &[u8; 512]) -> Fs {
         return Fs::Ntfs;
     }
     let signed = boot[510] == 0x55 && boot[511] == 0xaa;
-    let fat_name = boot[54..59] == *b"FAT12" || boot[54..59] == *b"FAT16" || boot[82..87] == *b"FAT32";
+    let fat_name =
+        boot[54..59] == *b"FAT12" || boot[54..59] == *b"FAT16" || boot[82..87] == *b"FAT32";
     if signed && fat_name {
         Fs::Fat
     } else {
@@ -111,7 +117,10 @@ pub fn detect(boot: &[u8; 512]) -> Fs {
 /// The partition Windows lives on: the largest NTFS partition (recovery partitions
 /// are small).
 pub fn windows_partition(parts: &[Partition]) -> Option<&Partition> {
-    parts.iter().filter(|p| p.fs == Fs::Ntfs).max_by_key(|p| p.len)
+    parts
+        .iter()
+        .filter(|p| p.fs == Fs::Ntfs)
+        .max_by_key(|p| p.len)
 }
 
 /// A partition as a file of its own, for filesystem code that wants `Read + Write +

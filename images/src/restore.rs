@@ -122,9 +122,8 @@ pub fn restore(
                 if stop.load(Relaxed) {
                     continue;
                 }
-                let written = fetch_verified(source, &id, len, &counters).and_then(|data| {
-                    file.write_all_at(&data, offset).map_err(io(disk))
-                });
+                let written = fetch_verified(source, &id, len, &counters)
+                    .and_then(|data| file.write_all_at(&data, offset).map_err(io(disk)));
                 match written {
                     Ok(()) => {
                         counters.fetched.fetch_add(1, Relaxed);
@@ -176,7 +175,8 @@ pub fn restore(
 
 /// All zeros? Folding 4 KiB at a time lets the compiler vectorize it.
 fn is_zero(data: &[u8]) -> bool {
-    data.chunks(4096).all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
+    data.chunks(4096)
+        .all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
 /// Make `here.len()` bytes at `offset` zeros: a hole in a regular file (no blocks
@@ -333,7 +333,9 @@ mod tests {
     impl Fetch for Flaky<'_> {
         fn fetch(&self, id: &ChunkId) -> Result<Vec<u8>, Error> {
             let mut bytes = self.store.get_compressed(id)?;
-            let bad = self.bad.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+            let bad = self
+                .bad
+                .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
             if bad.is_ok() {
                 let last = bytes.len() - 1;
                 bytes[last] ^= 0x55;
@@ -377,7 +379,11 @@ mod tests {
         struct StopAfter<'a>(&'a ChunkStore, AtomicU32);
         impl Fetch for StopAfter<'_> {
             fn fetch(&self, id: &ChunkId) -> Result<Vec<u8>, Error> {
-                if self.1.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1)).is_err() {
+                if self
+                    .1
+                    .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+                    .is_err()
+                {
                     return Err(Error::MissingChunk { id: *id });
                 }
                 self.0.get_compressed(id)

@@ -34,7 +34,9 @@ impl std::str::FromStr for Profile {
         match s {
             "plain" => Ok(Profile::Plain),
             "kms" => Ok(Profile::Kms),
-            _ => Err(format!("unknown profile {s:?} (expected \"kms\" or \"plain\")")),
+            _ => Err(format!(
+                "unknown profile {s:?} (expected \"kms\" or \"plain\")"
+            )),
         }
     }
 }
@@ -99,11 +101,15 @@ pub fn check_kms_host(host: &str) -> Result<(), String> {
     let bracketed_v6 = host.len() > 2
         && host.starts_with('[')
         && host.ends_with(']')
-        && host[1..host.len() - 1].parse::<std::net::Ipv6Addr>().is_ok();
+        && host[1..host.len() - 1]
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok();
     let name = !host.is_empty()
         && host.len() <= 253
         && !host.starts_with(['-', '.'])
-        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
     if bracketed_v6 || name {
         Ok(())
     } else {
@@ -138,7 +144,9 @@ fn render(template: &str, values: &[(&str, &str)]) -> Result<Vec<u8>, Error> {
 }
 
 fn crlf(text: &str) -> Vec<u8> {
-    text.replace("\r\n", "\n").replace('\n', "\r\n").into_bytes()
+    text.replace("\r\n", "\n")
+        .replace('\n', "\r\n")
+        .into_bytes()
 }
 
 impl Staged {
@@ -206,7 +214,11 @@ impl Staged {
             .map_err(|e| Error::BadStaged(format!("station.json from the server: {e}")))?;
         match public.as_object_mut() {
             Some(fields) => fields.remove("token"),
-            None => return Err(Error::BadStaged("station.json from the server is not an object".into())),
+            None => {
+                return Err(Error::BadStaged(
+                    "station.json from the server is not an object".into(),
+                ))
+            }
         };
         Ok(vec![
             InjectFile {
@@ -229,7 +241,10 @@ impl Staged {
 
     fn check(&self) -> Result<(), Error> {
         if self.files.len() > MAX_FILES as usize {
-            return Err(Error::BadStaged(format!("{} files to inject", self.files.len())));
+            return Err(Error::BadStaged(format!(
+                "{} files to inject",
+                self.files.len()
+            )));
         }
         for f in &self.files {
             check_inject_path(&f.path)?;
@@ -290,7 +305,9 @@ impl Staged {
         }
         let mut r = Reader { bytes, at: 0 };
         if r.take(8)? != MAGIC {
-            return Err(Error::BadStaged("not a netreset staged image (bad magic)".into()));
+            return Err(Error::BadStaged(
+                "not a netreset staged image (bad magic)".into(),
+            ));
         }
         let version = r.u32()?;
         if version != STAGED_VERSION {
@@ -366,7 +383,9 @@ pub fn check_inject_path(path: &str) -> Result<(), Error> {
     let ok = !path.is_empty()
         && path.len() <= 240
         && !path.contains(['\\', '\0', ':'])
-        && path.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
+        && path
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..");
     if ok {
         Ok(())
     } else {
@@ -396,10 +415,14 @@ impl<'a> Reader<'a> {
         Ok(self.take(1)?[0])
     }
     fn u32(&mut self) -> Result<u32, Error> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u64(&mut self) -> Result<u64, Error> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
     fn string(&mut self) -> Result<String, Error> {
         let len = u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes"));
@@ -469,10 +492,15 @@ mod tests {
 
     #[test]
     fn truncated_unknown_version_and_oversized_encodings_are_clear_errors() {
-        let bytes = Staged::new("w", index(), Profile::Plain, None, "").unwrap().encode();
+        let bytes = Staged::new("w", index(), Profile::Plain, None, "")
+            .unwrap()
+            .encode();
         for cut in [0, 5, 12, 20, bytes.len() - 1] {
             let err = Staged::decode(&bytes[..cut], None).unwrap_err().to_string();
-            assert!(err.contains("truncated") || err.contains("magic"), "{cut}: {err}");
+            assert!(
+                err.contains("truncated") || err.contains("magic"),
+                "{cut}: {err}"
+            );
         }
         let mut v9 = bytes.clone();
         v9[8] = 9;

@@ -200,7 +200,10 @@ impl Images {
     /// Remove the staged images of base image `name`; returns how many.
     fn remove_staged_of(&self, name: &str) -> Result<u64, Error> {
         let mut removed = 0;
-        for entry in fs::read_dir(&self.staged).map_err(io(&self.staged))?.flatten() {
+        for entry in fs::read_dir(&self.staged)
+            .map_err(io(&self.staged))?
+            .flatten()
+        {
             let path = entry.path();
             if path.extension().is_none_or(|e| e != "stg") {
                 continue;

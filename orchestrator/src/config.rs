@@ -457,13 +457,21 @@ impl Config {
 }
 
 fn kms(raw: RawKms) -> Result<KmsConfig, ConfigError> {
-    let host = raw
-        .host
-        .ok_or_else(|| invalid("kms.host", "", "the KMS host's name or address is required in [kms]"))?;
+    let host = raw.host.ok_or_else(|| {
+        invalid(
+            "kms.host",
+            "",
+            "the KMS host's name or address is required in [kms]",
+        )
+    })?;
     images::check_kms_host(&host).map_err(|why| invalid("kms.host", &host, why))?;
     let port = raw.port.unwrap_or(1688);
     if port == 0 {
-        return Err(invalid("kms.port", "0", "must be a TCP port (KMS listens on 1688)"));
+        return Err(invalid(
+            "kms.port",
+            "0",
+            "must be a TCP port (KMS listens on 1688)",
+        ));
     }
     let families = raw
         .families
@@ -483,7 +491,11 @@ fn kms(raw: RawKms) -> Result<KmsConfig, ConfigError> {
         }
     }
     if !windows && !office {
-        return Err(invalid("kms.families", "[]", "name at least one of windows, office"));
+        return Err(invalid(
+            "kms.families",
+            "[]",
+            "name at least one of windows, office",
+        ));
     }
     Ok(KmsConfig {
         host,
@@ -503,7 +515,8 @@ fn restore(raw: RawRestore) -> Result<RestoreConfig, ConfigError> {
             && !value.contains("||")
             && !value.contains("&&")
             && !value.contains('#');
-        let relative_ok = !value.starts_with('/') && value.split('/').all(|c| !c.is_empty() && c != "..");
+        let relative_ok =
+            !value.starts_with('/') && value.split('/').all(|c| !c.is_empty() && c != "..");
         if safe && (absolute || relative_ok) {
             Ok(value)
         } else {
@@ -533,8 +546,17 @@ fn restore(raw: RawRestore) -> Result<RestoreConfig, ConfigError> {
     let ttl_text = raw.token_ttl.unwrap_or_else(|| "4h".into());
     let token_ttl = humantime::parse_duration(&ttl_text)
         .ok()
-        .filter(|d| (std::time::Duration::from_secs(60)..=std::time::Duration::from_secs(7 * 86_400)).contains(d))
-        .ok_or_else(|| invalid("restore.token_ttl", &ttl_text, "a duration between 1m and 7d, such as 4h"))?;
+        .filter(|d| {
+            (std::time::Duration::from_secs(60)..=std::time::Duration::from_secs(7 * 86_400))
+                .contains(d)
+        })
+        .ok_or_else(|| {
+            invalid(
+                "restore.token_ttl",
+                &ttl_text,
+                "a duration between 1m and 7d, such as 4h",
+            )
+        })?;
     Ok(RestoreConfig {
         kernel,
         initrd,

@@ -17,8 +17,8 @@ use crate::api::{self, AppState};
 use crate::config::{Config, DhcpMode};
 use crate::policy::{Orchestrator, RestoreBoot};
 use crate::staging::StageSettings;
-use crate::tokens::Secret;
 use crate::store::Store;
+use crate::tokens::Secret;
 
 /// How long servers may take to finish what they are doing at shutdown.
 const DRAIN: Duration = Duration::from_secs(5);
@@ -143,7 +143,10 @@ impl Daemon {
                 )
             })?),
             images: Arc::new(images::Images::open(&config.data_dir).with_context(|| {
-                format!("cannot open the image catalog in {}", config.data_dir.display())
+                format!(
+                    "cannot open the image catalog in {}",
+                    config.data_dir.display()
+                )
             })?),
             staging: Arc::new(StageSettings::from_config(&config)),
             started: Instant::now(),

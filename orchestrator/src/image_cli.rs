@@ -177,7 +177,10 @@ fn qcow2_to_raw(file: &Path, scratch: &Path) -> anyhow::Result<tempfile::NamedTe
         .tempfile_in(scratch)
         .with_context(|| format!("making a scratch file in {}", scratch.display()))?;
     let spinner = ProgressBar::new_spinner();
-    spinner.set_message(format!("converting {} from qcow2 with qemu-img", file.display()));
+    spinner.set_message(format!(
+        "converting {} from qcow2 with qemu-img",
+        file.display()
+    ));
     spinner.enable_steady_tick(std::time::Duration::from_millis(200));
     let status = std::process::Command::new("qemu-img")
         .args(["convert", "-q", "-f", "qcow2", "-O", "raw"])

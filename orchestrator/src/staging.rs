@@ -23,7 +23,12 @@ impl StageSettings {
     }
 
     /// Stage image `name` with `profile` and keep it in the catalog.
-    pub fn stage(&self, images: &Images, name: &str, profile: Profile) -> Result<(ChunkId, Staged), StageError> {
+    pub fn stage(
+        &self,
+        images: &Images,
+        name: &str,
+        profile: Profile,
+    ) -> Result<(ChunkId, Staged), StageError> {
         let kms = match (profile, &self.kms) {
             (Profile::Kms, None) => return Err(StageError::NoKms),
             (_, kms) => kms.as_ref().map(|k| KmsSettings {

@@ -57,7 +57,8 @@ impl Secret {
                     .with_context(|| format!("creating {}", tmp.display()))?;
                 out.write_all(&key)?;
                 out.sync_all()?;
-                std::fs::rename(&tmp, &path).with_context(|| format!("creating {}", path.display()))?;
+                std::fs::rename(&tmp, &path)
+                    .with_context(|| format!("creating {}", path.display()))?;
                 Ok(Secret(key))
             }
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
@@ -75,7 +76,9 @@ impl Secret {
 
     /// The agent token of `station`.
     pub fn agent_token(&self, station: MacAddr) -> String {
-        self.mac(&format!("netreset agent v1 {station}")).to_hex().to_string()
+        self.mac(&format!("netreset agent v1 {station}"))
+            .to_hex()
+            .to_string()
     }
 
     /// A restore token for `station` and the staged image `staged`, valid until
@@ -87,7 +90,13 @@ impl Secret {
 
     /// Whether `token` is a restore token for `station` and `staged` that has not
     /// expired at `now` (Unix seconds).
-    pub fn check_restore_token(&self, token: &str, station: MacAddr, staged: &str, now: u64) -> bool {
+    pub fn check_restore_token(
+        &self,
+        token: &str,
+        station: MacAddr,
+        staged: &str,
+        now: u64,
+    ) -> bool {
         let Some((expires, tag)) = token.split_once('.') else {
             return false;
         };
@@ -115,9 +124,15 @@ mod tests {
         assert!(!s.check_restore_token(&t, A, "img1", 1000), "expired");
         assert!(!s.check_restore_token(&t, B, "img1", 10), "another station");
         assert!(!s.check_restore_token(&t, A, "img2", 10), "another image");
-        assert!(!Secret::fixed(8).check_restore_token(&t, A, "img1", 10), "another secret");
+        assert!(
+            !Secret::fixed(8).check_restore_token(&t, A, "img1", 10),
+            "another secret"
+        );
         let forged = t.replacen("1000.", "9999.", 1);
-        assert!(!s.check_restore_token(&forged, A, "img1", 10), "a later expiry is not forgeable");
+        assert!(
+            !s.check_restore_token(&forged, A, "img1", 10),
+            "a later expiry is not forgeable"
+        );
         for junk in ["", ".", "x.y", "1000", "1000.zz"] {
             assert!(!s.check_restore_token(junk, A, "img1", 10), "{junk:?}");
         }
@@ -138,7 +153,10 @@ mod tests {
         let a = Secret::load_or_create(dir.path()).unwrap();
         let b = Secret::load_or_create(dir.path()).unwrap();
         assert_eq!(a.0, b.0);
-        let mode = std::fs::metadata(dir.path().join("secret")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("secret"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         std::fs::write(dir.path().join("secret"), b"short").unwrap();
         let err = Secret::load_or_create(dir.path()).unwrap_err().to_string();

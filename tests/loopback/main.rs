@@ -3,5 +3,6 @@
 
 mod boot_path;
 mod chunks;
+mod restore;
 mod support;
 mod tftp;

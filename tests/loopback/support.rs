@@ -28,6 +28,12 @@ pub fn fake_binary(name: &str, len: usize) -> Vec<u8> {
 
 /// Start a daemon on 127.0.0.1 (all ports ephemeral). `extra` is appended to the TOML.
 pub async fn start(extra: &str) -> TestServer {
+    start_in(tempfile::tempdir().unwrap(), extra).await
+}
+
+/// Start a daemon on the data directory `data` (a restart keeps the store, the images
+/// and the secret).
+pub async fn start_in(data: tempfile::TempDir, extra: &str) -> TestServer {
     let root = tempfile::tempdir().unwrap();
     std::fs::write(
         root.path().join("undionly.kpxe"),
@@ -39,7 +45,6 @@ pub async fn start(extra: &str) -> TestServer {
         fake_binary("snponly.efi", 200_001),
     )
     .unwrap();
-    let data = tempfile::tempdir().unwrap();
     let text = format!(
         "data_dir = \"{data}\"\n\
          [http]\nlisten = \"127.0.0.1:0\"\n\
@@ -160,10 +165,28 @@ pub async fn http_get_bytes(addr: SocketAddr, path: &str) -> (u16, Vec<u8>) {
 /// A GET with extra header lines (each ending in CRLF): status, the response head in
 /// lowercase, and the body.
 pub async fn http_request(addr: SocketAddr, path: &str, extra: &str) -> (u16, String, Vec<u8>) {
+    http_send(addr, "GET", path, extra, b"").await
+}
+
+/// Any method, with extra header lines and a body: status, lowercase head, body.
+pub async fn http_send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    extra: &str,
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\r\n");
+    let length = if body.is_empty() && method == "GET" {
+        String::new()
+    } else {
+        format!("Content-Length: {}\r\n", body.len())
+    };
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{length}{extra}\r\n"
+    );
     stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.unwrap();
     let split = raw
@@ -333,4 +356,20 @@ pub async fn tftp_get_mode(
             other => panic!("unexpected TFTP opcode {other}"),
         }
     }
+}
+
+/// POST a JSON body: status and the JSON answer.
+pub async fn post_json(
+    addr: SocketAddr,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let extra = format!("Content-Type: application/json\r\n{headers}");
+    let (status, _, answer) = http_send(addr, "POST", path, &extra, body.as_bytes()).await;
+    let text = String::from_utf8_lossy(&answer);
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}")),
+    )
 }

@@ -76,7 +76,11 @@ pub async fn request(
             "no station {mac} in the inventory (it registers at its first PXE boot, or list it in [[inventory.stations]])"
         )));
     }
-    let (images, staging, name) = (state.images.clone(), state.staging.clone(), req.image.clone());
+    let (images, staging, name) = (
+        state.images.clone(),
+        state.staging.clone(),
+        req.image.clone(),
+    );
     let (id, _) = tokio::task::spawn_blocking(move || staging.stage(&images, &name, profile))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
@@ -104,7 +108,10 @@ pub async fn request(
     store.record(
         mac,
         "reset-requested",
-        format!("{} ({}) staged {}", reset.image, reset.profile, reset.staged),
+        format!(
+            "{} ({}) staged {}",
+            reset.image, reset.profile, reset.staged
+        ),
     )?;
     tracing::info!(%mac, image = %reset.image, profile = %reset.profile, staged = %reset.staged, "reset requested");
     let mut answer = reset_json(&reset);
@@ -133,11 +140,15 @@ pub async fn staged_index(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let id: ChunkId = id
-        .parse()
-        .map_err(|_| ApiError::BadRequest(format!("{id:?} is not a staged image id (64 hex digits)")))?;
+    let id: ChunkId = id.parse().map_err(|_| {
+        ApiError::BadRequest(format!("{id:?} is not a staged image id (64 hex digits)"))
+    })?;
     let etag = format!("\"{id}\"");
-    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        == Some(etag.as_str())
+    {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
     }
     let images = state.images.clone();
@@ -152,7 +163,10 @@ pub async fn staged_index(
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
             (header::ETAG, etag),
-            (header::CACHE_CONTROL, "public, max-age=31536000, immutable".to_owned()),
+            (
+                header::CACHE_CONTROL,
+                "public, max-age=31536000, immutable".to_owned(),
+            ),
         ],
         bytes,
     )
@@ -165,7 +179,9 @@ fn authorized(state: &AppState, mac: MacAddr, headers: &HeaderMap) -> Result<Res
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::Unauthorized("a restore token is needed (Authorization: Bearer ...)".into()))?;
+        .ok_or_else(|| {
+            ApiError::Unauthorized("a restore token is needed (Authorization: Bearer ...)".into())
+        })?;
     let reset = state
         .policy
         .store()
@@ -248,6 +264,10 @@ pub async fn progress(
             )))
         }
     };
+    if reset.state == ResetState::Done && next == ResetState::Done {
+        // A rerun after a completed restore (say, killed after its report) is fine.
+        return Ok(Json(reset_json(&reset)));
+    }
     if reset.state == ResetState::Done {
         return Err(ApiError::Conflict(format!(
             "the reset of {mac} to {} is complete already",
@@ -275,7 +295,9 @@ pub async fn progress(
         (ResetState::Restoring, ResetState::Restoring) => None,
         (_, ResetState::Restoring) => Some(("restore-started", reset.staged.clone())),
         (_, ResetState::Done) => Some(("restore-done", summary(&reset))),
-        (_, ResetState::Failed) => Some(("restore-failed", reset.error.clone().unwrap_or_default())),
+        (_, ResetState::Failed) => {
+            Some(("restore-failed", reset.error.clone().unwrap_or_default()))
+        }
         _ => None,
     };
     if let Some((kind, detail)) = event {

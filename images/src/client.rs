@@ -1,0 +1,186 @@
+//! The restore client: what `netreset-restore` does, as a library call so that tests
+//! can run it in-process. Fetch the staged image, check the tools injection needs,
+//! restore the disk in place, inject, and report progress and the outcome to the
+//! orchestrator.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::http::Client;
+use crate::{inject, partition, ChunkId, Error, RestoreStats, Target};
+
+/// What to restore where; the command line of `netreset-restore`.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub server: String,
+    pub station: String,
+    pub token: String,
+    pub image: String,
+    pub disk: PathBuf,
+    pub parallel: usize,
+    pub max_mbit: Option<f64>,
+}
+
+/// What a restore did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Outcome {
+    #[serde(flatten)]
+    pub stats: RestoreStats,
+    pub seconds: f64,
+    pub image: String,
+    pub injected: usize,
+}
+
+/// Run a restore; `log` gets the console lines (start, progress every 2 s, end).
+pub fn run(opts: &Options, log: &(dyn Fn(&str) + Sync)) -> Result<Outcome, Error> {
+    let started = Instant::now();
+    let id: ChunkId = opts.image.parse().map_err(|_| {
+        Error::Usage(format!(
+            "--image {:?} is not a staged image id (64 hex digits)",
+            opts.image
+        ))
+    })?;
+    let mac = check_mac(&opts.station)?;
+    if let Some(m) = opts.max_mbit.filter(|m| !(m.is_finite() && *m > 0.0)) {
+        return Err(Error::Usage(format!(
+            "--max-mbit {m}: expected a positive number"
+        )));
+    }
+    let client = Client::new(&opts.server, &opts.token, opts.parallel, opts.max_mbit)?;
+    let result = restore(opts, &client, &id, &mac, started, log);
+    if let Err(e) = &result {
+        // Best effort: the server learns why; the caller says it anyway.
+        let _ = client.report(
+            &mac,
+            &serde_json::json!({"state": "failed", "image": id.to_string(), "error": e.to_string()}),
+            1,
+        );
+    }
+    result
+}
+
+fn restore(
+    args: &Options,
+    client: &Client,
+    id: &ChunkId,
+    mac: &str,
+    started: Instant,
+    log: &(dyn Fn(&str) + Sync),
+) -> Result<Outcome, Error> {
+    let staged = client.staged(id)?;
+    // Every file this restore will inject, checked for tools before the disk is touched.
+    let mut files = staged.files.clone();
+    if staged.needs_station_json() {
+        files.extend(staged.station_files(&client.station_json(mac)?)?);
+    }
+    inject::check_tools(&files)?;
+    let index = &staged.index;
+    log(&format!(
+        "{} ({} profile), {} chunks of {} KiB, {:.1} GiB -> {}",
+        staged.base,
+        staged.profile,
+        index.chunks.len(),
+        index.chunk_size >> 10,
+        index.total_size as f64 / f64::from(1u32 << 30),
+        args.disk.display()
+    ));
+    let _ = client.report(
+        mac,
+        &progress_body(id, 0, index.total_size, &RestoreStats::default()),
+        1,
+    );
+
+    let done = AtomicU64::new(0);
+    let latest = Mutex::new(RestoreStats::default());
+    let finished = AtomicBool::new(false);
+    let stats = std::thread::scope(|scope| {
+        // Progress goes to the console and the orchestrator from a thread of its own,
+        // so a slow server never stalls the restore.
+        scope.spawn(|| {
+            let mut last = Instant::now();
+            while !finished.load(Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                if last.elapsed() < Duration::from_secs(2) {
+                    continue;
+                }
+                last = Instant::now();
+                let d = done.load(Relaxed);
+                let s = latest.lock().expect("not poisoned").clone();
+                log(&format!(
+                    "{:5.1}%  {} in place, {} fetched ({:.1} MB)",
+                    d as f64 * 100.0 / index.total_size.max(1) as f64,
+                    s.chunks_in_place,
+                    s.chunks_fetched,
+                    s.bytes_fetched as f64 / 1e6
+                ));
+                let _ = client.report(mac, &progress_body(id, d, index.total_size, &s), 1);
+            }
+        });
+        let on_progress = |d: u64, s: &RestoreStats| {
+            done.fetch_max(d, Relaxed);
+            if let Ok(mut l) = latest.try_lock() {
+                *l = s.clone();
+            }
+        };
+        let stats = crate::restore(index, &args.disk, client, args.parallel, &on_progress);
+        finished.store(true, Relaxed);
+        stats
+    })?;
+
+    // The FAT copy of station.json goes only where the disk has the FAT partition.
+    if files.iter().any(|f| f.target == Target::Fat) {
+        let parts = partition::partitions(&args.disk)?;
+        if inject::fat_partition(&args.disk, &parts, &staged.fat_label)?.is_none() {
+            files.retain(|f| f.target != Target::Fat || staged.files.contains(f));
+        }
+    }
+    inject::inject(&args.disk, &staged.fat_label, &files)?;
+
+    let seconds = started.elapsed().as_secs_f64();
+    let mut body = progress_body(id, index.total_size, index.total_size, &stats);
+    body["state"] = "done".into();
+    body["seconds"] = seconds.into();
+    body["injected"] = files.len().into();
+    client.report(mac, &body, 3)?;
+    log(&format!(
+        "done in {seconds:.1} s: {} chunks in place, {} fetched ({:.1} MB), {} zeroed, {} files injected",
+        stats.chunks_in_place,
+        stats.chunks_fetched,
+        stats.bytes_fetched as f64 / 1e6,
+        stats.zero_chunks_written,
+        files.len()
+    ));
+    Ok(Outcome {
+        stats,
+        seconds,
+        image: id.to_string(),
+        injected: files.len(),
+    })
+}
+
+fn progress_body(id: &ChunkId, done: u64, total: u64, s: &RestoreStats) -> serde_json::Value {
+    let mut body = serde_json::to_value(s).expect("plain struct");
+    body["state"] = "running".into();
+    body["image"] = id.to_string().into();
+    body["done_bytes"] = done.into();
+    body["total_bytes"] = total.into();
+    body
+}
+
+/// A MAC as aa:bb:cc:dd:ee:ff (lowercase), the form the orchestrator's URLs use.
+pub fn check_mac(s: &str) -> Result<String, Error> {
+    let parts: Vec<&str> = s.split([':', '-']).collect();
+    let ok = parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
+    if ok {
+        Ok(parts.join(":").to_ascii_lowercase())
+    } else {
+        Err(Error::Usage(format!(
+            "--station {s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"
+        )))
+    }
+}

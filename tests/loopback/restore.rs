@@ -1,0 +1,457 @@
+//! Station resets over loopback: the admin marks a station, its boot script chains the
+//! restore environment with a per-restore token, and the restore client (in-process,
+//! the same code as `netreset-restore`) resets a file-backed disk through the daemon's
+//! HTTP API, reports, and the station boots its local disk again.
+
+use std::path::Path;
+
+use images::client::{run, Options, Outcome};
+
+use crate::support::*;
+
+const MAC: &str = "02:00:00:00:00:31";
+const CHUNK: usize = 64 << 10;
+
+fn inventory() -> String {
+    format!("[[inventory.stations]]\nmac = \"{MAC}\"\nname = \"pc31\"\n")
+}
+
+/// 96 chunks of 64 KiB: noise, with zero chunks every 7th, and a short tail.
+fn image_bytes() -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut bytes: Vec<u8> = (0..96 * CHUNK - 3000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    for c in (0..96).step_by(7) {
+        bytes[c * CHUNK..(c + 1) * CHUNK].fill(0);
+    }
+    bytes
+}
+
+fn nonzero_chunks(image: &[u8]) -> u64 {
+    image
+        .chunks(CHUNK)
+        .filter(|c| c.iter().any(|&b| b != 0))
+        .count() as u64
+}
+
+/// Import `image` as "lab" into the server's catalog.
+fn import(data: &Path, image: &[u8]) {
+    let file = data.join("lab.raw");
+    std::fs::write(&file, image).unwrap();
+    let store = images::ChunkStore::open(data).unwrap();
+    let imported = images::import(&store, &file, CHUNK as u64, |_| {}).unwrap();
+    images::Images::open(data)
+        .unwrap()
+        .add("lab", &imported.index)
+        .unwrap();
+}
+
+/// Ask for a reset; returns the staged id.
+async fn reset(server: &TestServer, profile: &str) -> String {
+    let (status, body) = post_json(
+        server.daemon.http_addr,
+        &format!("/api/v1/stations/{MAC}/reset"),
+        "",
+        &format!(r#"{{"image": "lab", "profile": "{profile}"}}"#),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    body["staged"].as_str().unwrap().to_owned()
+}
+
+/// The station's boot script, and the `netreset.*` arguments in it.
+async fn script(server: &TestServer) -> (String, std::collections::HashMap<String, String>) {
+    let (status, text) = http_get(server.daemon.http_addr, &format!("/boot/{MAC}.ipxe")).await;
+    assert_eq!(status, 200, "{text}");
+    let args = text
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("netreset."))
+        .filter_map(|w| w.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    (text, args)
+}
+
+fn options(args: &std::collections::HashMap<String, String>, disk: &Path) -> Options {
+    Options {
+        server: args["server"].clone(),
+        station: args["station"].clone(),
+        token: args["token"].clone(),
+        image: args["image"].clone(),
+        disk: disk.to_owned(),
+        parallel: 4,
+        max_mbit: None,
+    }
+}
+
+/// Run the restore client on a blocking thread (it is blocking code).
+async fn restore(opts: Options) -> Result<Outcome, images::Error> {
+    tokio::task::spawn_blocking(move || run(&opts, &|_| {}))
+        .await
+        .unwrap()
+}
+
+async fn station(server: &TestServer) -> serde_json::Value {
+    get_json(server.daemon.http_addr, &format!("/api/v1/stations/{MAC}"))
+        .await
+        .1
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reset_chains_the_restore_environment_until_the_restore_reports_done() {
+    let server = start(&inventory()).await;
+    let image = image_bytes();
+    import(server.data.path(), &image);
+    let (text, _) = script(&server).await;
+    assert!(
+        text.contains("exit"),
+        "boots local disk before a reset: {text}"
+    );
+
+    let staged = reset(&server, "plain").await;
+    let (text, args) = script(&server).await;
+    let base = &server.daemon.public_url;
+    assert!(
+        text.contains(&format!("kernel {base}/restore/vmlinuz initrd=initrd.img ")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("initrd {base}/restore/initrd.img")),
+        "{text}"
+    );
+    assert_eq!(args["server"], *base);
+    assert_eq!(args["station"], MAC);
+    assert_eq!(args["image"], staged);
+    assert!(args["token"].len() > 64, "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    std::fs::write(&disk, vec![0u8; image.len() + 4096]).unwrap();
+    let outcome = restore(options(&args, &disk)).await.unwrap();
+    assert_eq!(outcome.stats.chunks_fetched, nonzero_chunks(&image));
+    assert_eq!(outcome.injected, 0, "a plain reset injects nothing");
+    let back = std::fs::read(&disk).unwrap();
+    assert_eq!(&back[..image.len()], &image[..], "byte-identical");
+
+    let (text, _) = script(&server).await;
+    assert!(
+        !text.contains("kernel"),
+        "local disk again after done: {text}"
+    );
+    let st = station(&server).await;
+    assert_eq!(st["reset"]["state"], "done", "{st}");
+    assert_eq!(st["reset"]["percent"], 100.0, "{st}");
+    let kinds: Vec<&str> = st["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    for kind in ["reset-requested", "restore-started", "restore-done"] {
+        assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+    }
+
+    // A second reset of the now identical disk fetches nothing.
+    reset(&server, "plain").await;
+    let (_, args) = script(&server).await;
+    let again = restore(options(&args, &disk)).await.unwrap();
+    assert_eq!(
+        (again.stats.chunks_fetched, again.stats.bytes_fetched),
+        (0, 0)
+    );
+    server.daemon.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delta_restore_fetches_only_the_changed_chunks() {
+    let server = start(&inventory()).await;
+    let image = image_bytes();
+    import(server.data.path(), &image);
+    reset(&server, "plain").await;
+    let (_, args) = script(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    let mut changed = image.clone();
+    for at in [5 * CHUNK + 11, 40 * CHUNK, 41 * CHUNK + 1, 90 * CHUNK + 7] {
+        changed[at] ^= 0x5a;
+    }
+    changed[14 * CHUNK + 3] = 1; // a zero chunk: zeroed locally, not fetched
+    std::fs::write(&disk, &changed).unwrap();
+    let outcome = restore(options(&args, &disk)).await.unwrap();
+    assert_eq!(outcome.stats.chunks_fetched, 4);
+    assert_eq!(outcome.stats.zero_chunks_written, 1);
+    assert!(
+        outcome.stats.bytes_fetched as f64 <= 1.1 * 4.0 * CHUNK as f64,
+        "{} bytes for 4 changed chunks",
+        outcome.stats.bytes_fetched
+    );
+    assert_eq!(std::fs::read(&disk).unwrap(), image);
+    server.daemon.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_restore_api_refuses_wrong_tokens_and_bad_requests() {
+    let server = start(&inventory()).await;
+    let addr = server.daemon.http_addr;
+    import(server.data.path(), &image_bytes());
+    let other = "02:00:00:00:00:32";
+
+    // Reset requests.
+    let path = format!("/api/v1/stations/{MAC}/reset");
+    for (body, want, says) in [
+        (
+            r#"{"image": "nope", "profile": "plain"}"#,
+            404,
+            "no image named",
+        ),
+        (
+            r#"{"image": "lab", "profile": "gold"}"#,
+            400,
+            "unknown profile",
+        ),
+        (
+            r#"{"image": "../lab", "profile": "plain"}"#,
+            400,
+            "not an image name",
+        ),
+        (r#"{"image": "lab", "profile": "kms"}"#, 409, "[kms] host"),
+        (r#"{"image": "lab""#, 400, "request body"),
+        (
+            r#"{"image": "lab", "profile": "plain", "x": 1}"#,
+            400,
+            "unknown field",
+        ),
+    ] {
+        let (status, answer) = post_json(addr, &path, "", body).await;
+        assert_eq!(status, want, "{body}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(says),
+            "{body}: {answer}"
+        );
+    }
+    let (status, _) = post_json(
+        addr,
+        &format!("/api/v1/stations/{other}/reset"),
+        "",
+        r#"{"image": "lab", "profile": "plain"}"#,
+    )
+    .await;
+    assert_eq!(status, 404, "an unknown station cannot be reset");
+    let st = station(&server).await;
+    assert!(st["reset"].is_null(), "nothing was marked: {st}");
+
+    // The restore client's calls need this station's token for this image.
+    let staged = reset(&server, "plain").await;
+    let (_, args) = script(&server).await;
+    let token = &args["token"];
+    let json_path = format!("/api/v1/stations/{MAC}/station.json");
+    let (status, _, _) = http_request(addr, &json_path, "").await;
+    assert_eq!(status, 401, "no token");
+    let (status, _, _) = http_request(addr, &json_path, "Authorization: Bearer 1.2\r\n").await;
+    assert_eq!(status, 401, "a made-up token");
+    let (status, _, _) = http_request(
+        addr,
+        &format!("/api/v1/stations/{other}/station.json"),
+        &format!("Authorization: Bearer {token}\r\n"),
+    )
+    .await;
+    assert_eq!(status, 401, "another station's token");
+    let (status, _, body) = http_request(
+        addr,
+        &json_path,
+        &format!("Authorization: Bearer {token}\r\n"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(doc["station"], MAC);
+    assert_eq!(doc["image"], staged);
+    assert_eq!(
+        doc["token"].as_str().unwrap().len(),
+        64,
+        "the agent token: {doc}"
+    );
+
+    let progress = format!("/api/v1/stations/{MAC}/restore-progress");
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    for (body, want) in [
+        ("{", 400),
+        (r#"{"state": "sleeping", "image": "IMG"}"#, 400),
+        (r#"{"state": "running", "image": "0000"}"#, 409),
+    ] {
+        let body = body.replace("IMG", &staged);
+        let (status, answer) = post_json(addr, &progress, &auth, &body).await;
+        assert_eq!(status, want, "{body}: {answer}");
+    }
+    let (status, _) = post_json(addr, &progress, "", r#"{"state": "done", "image": "x"}"#).await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        station(&server).await["reset"]["state"],
+        "pending",
+        "no report took"
+    );
+
+    // Staged indexes: bad ids and unknown ones.
+    for (path, want) in [
+        ("/images/..%2fx/index".to_owned(), 400),
+        (format!("/images/{}/index", "0".repeat(64)), 404),
+        (format!("/images/{staged}/index"), 200),
+    ] {
+        let (status, _, _) = http_request(addr, &path, "").await;
+        assert_eq!(status, want, "{path}");
+    }
+    server.daemon.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_staged_index_is_refused_with_the_reason_and_the_disk_untouched() {
+    let server = start(&inventory()).await;
+    let image = image_bytes();
+    import(server.data.path(), &image);
+    let staged = reset(&server, "plain").await;
+    let (_, args) = script(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    std::fs::write(&disk, vec![7u8; image.len()]).unwrap();
+    let file = server.data.path().join(format!("staged/{staged}.stg"));
+    let good = std::fs::read(&file).unwrap();
+
+    let mut version = good.clone();
+    version[8] = 2;
+    let mut flipped = good.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 1;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated", good[..good.len() / 3].to_vec()),
+        ("unknown format version 2", version),
+        // The flip lands in the base index, whose own checksum catches it.
+        ("damaged", flipped),
+    ];
+    for (says, bytes) in cases {
+        std::fs::write(&file, &bytes).unwrap();
+        let err = restore(options(&args, &disk))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(says), "{says}: {err}");
+    }
+    // Oversized: refused from its Content-Length, before it is read.
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(300 << 20)
+        .unwrap();
+    let err = restore(options(&args, &disk))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("more than"), "{err}");
+    // An id that is not one, such as a path.
+    let mut opts = options(&args, &disk);
+    opts.image = "../x".into();
+    let err = restore(opts).await.unwrap_err().to_string();
+    assert!(err.contains("not a staged image id"), "{err}");
+
+    assert!(
+        std::fs::read(&disk).unwrap().iter().all(|&b| b == 7),
+        "disk untouched"
+    );
+    let st = station(&server).await;
+    assert_eq!(st["reset"]["state"], "failed", "{st}");
+    server.daemon.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupt_stored_chunk_fails_the_restore_loudly_and_is_never_written() {
+    let server = start(&inventory()).await;
+    let image = image_bytes();
+    import(server.data.path(), &image);
+    reset(&server, "plain").await;
+    let (_, args) = script(&server).await;
+    // Replace chunk 3's stored bytes with a valid compression of other data.
+    let id = images::ChunkId::of(&image[3 * CHUNK..4 * CHUNK]);
+    let hex = id.to_string();
+    let stored = server.data.path().join("chunks").join(&hex[..2]).join(&hex);
+    let lie = zstd_of(&image[5 * CHUNK..6 * CHUNK]);
+    std::fs::write(&stored, lie).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    std::fs::write(&disk, vec![0u8; image.len()]).unwrap();
+    let mut opts = options(&args, &disk);
+    opts.parallel = 1;
+    let err = restore(opts).await.unwrap_err().to_string();
+    assert!(
+        err.contains(&hex) && err.contains("does not match"),
+        "{err}"
+    );
+    let back = std::fs::read(&disk).unwrap();
+    assert!(
+        back[3 * CHUNK..4 * CHUNK].iter().all(|&b| b == 0),
+        "the bad chunk was not written"
+    );
+    let st = station(&server).await;
+    assert_eq!(st["reset"]["state"], "failed");
+    assert!(
+        st["reset"]["error"].as_str().unwrap().contains(&hex),
+        "{st}"
+    );
+    server.daemon.shutdown().await.unwrap();
+}
+
+fn zstd_of(data: &[u8]) -> Vec<u8> {
+    // The store's own encoding, through a scratch store.
+    let dir = tempfile::tempdir().unwrap();
+    let store = images::ChunkStore::open(dir.path()).unwrap();
+    let (id, _) = store.put(data).unwrap();
+    store.get_compressed(&id).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_gone_mid_restore_is_a_clear_error_and_a_rerun_completes() {
+    let server = start(&inventory()).await;
+    let image = image_bytes();
+    import(server.data.path(), &image);
+    reset(&server, "plain").await;
+    let (_, args) = script(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    std::fs::write(&disk, vec![0u8; image.len()]).unwrap();
+
+    // 16 Mbit/s: the ~5 MiB restore takes about 3 s.
+    let mut opts = options(&args, &disk);
+    opts.max_mbit = Some(16.0);
+    let running = tokio::spawn(restore(opts));
+    eventually(|| async {
+        let st = station(&server).await;
+        (st["reset"]["state"] == "restoring").then_some(())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let TestServer { daemon, data, .. } = server;
+    daemon.shutdown().await.unwrap();
+    let err = running.await.unwrap().unwrap_err().to_string();
+    assert!(
+        err.contains("cannot connect") || err.contains("reading"),
+        "{err}"
+    );
+    assert_ne!(std::fs::read(&disk).unwrap(), image, "stopped part way");
+
+    // The daemon comes back on the same data (new port, same secret): the same token
+    // works, and the rerun finishes the job.
+    let server = start_in(data, &inventory()).await;
+    let mut opts = options(&args, &disk);
+    opts.server = server.daemon.public_url.clone();
+    let outcome = restore(opts).await.unwrap();
+    assert!(
+        outcome.stats.chunks_in_place > 0,
+        "the first run's chunks were kept"
+    );
+    assert_eq!(std::fs::read(&disk).unwrap(), image);
+    server.daemon.shutdown().await.unwrap();
+}
