@@ -33,7 +33,7 @@ pub struct Outcome {
     pub injected: usize,
 }
 
-/// Run a restore; `log` gets the console lines (start, progress every 2 s, end).
+/// Run a restore; `log` gets the console lines (start, progress every second, end).
 pub fn run(opts: &Options, log: &(dyn Fn(&str) + Sync)) -> Result<Outcome, Error> {
     let started = Instant::now();
     let id: ChunkId = opts.image.parse().map_err(|_| {
@@ -102,7 +102,7 @@ fn restore(
             let mut last = Instant::now();
             while !finished.load(Relaxed) {
                 std::thread::sleep(Duration::from_millis(100));
-                if last.elapsed() < Duration::from_secs(2) {
+                if last.elapsed() < Duration::from_secs(1) {
                     continue;
                 }
                 last = Instant::now();

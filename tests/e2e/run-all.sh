@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The end-to-end suite (root): real TFTP clients, and QEMU stations PXE-booting in
-# network namespaces with dnsmasq as the school's DHCP server. Each test is a script
+# The end-to-end suite (root): real TFTP clients, QEMU stations PXE-booting in
+# network namespaces with dnsmasq as the school's DHCP server, and image restores
+# checked with mtools and ntfs-3g. Each test is a script
 # that exits 0 on success; this runner counts them.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -8,6 +9,7 @@ tests=(
   "tftp_clients.sh"
   "pxe_boot.sh bios"
   "pxe_boot.sh uefi"
+  "restore.sh"
 )
 passed=0 failed=0 n=0
 for t in "${tests[@]}"; do

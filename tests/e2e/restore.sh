@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# Image restore, end to end on loopback with the real binaries and independent tools:
+# a GPT test disk is built from scratch (sgdisk, mkfs.vfat, mkntfs), imported, staged
+# with the KMS profile through the API, and restored by netreset-restore onto a blank
+# file-backed disk. mtools and ntfs-3g read back what was injected; cmp checks the rest.
+# Then: a restore killed with -9 at about 30 % and rerun, and the 1 % delta of a 2 GiB
+# disk.
+source "$(dirname "$0")/lib.sh"
+need qemu-img sgdisk sfdisk mkfs.vfat mkntfs ntfs-3g ntfscat ntfsls mtype mdir curl python3 cmp
+RESTORE=${RESTORE:-$E2E_ROOT/target/debug/netreset-restore}
+[ -x "$NETRESET" ] || fail "$NETRESET is not built (cargo build --workspace)"
+[ -x "$RESTORE" ] || fail "$RESTORE is not built (cargo build --workspace)"
+
+T=$E2E_TMP
+MAC=02:00:00:00:e2:01
+PORT=$((20000 + E2E_ID % 20000))
+URL=http://127.0.0.1:$PORT
+MIB=$((1 << 20))
+
+# --- the test disk: ESP (FAT16), Windows (NTFS), data (noise), 256 MiB ------------------
+log "building a GPT test disk"
+truncate -s 256M "$T/base.img"
+sgdisk -n1:2048:+32M -t1:ef00 -n2:0:+160M -t2:0700 -n3:0:+40M -t3:8300 "$T/base.img" >/dev/null
+read -r esp_start esp_len ntfs_start ntfs_len data_start data_len < <(sfdisk --json "$T/base.img" |
+  python3 -c 'import json,sys; p=json.load(sys.stdin)["partitiontable"]["partitions"]; print(*[v for x in p for v in (x["start"], x["size"])])')
+mkfs.vfat -F 16 -n EFI --offset "$esp_start" "$T/base.img" $((esp_len / 2)) > "$T/mkfs.log" 2>&1
+ESP="$T/base.img@@$((esp_start * 512))"
+echo "boot manager stand-in" > "$T/bootx64.efi"
+mmd -i "$ESP" ::/EFI ::/EFI/BOOT
+mcopy -i "$ESP" "$T/bootx64.efi" ::/EFI/BOOT/BOOTX64.EFI
+truncate -s $((ntfs_len * 512)) "$T/ntfs.img"
+mkntfs -q -F -Q -s 512 -p "$ntfs_start" -H 255 -S 63 -L Windows "$T/ntfs.img" > "$T/mkfs.log" 2>&1
+mkdir "$T/mnt"
+ntfs-3g "$T/ntfs.img" "$T/mnt" || fail "cannot mount the test NTFS with ntfs-3g (FUSE)"
+defer "umount $T/mnt"
+mkdir -p "$T/mnt/Windows/Setup/Scripts" "$T/mnt/Windows/System32"
+echo "[fonts]" > "$T/mnt/Windows/win.ini"
+head -c 3M /dev/urandom > "$T/mnt/Windows/System32/big.dll"
+umount "$T/mnt"
+dd if="$T/ntfs.img" of="$T/base.img" bs=512 seek="$ntfs_start" conv=notrunc status=none
+head -c $((data_len * 512)) /dev/urandom | dd of="$T/base.img" bs=512 seek="$data_start" conv=notrunc status=none
+
+# --- the daemon on loopback -------------------------------------------------------------
+mkdir -p "$T/tftp" "$T/data"
+cat > "$T/netreset.toml" <<EOF
+data_dir = "$T/data"
+[http]
+listen = "127.0.0.1:$PORT"
+public_url = "$URL"
+[dhcp]
+mode = "off"
+[tftp]
+listen = "127.0.0.1:0"
+root = "$T/tftp"
+[kms]
+host = "kms.school.example"
+port = 1688
+families = ["windows", "office"]
+[[inventory.stations]]
+mac = "$MAC"
+EOF
+"$NETRESET" image --config "$T/netreset.toml" import "$T/base.img" --name win11 > "$T/import.log" 2>&1 ||
+  fail "import: $(cat "$T/import.log")"
+# The same disk as qcow2 imports to the same chunks (qemu-img converts it).
+qemu-img convert -f raw -O qcow2 "$T/base.img" "$T/base.qcow2"
+"$NETRESET" image --config "$T/netreset.toml" import "$T/base.qcow2" --name win11-qcow2 > "$T/import-q.log" 2>&1 ||
+  fail "qcow2 import: $(cat "$T/import-q.log")"
+grep -q "(0 new," "$T/import-q.log" || fail "the qcow2 import stored new chunks: $(cat "$T/import-q.log")"
+"$NETRESET" serve --config "$T/netreset.toml" > "$T/daemon.log" 2>&1 &
+daemon=$!
+defer "kill $daemon; wait $daemon"
+wait_for 10 "the daemon" curl -sf "$URL/api/v1/health"
+
+# reset MAC PROFILE: mark the station, print the restore arguments of its boot script.
+reset() {
+  curl -sf -X POST -H 'Content-Type: application/json' \
+    -d "{\"image\": \"win11\", \"profile\": \"$2\"}" "$URL/api/v1/stations/$1/reset" >/dev/null ||
+    fail "reset of $1 refused"
+  curl -sf "$URL/boot/$1.ipxe" | tr ' ' '\n' | sed -n 's/^netreset\.\([a-z]*\)=/\1 /p'
+}
+args() { # ARGFILE: netreset-restore options from the boot script's arguments
+  local k v out=()
+  while read -r k v; do out+=("--$k" "$v"); done < "$1"
+  echo "${out[@]}"
+}
+
+# check_disk DISK: everything outside the ESP and the Windows partition is the base
+# image's; inside them, the files the image had are intact and the injected ones read
+# back with mtools and ntfs-3g.
+check_disk() {
+  local disk=$1 end=$(((ntfs_start + ntfs_len) * 512)) size
+  size=$(stat -c %s "$T/base.img")
+  cmp -n $((esp_start * 512)) "$T/base.img" "$disk" || fail "$disk: the partition table area differs"
+  cmp -i "$end:$end" "$T/base.img" "$disk" || fail "$disk: bytes after the Windows partition differ"
+  local esp="$disk@@$((esp_start * 512))"
+  mtype -i "$esp" ::/EFI/BOOT/BOOTX64.EFI | grep -q "boot manager stand-in" || fail "$disk: ESP file lost"
+  mtype -i "$esp" ::/netreset/station.json > "$T/esp-station.json" || fail "$disk: no station.json on the ESP"
+  grep -q "\"station\": \"$MAC\"" "$T/esp-station.json" || fail "$disk: ESP station.json: $(cat "$T/esp-station.json")"
+  ! grep -q token "$T/esp-station.json" || fail "$disk: the ESP copy of station.json carries the token"
+  dd if="$disk" of="$T/part.img" bs=1M iflag=skip_bytes,count_bytes skip=$((ntfs_start * 512)) count=$((ntfs_len * 512)) status=none
+  ntfscat "$T/part.img" /Windows/win.ini | grep -q fonts || fail "$disk: win.ini lost"
+  ntfsls -p /Windows/Setup/Scripts "$T/part.img" > "$T/scripts.txt"
+  for f in SetupComplete.cmd netreset-agent.ps1 station.json; do
+    grep -qx "$f" "$T/scripts.txt" || fail "$disk: $f not injected (ls: $(cat "$T/scripts.txt"))"
+  done
+  ntfscat "$T/part.img" /Windows/Setup/Scripts/SetupComplete.cmd > "$T/setup.cmd"
+  grep -q 'set "NR_KMS=kms.school.example"' "$T/setup.cmd" || fail "$disk: SetupComplete.cmd lacks the KMS host"
+  grep -q 'set "NR_PORT=1688"' "$T/setup.cmd" || fail "$disk: SetupComplete.cmd lacks the port"
+  ntfscat "$T/part.img" /Windows/Setup/Scripts/station.json | grep -q '"token"' || fail "$disk: station.json lacks the agent token"
+  ntfscat "$T/part.img" /Windows/Setup/Scripts/netreset-agent.ps1 | tr -d '\r' |
+    cmp -s - "$E2E_ROOT/images/windows/netreset-agent.ps1" || fail "$disk: the agent differs from its template"
+}
+
+# --- 1. a KMS-staged restore onto a blank disk ------------------------------------------
+log "restore onto a blank disk"
+reset "$MAC" kms > "$T/args1"
+truncate -s 256M "$T/disk.img"
+# shellcheck disable=SC2046
+"$RESTORE" $(args "$T/args1") --disk "$T/disk.img" --json > "$T/restore1.json" 2> "$T/restore1.log" ||
+  fail "restore: $(tail -3 "$T/restore1.log")"
+python3 - "$T/restore1.json" <<'EOF' || fail "restore --json: $(cat "$T/restore1.json")"
+import json, sys
+r = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+for k in ("chunks_total", "chunks_in_place", "chunks_fetched", "bytes_fetched", "seconds"):
+    assert k in r, k
+assert r["chunks_fetched"] > 0 and r["injected"] == 4, r
+EOF
+check_disk "$T/disk.img"
+state=$(curl -sf "$URL/api/v1/stations/$MAC" | python3 -c 'import json,sys; print(json.load(sys.stdin)["reset"]["state"])')
+[ "$state" = done ] || fail "the reset is $state after the restore, not done"
+curl -sf "$URL/boot/$MAC.ipxe" | grep -q '^kernel' && fail "the station still chains the restore after done"
+log "ok: blank disk restored, injected files read back with mtools and ntfs-3g"
+
+# --- 2. killed with -9 at about 30 %, then rerun -------------------------------------------
+log "restore killed at about 30 %"
+reset "$MAC" kms > "$T/args2"
+head -c 256M /dev/urandom > "$T/disk2.img"   # nothing in place: every chunk is fetched
+# shellcheck disable=SC2046
+"$RESTORE" $(args "$T/args2") --disk "$T/disk2.img" --max-mbit 40 --parallel 2 > /dev/null 2> "$T/restore2.log" &
+victim=$!
+# "About 30 %" of the work: of the bytes the blank-disk restore had to fetch.
+total=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["bytes_fetched"])' "$T/restore1.json")
+fetched() { curl -sf "$URL/api/v1/stations/$MAC" | python3 -c 'import json,sys; print(json.load(sys.stdin)["reset"]["stats"].get("bytes_fetched", 0))'; }
+deadline=$((SECONDS + 60))
+until [ "$(fetched)" -ge $((total * 3 / 10)) ]; do
+  kill -0 $victim 2>/dev/null || fail "the restore ended before 30 %"
+  [ $SECONDS -lt $deadline ] || fail "no 30 % within 60 s"
+  sleep 0.05
+done
+kill -9 $victim; wait $victim 2>/dev/null || true
+log "killed after $(fetched) of $total bytes"
+# shellcheck disable=SC2046
+"$RESTORE" $(args "$T/args2") --disk "$T/disk2.img" --json > "$T/restore2.json" 2>> "$T/restore2.log" ||
+  fail "rerun: $(tail -3 "$T/restore2.log")"
+python3 -c 'import json,sys; r=json.loads(open(sys.argv[1]).read()); assert r["chunks_in_place"] > 0, r' "$T/restore2.json" ||
+  fail "the rerun kept nothing of the first run: $(cat "$T/restore2.json")"
+check_disk "$T/disk2.img"
+log "ok: killed at about 30 %, rerun completed with the same disk"
+
+# --- 3. delta: 1 % of a 2 GiB disk changed in scattered places --------------------------
+log "delta restore of a 2 GiB disk"
+python3 - "$T/big.img" <<'EOF'
+import os, sys
+# 2 GiB: 1 GiB of noise in 64 MiB stripes, holes in between.
+with open(sys.argv[1], "wb") as f:
+    f.truncate(2 << 30)
+    for i in range(0, 32, 2):
+        f.seek(i * (64 << 20))
+        f.write(os.urandom(64 << 20))
+EOF
+"$NETRESET" image --config "$T/netreset.toml" import "$T/big.img" --name big > "$T/import-big.log" 2>&1 ||
+  fail "import big: $(cat "$T/import-big.log")"
+curl -sf -X POST -H 'Content-Type: application/json' -d '{"image": "big", "profile": "plain"}' \
+  "$URL/api/v1/stations/$MAC/reset" >/dev/null || fail "reset to big refused"
+curl -sf "$URL/boot/$MAC.ipxe" | tr ' ' '\n' | sed -n 's/^netreset\.\([a-z]*\)=/\1 /p' > "$T/args3"
+cp --sparse=always "$T/big.img" "$T/station.img"
+chunk=$("$NETRESET" image --config "$T/netreset.toml" ls | awk '$1 == "big" {print $7}')
+changed=$(python3 - "$T/station.img" "$((chunk * 1024))" <<'EOF'
+import os, random, sys
+path, chunk = sys.argv[1], int(sys.argv[2])
+size, rng = os.path.getsize(path), random.Random(42)
+touched, written = set(), 0
+with open(path, "r+b") as f:
+    while written < size // 100:           # 1 % of the disk, 16 KiB pieces
+        at = rng.randrange(0, size - 16384) // 4096 * 4096
+        f.seek(at); f.write(os.urandom(16384)); written += 16384
+        touched.update(range(at // chunk, (at + 16383) // chunk + 1))
+print(len(touched) * chunk)
+EOF
+)
+# shellcheck disable=SC2046
+"$RESTORE" $(args "$T/args3") --disk "$T/station.img" --json > "$T/restore3.json" 2> "$T/restore3.log" ||
+  fail "delta restore: $(tail -3 "$T/restore3.log")"
+cmp "$T/big.img" "$T/station.img" || fail "the delta-restored disk differs from the image"
+fetched=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["bytes_fetched"])' "$T/restore3.json")
+log "changed chunks: $changed bytes; fetched: $fetched bytes"
+python3 -c "import sys; sys.exit(0 if $fetched <= 1.1 * $changed else 1)" ||
+  fail "fetched $fetched bytes for $changed bytes of changed chunks (limit 1.1x)"
+curl -sf -X POST -H 'Content-Type: application/json' -d '{"image": "big", "profile": "plain"}' \
+  "$URL/api/v1/stations/$MAC/reset" >/dev/null
+curl -sf "$URL/boot/$MAC.ipxe" | tr ' ' '\n' | sed -n 's/^netreset\.\([a-z]*\)=/\1 /p' > "$T/args4"
+# shellcheck disable=SC2046
+"$RESTORE" $(args "$T/args4") --disk "$T/station.img" --json > "$T/restore4.json" 2> "$T/restore4.log" ||
+  fail "unchanged restore: $(tail -3 "$T/restore4.log")"
+python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert r["bytes_fetched"] == 0 and r["chunks_fetched"] == 0, r' "$T/restore4.json" ||
+  fail "an unchanged disk fetched something: $(cat "$T/restore4.json")"
+log "ok: delta within 1.1x of the changed chunks; an unchanged disk fetched nothing"
