@@ -12,7 +12,7 @@ use crate::http::Client;
 use crate::{inject, partition, ChunkId, Error, RestoreStats, Target};
 
 /// What to restore where; the command line of `netreset-restore`.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Options {
     pub server: String,
     pub station: String,
@@ -21,6 +21,20 @@ pub struct Options {
     pub disk: PathBuf,
     pub parallel: usize,
     pub max_mbit: Option<f64>,
+    /// How long a failed request is retried (the server restarting, a cable pulled).
+    pub retry_for: Duration,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("server", &self.server)
+            .field("station", &self.station)
+            .field("token", &"(redacted)")
+            .field("image", &self.image)
+            .field("disk", &self.disk)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a restore did.
@@ -43,19 +57,20 @@ pub fn run(opts: &Options, log: &(dyn Fn(&str) + Sync)) -> Result<Outcome, Error
         ))
     })?;
     let mac = check_mac(&opts.station)?;
-    if let Some(m) = opts.max_mbit.filter(|m| !(m.is_finite() && *m > 0.0)) {
-        return Err(Error::Usage(format!(
-            "--max-mbit {m}: expected a positive number"
-        )));
-    }
-    let client = Client::new(&opts.server, &opts.token, opts.parallel, opts.max_mbit)?;
+    let client = Client::new(
+        &opts.server,
+        &opts.token,
+        opts.parallel,
+        opts.max_mbit,
+        opts.retry_for,
+    )?;
     let result = restore(opts, &client, &id, &mac, started, log);
     if let Err(e) = &result {
         // Best effort: the server learns why; the caller says it anyway.
         let _ = client.report(
             &mac,
             &serde_json::json!({"state": "failed", "image": id.to_string(), "error": e.to_string()}),
-            1,
+            false,
         );
     }
     result
@@ -89,7 +104,7 @@ fn restore(
     let _ = client.report(
         mac,
         &progress_body(id, 0, index.total_size, &RestoreStats::default()),
-        1,
+        false,
     );
 
     let done = AtomicU64::new(0);
@@ -115,7 +130,7 @@ fn restore(
                     s.chunks_fetched,
                     s.bytes_fetched as f64 / 1e6
                 ));
-                let _ = client.report(mac, &progress_body(id, d, index.total_size, &s), 1);
+                let _ = client.report(mac, &progress_body(id, d, index.total_size, &s), false);
             }
         });
         let on_progress = |d: u64, s: &RestoreStats| {
@@ -129,34 +144,46 @@ fn restore(
         stats
     })?;
 
-    // The FAT copy of station.json goes only where the disk has the FAT partition.
-    if files.iter().any(|f| f.target == Target::Fat) {
+    // The staged files and the Windows station.json must go in; the FAT copy of
+    // station.json is for people and is written where the disk has the partition.
+    let (fat_copy, required): (Vec<_>, Vec<_>) = files
+        .into_iter()
+        .partition(|f| f.target == Target::Fat && !staged.files.contains(f));
+    inject::inject(&args.disk, &staged.fat_label, &required)?;
+    let mut injected = required.len();
+    if !fat_copy.is_empty() {
         let parts = partition::partitions(&args.disk)?;
-        if inject::fat_partition(&args.disk, &parts, &staged.fat_label)?.is_none() {
-            files.retain(|f| f.target != Target::Fat || staged.files.contains(f));
+        let written = match inject::fat_partition(&args.disk, &parts, &staged.fat_label)? {
+            Some(_) => inject::inject(&args.disk, &staged.fat_label, &fat_copy),
+            None => Err(Error::Inject("the disk has no such FAT partition".into())),
+        };
+        match written {
+            Ok(()) => injected += fat_copy.len(),
+            Err(e) => log(&format!(
+                "station.json not copied to the FAT partition: {e}"
+            )),
         }
     }
-    inject::inject(&args.disk, &staged.fat_label, &files)?;
 
     let seconds = started.elapsed().as_secs_f64();
     let mut body = progress_body(id, index.total_size, index.total_size, &stats);
     body["state"] = "done".into();
     body["seconds"] = seconds.into();
-    body["injected"] = files.len().into();
-    client.report(mac, &body, 3)?;
+    body["injected"] = injected.into();
+    client.report(mac, &body, true)?;
     log(&format!(
         "done in {seconds:.1} s: {} chunks in place, {} fetched ({:.1} MB), {} zeroed, {} files injected",
         stats.chunks_in_place,
         stats.chunks_fetched,
         stats.bytes_fetched as f64 / 1e6,
         stats.zero_chunks_written,
-        files.len()
+        injected
     ));
     Ok(Outcome {
         stats,
         seconds,
         image: id.to_string(),
-        injected: files.len(),
+        injected,
     })
 }
 

@@ -40,6 +40,12 @@ pub enum Error {
     Fetch { url: String, why: String },
     #[error("{0}")]
     Usage(String),
+    #[error("{disk} has {size} bytes, the image needs {needed}: wrong --disk, or an image for a larger disk")]
+    DiskTooSmall {
+        disk: PathBuf,
+        size: u64,
+        needed: u64,
+    },
 }
 
 /// Attach the path to an I/O error.

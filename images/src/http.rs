@@ -13,33 +13,66 @@ use crate::restore::Fetch;
 use crate::staged::{Staged, MAX_STAGED_BYTES};
 use crate::{ChunkId, Error, MAX_CHUNK_SIZE};
 
-/// Attempts per request when the connection fails or the server answers 5xx.
-const ATTEMPTS: u32 = 3;
+/// How long a request is retried after a connection failure, a broken body or a 5xx
+/// when the caller does not say: long enough to ride out a restart of the daemon.
+pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(60);
+/// The longest pause between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// A client of one orchestrator, with the per-restore token.
-#[derive(Debug)]
 pub struct Client {
     base: String,
     token: String,
     agent: ureq::Agent,
     limit: Option<Limiter>,
+    retry_for: Duration,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .field("token", &"(redacted)")
+            .finish_non_exhaustive()
+    }
+}
+
+/// How hard to try one request.
+#[derive(Clone, Copy)]
+enum Retry {
+    /// Once, with a short timeout: progress reports, which must never hold up the
+    /// restore.
+    Once,
+    /// Until the client's retry time is up.
+    Patiently,
 }
 
 impl Client {
     /// `base` is the server URL (`http://10.0.0.1:8080`); `mbit` caps the bandwidth
-    /// chunk fetches use, in Mbit/s.
+    /// chunk fetches use, in Mbit/s; failed requests are retried for `retry_for`.
     pub fn new(
         base: &str,
         token: &str,
         parallel: usize,
         mbit: Option<f64>,
+        retry_for: Duration,
     ) -> Result<Client, Error> {
         let base = base.trim_end_matches('/');
-        if !base.starts_with("http://") && !base.starts_with("https://") {
-            return Err(Error::Fetch {
-                url: base.into(),
-                why: "the server URL must start with http:// or https://".into(),
-            });
+        if base.starts_with("https://") {
+            return Err(Error::Usage(format!(
+                "{base}: this build speaks plain http (every chunk and the staged index are \
+                 verified against their hashes, so TLS adds no integrity); use http://"
+            )));
+        }
+        if !base.starts_with("http://") || base.len() <= "http://".len() {
+            return Err(Error::Usage(format!(
+                "{base:?}: the server URL must look like http://10.0.0.1:8080"
+            )));
+        }
+        if let Some(m) = mbit.filter(|m| !(m.is_finite() && *m >= 0.01)) {
+            return Err(Error::Usage(format!(
+                "--max-mbit {m}: expected a number of at least 0.01"
+            )));
         }
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(5))
@@ -52,82 +85,109 @@ impl Client {
             token: token.to_owned(),
             agent,
             limit: mbit.map(Limiter::new),
+            retry_for,
         })
     }
 
     /// The staged image `id`, checked against its id.
     pub fn staged(&self, id: &ChunkId) -> Result<Staged, Error> {
         let url = format!("{}/images/{id}/index", self.base);
-        let bytes = self.get(&url, MAX_STAGED_BYTES)?;
+        let bytes = self
+            .request("GET", &url, None, MAX_STAGED_BYTES, Retry::Patiently)
+            .map_err(|f| f.error)?;
         Staged::decode(&bytes, Some(id))
     }
 
     /// The station's station.json, as the orchestrator renders it for this restore.
     pub fn station_json(&self, mac: &str) -> Result<Vec<u8>, Error> {
         let url = format!("{}/api/v1/stations/{mac}/station.json", self.base);
-        self.get(&url, 64 << 10)
+        self.request("GET", &url, None, 64 << 10, Retry::Patiently)
+            .map_err(|f| f.error)
     }
 
-    /// Tell the orchestrator how the restore goes, trying `attempts` times (progress
-    /// reports once, the final report a few times).
-    pub fn report(&self, mac: &str, body: &serde_json::Value, attempts: u32) -> Result<(), Error> {
+    /// Tell the orchestrator how the restore goes: once for a progress report
+    /// (`last` false), patiently for the final one.
+    pub fn report(&self, mac: &str, body: &serde_json::Value, last: bool) -> Result<(), Error> {
         let url = format!("{}/api/v1/stations/{mac}/restore-progress", self.base);
-        let body = body.to_string();
-        self.request("POST", &url, attempts, |req| {
-            req.set("Content-Type", "application/json")
-                .send_string(&body)
-        })
-        .map(|_| ())
-        .map_err(|f| f.error)
+        let retry = if last { Retry::Patiently } else { Retry::Once };
+        self.request("POST", &url, Some(body.to_string()), 64 << 10, retry)
+            .map(|_| ())
+            .map_err(|f| f.error)
     }
 
-    fn get(&self, url: &str, limit: u64) -> Result<Vec<u8>, Error> {
-        let resp = self
-            .request("GET", url, ATTEMPTS, |req| req.call())
-            .map_err(|f| f.error)?;
-        read_body(url, resp, limit)
-    }
-
+    /// One request, its body read and bounded by `limit`, retried per `retry`.
     fn request(
         &self,
         method: &str,
         url: &str,
-        attempts: u32,
-        send: impl Fn(ureq::Request) -> Result<ureq::Response, ureq::Error>,
-    ) -> Result<ureq::Response, Failure> {
+        json: Option<String>,
+        limit: u64,
+        retry: Retry,
+    ) -> Result<Vec<u8>, Failure> {
+        let started = Instant::now();
         let mut wait = Duration::from_millis(300);
         let mut attempt = 1;
         loop {
-            let req = self
+            let mut req = self
                 .agent
                 .request(method, url)
                 .set("Authorization", &format!("Bearer {}", self.token));
-            let why = match send(req) {
-                Ok(resp) => return Ok(resp),
+            if matches!(retry, Retry::Once) {
+                req = req.timeout(Duration::from_secs(5));
+            }
+            let sent = match &json {
+                Some(body) => req
+                    .set("Content-Type", "application/json")
+                    .send_string(body),
+                None => req.call(),
+            };
+            let why = match sent {
+                Ok(resp) => match read_body(url, resp, limit) {
+                    Ok(body) => return Ok(body),
+                    Err(BodyError::TooBig(e)) => {
+                        return Err(Failure {
+                            status: None,
+                            error: e,
+                        })
+                    }
+                    Err(BodyError::Broken(why)) => why,
+                },
                 Err(ureq::Error::Status(code, resp)) if code < 500 => {
                     let text = resp.into_string().unwrap_or_default();
+                    // Our API answers {"error": "..."}; show just the message.
+                    let message = serde_json::from_str::<serde_json::Value>(&text)
+                        .ok()
+                        .and_then(|v| v["error"].as_str().map(str::to_owned))
+                        .unwrap_or_else(|| text.trim().to_owned());
                     return Err(Failure {
                         status: Some(code),
                         error: Error::Fetch {
                             url: url.into(),
-                            why: format!("the server answered {code}: {}", text.trim()),
+                            why: format!("the server answered {code}: {message}"),
                         },
                     });
                 }
                 Err(ureq::Error::Status(code, _)) => format!("the server answered {code}"),
                 Err(ureq::Error::Transport(t)) => transport(&t),
             };
-            if attempt >= attempts {
+            let give_up = match retry {
+                Retry::Once => true,
+                Retry::Patiently => started.elapsed() + wait > self.retry_for,
+            };
+            if give_up {
                 return Err(Failure {
                     status: None,
                     error: Error::Fetch {
                         url: url.into(),
-                        why: format!("{why} ({attempt} attempts)"),
+                        why: format!(
+                            "{why} ({attempt} attempts over {:.0} s)",
+                            started.elapsed().as_secs_f64()
+                        ),
                     },
                 });
             }
             std::thread::sleep(wait);
-            wait *= 2;
+            wait = (wait * 2).min(MAX_BACKOFF);
             attempt += 1;
         }
     }
@@ -148,10 +208,19 @@ fn transport(t: &ureq::Transport) -> String {
     }
 }
 
-fn read_body(url: &str, resp: ureq::Response, limit: u64) -> Result<Vec<u8>, Error> {
-    let too_big = |n: u64| Error::Fetch {
-        url: url.into(),
-        why: format!("{n} bytes, more than the {limit} expected"),
+enum BodyError {
+    /// More than the caller allows: not worth retrying.
+    TooBig(Error),
+    /// The connection broke or the body was short: worth retrying.
+    Broken(String),
+}
+
+fn read_body(url: &str, resp: ureq::Response, limit: u64) -> Result<Vec<u8>, BodyError> {
+    let too_big = |n: u64| {
+        BodyError::TooBig(Error::Fetch {
+            url: url.into(),
+            why: format!("{n} bytes, more than the {limit} expected"),
+        })
     };
     let declared = resp
         .header("Content-Length")
@@ -163,18 +232,15 @@ fn read_body(url: &str, resp: ureq::Response, limit: u64) -> Result<Vec<u8>, Err
     resp.into_reader()
         .take(limit + 1)
         .read_to_end(&mut body)
-        .map_err(|e| Error::Fetch {
-            url: url.into(),
-            why: format!("reading the body: {e}"),
-        })?;
+        .map_err(|e| BodyError::Broken(format!("reading the body: {e}")))?;
     if body.len() as u64 > limit {
         return Err(too_big(body.len() as u64));
     }
     if let Some(n) = declared.filter(|&n| n != body.len() as u64) {
-        return Err(Error::Fetch {
-            url: url.into(),
-            why: format!("the body ended after {} of {n} bytes", body.len()),
-        });
+        return Err(BodyError::Broken(format!(
+            "the body ended after {} of {n} bytes",
+            body.len()
+        )));
     }
     Ok(body)
 }
@@ -184,14 +250,13 @@ impl Fetch for Client {
         let url = format!("{}/chunks/{id}", self.base);
         // A chunk compresses to at most a little more than its size.
         let limit = u64::from(MAX_CHUNK_SIZE) + (1 << 20);
-        let resp = match self.request("GET", &url, ATTEMPTS, |req| req.call()) {
-            Ok(resp) => resp,
+        let body = match self.request("GET", &url, None, limit, Retry::Patiently) {
+            Ok(body) => body,
             Err(Failure {
                 status: Some(404), ..
             }) => return Err(Error::MissingChunk { id: *id }),
             Err(f) => return Err(f.error),
         };
-        let body = read_body(&url, resp, limit)?;
         if let Some(limit) = &self.limit {
             limit.take(body.len() as u64);
         }

@@ -58,9 +58,12 @@ pub fn fat_partition(
             }
             continue;
         }
-        let fs = fatfs::FileSystem::new(Slice::new(&file, p), fatfs::FsOptions::new())
-            .map_err(|e| fat_error(disk, p, e))?;
-        if fs.volume_label().trim_end() == label {
+        // A FAT partition fatfs cannot mount is not the one we look for.
+        let Ok(fs) = fatfs::FileSystem::new(Slice::new(&file, p), fatfs::FsOptions::new()) else {
+            continue;
+        };
+        // Labels are compared without case: Windows shows them upper case.
+        if fs.volume_label().trim_end().eq_ignore_ascii_case(label) {
             return Ok(Some(p.clone()));
         }
     }
@@ -98,16 +101,15 @@ pub fn inject(disk: &Path, fat_label: &str, files: &[InjectFile]) -> Result<(), 
         write_fat(disk, &part, &fat)?;
     }
     if !ntfs.is_empty() {
-        let part = partition::windows_partition(&parts)
-            .cloned()
-            .ok_or_else(|| {
-                Error::Inject(format!(
-                    "{} has no NTFS partition to write {} to",
-                    disk.display(),
-                    ntfs[0].path
-                ))
-            })?;
-        write_ntfs(disk, &part, &ntfs)?;
+        let candidates = partition::ntfs_partitions(&parts);
+        if candidates.is_empty() {
+            return Err(Error::Inject(format!(
+                "{} has no NTFS partition to write {} to",
+                disk.display(),
+                ntfs[0].path
+            )));
+        }
+        write_ntfs(disk, &candidates, &ntfs)?;
     }
     Ok(())
 }
@@ -151,34 +153,71 @@ fn write_fat(disk: &Path, part: &Partition, files: &[&InjectFile]) -> Result<(),
             out.write_all(&f.data).map_err(err)?;
             out.flush().map_err(err)?;
         }
+        drop(root);
+        // Unmount explicitly: dropping would swallow an error writing the FS info.
+        fs.unmount().map_err(err)?;
     }
     file.sync_all().map_err(io(disk))
 }
 
-fn write_ntfs(disk: &Path, part: &Partition, files: &[&InjectFile]) -> Result<(), Error> {
+/// Write `files` into the Windows partition: among `candidates` (largest first), the
+/// one with a `Windows/System32` directory; a lone NTFS partition is taken as it is.
+fn write_ntfs(disk: &Path, candidates: &[&Partition], files: &[&InjectFile]) -> Result<(), Error> {
     let work = tempfile::tempdir().map_err(io(std::env::temp_dir()))?;
     let work = work.path();
-    let meta = std::fs::metadata(disk).map_err(io(disk))?;
-    if meta.file_type().is_block_device() {
-        let device = partition_device(disk, part)?;
-        copy_in(&device, files, work)
-    } else {
+    let block = std::fs::metadata(disk)
+        .map_err(io(disk))?
+        .file_type()
+        .is_block_device();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk)
+        .map_err(io(disk))?;
+    let mut looked = Vec::new();
+    for part in candidates {
         // A disk image file: ntfs-3g cannot open a partition at an offset, so the
         // partition is copied out, written, and the blocks that changed copied back.
-        let image = work.join("partition");
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(disk)
-            .map_err(io(disk))?;
-        let before = copy_range(&file, part.start, part.len, &image)?;
-        copy_in(&image, files, work)?;
-        copy_back(&image, &before, &file, part.start)?;
-        file.sync_all().map_err(io(disk))
+        let (device, before) = if block {
+            (partition_device(disk, part)?, None)
+        } else {
+            let image = work.join(format!("partition{}", part.number));
+            let before = copy_range(&file, part.start, part.len, &image)?;
+            (image, Some(before))
+        };
+        if candidates.len() > 1 && !ntfs_has(&device, "/Windows/System32") {
+            looked.push(part.number.to_string());
+            continue;
+        }
+        copy_in(&device, part, files, work)?;
+        if let Some(before) = before {
+            copy_back(&device, &before, &file, part)?;
+            file.sync_all().map_err(io(disk))?;
+        }
+        return Ok(());
     }
+    Err(Error::Inject(format!(
+        "none of the NTFS partitions of {} (numbers {}) has a Windows/System32 directory",
+        disk.display(),
+        looked.join(", ")
+    )))
 }
 
-fn copy_in(device: &Path, files: &[&InjectFile], work: &Path) -> Result<(), Error> {
+fn ntfs_has(device: &Path, dir: &str) -> bool {
+    Command::new("ntfsls")
+        .arg("-p")
+        .arg(dir)
+        .arg(device)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn copy_in(
+    device: &Path,
+    part: &Partition,
+    files: &[&InjectFile],
+    work: &Path,
+) -> Result<(), Error> {
     for (i, f) in files.iter().enumerate() {
         let parent = f.path.rsplit_once('/').map_or("", |(d, _)| d);
         // ntfscp cannot create directories: say which one the image lacks.
@@ -190,8 +229,9 @@ fn copy_in(device: &Path, files: &[&InjectFile], work: &Path) -> Result<(), Erro
             .map_err(|e| Error::Inject(format!("running ntfsls: {e}")))?;
         if !ls.status.success() {
             return Err(Error::Inject(format!(
-                "the Windows partition has no /{parent} directory for {} ({}); create it in \
-                 the golden image (mkdir C:\\{}) and import it again",
+                "the Windows partition (number {}) has no /{parent} directory for {} ({}); \
+                 create it in the golden image (mkdir C:\\{}) and import it again",
+                part.number,
                 f.path,
                 String::from_utf8_lossy(&ls.stderr).trim(),
                 parent.replace('/', "\\")
@@ -237,10 +277,16 @@ fn copy_range(file: &File, start: u64, len: u64, to: &Path) -> Result<Vec<blake3
     Ok(hashes)
 }
 
-fn copy_back(from: &Path, before: &[blake3::Hash], file: &File, start: u64) -> Result<(), Error> {
+fn copy_back(
+    from: &Path,
+    before: &[blake3::Hash],
+    file: &File,
+    part: &Partition,
+) -> Result<(), Error> {
     let src = File::open(from).map_err(io(from))?;
     let mut buf = vec![0u8; BLOCK];
-    let len = src.metadata().map_err(io(from))?.len();
+    // The partition's own length: nothing past its end is ever written back.
+    let (start, len) = (part.start, part.len);
     for (i, hash) in before.iter().enumerate() {
         let at = (i * BLOCK) as u64;
         let n = (len - at).min(BLOCK as u64) as usize;
@@ -256,10 +302,18 @@ fn copy_back(from: &Path, before: &[blake3::Hash], file: &File, start: u64) -> R
 /// The device node of partition `part` of the block device `disk`, after asking the
 /// kernel to read the (just restored) partition table again.
 fn partition_device(disk: &Path, part: &Partition) -> Result<PathBuf, Error> {
-    let _ = Command::new("blockdev")
+    let reread = Command::new("blockdev")
         .arg("--rereadpt")
         .arg(disk)
-        .status();
+        .output();
+    let reread_note = match &reread {
+        Ok(o) if o.status.success() => String::new(),
+        Ok(o) => format!(
+            " (blockdev --rereadpt: {})",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => format!(" (blockdev --rereadpt: {e})"),
+    };
     let name = std::fs::canonicalize(disk)
         .map_err(io(disk))?
         .file_name()
@@ -268,13 +322,34 @@ fn partition_device(disk: &Path, part: &Partition) -> Result<PathBuf, Error> {
     let sys = Path::new("/sys/class/block").join(&name);
     let entries = std::fs::read_dir(&sys).map_err(io(&sys))?;
     for entry in entries.flatten() {
-        let number = std::fs::read_to_string(entry.path().join("partition")).unwrap_or_default();
-        if number.trim() == part.number.to_string() {
-            return Ok(Path::new("/dev").join(entry.file_name()));
+        let read = |name: &str| {
+            std::fs::read_to_string(entry.path().join(name))
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+        };
+        if read("partition") != Some(u64::from(part.number)) {
+            continue;
         }
+        // The kernel's idea of the partition must be the restored table's, or ntfscp
+        // would write where the old partition was.
+        let (start, size) = (
+            read("start").unwrap_or(0) * 512,
+            read("size").unwrap_or(0) * 512,
+        );
+        if (start, size) != (part.start, part.len) {
+            return Err(Error::Inject(format!(
+                "the kernel still has the old partition table of {}: partition {} is at {start}+{size}, \
+                 the restored one at {}+{}{reread_note}; nothing was injected",
+                disk.display(),
+                part.number,
+                part.start,
+                part.len
+            )));
+        }
+        return Ok(Path::new("/dev").join(entry.file_name()));
     }
     Err(Error::Inject(format!(
-        "the kernel shows no partition {} of {} after re-reading its partition table",
+        "the kernel shows no partition {} of {} after re-reading its partition table{reread_note}",
         part.number,
         disk.display()
     )))
@@ -424,7 +499,7 @@ mod tests {
             data: b"rem".to_vec(),
         };
         let empty = tempfile::tempdir().unwrap();
-        let err = check_tools_in(&[ntfs.clone()], Some(empty.path().as_os_str()))
+        let err = check_tools_in(std::slice::from_ref(&ntfs), Some(empty.path().as_os_str()))
             .unwrap_err()
             .to_string();
         assert!(

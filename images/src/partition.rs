@@ -55,11 +55,16 @@ pub fn partitions(path: &Path) -> Result<Vec<Partition>, Error> {
             if !p.is_used() {
                 continue;
             }
-            let start = p.first_lba * SECTOR;
-            let len = (p.last_lba + 1)
-                .checked_sub(p.first_lba)
-                .ok_or_else(|| bad(format!("partition {number} ends before it starts")))?
-                * SECTOR;
+            let sectors = p
+                .last_lba
+                .checked_add(1)
+                .and_then(|end| end.checked_sub(p.first_lba))
+                .ok_or_else(|| bad(format!("partition {number} ends before it starts")))?;
+            let (Some(start), Some(len)) =
+                (p.first_lba.checked_mul(SECTOR), sectors.checked_mul(SECTOR))
+            else {
+                return Err(bad(format!("partition {number} lies beyond any disk")));
+            };
             found.push((
                 number,
                 start,
@@ -80,7 +85,7 @@ pub fn partitions(path: &Path) -> Result<Vec<Partition>, Error> {
     let size = file.seek(SeekFrom::End(0)).map_err(io(path))?;
     let mut out = Vec::new();
     for (number, start, len, esp) in found {
-        if start + len > size {
+        if start.checked_add(len).is_none_or(|end| end > size) {
             return Err(bad(format!(
                 "partition {number} ({start}+{len} bytes) runs past the end of the disk ({size} bytes)"
             )));
@@ -114,13 +119,12 @@ pub fn detect(boot: &[u8; 512]) -> Fs {
     }
 }
 
-/// The partition Windows lives on: the largest NTFS partition (recovery partitions
-/// are small).
-pub fn windows_partition(parts: &[Partition]) -> Option<&Partition> {
-    parts
-        .iter()
-        .filter(|p| p.fs == Fs::Ntfs)
-        .max_by_key(|p| p.len)
+/// The NTFS partitions, largest first: where Windows lives is checked in that order
+/// (recovery partitions are small; a data partition may be larger).
+pub fn ntfs_partitions(parts: &[Partition]) -> Vec<&Partition> {
+    let mut ntfs: Vec<&Partition> = parts.iter().filter(|p| p.fs == Fs::Ntfs).collect();
+    ntfs.sort_by_key(|p| std::cmp::Reverse(p.len));
+    ntfs
 }
 
 /// A partition as a file of its own, for filesystem code that wants `Read + Write +

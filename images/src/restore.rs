@@ -47,6 +47,8 @@ pub struct RestoreStats {
     pub bytes_fetched: u64,
     /// Fetched chunks that failed verification (and were fetched again).
     pub bad_chunks_refetched: u64,
+    /// Chunks the disk could not read (bad sectors), written anew.
+    pub unreadable_chunks: u64,
 }
 
 #[derive(Default)]
@@ -56,7 +58,24 @@ struct Counters {
     zeros: AtomicU64,
     bytes: AtomicU64,
     refetched: AtomicU64,
+    unreadable: AtomicU64,
     done_bytes: AtomicU64,
+}
+
+/// Set `stop` and drain the channel when a worker thread unwinds.
+struct PanicGuard<'a, T> {
+    stop: &'a AtomicBool,
+    rx: &'a Mutex<mpsc::Receiver<T>>,
+}
+
+impl<T> Drop for PanicGuard<'_, T> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.stop.store(true, Relaxed);
+            let rx = self.rx.lock().unwrap_or_else(|p| p.into_inner());
+            while rx.recv().is_ok() {}
+        }
+    }
 }
 
 impl Counters {
@@ -68,6 +87,7 @@ impl Counters {
             zero_chunks_written: self.zeros.load(Relaxed),
             bytes_fetched: self.bytes.load(Relaxed),
             bad_chunks_refetched: self.refetched.load(Relaxed),
+            unreadable_chunks: self.unreadable.load(Relaxed),
         }
     }
 }
@@ -85,18 +105,14 @@ pub fn restore(
     parallel: usize,
     progress: &(dyn Fn(u64, &RestoreStats) + Sync),
 ) -> Result<RestoreStats, Error> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(disk)
-        .map_err(io(disk))?;
+    let file = open_disk(disk)?;
     let size = disk_size(&file, disk)?;
     if size < index.total_size {
-        return Err(Error::BadIndex(format!(
-            "the image needs {} bytes but {} has {size}",
-            index.total_size,
-            disk.display()
-        )));
+        return Err(Error::DiskTooSmall {
+            disk: disk.to_owned(),
+            size,
+            needed: index.total_size,
+        });
     }
     let punch = file.metadata().map_err(io(disk))?.file_type().is_file();
     let total = index.chunks.len() as u64;
@@ -116,20 +132,28 @@ pub fn restore(
     let rx = Mutex::new(rx);
     std::thread::scope(|scope| {
         for _ in 0..parallel {
-            scope.spawn(|| loop {
-                let job = rx.lock().expect("not poisoned").recv();
-                let Ok((offset, id, len)) = job else { return };
-                if stop.load(Relaxed) {
-                    continue;
-                }
-                let written = fetch_verified(source, &id, len, &counters)
-                    .and_then(|data| file.write_all_at(&data, offset).map_err(io(disk)));
-                match written {
-                    Ok(()) => {
-                        counters.fetched.fetch_add(1, Relaxed);
-                        done(len);
+            scope.spawn(|| {
+                // Should a worker panic, the reader must not wait on a full channel
+                // for ever: stop it, and drain the channel until it gives up.
+                let _guard = PanicGuard {
+                    stop: &stop,
+                    rx: &rx,
+                };
+                loop {
+                    let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok((offset, id, len)) = job else { return };
+                    if stop.load(Relaxed) {
+                        continue;
                     }
-                    Err(e) => fail(e),
+                    let written = fetch_verified(source, &id, len, &counters)
+                        .and_then(|data| file.write_all_at(&data, offset).map_err(io(disk)));
+                    match written {
+                        Ok(()) => {
+                            counters.fetched.fetch_add(1, Relaxed);
+                            done(len);
+                        }
+                        Err(e) => fail(e),
+                    }
                 }
             });
         }
@@ -141,9 +165,11 @@ pub fn restore(
             let len = index.chunk_len(i);
             let offset = i as u64 * u64::from(index.chunk_size);
             let here = &mut local[..len];
-            if let Err(e) = file.read_exact_at(here, offset) {
-                fail(io(disk)(e));
-                break;
+            if file.read_exact_at(here, offset).is_err() {
+                // An unreadable sector (EIO) is a chunk that differs: writing it lets
+                // the drive remap the sector, so one bad sector never blocks a reset.
+                counters.unreadable.fetch_add(1, Relaxed);
+                here.fill(0xff);
             }
             match entry {
                 None if is_zero(here) => counters.in_place.fetch_add(1, Relaxed),
@@ -233,7 +259,41 @@ fn fetch_verified(
         }
         counters.refetched.fetch_add(1, Relaxed);
     }
-    Err(last.expect("at least one attempt"))
+    let why = last.map_or_else(String::new, |e| e.to_string());
+    Err(Error::CorruptChunk {
+        id: *id,
+        why: format!(
+            "fetched {} times, bad every time ({why}); nothing of it was written. \
+             On the server, `netreset image verify` finds damaged chunks",
+            REFETCHES + 1
+        ),
+    })
+}
+
+/// Open the disk for the restore. A block device is opened exclusively: the kernel
+/// refuses while one of its partitions is mounted, so nothing is written under a
+/// mounted filesystem.
+fn open_disk(disk: &Path) -> Result<File, Error> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let block = std::fs::metadata(disk)
+        .map_err(io(disk))?
+        .file_type()
+        .is_block_device();
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true).write(true);
+    if block {
+        opts.custom_flags(libc::O_EXCL);
+    }
+    opts.open(disk).map_err(|e| {
+        if block && e.raw_os_error() == Some(libc::EBUSY) {
+            Error::Usage(format!(
+                "{} is in use (a partition mounted, or swap): unmount it first",
+                disk.display()
+            ))
+        } else {
+            io(disk)(e)
+        }
+    })
 }
 
 /// The size of a file or block device.

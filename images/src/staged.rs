@@ -198,6 +198,14 @@ impl Staged {
             files,
         };
         staged.check()?;
+        let size = staged.encode().len() as u64;
+        if size > MAX_STAGED_BYTES {
+            return Err(Error::BadStaged(format!(
+                "the index of {base} has {} chunks ({size} bytes staged, at most {MAX_STAGED_BYTES}); \
+                 import it again with a larger --chunk-size",
+                staged.index.chunks.len()
+            )));
+        }
         Ok(staged)
     }
 
@@ -402,7 +410,11 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn truncated(&self) -> Error {
-        Error::BadStaged(format!("truncated at byte {}", self.bytes.len()))
+        Error::BadStaged(format!(
+            "truncated: {} bytes, ending inside the field at byte {}",
+            self.bytes.len(),
+            self.at
+        ))
     }
     fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
         let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len());
@@ -460,7 +472,8 @@ mod tests {
         assert!(cmd.contains("kms.school.example"), "{cmd}");
         assert!(cmd.contains("1688"), "{cmd}");
         assert!(!cmd.contains("{{"), "every placeholder is filled");
-        assert!(cmd.lines().all(|l| l.ends_with('\r')), "CRLF line ends");
+        assert!(cmd.contains("\r\n"), "CRLF line ends");
+        assert!(!cmd.replace("\r\n", "").contains('\n'), "no bare LF");
     }
 
     #[test]

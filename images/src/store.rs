@@ -27,7 +27,6 @@ const ZSTD_LEVEL: i32 = 3;
 #[derive(Debug)]
 pub struct ChunkStore {
     dir: PathBuf,
-    temp_seq: AtomicU64,
 }
 
 /// What [`ChunkStore::gc`] removed.
@@ -43,10 +42,7 @@ impl ChunkStore {
     pub fn open(dir: &Path) -> Result<ChunkStore, Error> {
         let dir = dir.join("chunks");
         fs::create_dir_all(&dir).map_err(io(&dir))?;
-        Ok(ChunkStore {
-            dir,
-            temp_seq: AtomicU64::new(0),
-        })
+        Ok(ChunkStore { dir })
     }
 
     fn path(&self, id: &ChunkId) -> PathBuf {
@@ -116,7 +112,7 @@ impl ChunkStore {
     }
 
     fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), Error> {
-        write_atomic(path, bytes, self.temp_seq.fetch_add(1, Ordering::Relaxed))
+        write_atomic(path, bytes)
     }
 }
 
@@ -138,9 +134,13 @@ pub fn decode_chunk(id: &ChunkId, compressed: &[u8], max_len: usize) -> Result<V
 
 /// Write `bytes` to `path` through a temporary file, fsync it, rename it into place and
 /// fsync the directory.
-fn write_atomic(path: &Path, bytes: &[u8], seq: u64) -> Result<(), Error> {
+/// Temporary names are unique in the process (a sequence) and across processes (the pid),
+/// so concurrent writers never share one.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().expect("store paths have a parent");
     fs::create_dir_all(dir).map_err(io(dir))?;
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
     let temp = dir.join(format!("{TEMP_PREFIX}{}-{seq}", std::process::id()));
     let mut file = fs::File::create(&temp).map_err(io(&temp))?;
     file.write_all(bytes).map_err(io(&temp))?;
@@ -182,8 +182,10 @@ impl Images {
         let bytes = staged.encode();
         let id = ChunkId::of(&bytes);
         let path = self.staged.join(format!("{id}.stg"));
-        if !path.exists() {
-            write_atomic(&path, &bytes, 0)?;
+        // Staging the same thing twice is free; a file that is there but damaged is
+        // written again.
+        if fs::read(&path).ok().as_deref() != Some(bytes.as_slice()) {
+            write_atomic(&path, &bytes)?;
         }
         Ok(id)
     }
@@ -230,7 +232,7 @@ impl Images {
         if path.exists() {
             return Err(Error::ImageExists(name.to_owned()));
         }
-        write_atomic(&path, &index.encode(), 0)
+        write_atomic(&path, &index.encode())
     }
 
     /// An image's index.

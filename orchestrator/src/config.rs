@@ -78,6 +78,7 @@ pub struct RawImages {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRestore {
+    pub dir: Option<String>,
     pub kernel: Option<String>,
     pub initrd: Option<String>,
     pub cmdline: Option<String>,
@@ -199,8 +200,10 @@ pub struct ImagesConfig {
 
 #[derive(Clone, Debug)]
 pub struct RestoreConfig {
-    /// The restore environment's kernel and initrd: http(s) URLs, or paths under the
-    /// public URL.
+    /// Where the restore environment's files are; served under `/restore/`.
+    pub dir: PathBuf,
+    /// The restore environment's kernel and initrd: file names under `dir` (served by
+    /// us), or http(s) URLs of another server.
     pub kernel: String,
     pub initrd: String,
     /// Extra kernel command line.
@@ -427,7 +430,11 @@ impl Config {
             ));
         }
         let images = ImagesConfig { fat_label };
-        let restore = restore(raw.restore)?;
+        let restore_dir = match &raw.restore.dir {
+            Some(d) => base.join(d),
+            None => data_dir.join("restore"),
+        };
+        let restore = restore(raw.restore, restore_dir)?;
 
         Ok(Config {
             data_dir,
@@ -505,7 +512,7 @@ fn kms(raw: RawKms) -> Result<KmsConfig, ConfigError> {
     })
 }
 
-fn restore(raw: RawRestore) -> Result<RestoreConfig, ConfigError> {
+fn restore(raw: RawRestore, dir: PathBuf) -> Result<RestoreConfig, ConfigError> {
     let location = |key: &str, value: Option<String>, default: &str| {
         let value = value.unwrap_or_else(|| default.into());
         let absolute = value.starts_with("http://") || value.starts_with("https://");
@@ -523,12 +530,12 @@ fn restore(raw: RawRestore) -> Result<RestoreConfig, ConfigError> {
             Err(invalid(
                 key,
                 &value,
-                "an http(s) URL or a relative path under http.public_url, with no spaces",
+                "a file name under restore.dir, or an http(s) URL, with no spaces",
             ))
         }
     };
-    let kernel = location("restore.kernel", raw.kernel, "restore/vmlinuz")?;
-    let initrd = location("restore.initrd", raw.initrd, "restore/initrd.img")?;
+    let kernel = location("restore.kernel", raw.kernel, "vmlinuz")?;
+    let initrd = location("restore.initrd", raw.initrd, "initrd.img")?;
     let cmdline = raw.cmdline.unwrap_or_default();
     if cmdline.chars().any(char::is_control)
         || cmdline.contains("${")
@@ -558,6 +565,7 @@ fn restore(raw: RawRestore) -> Result<RestoreConfig, ConfigError> {
             )
         })?;
     Ok(RestoreConfig {
+        dir,
         kernel,
         initrd,
         cmdline,
@@ -645,6 +653,53 @@ mod tests {
         assert_eq!(c.boot.local, LocalBoot::Exit);
         assert!(c.inventory.register_unknown);
         assert_eq!(c.public_url, None);
+    }
+
+    #[test]
+    fn kms_images_and_restore_sections_get_defaults_and_refuse_bad_values() {
+        let dir = root();
+        let base = minimal(dir.path());
+        let c = parse(&format!("{base}[kms]\nhost = \"kms.school.example\"\n")).unwrap();
+        let kms = c.kms.unwrap();
+        assert_eq!((kms.port, kms.windows, kms.office), (1688, true, true));
+        assert_eq!(c.restore.kernel, "vmlinuz");
+        assert_eq!(c.restore.dir, Path::new("/tmp/x/restore"));
+        assert_eq!(
+            c.restore.token_ttl,
+            std::time::Duration::from_secs(4 * 3600)
+        );
+        assert!(
+            parse(&base).unwrap().kms.is_none(),
+            "no [kms]: plain resets only"
+        );
+        let cases = [
+            ("[kms]\nport = 1688\n", "kms.host"),
+            ("[kms]\nhost = \"kms & del x\"\n", "kms.host"),
+            (
+                "[kms]\nhost = \"k\"\nfamilies = [\"linux\"]\n",
+                "kms.families",
+            ),
+            ("[kms]\nhost = \"k\"\nfamilies = []\n", "kms.families"),
+            (
+                "[images]\nfat_label = \"FAR TOO LONG LABEL\"\n",
+                "images.fat_label",
+            ),
+            ("[restore]\nkernel = \"../vmlinuz\"\n", "restore.kernel"),
+            ("[restore]\ninitrd = \"a b\"\n", "restore.initrd"),
+            (
+                "[restore]\ncmdline = \"quiet || reboot\"\n",
+                "restore.cmdline",
+            ),
+            (
+                "[restore]\ncmdline = \"netreset.server=x\"\n",
+                "restore.cmdline",
+            ),
+            ("[restore]\ntoken_ttl = \"10s\"\n", "restore.token_ttl"),
+        ];
+        for (extra, key) in cases {
+            let err = parse(&format!("{base}{extra}")).unwrap_err().to_string();
+            assert!(err.starts_with(key), "{extra}: {err}");
+        }
     }
 
     #[test]

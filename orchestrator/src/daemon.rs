@@ -41,17 +41,19 @@ pub struct Daemon {
 impl Daemon {
     /// Open the store and bind every server; they run until [`Daemon::shutdown`].
     pub async fn start(config: Config) -> anyhow::Result<Daemon> {
-        let server_ip = server_ip(&config)?;
+        // Our address is needed for ProxyDHCP and to make the public URL; with DHCP off
+        // and http.public_url set, nothing needs it.
+        let own_ip = server_ip(&config);
+        let need_ip = || own_ip.as_ref().map(|ip| *ip).map_err(|e| anyhow!("{e:#}"));
         // Bound first, so that an ephemeral port (tests) is known before the DHCP
         // server starts handing out script URLs that contain it.
         let listener = tokio::net::TcpListener::bind(config.http_listen)
             .await
             .with_context(|| format!("cannot listen on http.listen {}", config.http_listen))?;
         let http_addr = listener.local_addr()?;
-        let public_url = config
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{server_ip}:{}", http_addr.port()));
+        let public_url = config.public_url.clone().map(Ok).unwrap_or_else(|| {
+            Ok::<_, anyhow::Error>(format!("http://{}:{}", need_ip()?, http_addr.port()))
+        })?;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
         let store = Store::open(
@@ -71,6 +73,9 @@ impl Daemon {
             }
         }
         let secret = Secret::load_or_create(&config.data_dir)?;
+        for missing in api::restore_env_missing(&config.restore) {
+            warn!(file = %missing.display(), "restore environment file missing: resets are refused until it is there");
+        }
         let restore = RestoreBoot {
             kernel: absolute(&public_url, &config.restore.kernel),
             initrd: absolute(&public_url, &config.restore.initrd),
@@ -96,7 +101,7 @@ impl Daemon {
                     listen: config.dhcp.listen,
                     pxe_listen: config.dhcp.pxe_listen,
                     interface: config.dhcp.interface.clone(),
-                    server_ip,
+                    server_ip: need_ip()?,
                     broadcast: config.dhcp.broadcast,
                     files: BootFiles {
                         bios: config.boot.bios.clone(),
@@ -149,6 +154,7 @@ impl Daemon {
                 )
             })?),
             staging: Arc::new(StageSettings::from_config(&config)),
+            restore: Arc::new(config.restore.clone()),
             started: Instant::now(),
         };
         let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
@@ -159,7 +165,7 @@ impl Daemon {
                 .await;
             ("http", served.map_err(Into::into))
         });
-        info!(%http_addr, %public_url, %server_ip, "netreset running");
+        info!(%http_addr, %public_url, "netreset running");
 
         Ok(Daemon {
             http_addr,
@@ -270,11 +276,11 @@ fn interface_mtu(name: &str) -> Option<u32> {
         .ok()
 }
 
-/// `location` as a URL: itself when absolute, else under `base`.
+/// `location` as a URL: itself when absolute, else our `/restore/` under `base`.
 fn absolute(base: &str, location: &str) -> String {
     if location.starts_with("http://") || location.starts_with("https://") {
         location.to_owned()
     } else {
-        format!("{}/{location}", base.trim_end_matches('/'))
+        format!("{}/restore/{location}", base.trim_end_matches('/'))
     }
 }

@@ -1,9 +1,10 @@
 //! Tokens stations carry, all derived from one server secret (`data_dir/secret`,
 //! 32 random bytes made at first start, mode 0600), so nothing per token is stored:
 //!
-//! - the agent token of a station: keyed BLAKE3 of its MAC — the "HMAC of the MAC
-//!   under a server secret" of DESIGN.md §7, injected into the staged image through
-//!   station.json;
+//! - the agent token of a station: keyed BLAKE3 of its MAC and of the reset it came
+//!   with (the "HMAC of the MAC under a server secret" of DESIGN.md §7), injected
+//!   through station.json; each reset makes a new one, so a token read off a disk is
+//!   worthless after the next reset;
 //! - a per-restore token: `{expiry}.{mac of station, staged image and expiry}`,
 //!   handed to the restore environment on the kernel command line; it is good for
 //!   that station, that staged image and until the expiry only.
@@ -74,9 +75,10 @@ impl Secret {
         blake3::keyed_hash(&self.0, message.as_bytes())
     }
 
-    /// The agent token of `station`.
-    pub fn agent_token(&self, station: MacAddr) -> String {
-        self.mac(&format!("netreset agent v1 {station}"))
+    /// The agent token of `station` after the reset requested at `generation` (Unix
+    /// milliseconds): every reset makes a new one.
+    pub fn agent_token(&self, station: MacAddr, generation: u64) -> String {
+        self.mac(&format!("netreset agent v1 {station} {generation}"))
             .to_hex()
             .to_string()
     }
@@ -97,15 +99,20 @@ impl Secret {
         staged: &str,
         now: u64,
     ) -> bool {
-        let Some((expires, tag)) = token.split_once('.') else {
-            return false;
-        };
+        self.restore_token_expiry(token, station, staged)
+            .is_some_and(|expires| now < expires)
+    }
+
+    /// The expiry of `token` when it is a genuine restore token for `station` and
+    /// `staged`, expired or not.
+    pub fn restore_token_expiry(&self, token: &str, station: MacAddr, staged: &str) -> Option<u64> {
+        let (expires, tag) = token.split_once('.')?;
         let (Ok(expires), Ok(tag)) = (expires.parse::<u64>(), blake3::Hash::from_hex(tag)) else {
-            return false;
+            return None;
         };
         let want = self.mac(&format!("netreset restore v1 {station} {staged} {expires}"));
         // Hash equality is constant time.
-        want == tag && now < expires
+        (want == tag).then_some(expires)
     }
 }
 
@@ -139,11 +146,16 @@ mod tests {
     }
 
     #[test]
-    fn agent_tokens_differ_per_station_and_secret_and_are_stable() {
+    fn agent_tokens_differ_per_station_reset_and_secret_and_are_stable() {
         let s = Secret::fixed(1);
-        assert_eq!(s.agent_token(A), s.agent_token(A));
-        assert_ne!(s.agent_token(A), s.agent_token(B));
-        assert_ne!(s.agent_token(A), Secret::fixed(2).agent_token(A));
+        assert_eq!(s.agent_token(A, 5), s.agent_token(A, 5));
+        assert_ne!(s.agent_token(A, 5), s.agent_token(B, 5));
+        assert_ne!(
+            s.agent_token(A, 5),
+            s.agent_token(A, 6),
+            "a new reset, a new token"
+        );
+        assert_ne!(s.agent_token(A, 5), Secret::fixed(2).agent_token(A, 5));
     }
 
     #[test]

@@ -41,7 +41,10 @@ dd if="$T/ntfs.img" of="$T/base.img" bs=512 seek="$ntfs_start" conv=notrunc stat
 head -c $((data_len * 512)) /dev/urandom | dd of="$T/base.img" bs=512 seek="$data_start" conv=notrunc status=none
 
 # --- the daemon on loopback -------------------------------------------------------------
-mkdir -p "$T/tftp" "$T/data"
+mkdir -p "$T/tftp" "$T/data/restore"
+# Stand-ins for the restore environment's kernel and initrd (built in a later issue):
+# resets are refused without them.
+echo kernel > "$T/data/restore/vmlinuz"; echo initrd > "$T/data/restore/initrd.img"
 cat > "$T/netreset.toml" <<EOF
 data_dir = "$T/data"
 [http]

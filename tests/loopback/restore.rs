@@ -40,8 +40,10 @@ fn nonzero_chunks(image: &[u8]) -> u64 {
         .count() as u64
 }
 
-/// Import `image` as "lab" into the server's catalog.
+/// Import `image` as "lab" into the server's catalog, and install a stand-in restore
+/// environment (resets are refused without one).
 fn import(data: &Path, image: &[u8]) {
+    install_restore_env(data);
     let file = data.join("lab.raw");
     std::fs::write(&file, image).unwrap();
     let store = images::ChunkStore::open(data).unwrap();
@@ -50,6 +52,12 @@ fn import(data: &Path, image: &[u8]) {
         .unwrap()
         .add("lab", &imported.index)
         .unwrap();
+}
+
+fn install_restore_env(data: &Path) {
+    std::fs::create_dir_all(data.join("restore")).unwrap();
+    std::fs::write(data.join("restore/vmlinuz"), b"kernel stand-in").unwrap();
+    std::fs::write(data.join("restore/initrd.img"), b"initrd stand-in").unwrap();
 }
 
 /// Ask for a reset; returns the staged id.
@@ -87,6 +95,7 @@ fn options(args: &std::collections::HashMap<String, String>, disk: &Path) -> Opt
         disk: disk.to_owned(),
         parallel: 4,
         max_mbit: None,
+        retry_for: std::time::Duration::from_secs(2),
     }
 }
 
@@ -202,8 +211,22 @@ async fn the_restore_api_refuses_wrong_tokens_and_bad_requests() {
     import(server.data.path(), &image_bytes());
     let other = "02:00:00:00:00:32";
 
-    // Reset requests.
+    // Reset requests. Without the restore environment, a station would be sent to a
+    // kernel that is not there: refused.
     let path = format!("/api/v1/stations/{MAC}/reset");
+    std::fs::remove_file(server.data.path().join("restore/initrd.img")).unwrap();
+    let (status, answer) =
+        post_json(addr, &path, "", r#"{"image": "lab", "profile": "plain"}"#).await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("initrd.img"),
+        "{answer}"
+    );
+    install_restore_env(server.data.path());
+    let (status, _, body) = http_request(addr, "/restore/vmlinuz", "").await;
+    assert_eq!((status, body.as_slice()), (200, &b"kernel stand-in"[..]));
+    let (status, _, _) = http_request(addr, "/restore/../secret", "").await;
+    assert_eq!(status, 404);
     for (body, want, says) in [
         (
             r#"{"image": "nope", "profile": "plain"}"#,

@@ -39,6 +39,9 @@ struct Args {
     /// Cap the bandwidth chunk fetches use, in Mbit/s
     #[arg(long, value_name = "MBIT")]
     max_mbit: Option<f64>,
+    /// Keep retrying a failed request this many seconds (the server restarting)
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    retry_for: u64,
 }
 
 fn main() -> ExitCode {
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         disk: args.disk,
         parallel: usize::from(args.parallel),
         max_mbit: args.max_mbit,
+        retry_for: std::time::Duration::from_secs(args.retry_for),
     };
     match run(&opts, &|line| eprintln!("netreset-restore: {line}")) {
         Ok(outcome) => {

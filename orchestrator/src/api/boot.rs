@@ -1,6 +1,9 @@
 //! `GET /boot/{mac}.ipxe`: the iPXE script for a station -> policy -> `pxe::ipxe::render`.
-//! `GET /ipxe/{file}`: the iPXE binaries, for UEFI HTTP boot. Neither needs a token,
-//! and neither reveals anything secret.
+//! `GET /ipxe/{file}`: the iPXE binaries, for UEFI HTTP boot. Neither needs a token.
+//! The one secret a script carries is the per-restore token of a station being reset:
+//! good for that station, its staged image and `[restore] token_ttl` only. (It lets
+//! whoever holds it fetch the station's station.json and with it the agent token of
+//! that reset; the next reset makes a new one.)
 
 use std::net::SocketAddr;
 

@@ -30,6 +30,8 @@ pub struct AppState {
     /// The image catalog and staged images.
     pub images: Arc<images::Images>,
     pub staging: Arc<crate::staging::StageSettings>,
+    /// The restore environment, served under `/restore/`.
+    pub restore: Arc<crate::config::RestoreConfig>,
     pub started: Instant,
 }
 
@@ -40,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ipxe/{*file}", get(boot::binary))
         .route("/chunks/{id}", get(chunks::chunk))
         .route("/images/{id}/index", get(resets::staged_index))
+        .route("/restore/{*file}", get(resets::restore_file))
         .route("/api/v1/health", get(health))
         .route("/api/v1/stations", get(stations::list))
         .route("/api/v1/stations/{mac}", get(stations::show))
@@ -57,6 +60,16 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(state)
+}
+
+/// The restore environment's files that we serve and that are not there.
+pub fn restore_env_missing(restore: &crate::config::RestoreConfig) -> Vec<std::path::PathBuf> {
+    [&restore.kernel, &restore.initrd]
+        .into_iter()
+        .filter(|l| !l.starts_with("http://") && !l.starts_with("https://"))
+        .map(|l| restore.dir.join(l))
+        .filter(|p| !p.is_file())
+        .collect()
 }
 
 async fn health(

@@ -70,6 +70,14 @@ pub async fn request(
     let req = body(payload)?;
     let profile: Profile = req.profile.parse().map_err(ApiError::BadRequest)?;
     images::check_name(&req.image).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let missing = super::restore_env_missing(&state.restore);
+    if !missing.is_empty() {
+        let names: Vec<String> = missing.iter().map(|p| p.display().to_string()).collect();
+        return Err(ApiError::Conflict(format!(
+            "the restore environment is not installed ({} missing): a station sent to it would fail to boot",
+            names.join(", ")
+        )));
+    }
     let store = state.policy.store().clone();
     if store.station(mac)?.is_none() {
         return Err(ApiError::NotFound(format!(
@@ -119,13 +127,27 @@ pub async fn request(
     Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }
 
+#[derive(Deserialize)]
+pub struct CancelQuery {
+    #[serde(default)]
+    force: bool,
+}
+
 pub async fn cancel(
     State(state): State<AppState>,
     Path(mac): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<CancelQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let mac = parse_mac(&mac)?;
     let store = state.policy.store();
     match store.reset(mac)? {
+        Some(r) if r.state == ResetState::Restoring && !query.force => {
+            Err(ApiError::Conflict(format!(
+                "{mac} is restoring ({:.0} %): its disk is half written and would not boot. \
+             Let it finish, or cancel with ?force=true and reset it again later",
+                r.done_bytes as f64 * 100.0 / r.total_bytes.max(1) as f64
+            )))
+        }
         Some(r) if r.state.active() => {
             store.remove_reset(mac)?;
             store.record(mac, "reset-cancelled", r.staged)?;
@@ -173,8 +195,16 @@ pub async fn staged_index(
         .into_response())
 }
 
-/// The reset of `mac`, when `headers` carry a valid restore token for it.
-fn authorized(state: &AppState, mac: MacAddr, headers: &HeaderMap) -> Result<Reset, ApiError> {
+/// The reset of `mac`, when `headers` carry a valid restore token for it. With
+/// `expired_ok`, a genuine token past its expiry is accepted while the reset it was
+/// issued for is still under way: a restore of a large disk over a slow link may
+/// outlive the token it started with, and must still be able to report.
+fn authorized(
+    state: &AppState,
+    mac: MacAddr,
+    headers: &HeaderMap,
+    expired_ok: bool,
+) -> Result<Reset, ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -187,13 +217,19 @@ fn authorized(state: &AppState, mac: MacAddr, headers: &HeaderMap) -> Result<Res
         .store()
         .reset(mac)?
         .ok_or_else(|| ApiError::Unauthorized(format!("no reset was asked for {mac}")))?;
-    let secret = &state.policy.restore().secret;
-    if !secret.check_restore_token(token, mac, &reset.staged, now_ms() / 1000) {
-        return Err(ApiError::Unauthorized(
-            "the restore token is wrong or expired for this station and image".into(),
-        ));
+    let restore = state.policy.restore();
+    match restore.secret.restore_token_expiry(token, mac, &reset.staged) {
+        None => Err(ApiError::Unauthorized(
+            "the restore token is not one issued for this station and its current reset".into(),
+        )),
+        Some(expires) if now_ms() / 1000 >= expires && !(expired_ok && reset.state.active()) => {
+            Err(ApiError::Unauthorized(format!(
+                "the restore token expired (tokens last [restore] token_ttl = {}); PXE-boot the station again for a new one",
+                humantime::format_duration(restore.token_ttl)
+            )))
+        }
+        Some(_) => Ok(reset),
     }
-    Ok(reset)
 }
 
 pub async fn station_json(
@@ -202,7 +238,7 @@ pub async fn station_json(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let mac = parse_mac(&mac)?;
-    let reset = authorized(&state, mac, &headers)?;
+    let reset = authorized(&state, mac, &headers, false)?;
     let restore = state.policy.restore();
     let mut families = Vec::new();
     if let Some(kms) = &state.staging.kms {
@@ -216,7 +252,7 @@ pub async fn station_json(
     Ok(Json(json!({
         "server": restore.server_url,
         "station": mac,
-        "token": restore.secret.agent_token(mac),
+        "token": restore.secret.agent_token(mac, reset.requested_at),
         "image": reset.staged,
         "base": reset.image,
         "profile": reset.profile,
@@ -246,7 +282,7 @@ pub async fn progress(
     payload: Result<Json<ProgressReport>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let mac = parse_mac(&mac)?;
-    let mut reset = authorized(&state, mac, &headers)?;
+    let mut reset = authorized(&state, mac, &headers, true)?;
     let report = body(payload)?;
     if report.image != reset.staged {
         return Err(ApiError::Conflict(format!(
@@ -316,4 +352,32 @@ fn summary(r: &Reset) -> String {
         n("chunks_fetched"),
         n("bytes_fetched")
     )
+}
+
+/// `GET /restore/{file}`: the restore environment's kernel and initrd, streamed with
+/// Content-Length (iPXE shows progress and fails cleanly on a short read).
+pub async fn restore_file(
+    State(state): State<AppState>,
+    Path(file): Path<String>,
+) -> Result<Response, ApiError> {
+    let path = pxe::tftp::resolve(&state.restore.dir, &file)
+        .map_err(|why| ApiError::NotFound(format!("{file:?}: {why}")))?;
+    let handle = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| ApiError::NotFound(format!("{file:?}: {e}")))?;
+    let len = handle
+        .metadata()
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .len();
+    let body =
+        axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(handle, 1 << 20));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        body,
+    )
+        .into_response())
 }
