@@ -12,9 +12,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use orchestrator::Config;
 
-/// Default chunk size. Provisional (1 MiB) until the delta benchmark of issue 3 has
-/// measured 64 KiB to 4 MiB; every image records its own.
-const DEFAULT_CHUNK_SIZE: u64 = 1 << 20;
+/// Default chunk size: 64 KiB, from the delta benchmark (BENCHMARKS.md): the only
+/// size measured that fetched fewer bytes than casync for scattered 1 MiB changes,
+/// with a cold restore still faster than a full copy. Every image records its own.
+const DEFAULT_CHUNK_SIZE: u64 = 64 << 10;
 
 #[derive(Subcommand)]
 pub enum ImageCommand {

@@ -140,7 +140,14 @@ fn image_import_ls_verify_rm_and_gc_work_and_a_corrupt_chunk_is_found() {
 
     let out = netreset(
         &config,
-        &["import", raw.to_str().unwrap(), "--name", "golden"],
+        &[
+            "import",
+            raw.to_str().unwrap(),
+            "--name",
+            "golden",
+            "--chunk-size",
+            "1048576",
+        ],
     );
     assert!(
         out.status.success(),

@@ -14,9 +14,11 @@
 # Part 1 measures netreset's chunk sizes (64 KiB to 4 MiB) on loopback: delta bytes and
 # time, cold restore time. Part 2 compares, at DEFAULT chunk size, netreset (delta
 # and cold), casync (delta) and the full copy on both links.
-# Usage: tests/bench/restore.sh [DEFAULT_CHUNK_BYTES]   (default 1048576)
+# Usage: tests/bench/restore.sh [DEFAULT_CHUNK_BYTES [ROUNDS]]   (default 65536, 2)
+# Every round measures every row again; the tables show every round.
 source "$(dirname "$0")/../e2e/lib.sh"
-default_cs=${1:-1048576}
+default_cs=${1:-65536}
+rounds=${2:-2}
 sizes=${CHUNK_SIZES:-"65536 262144 1048576 4194304"}
 [ "$(id -u)" = 0 ] || fail "needs root (network namespaces, tc)"
 command -v casync >/dev/null || apt-get install -y -qq casync >/dev/null
@@ -89,7 +91,8 @@ wait_for 10 "the daemon" S curl -sf http://127.0.0.1:8080/api/v1/health
 wait_for 10 "the file server" S curl -sf -o /dev/null http://127.0.0.1:8081/image.caibx
 
 # measure LINK COMMAND...: run COMMAND on the client side of LINK (loopback: in $srv
-# over lo; gbit: in $cli over the shaped veth); prints "seconds bytes".
+# over lo; gbit: in $cli over the shaped veth); sets SECS and BYTES. Called directly,
+# never in a subshell, so that a failure ends the benchmark.
 measure() {
   local link=$1 ns dev before after start end
   shift
@@ -100,7 +103,8 @@ measure() {
   ip netns exec "$ns" "$@" > "$W/run.log" 2>&1 || fail "$*: $(tail -5 "$W/run.log")"
   end=$(date +%s.%N)
   after=$(ip netns exec "$ns" cat "/sys/class/net/$dev/statistics/rx_bytes")
-  python3 -c "print(f'{$end - $start:.2f}', $after - $before)"
+  SECS=$(python3 -c "print(f'{$end - $start:.2f}')")
+  BYTES=$((after - before))
 }
 host() { [ "$1" = loopback ] && echo 127.0.0.1 || echo 10.80.0.1; }
 
@@ -133,6 +137,7 @@ copy_run() {
   cmp -s "$W/image.raw" "$W/out.img" || fail "full copy $1: result differs from the image"
 }
 mb() { python3 -c "print(f'{$1 / 1e6:.1f}')"; }
+row() { echo "| $1 | $2 | $SECS | $(mb "$BYTES") |" | tee -a "$W/results.md"; }
 
 {
   echo "## Delta restore: $(date -u +%Y-%m-%d), $(nproc) cores"
@@ -144,10 +149,13 @@ mb() { python3 -c "print(f'{$1 / 1e6:.1f}')"; }
   echo "| chunk size | delta s | delta MB over the wire | cold s | cold MB/s (4 GiB image) |"
   echo "|---|---|---|---|---|"
 } | tee "$W/results.md"
+for round in $(seq "$rounds"); do
 for cs in $sizes; do
-  read -r ds db < <(netreset_run loopback "$cs" delta)
-  read -r cs_s cb < <(netreset_run loopback "$cs" cold)
-  echo "| $((cs >> 10)) KiB | $ds | $(mb "$db") | $cs_s | $(python3 -c "print(f'{(4 << 30) / $cs_s / 1e6:.0f}')") |" | tee -a "$W/results.md"
+  log "round $round: chunk size $cs"
+  netreset_run loopback "$cs" delta; ds=$SECS db=$BYTES
+  netreset_run loopback "$cs" cold
+  echo "| $((cs >> 10)) KiB | $ds | $(mb "$db") | $SECS | $(python3 -c "print(f'{(4 << 30) / $SECS / 1e6:.0f}')") |" | tee -a "$W/results.md"
+done
 done
 {
   echo
@@ -156,12 +164,15 @@ done
   echo "| link | method | seconds | MB over the wire |"
   echo "|---|---|---|---|"
 } | tee -a "$W/results.md"
+for round in $(seq "$rounds"); do
 for link in loopback gbit; do
+  log "round $round: $link"
   name=$([ "$link" = loopback ] && echo loopback || echo "1 Gbit/s")
-  read -r s b < <(netreset_run "$link" "$default_cs" delta); echo "| $name | netreset-restore (delta) | $s | $(mb "$b") |" | tee -a "$W/results.md"
-  read -r s b < <(casync_run "$link"); echo "| $name | casync extract --seed | $s | $(mb "$b") |" | tee -a "$W/results.md"
-  read -r s b < <(copy_run "$link"); echo "| $name | full copy (curl \\| dd) | $s | $(mb "$b") |" | tee -a "$W/results.md"
-  read -r s b < <(netreset_run "$link" "$default_cs" cold); echo "| $name | netreset-restore (cold, blank disk) | $s | $(mb "$b") |" | tee -a "$W/results.md"
+  netreset_run "$link" "$default_cs" delta; row "$name" "netreset-restore (delta)"
+  casync_run "$link"; row "$name" "casync extract --seed"
+  copy_run "$link"; row "$name" "full copy (curl \\| dd)"
+  netreset_run "$link" "$default_cs" cold; row "$name" "netreset-restore (cold, blank disk)"
+done
 done
 cp "$W/results.md" "$E2E_ROOT/target/bench-restore-results.md"
 log "results in target/bench-restore-results.md"

@@ -60,6 +60,22 @@ fn install_restore_env(data: &Path) {
     std::fs::write(data.join("restore/initrd.img"), b"initrd stand-in").unwrap();
 }
 
+/// A daemon with the "lab" image and MAC marked for a plain reset: the server, the
+/// image, the restore arguments from the boot script, and a scratch directory.
+async fn marked() -> (
+    TestServer,
+    Vec<u8>,
+    std::collections::HashMap<String, String>,
+    tempfile::TempDir,
+) {
+    let server = start(&inventory()).await;
+    let image = image_bytes();
+    import(server.data.path(), &image);
+    reset(&server, "plain").await;
+    let (_, args) = script(&server).await;
+    (server, image, args, tempfile::tempdir().unwrap())
+}
+
 /// Ask for a reset; returns the staged id.
 async fn reset(server: &TestServer, profile: &str) -> String {
     let (status, body) = post_json(
@@ -179,12 +195,7 @@ async fn a_reset_chains_the_restore_environment_until_the_restore_reports_done()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn delta_restore_fetches_only_the_changed_chunks() {
-    let server = start(&inventory()).await;
-    let image = image_bytes();
-    import(server.data.path(), &image);
-    reset(&server, "plain").await;
-    let (_, args) = script(&server).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (server, image, args, dir) = marked().await;
     let disk = dir.path().join("disk");
     let mut changed = image.clone();
     for at in [5 * CHUNK + 11, 40 * CHUNK, 41 * CHUNK + 1, 90 * CHUNK + 7] {
@@ -391,11 +402,7 @@ async fn a_bad_staged_index_is_refused_with_the_reason_and_the_disk_untouched() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_corrupt_stored_chunk_fails_the_restore_loudly_and_is_never_written() {
-    let server = start(&inventory()).await;
-    let image = image_bytes();
-    import(server.data.path(), &image);
-    reset(&server, "plain").await;
-    let (_, args) = script(&server).await;
+    let (server, image, args, dir) = marked().await;
     // Replace chunk 3's stored bytes with a valid compression of other data.
     let id = images::ChunkId::of(&image[3 * CHUNK..4 * CHUNK]);
     let hex = id.to_string();
@@ -403,7 +410,6 @@ async fn a_corrupt_stored_chunk_fails_the_restore_loudly_and_is_never_written() 
     let lie = zstd_of(&image[5 * CHUNK..6 * CHUNK]);
     std::fs::write(&stored, lie).unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("disk");
     std::fs::write(&disk, vec![0u8; image.len()]).unwrap();
     let mut opts = options(&args, &disk);
@@ -437,12 +443,7 @@ fn zstd_of(data: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_gone_mid_restore_is_a_clear_error_and_a_rerun_completes() {
-    let server = start(&inventory()).await;
-    let image = image_bytes();
-    import(server.data.path(), &image);
-    reset(&server, "plain").await;
-    let (_, args) = script(&server).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (server, image, args, dir) = marked().await;
     let disk = dir.path().join("disk");
     std::fs::write(&disk, vec![0u8; image.len()]).unwrap();
 

@@ -62,6 +62,41 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// A content-addressed answer (a chunk, a staged image): `id` is its hash, so it never
+/// changes, carries the id as ETag and may be cached forever. `load` runs on a
+/// blocking thread, and not at all when the client already has it (304).
+pub async fn immutable(
+    headers: &axum::http::HeaderMap,
+    id: images::ChunkId,
+    content_type: &'static str,
+    load: impl FnOnce() -> Result<Vec<u8>, ApiError> + Send + 'static,
+) -> Result<Response, ApiError> {
+    use axum::http::header;
+    let etag = format!("\"{id}\"");
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        == Some(etag.as_str())
+    {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    }
+    let bytes = tokio::task::spawn_blocking(load)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type.to_owned()),
+            (header::ETAG, etag),
+            (
+                header::CACHE_CONTROL,
+                "public, max-age=31536000, immutable".to_owned(),
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
 /// The restore environment's files that we serve and that are not there.
 pub fn restore_env_missing(restore: &crate::config::RestoreConfig) -> Vec<std::path::PathBuf> {
     [&restore.kernel, &restore.initrd]

@@ -165,34 +165,14 @@ pub async fn staged_index(
     let id: ChunkId = id.parse().map_err(|_| {
         ApiError::BadRequest(format!("{id:?} is not a staged image id (64 hex digits)"))
     })?;
-    let etag = format!("\"{id}\"");
-    if headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        == Some(etag.as_str())
-    {
-        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
-    }
     let images = state.images.clone();
-    let bytes = tokio::task::spawn_blocking(move || images.staged_bytes(&id))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| match e {
+    super::immutable(&headers, id, "application/octet-stream", move || {
+        images.staged_bytes(&id).map_err(|e| match e {
             images::Error::NoImage(_) => ApiError::NotFound(format!("no staged image {id}")),
             other => ApiError::Internal(other.to_string()),
-        })?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
-            (header::ETAG, etag),
-            (
-                header::CACHE_CONTROL,
-                "public, max-age=31536000, immutable".to_owned(),
-            ),
-        ],
-        bytes,
-    )
-        .into_response())
+        })
+    })
+    .await
 }
 
 /// The reset of `mac`, when `headers` carry a valid restore token for it. With
