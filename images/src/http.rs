@@ -262,6 +262,44 @@ impl Fetch for Client {
         }
         Ok(body)
     }
+
+    /// `GET /chunks?ids=a,b,...`: the chunks framed as (u32 LE length, bytes) each.
+    fn fetch_many(&self, ids: &[ChunkId]) -> Vec<Result<Vec<u8>, Error>> {
+        if ids.len() < 2 {
+            return ids.iter().map(|id| self.fetch(id)).collect();
+        }
+        let list: Vec<String> = ids.iter().map(ChunkId::to_string).collect();
+        let url = format!("{}/chunks?ids={}", self.base, list.join(","));
+        let limit = MAX_BATCH_BYTES;
+        let body = match self.request("GET", &url, None, limit, Retry::Patiently) {
+            Ok(body) => body,
+            Err(f) => return vec![Err(f.error)],
+        };
+        match unframe(&body, ids.len()) {
+            Some(chunks) => {
+                if let Some(limit) = &self.limit {
+                    limit.take(body.len() as u64);
+                }
+                chunks.into_iter().map(Ok).collect()
+            }
+            // A garbled batch: fetch its chunks one by one instead.
+            None => ids.iter().map(|id| self.fetch(id)).collect(),
+        }
+    }
+}
+
+/// The largest chunk batch the server sends (it refuses to build a larger one).
+pub const MAX_BATCH_BYTES: u64 = 32 << 20;
+
+/// Split a batch body into `n` chunks; `None` unless it is exactly `n` frames.
+pub fn unframe(mut body: &[u8], n: usize) -> Option<Vec<Vec<u8>>> {
+    let mut out = Vec::with_capacity(n);
+    while !body.is_empty() {
+        let len = u32::from_le_bytes(body.get(..4)?.try_into().ok()?) as usize;
+        out.push(body.get(4..4 + len)?.to_vec());
+        body = &body[4 + len..];
+    }
+    (out.len() == n).then_some(out)
 }
 
 /// Paces fetches so their average rate stays under a cap: each fetch books the time
@@ -291,5 +329,54 @@ impl Limiter {
         if until > now {
             std::thread::sleep(until - now);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(parts: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in parts {
+            out.extend_from_slice(&(p.len() as u32).to_le_bytes());
+            out.extend_from_slice(p);
+        }
+        out
+    }
+
+    #[test]
+    fn a_batch_body_splits_into_exactly_its_frames_or_not_at_all() {
+        let body = frame(&[b"abc", b"", b"xy"]);
+        assert_eq!(
+            unframe(&body, 3).unwrap(),
+            vec![b"abc".to_vec(), vec![], b"xy".to_vec()]
+        );
+        assert!(unframe(&body, 2).is_none(), "a frame too many");
+        assert!(unframe(&body[..body.len() - 1], 3).is_none(), "cut short");
+        assert!(unframe(&body[..2], 1).is_none(), "a torn length");
+        let mut huge = body.clone();
+        huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(unframe(&huge, 3).is_none(), "a length past the end");
+    }
+
+    #[test]
+    fn https_and_malformed_server_urls_and_absurd_caps_are_refused() {
+        let retry = Duration::from_secs(1);
+        for (url, mbit) in [
+            ("https://10.0.0.1", None),
+            ("ftp://x", None),
+            ("http://", None),
+            ("http://10.0.0.1:8080", Some(0.0)),
+            ("http://10.0.0.1:8080", Some(f64::NAN)),
+        ] {
+            let err = Client::new(url, "t", 4, mbit, retry).unwrap_err();
+            assert!(matches!(err, Error::Usage(_)), "{url} {mbit:?}: {err}");
+        }
+        let client = Client::new("http://10.0.0.1:8080/", "secret-token", 4, None, retry).unwrap();
+        assert!(
+            !format!("{client:?}").contains("secret-token"),
+            "the token is not logged"
+        );
     }
 }

@@ -21,6 +21,27 @@ use crate::{ChunkId, Error, Index};
 /// Fetches run on several threads at once.
 pub trait Fetch: Sync {
     fn fetch(&self, id: &ChunkId) -> Result<Vec<u8>, Error>;
+
+    /// Several chunks at once, in order (one request instead of many, for small
+    /// chunks): one result per id, unverified like [`Fetch::fetch`]. The default
+    /// fetches them one by one and stops at the first failure.
+    fn fetch_many(&self, ids: &[ChunkId]) -> Vec<Result<Vec<u8>, Error>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let got = self.fetch(id);
+            let failed = got.is_err();
+            out.push(got);
+            if failed {
+                break;
+            }
+        }
+        out
+    }
+}
+
+/// Chunks fetched in one request: about 1 MiB of chunk data, at most 16 chunks.
+fn batch_len(chunk_size: u32) -> usize {
+    ((1usize << 20) / chunk_size as usize).clamp(1, 16)
 }
 
 impl Fetch for crate::ChunkStore {
@@ -128,7 +149,10 @@ pub fn restore(
         progress(d, &counters.snapshot(total));
     };
     let parallel = parallel.max(1);
-    let (tx, rx) = mpsc::sync_channel::<(u64, ChunkId, usize)>(parallel * 2);
+    let batch = batch_len(index.chunk_size);
+    // Deep enough that every fetch thread can take a whole batch while the reader
+    // goes on hashing.
+    let (tx, rx) = mpsc::sync_channel::<(u64, ChunkId, usize)>(parallel * batch * 2);
     let rx = Mutex::new(rx);
     std::thread::scope(|scope| {
         for _ in 0..parallel {
@@ -140,19 +164,46 @@ pub fn restore(
                     rx: &rx,
                 };
                 loop {
-                    let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                    let Ok((offset, id, len)) = job else { return };
+                    // One job, then as many more as are queued, up to a batch.
+                    let jobs = {
+                        let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+                        let Ok(first) = rx.recv() else { return };
+                        let mut jobs = vec![first];
+                        while jobs.len() < batch {
+                            match rx.try_recv() {
+                                Ok(job) => jobs.push(job),
+                                Err(_) => break,
+                            }
+                        }
+                        jobs
+                    };
                     if stop.load(Relaxed) {
                         continue;
                     }
-                    let written = fetch_verified(source, &id, len, &counters)
-                        .and_then(|data| file.write_all_at(&data, offset).map_err(io(disk)));
-                    match written {
-                        Ok(()) => {
-                            counters.fetched.fetch_add(1, Relaxed);
-                            done(len);
+                    let ids: Vec<ChunkId> = jobs.iter().map(|j| j.1).collect();
+                    let mut bodies = source.fetch_many(&ids).into_iter();
+                    for (offset, id, len) in jobs {
+                        let body = bodies.next().unwrap_or_else(|| {
+                            Err(Error::Fetch {
+                                url: "chunk batch".into(),
+                                why: format!("no answer for chunk {id}"),
+                            })
+                        });
+                        let written = body
+                            .and_then(|compressed| {
+                                verified(source, &id, len, compressed, &counters)
+                            })
+                            .and_then(|data| file.write_all_at(&data, offset).map_err(io(disk)));
+                        match written {
+                            Ok(()) => {
+                                counters.fetched.fetch_add(1, Relaxed);
+                                done(len);
+                            }
+                            Err(e) => {
+                                fail(e);
+                                break;
+                            }
                         }
-                        Err(e) => fail(e),
                     }
                 }
             });
@@ -235,39 +286,36 @@ fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
     }
 }
 
-/// Fetch a chunk and verify it; a bad one is fetched again, then the restore fails.
-/// Unverified data is never returned, so it is never written.
-fn fetch_verified(
+/// Verify a fetched chunk; a bad one is fetched again (alone), then the restore
+/// fails. Unverified data is never returned, so it is never written.
+fn verified(
     source: &impl Fetch,
     id: &ChunkId,
     len: usize,
+    mut compressed: Vec<u8>,
     counters: &Counters,
 ) -> Result<Vec<u8>, Error> {
-    let mut last = None;
-    for _ in 0..=REFETCHES {
-        let compressed = source.fetch(id)?;
+    let mut attempt = 0;
+    loop {
         counters.bytes.fetch_add(compressed.len() as u64, Relaxed);
-        match decode_chunk(id, &compressed, len) {
+        let why = match decode_chunk(id, &compressed, len) {
             Ok(data) if data.len() == len => return Ok(data),
-            Ok(data) => {
-                last = Some(Error::CorruptChunk {
-                    id: *id,
-                    why: format!("{} bytes, expected {len}", data.len()),
-                })
-            }
-            Err(e) => last = Some(e),
+            Ok(data) => format!("{} bytes, expected {len}", data.len()),
+            Err(e) => e.to_string(),
+        };
+        attempt += 1;
+        if attempt > REFETCHES {
+            return Err(Error::CorruptChunk {
+                id: *id,
+                why: format!(
+                    "fetched {attempt} times, bad every time ({why}); nothing of it was written. \
+                     On the server, `netreset image verify` finds damaged chunks"
+                ),
+            });
         }
         counters.refetched.fetch_add(1, Relaxed);
+        compressed = source.fetch(id)?;
     }
-    let why = last.map_or_else(String::new, |e| e.to_string());
-    Err(Error::CorruptChunk {
-        id: *id,
-        why: format!(
-            "fetched {} times, bad every time ({why}); nothing of it was written. \
-             On the server, `netreset image verify` finds damaged chunks",
-            REFETCHES + 1
-        ),
-    })
 }
 
 /// Open the disk for the restore. A block device is opened exclusively: the kernel

@@ -53,3 +53,39 @@ async fn bad_and_unknown_chunk_ids_get_clear_errors() {
     assert_eq!(status, 404);
     server.daemon.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_chunk_batch_comes_framed_in_order_and_bad_batches_are_refused() {
+    let server = start("").await;
+    let store = images::ChunkStore::open(server.data.path()).unwrap();
+    let parts: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i + 1; 70_000]).collect();
+    let ids: Vec<images::ChunkId> = parts.iter().map(|p| store.put(p).unwrap().0).collect();
+    let addr = server.daemon.http_addr;
+    let list = |ids: &[images::ChunkId]| {
+        ids.iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let order = [ids[2], ids[0], ids[1], ids[0]];
+    let (status, body) = http_get_bytes(addr, &format!("/chunks?ids={}", list(&order))).await;
+    assert_eq!(status, 200);
+    let frames = images::http::unframe(&body, order.len()).expect("four frames");
+    for (id, frame) in order.iter().zip(&frames) {
+        let want = &parts[ids.iter().position(|i| i == id).unwrap()];
+        assert_eq!(&images::decode_chunk(id, frame, 70_000).unwrap(), want);
+    }
+    let missing = images::ChunkId::of(b"never stored");
+    let (status, _) = http_get(addr, &format!("/chunks?ids={},{missing}", ids[0])).await;
+    assert_eq!(status, 404);
+    let many = vec![ids[0]; 65];
+    for bad in [
+        "/chunks?ids=".to_owned(),
+        "/chunks?ids=../x".to_owned(),
+        format!("/chunks?ids={}", list(&many)),
+    ] {
+        let (status, body) = http_get(addr, &bad).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    server.daemon.shutdown().await.unwrap();
+}

@@ -40,6 +40,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/boot/{file}", get(boot::script))
         .route("/ipxe/{*file}", get(boot::binary))
+        .route("/chunks", get(chunks::batch))
         .route("/chunks/{id}", get(chunks::chunk))
         .route("/images/{id}/index", get(resets::staged_index))
         .route("/restore/{*file}", get(resets::restore_file))
