@@ -13,14 +13,7 @@ NETRESET=$E2E_ROOT/target/release/netreset
 W=$E2E_ROOT/target/bench-qcow2
 rm -rf "$W" && mkdir -p "$W/tftp"
 defer "rm -rf $W"
-python3 - "$W/disk.raw" <<'PY'
-import os, sys
-with open(sys.argv[1], "wb") as f:
-    f.truncate(1 << 30)
-    for i in range(0, 16, 2):
-        f.seek(i * (64 << 20))
-        f.write(os.urandom(64 << 20))
-PY
+striped_image "$W/disk.raw" 1
 qemu-img convert -f raw -O qcow2 "$W/disk.raw" "$W/disk.qcow2"
 qemu-img convert -c -f raw -O qcow2 "$W/disk.raw" "$W/disk-c.qcow2"
 printf 'data_dir = "%s/data"\n[dhcp]\nmode = "off"\n[tftp]\nroot = "%s/tftp"\n' "$W" "$W" > "$W/netreset.toml"

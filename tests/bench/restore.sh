@@ -33,17 +33,11 @@ defer "rm -rf $W"
 MAC=02:00:00:00:be:01
 
 log "making the image and the station's disk"
-python3 - "$W/image.raw" "$W/station.img" <<'PY'
-import os, random, shutil, sys
-image, station = sys.argv[1], sys.argv[2]
-stripe = 64 << 20
-with open(image, "wb") as f:
-    f.truncate(4 << 30)
-    for i in range(0, 64, 2):
-        f.seek(i * stripe)
-        for _ in range(stripe // (8 << 20)):
-            f.write(os.urandom(8 << 20))
-os.system(f"cp --sparse=always {image} {station}")
+striped_image "$W/image.raw" 4
+cp --sparse=always "$W/image.raw" "$W/station.img"
+python3 - "$W/station.img" <<'PY'
+import os, random, sys
+station = sys.argv[1]
 rng = random.Random(82)
 with open(station, "r+b") as f:
     for _ in range(82):

@@ -88,3 +88,18 @@ wait_for() {
 cmp_files() {
   cmp -s "$1" "$2" || fail "$3: $2 differs from $1 ($(stat -c %s "$2" 2>/dev/null || echo missing) vs $(stat -c %s "$1") bytes)"
 }
+
+# striped_image PATH GIB: a GIB GiB disk image, 64 MiB stripes of noise and holes
+# alternating (half random data, half zeros), as the restore tests and benchmarks use.
+striped_image() {
+  python3 - "$1" "$2" <<'PY'
+import os, sys
+path, gib, stripe = sys.argv[1], int(sys.argv[2]), 64 << 20
+with open(path, "wb") as f:
+    f.truncate(gib << 30)
+    for i in range(0, gib * 16, 2):
+        f.seek(i * stripe)
+        for _ in range(stripe // (8 << 20)):
+            f.write(os.urandom(8 << 20))
+PY
+}

@@ -162,15 +162,7 @@ log "ok: killed at about 30 %, rerun completed with the same disk"
 
 # --- 3. delta: 1 % of a 2 GiB disk changed in scattered places --------------------------
 log "delta restore of a 2 GiB disk"
-python3 - "$T/big.img" <<'EOF'
-import os, sys
-# 2 GiB: 1 GiB of noise in 64 MiB stripes, holes in between.
-with open(sys.argv[1], "wb") as f:
-    f.truncate(2 << 30)
-    for i in range(0, 32, 2):
-        f.seek(i * (64 << 20))
-        f.write(os.urandom(64 << 20))
-EOF
+striped_image "$T/big.img" 2
 "$NETRESET" image --config "$T/netreset.toml" import "$T/big.img" --name big > "$T/import-big.log" 2>&1 ||
   fail "import big: $(cat "$T/import-big.log")"
 curl -sf -X POST -H 'Content-Type: application/json' -d '{"image": "big", "profile": "plain"}' \
