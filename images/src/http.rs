@@ -361,6 +361,21 @@ mod tests {
     }
 
     #[test]
+    fn the_bandwidth_cap_holds_fetches_to_its_rate() {
+        // 8 Mbit/s is 1 MB/s: 300 kB take at least 0.3 s (a lower bound only).
+        let limiter = Limiter::new(8.0);
+        let started = Instant::now();
+        for _ in 0..3 {
+            limiter.take(100_000);
+        }
+        assert!(
+            started.elapsed() >= Duration::from_millis(290),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
     fn https_and_malformed_server_urls_and_absurd_caps_are_refused() {
         let retry = Duration::from_secs(1);
         for (url, mbit) in [

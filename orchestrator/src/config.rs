@@ -192,6 +192,17 @@ pub struct KmsConfig {
     pub office: bool,
 }
 
+impl KmsConfig {
+    /// The families by name, as station.json lists them.
+    pub fn families(&self) -> Vec<String> {
+        [("windows", self.windows), ("office", self.office)]
+            .into_iter()
+            .filter(|(_, on)| *on)
+            .map(|(name, _)| name.to_owned())
+            .collect()
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ImagesConfig {
     /// The FAT partition station.json is written to; empty: the EFI system partition.

@@ -119,6 +119,13 @@ pub struct Reset {
     #[serde(default)]
     pub stats: serde_json::Map<String, serde_json::Value>,
     pub error: Option<String>,
+    /// The KMS families the staged image activates (empty for a plain reset), as
+    /// they were when the reset was asked for: the agent reports these.
+    #[serde(default)]
+    pub families: Vec<String>,
+    /// Unique per reset (the store's id sequence): the agent token is derived from it.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// The inventory.
@@ -295,6 +302,11 @@ impl Store {
             .values()
             .map(|v| decode(&mac.to_string(), &v?))
             .collect()
+    }
+
+    /// A number never handed out before by this store.
+    pub fn next_id(&self) -> Result<u64, StoreError> {
+        Ok(self.db.generate_id()?)
     }
 
     /// The reset of `mac`, if one was ever asked for.

@@ -75,8 +75,8 @@ impl Secret {
         blake3::keyed_hash(&self.0, message.as_bytes())
     }
 
-    /// The agent token of `station` after the reset requested at `generation` (Unix
-    /// milliseconds): every reset makes a new one.
+    /// The agent token of `station` after the reset numbered `generation`: every
+    /// reset makes a new one.
     pub fn agent_token(&self, station: MacAddr, generation: u64) -> String {
         self.mac(&format!("netreset agent v1 {station} {generation}"))
             .to_hex()

@@ -479,3 +479,32 @@ async fn a_server_gone_mid_restore_is_a_clear_error_and_a_rerun_completes() {
     assert_eq!(std::fs::read(&disk).unwrap(), image);
     server.daemon.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kms_reset_gives_station_json_its_families_and_a_new_agent_token_each_time() {
+    let kms = "[kms]\nhost = \"kms.school.example\"\nfamilies = [\"windows\"]\n";
+    let server = start(&format!("{}{kms}", inventory())).await;
+    let addr = server.daemon.http_addr;
+    import(server.data.path(), &image_bytes());
+    let mut tokens = Vec::new();
+    for _ in 0..2 {
+        let staged = reset(&server, "kms").await;
+        let (_, args) = script(&server).await;
+        let (status, _, body) = http_request(
+            addr,
+            &format!("/api/v1/stations/{MAC}/station.json"),
+            &format!("Authorization: Bearer {}\r\n", args["token"]),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(doc["families"], serde_json::json!(["windows"]), "{doc}");
+        assert_eq!(
+            (doc["profile"].as_str(), doc["image"].as_str()),
+            (Some("kms"), Some(staged.as_str()))
+        );
+        tokens.push(doc["token"].as_str().unwrap().to_owned());
+    }
+    assert_ne!(tokens[0], tokens[1], "each reset makes a new agent token");
+    server.daemon.shutdown().await.unwrap();
+}

@@ -111,6 +111,11 @@ pub async fn request(
         total_bytes: 0,
         stats: Default::default(),
         error: None,
+        generation: store.next_id()?,
+        families: match (profile, &state.staging.kms) {
+            (Profile::Kms, Some(kms)) => kms.families(),
+            _ => Vec::new(),
+        },
     };
     store.put_reset(mac, &reset)?;
     store.record(
@@ -220,23 +225,14 @@ pub async fn station_json(
     let mac = parse_mac(&mac)?;
     let reset = authorized(&state, mac, &headers, false)?;
     let restore = state.policy.restore();
-    let mut families = Vec::new();
-    if let Some(kms) = &state.staging.kms {
-        if kms.windows {
-            families.push("windows");
-        }
-        if kms.office {
-            families.push("office");
-        }
-    }
     Ok(Json(json!({
         "server": restore.server_url,
         "station": mac,
-        "token": restore.secret.agent_token(mac, reset.requested_at),
+        "token": restore.secret.agent_token(mac, reset.generation),
         "image": reset.staged,
         "base": reset.image,
         "profile": reset.profile,
-        "families": families,
+        "families": reset.families,
     })))
 }
 
