@@ -4,8 +4,10 @@
 pub mod api;
 pub mod config;
 pub mod daemon;
+pub mod engine;
 pub mod policy;
 pub mod recorder;
+pub mod sim;
 pub mod staging;
 pub mod store;
 pub mod tokens;

@@ -1,0 +1,42 @@
+//! The KMS campaign engine's pure parts: the planner (which stations run the next
+//! cycles, and for which families) and the KMS ledger (every activation report, and
+//! the count projected forward). The campaign runner, power and schedule build on
+//! these (issue 4).
+
+pub mod ledger;
+pub mod planner;
+
+use serde::{Deserialize, Serialize};
+
+/// A KMS count a campaign drives: Windows (client and server share the host's count)
+/// or Office (a count of its own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Windows,
+    Office,
+}
+
+impl Family {
+    /// The count the KMS host needs before it activates this family's clients
+    /// (KMS.md: Windows client 25, Office 5).
+    pub fn threshold(self) -> u32 {
+        match self {
+            Family::Windows => 25,
+            Family::Office => 5,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Windows => "windows",
+            Family::Office => "office",
+        }
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
