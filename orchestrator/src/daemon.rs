@@ -155,6 +155,7 @@ impl Daemon {
             })?),
             staging: Arc::new(StageSettings::from_config(&config)),
             restore: Arc::new(config.restore.clone()),
+            commands_queued: Arc::new(tokio::sync::Notify::new()),
             started: Instant::now(),
         };
         let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();

@@ -41,6 +41,13 @@ pub struct Station {
     /// Unix milliseconds.
     pub first_seen: Option<u64>,
     pub last_seen: Option<u64>,
+    /// Whether the agent last reported a logged-in user: such a station is `in-use`
+    /// and is not rebooted unless the admin forces it.
+    #[serde(default)]
+    pub logged_in: bool,
+    /// Unix milliseconds of the agent's last report.
+    #[serde(default)]
+    pub last_report: Option<u64>,
 }
 
 impl Station {
@@ -56,6 +63,8 @@ impl Station {
             ip: None,
             first_seen: None,
             last_seen: None,
+            logged_in: false,
+            last_report: None,
         }
     }
 }
@@ -128,12 +137,24 @@ pub struct Reset {
     pub generation: u64,
 }
 
+/// A command for a station's agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub id: String,
+    /// `reboot` or `shutdown`.
+    pub command: String,
+    /// Unix milliseconds.
+    pub queued_at: u64,
+}
+
 /// The inventory.
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
     stations: sled::Tree,
     resets: sled::Tree,
+    ledger: sled::Tree,
+    commands: sled::Tree,
     events: sled::Tree,
     by_ip: sled::Tree,
     events_per_station: usize,
@@ -168,6 +189,8 @@ impl Store {
         Ok(Store {
             stations,
             resets: db.open_tree("resets")?,
+            ledger: db.open_tree("ledger")?,
+            commands: db.open_tree("commands")?,
             events: db.open_tree("events")?,
             by_ip: db.open_tree("by_ip")?,
             db,
@@ -302,6 +325,72 @@ impl Store {
             .values()
             .map(|v| decode(&mac.to_string(), &v?))
             .collect()
+    }
+
+    /// Every activation report, oldest first.
+    pub fn ledger(&self) -> Result<crate::engine::ledger::Ledger, StoreError> {
+        let mut ledger = crate::engine::ledger::Ledger::new();
+        for value in self.ledger.iter().values() {
+            let report = decode("ledger", &value?)?;
+            // Duplicates were recorded on purpose; here only the reports matter.
+            let _ = ledger.add(report);
+        }
+        Ok(ledger)
+    }
+
+    /// Record an activation report, once (a retried POST is not recorded again).
+    /// Returns whether it was new, and a duplicate CMID when it is one.
+    pub fn add_report(
+        &self,
+        report: &crate::engine::ledger::Report,
+    ) -> Result<(bool, Option<crate::engine::ledger::DuplicateCmid>), StoreError> {
+        let mut ledger = self.ledger()?;
+        if ledger.reports().contains(report) {
+            return Ok((false, None));
+        }
+        let key = self.db.generate_id()?.to_be_bytes();
+        self.ledger
+            .insert(key, serde_json::to_vec(report).expect("report serializes"))?;
+        self.ledger.flush()?;
+        Ok((true, ledger.add(report.clone()).err()))
+    }
+
+    /// Note what the agent of `mac` said of its user, and when.
+    pub fn agent_seen(&self, mac: MacAddr, logged_in: bool) -> Result<(), StoreError> {
+        let now = now_ms();
+        self.update(mac, |st| {
+            st.logged_in = logged_in;
+            st.last_report = Some(now);
+        })?;
+        Ok(())
+    }
+
+    /// Queue a command for the agent of `mac`.
+    pub fn queue_command(&self, mac: MacAddr, command: &str) -> Result<Command, StoreError> {
+        let seq = self.db.generate_id()?;
+        let cmd = Command {
+            id: format!("{seq:016x}"),
+            command: command.to_owned(),
+            queued_at: now_ms(),
+        };
+        let mut key = [0u8; 14];
+        key[..6].copy_from_slice(&mac.octets());
+        key[6..].copy_from_slice(&seq.to_be_bytes());
+        self.commands
+            .insert(key, serde_json::to_vec(&cmd).expect("command serializes"))?;
+        self.commands.flush()?;
+        Ok(cmd)
+    }
+
+    /// Take the oldest queued command of `mac`: it is handed out once.
+    pub fn take_command(&self, mac: MacAddr) -> Result<Option<Command>, StoreError> {
+        while let Some((key, value)) = self.commands.scan_prefix(mac.octets()).next().transpose()? {
+            if self.commands.remove(&key)?.is_some() {
+                self.commands.flush()?;
+                return decode(&mac.to_string(), &value).map(Some);
+            }
+        }
+        Ok(None)
     }
 
     /// A number never handed out before by this store.

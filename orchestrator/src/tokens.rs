@@ -83,6 +83,13 @@ impl Secret {
             .to_string()
     }
 
+    /// Whether `token` is the agent token of `station` after reset `generation`
+    /// (constant-time compare).
+    pub fn check_agent_token(&self, token: &str, station: MacAddr, generation: u64) -> bool {
+        blake3::Hash::from_hex(token)
+            .is_ok_and(|tag| tag == self.mac(&format!("netreset agent v1 {station} {generation}")))
+    }
+
     /// A restore token for `station` and the staged image `staged`, valid until
     /// `expires` (Unix seconds).
     pub fn restore_token(&self, station: MacAddr, staged: &str, expires: u64) -> String {
@@ -156,6 +163,13 @@ mod tests {
             "a new reset, a new token"
         );
         assert_ne!(s.agent_token(A, 5), Secret::fixed(2).agent_token(A, 5));
+        assert!(s.check_agent_token(&s.agent_token(A, 5), A, 5));
+        assert!(
+            !s.check_agent_token(&s.agent_token(A, 5), A, 6),
+            "an old reset's token"
+        );
+        assert!(!s.check_agent_token(&s.agent_token(A, 5), B, 5));
+        assert!(!s.check_agent_token("zz", A, 5));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Loopback integration tests: the real daemon on 127.0.0.1 with ephemeral ports,
 //! clients speaking real DHCP, TFTP and HTTP to it. No root needed.
 
+mod agent;
 mod boot_path;
 mod chunks;
 mod restore;

@@ -2,6 +2,7 @@
 //! (`/ipxe`), and the admin API under `/api/v1`. Errors become HTTP responses in one
 //! place, [`ApiError`].
 
+mod agent;
 mod boot;
 mod chunks;
 mod resets;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub staging: Arc<crate::staging::StageSettings>,
     /// The restore environment, served under `/restore/`.
     pub restore: Arc<crate::config::RestoreConfig>,
+    /// Woken when a command is queued for some agent (their long polls look again).
+    pub commands_queued: Arc<tokio::sync::Notify>,
     pub started: Instant,
 }
 
@@ -59,6 +62,9 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/stations/{mac}/restore-progress",
             post(resets::progress),
         )
+        .route("/api/v1/stations/{mac}/command", post(agent::queue))
+        .route("/api/v1/agent/report", post(agent::report))
+        .route("/api/v1/agent/commands", get(agent::commands))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(state)
 }

@@ -24,6 +24,8 @@ fn station_json(st: &Station) -> Value {
         "ip": st.ip,
         "first_seen": st.first_seen.map(rfc3339),
         "last_seen": st.last_seen.map(rfc3339),
+        "in_use": st.logged_in,
+        "last_report": st.last_report.map(rfc3339),
     })
 }
 
