@@ -59,6 +59,15 @@ pub struct RawConfig {
     pub images: RawImages,
     #[serde(default)]
     pub restore: RawRestore,
+    #[serde(default)]
+    pub api: RawApi,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApi {
+    pub token: Option<String>,
+    pub token_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -182,6 +191,16 @@ pub struct Config {
     pub kms: Option<KmsConfig>,
     pub images: ImagesConfig,
     pub restore: RestoreConfig,
+    pub api: ApiConfig,
+}
+
+/// Where the admin token comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiConfig {
+    /// `api.token` in the file itself.
+    Token(String),
+    /// A file holding it; created with a random token (mode 0600) when missing.
+    File(PathBuf),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -446,6 +465,27 @@ impl Config {
             None => data_dir.join("restore"),
         };
         let restore = restore(raw.restore, restore_dir)?;
+        let api = match (raw.api.token, raw.api.token_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "api.token",
+                    "",
+                    "set api.token or api.token_file, not both",
+                ))
+            }
+            (Some(t), None) => {
+                if t.len() < 16 || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(invalid(
+                        "api.token",
+                        "(hidden)",
+                        "at least 16 printable characters, no spaces",
+                    ));
+                }
+                ApiConfig::Token(t)
+            }
+            (None, Some(f)) => ApiConfig::File(base.join(f)),
+            (None, None) => ApiConfig::File(data_dir.join("admin-token")),
+        };
 
         Ok(Config {
             data_dir,
@@ -458,6 +498,7 @@ impl Config {
             kms,
             images,
             restore,
+            api,
         })
     }
 
@@ -706,6 +747,11 @@ mod tests {
                 "restore.cmdline",
             ),
             ("[restore]\ntoken_ttl = \"10s\"\n", "restore.token_ttl"),
+            ("[api]\ntoken = \"short\"\n", "api.token"),
+            (
+                "[api]\ntoken = \"0123456789abcdef\"\ntoken_file = \"x\"\n",
+                "api.token",
+            ),
         ];
         for (extra, key) in cases {
             let err = parse(&format!("{base}{extra}")).unwrap_err().to_string();

@@ -156,6 +156,7 @@ impl Daemon {
             staging: Arc::new(StageSettings::from_config(&config)),
             restore: Arc::new(config.restore.clone()),
             commands_queued: Arc::new(tokio::sync::Notify::new()),
+            admin: crate::tokens::AdminToken::load(&config.api)?,
             started: Instant::now(),
         };
         let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();

@@ -123,6 +123,66 @@ impl Secret {
     }
 }
 
+/// The admin token of the API, kept as its hash: requests are checked by hashing
+/// what they carry and comparing hashes in constant time. Never logged.
+#[derive(Clone)]
+pub struct AdminToken(blake3::Hash);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+impl AdminToken {
+    pub fn new(token: &str) -> AdminToken {
+        AdminToken(blake3::hash(token.as_bytes()))
+    }
+
+    /// From the configuration: `api.token`, or the token file, made with a random
+    /// token (mode 0600) when it does not exist yet.
+    pub fn load(api: &crate::config::ApiConfig) -> anyhow::Result<AdminToken> {
+        let path = match api {
+            crate::config::ApiConfig::Token(t) => return Ok(AdminToken::new(t)),
+            crate::config::ApiConfig::File(path) => path,
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) if text.trim().len() >= 16 => Ok(AdminToken::new(text.trim())),
+            Ok(_) => anyhow::bail!(
+                "{}: the admin token is shorter than 16 characters",
+                path.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut raw = [0u8; 32];
+                std::fs::File::open("/dev/urandom")
+                    .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut raw))
+                    .context("reading /dev/urandom")?;
+                let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                }
+                let mut out = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                writeln!(out, "{token}")?;
+                out.sync_all()?;
+                tracing::info!(file = %path.display(), "made a new admin token");
+                Ok(AdminToken::new(&token))
+            }
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Whether `offered` is the token (constant-time compare of the hashes).
+    pub fn matches(&self, offered: &str) -> bool {
+        blake3::hash(offered.as_bytes()) == self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +230,23 @@ mod tests {
         );
         assert!(!s.check_agent_token(&s.agent_token(A, 5), B, 5));
         assert!(!s.check_agent_token("zz", A, 5));
+    }
+
+    #[test]
+    fn the_admin_token_file_is_made_once_with_mode_0600_and_matches_only_itself() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("admin-token");
+        let api = crate::config::ApiConfig::File(file.clone());
+        let a = AdminToken::load(&api).unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(a.matches(text.trim()));
+        assert!(!a.matches(""), "empty");
+        assert!(!a.matches(&text.trim()[1..]), "a prefix");
+        assert!(AdminToken::load(&api).unwrap().matches(text.trim()), "kept");
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(format!("{a:?}").contains(".."), "never printed");
     }
 
     #[test]

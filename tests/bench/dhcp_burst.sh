@@ -36,6 +36,8 @@ data_dir = "$E2E_TMP/data"
 listen = "10.78.0.1:8080"
 [dhcp]
 interface = "$srv_if"
+[api]
+token = "$E2E_ADMIN_TOKEN"
 [tftp]
 listen = "10.78.0.1:69"
 root = "/usr/lib/ipxe"

@@ -62,6 +62,8 @@ listen = "0.0.0.0:8080"
 public_url = "http://10.80.0.1:8080"
 [dhcp]
 mode = "off"
+[api]
+token = "$E2E_ADMIN_TOKEN"
 [tftp]
 listen = "127.0.0.1:0"
 root = "$W/tftp"
@@ -108,7 +110,7 @@ netreset_run() {
   h=$(host "$link")
   rm -f "$W/out.img"
   if [ "$kind" = delta ]; then cp --sparse=always "$W/station.img" "$W/out.img"; else truncate -s 4G "$W/out.img"; fi
-  S curl -sf -X POST -H 'Content-Type: application/json' -d "{\"image\": \"img-$cs\", \"profile\": \"plain\"}" \
+  S curl -sf -H "Authorization: Bearer $E2E_ADMIN_TOKEN" -X POST -H 'Content-Type: application/json' -d "{\"image\": \"img-$cs\", \"profile\": \"plain\"}" \
     "http://127.0.0.1:8080/api/v1/stations/$MAC/reset" > /dev/null || fail "reset refused"
   args=$(S curl -sf "http://127.0.0.1:8080/boot/$MAC.ipxe" | tr ' ' '\n' | sed -n 's/^netreset\.\([a-z]*\)=\(.*\)/--\1 \2/p' | grep -v '^--server' | tr '\n' ' ')
   # shellcheck disable=SC2086

@@ -8,6 +8,11 @@ NETRESET=${NETRESET:-$E2E_ROOT/target/debug/netreset}
 E2E_TMP=$(mktemp -d "/tmp/netreset-e2e-XXXXXX")
 CLEANUP=()
 
+# The admin token of every daemon the scripts start ([api] token in their configs).
+E2E_ADMIN_TOKEN=e2e-admin-token-0123456789
+# api CURL-ARGS...: curl -sf with the admin token.
+api() { curl -sf -H "Authorization: Bearer $E2E_ADMIN_TOKEN" "$@"; }
+
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 fail() { log "FAIL: $*"; exit 1; }
 

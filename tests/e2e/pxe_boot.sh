@@ -49,6 +49,8 @@ listen = "$server:8080"
 [dhcp]
 mode = "proxy"
 interface = "br0"
+[api]
+token = "$E2E_ADMIN_TOKEN"
 [tftp]
 listen = "$server:69"
 root = "/usr/lib/ipxe"
@@ -80,7 +82,7 @@ qemu_pid=$BG_PID
 
 # Done when netreset's API shows the whole path for this MAC.
 has_path() {
-  L curl -sf "http://$server:8080/api/v1/stations/$mac" > "$E2E_TMP/station.json" || return 1
+  L curl -sf -H "Authorization: Bearer $E2E_ADMIN_TOKEN" "http://$server:8080/api/v1/stations/$mac" > "$E2E_TMP/station.json" || return 1
   python3 - "$E2E_TMP/station.json" "$want" <<'PY'
 import json, sys
 kinds = [e["kind"] for e in json.load(open(sys.argv[1]))["events"]]

@@ -52,6 +52,8 @@ listen = "127.0.0.1:$PORT"
 public_url = "$URL"
 [dhcp]
 mode = "off"
+[api]
+token = "$E2E_ADMIN_TOKEN"
 [tftp]
 listen = "127.0.0.1:0"
 root = "$T/tftp"
@@ -76,7 +78,7 @@ wait_for 10 "the daemon" curl -sf "$URL/api/v1/health"
 
 # reset MAC PROFILE: mark the station, print the restore arguments of its boot script.
 reset() {
-  curl -sf -X POST -H 'Content-Type: application/json' \
+  api -X POST -H 'Content-Type: application/json' \
     -d "{\"image\": \"win11\", \"profile\": \"$2\"}" "$URL/api/v1/stations/$1/reset" >/dev/null ||
     fail "reset of $1 refused"
   curl -sf "$URL/boot/$1.ipxe" | tr ' ' '\n' | sed -n 's/^netreset\.\([a-z]*\)=/\1 /p'
@@ -129,7 +131,7 @@ for k in ("chunks_total", "chunks_in_place", "chunks_fetched", "bytes_fetched", 
 assert r["chunks_fetched"] > 0 and r["injected"] == 4, r
 EOF
 check_disk "$T/disk.img"
-state=$(curl -sf "$URL/api/v1/stations/$MAC" | python3 -c 'import json,sys; print(json.load(sys.stdin)["reset"]["state"])')
+state=$(api "$URL/api/v1/stations/$MAC" | python3 -c 'import json,sys; print(json.load(sys.stdin)["reset"]["state"])')
 [ "$state" = done ] || fail "the reset is $state after the restore, not done"
 curl -sf "$URL/boot/$MAC.ipxe" | grep -q '^kernel' && fail "the station still chains the restore after done"
 log "ok: blank disk restored, injected files read back with mtools and ntfs-3g"
@@ -143,7 +145,7 @@ head -c 256M /dev/urandom > "$T/disk2.img"   # nothing in place: every chunk is 
 victim=$!
 # "About 30 %" of the work: of the bytes the blank-disk restore had to fetch.
 total=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["bytes_fetched"])' "$T/restore1.json")
-fetched() { curl -sf "$URL/api/v1/stations/$MAC" | python3 -c 'import json,sys; print(json.load(sys.stdin)["reset"]["stats"].get("bytes_fetched", 0))'; }
+fetched() { api "$URL/api/v1/stations/$MAC" | python3 -c 'import json,sys; print(json.load(sys.stdin)["reset"]["stats"].get("bytes_fetched", 0))'; }
 deadline=$((SECONDS + 60))
 until [ "$(fetched)" -ge $((total * 3 / 10)) ]; do
   kill -0 $victim 2>/dev/null || fail "the restore ended before 30 %"
@@ -165,7 +167,7 @@ log "delta restore of a 2 GiB disk"
 striped_image "$T/big.img" 2
 "$NETRESET" image --config "$T/netreset.toml" import "$T/big.img" --name big > "$T/import-big.log" 2>&1 ||
   fail "import big: $(cat "$T/import-big.log")"
-curl -sf -X POST -H 'Content-Type: application/json' -d '{"image": "big", "profile": "plain"}' \
+api -X POST -H 'Content-Type: application/json' -d '{"image": "big", "profile": "plain"}' \
   "$URL/api/v1/stations/$MAC/reset" >/dev/null || fail "reset to big refused"
 curl -sf "$URL/boot/$MAC.ipxe" | tr ' ' '\n' | sed -n 's/^netreset\.\([a-z]*\)=/\1 /p' > "$T/args3"
 cp --sparse=always "$T/big.img" "$T/station.img"
@@ -191,7 +193,7 @@ fetched=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["bytes
 log "changed chunks: $changed bytes; fetched: $fetched bytes"
 python3 -c "import sys; sys.exit(0 if $fetched <= 1.1 * $changed else 1)" ||
   fail "fetched $fetched bytes for $changed bytes of changed chunks (limit 1.1x)"
-curl -sf -X POST -H 'Content-Type: application/json' -d '{"image": "big", "profile": "plain"}' \
+api -X POST -H 'Content-Type: application/json' -d '{"image": "big", "profile": "plain"}' \
   "$URL/api/v1/stations/$MAC/reset" >/dev/null
 curl -sf "$URL/boot/$MAC.ipxe" | tr ' ' '\n' | sed -n 's/^netreset\.\([a-z]*\)=/\1 /p' > "$T/args4"
 # shellcheck disable=SC2046

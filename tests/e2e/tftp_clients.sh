@@ -22,6 +22,8 @@ listen = "127.0.0.1:$http"
 [dhcp]
 mode = "off"
 server_ip = "127.0.0.1"
+[api]
+token = "$E2E_ADMIN_TOKEN"
 [tftp]
 listen = "127.0.0.1:$port"
 root = "$root"

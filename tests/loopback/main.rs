@@ -2,6 +2,7 @@
 //! clients speaking real DHCP, TFTP and HTTP to it. No root needed.
 
 mod agent;
+mod auth;
 mod boot_path;
 mod chunks;
 mod restore;

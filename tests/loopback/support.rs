@@ -10,6 +10,12 @@ use orchestrator::{Config, Daemon};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
+/// The admin token of every test daemon. Requests of these helpers carry it unless
+/// they carry an Authorization header of their own, or `NO_AUTH`.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// An extra header line that makes a helper send no Authorization at all.
+pub const NO_AUTH: &str = "X-Test-No-Auth: 1\r\n";
+
 /// A daemon with its own data directory and TFTP root.
 pub struct TestServer {
     pub daemon: Daemon,
@@ -49,7 +55,8 @@ pub async fn start_in(data: tempfile::TempDir, extra: &str) -> TestServer {
         "data_dir = \"{data}\"\n\
          [http]\nlisten = \"127.0.0.1:0\"\n\
          [dhcp]\nserver_ip = \"127.0.0.1\"\nlisten = \"127.0.0.1:0\"\npxe_listen = \"127.0.0.1:0\"\nbroadcast = \"127.0.0.1:9\"\n\
-         [tftp]\nlisten = \"127.0.0.1:0\"\nroot = \"{root}\"\nmtu = 1500\n{extra}",
+         [tftp]\nlisten = \"127.0.0.1:0\"\nroot = \"{root}\"\nmtu = 1500\n\
+         [api]\ntoken = \"{ADMIN_TOKEN}\"\n{extra}",
         data = data.path().display(),
         root = root.path().display(),
     );
@@ -177,6 +184,13 @@ pub async fn http_send(
     body: &[u8],
 ) -> (u16, String, Vec<u8>) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
+    let extra = if extra.contains(NO_AUTH) {
+        extra.replace(NO_AUTH, "")
+    } else if extra.to_ascii_lowercase().contains("authorization:") {
+        extra.to_owned()
+    } else {
+        format!("{extra}Authorization: Bearer {ADMIN_TOKEN}\r\n")
+    };
     let length = if body.is_empty() && method == "GET" {
         String::new()
     } else {

@@ -35,7 +35,48 @@ pub struct AppState {
     pub restore: Arc<crate::config::RestoreConfig>,
     /// Woken when a command is queued for some agent (their long polls look again).
     pub commands_queued: Arc<tokio::sync::Notify>,
+    /// The admin token every `/api/v1` call needs but health and the stations' own.
+    pub admin: crate::tokens::AdminToken,
     pub started: Instant,
+}
+
+/// Whether `path` is an admin endpoint: all of `/api/v1` but health, the agent's
+/// endpoints and the restore client's (they carry tokens of their own).
+fn needs_admin(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("/api/v1/") else {
+        return false;
+    };
+    !(rest == "health"
+        || rest.starts_with("agent/")
+        || (rest.starts_with("stations/")
+            && (rest.ends_with("/station.json") || rest.ends_with("/restore-progress"))))
+}
+
+async fn admin_auth(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if needs_admin(request.uri().path()) {
+        let offered = request
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !offered.is_some_and(|t| state.admin.matches(t)) {
+            let why = match offered {
+                None => "the admin token is needed: Authorization: Bearer <token> (api.token, or the file api.token_file / data_dir/admin-token)",
+                Some(_) => "wrong admin token",
+            };
+            let mut answer = ApiError::Unauthorized(why.into()).into_response();
+            answer.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+            return answer;
+        }
+    }
+    next.run(request).await
 }
 
 /// The router of the whole HTTP server.
@@ -66,6 +107,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/agent/report", post(agent::report))
         .route("/api/v1/agent/commands", get(agent::commands))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admin_auth,
+        ))
         .with_state(state)
 }
 
@@ -154,5 +199,33 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %self, "request failed");
         }
         (status, Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn admin_auth_covers_api_v1_but_health_and_the_stations_own_endpoints() {
+        for path in [
+            "/api/v1/stations",
+            "/api/v1/stations/52:54:00:12:34:56",
+            "/api/v1/stations/52:54:00:12:34:56/reset",
+            "/api/v1/stations/52:54:00:12:34:56/command",
+            "/api/v1/campaigns",
+        ] {
+            assert!(super::needs_admin(path), "{path}");
+        }
+        for path in [
+            "/api/v1/health",
+            "/api/v1/agent/report",
+            "/api/v1/agent/commands",
+            "/api/v1/stations/52:54:00:12:34:56/station.json",
+            "/api/v1/stations/52:54:00:12:34:56/restore-progress",
+            "/boot/52:54:00:12:34:56.ipxe",
+            "/chunks/abc",
+            "/images/x/index",
+        ] {
+            assert!(!super::needs_admin(path), "{path}");
+        }
     }
 }
