@@ -145,6 +145,8 @@ pub struct RawStation {
     pub mac: String,
     pub name: Option<String>,
     pub room: Option<String>,
+    pub image: Option<String>,
+    pub kms_activation: Option<bool>,
 }
 
 /// `[dhcp] mode`.
@@ -280,6 +282,8 @@ pub struct StationConfig {
     pub mac: MacAddr,
     pub name: Option<String>,
     pub room: Option<String>,
+    pub image: Option<String>,
+    pub kms_activation: Option<bool>,
 }
 
 impl Config {
@@ -435,10 +439,21 @@ impl Config {
             if stations.iter().any(|s: &StationConfig| s.mac == mac) {
                 return Err(invalid(key, &st.mac, "listed twice"));
             }
+            if let Some(image) = &st.image {
+                images::check_name(image).map_err(|e| {
+                    invalid(
+                        format!("inventory.stations[{i}].image"),
+                        image,
+                        e.to_string(),
+                    )
+                })?;
+            }
             stations.push(StationConfig {
                 mac,
                 name: st.name,
                 room: st.room,
+                image: st.image,
+                kms_activation: st.kms_activation,
             });
         }
         let inventory = InventoryConfig {

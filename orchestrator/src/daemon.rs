@@ -62,7 +62,15 @@ impl Daemon {
         )
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
         for st in &config.inventory.stations {
-            store.upsert_configured(st.mac, st.name.clone(), st.room.clone())?;
+            store.configure(
+                st.mac,
+                &crate::store::Settings {
+                    name: st.name.clone(),
+                    room: st.room.clone(),
+                    image: st.image.clone(),
+                    kms_activation: st.kms_activation,
+                },
+            )?;
         }
         for (key, name) in [
             ("boot.bios", &config.boot.bios),

@@ -48,6 +48,22 @@ pub struct Station {
     /// Unix milliseconds of the agent's last report.
     #[serde(default)]
     pub last_report: Option<u64>,
+    /// The image the station is reset to when a reset names none.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// KMS activation: its resets use the kms profile unless a reset says otherwise.
+    /// Like the vendor's manual says, it takes effect at the station's next reset.
+    #[serde(default)]
+    pub kms_activation: bool,
+}
+
+/// The admin's settings of a station; `None` leaves a setting as it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    pub name: Option<String>,
+    pub room: Option<String>,
+    pub image: Option<String>,
+    pub kms_activation: Option<bool>,
 }
 
 impl Station {
@@ -65,6 +81,8 @@ impl Station {
             last_seen: None,
             logged_in: false,
             last_report: None,
+            image: None,
+            kms_activation: false,
         }
     }
 }
@@ -227,19 +245,23 @@ impl Store {
             .collect()
     }
 
-    /// Add or update a station from the configuration's inventory: name and room
-    /// come from the admin, everything else is kept.
-    pub fn upsert_configured(
-        &self,
-        mac: MacAddr,
-        name: Option<String>,
-        room: Option<String>,
-    ) -> Result<(), StoreError> {
+    /// Add a station or change its settings (from the configuration's inventory at
+    /// start, or `PUT /api/v1/stations/{mac}`); what `settings` leaves `None` is kept.
+    pub fn configure(&self, mac: MacAddr, settings: &Settings) -> Result<Station, StoreError> {
         self.update(mac, |st| {
-            st.name = name.clone();
-            st.room = room.clone();
-        })?;
-        Ok(())
+            if let Some(name) = &settings.name {
+                st.name = Some(name.clone());
+            }
+            if let Some(room) = &settings.room {
+                st.room = Some(room.clone());
+            }
+            if let Some(image) = &settings.image {
+                st.image = Some(image.clone());
+            }
+            if let Some(flag) = settings.kms_activation {
+                st.kms_activation = flag;
+            }
+        })
     }
 
     /// Record a sighting of `mac`: create the record when `create` is set, merge what
@@ -545,9 +567,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path(), 10).unwrap();
-            store
-                .upsert_configured(MAC, Some("pc01".into()), Some("room-1".into()))
-                .unwrap();
+            let settings = Settings {
+                name: Some("pc01".into()),
+                room: Some("room-1".into()),
+                ..Settings::default()
+            };
+            store.configure(MAC, &settings).unwrap();
             store.record(MAC, "dhcp-offer", "undionly.kpxe").unwrap();
             store.flush().unwrap();
         }

@@ -223,3 +223,82 @@ async fn a_queued_command_reaches_the_waiting_poll_once_and_in_use_stations_need
     assert_eq!(status, 400, "{answer}");
     server.daemon.shutdown().await.unwrap();
 }
+
+async fn put_json(addr: std::net::SocketAddr, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let (status, _, answer) = http_send(
+        addr,
+        "PUT",
+        path,
+        "Content-Type: application/json\r\n",
+        body.as_bytes(),
+    )
+    .await;
+    (
+        status,
+        serde_json::from_slice(&answer).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn station_settings_set_the_image_and_kms_flag_that_the_next_reset_uses() {
+    let server = setup().await;
+    let addr = server.daemon.http_addr;
+    let path = format!("/api/v1/stations/{MAC}");
+    for (body, want) in [
+        ("{", 400),
+        (r#"{"image": "../x"}"#, 400),
+        (r#"{"room": ""}"#, 400),
+        (r#"{"colour": "red"}"#, 400),
+        (r#"{"kms_activation": "yes"}"#, 400),
+    ] {
+        let (status, answer) = put_json(addr, &path, body).await;
+        assert_eq!(status, want, "{body}: {answer}");
+    }
+    let (status, _) = put_json(
+        addr,
+        "/api/v1/stations/02:00:00:00:09:99",
+        r#"{"room": "101"}"#,
+    )
+    .await;
+    assert_eq!(status, 404, "unknown MAC");
+    let (_, st) = get_json(addr, &path).await;
+    assert_eq!(
+        (st["image"].clone(), st["kms_activation"].clone()),
+        (serde_json::Value::Null, false.into()),
+        "nothing changed"
+    );
+
+    // Without an image of its own, a reset must name one.
+    let reset = format!("/api/v1/stations/{MAC}/reset");
+    let (status, answer) = post_json(addr, &reset, "", "{}").await;
+    assert_eq!(status, 400, "{answer}");
+
+    let (status, st) = put_json(
+        addr,
+        &path,
+        r#"{"image": "lab", "kms_activation": true, "room": "101"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{st}");
+    assert_eq!(
+        (
+            st["image"].as_str(),
+            st["kms_activation"].as_bool(),
+            st["room"].as_str()
+        ),
+        (Some("lab"), Some(true), Some("101"))
+    );
+    let (status, answer) = post_json(addr, &reset, "", "{}").await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(
+        (answer["image"].as_str(), answer["profile"].as_str()),
+        (Some("lab"), Some("kms"))
+    );
+    let (status, answer) = post_json(addr, &reset, "", r#"{"profile": "plain"}"#).await;
+    assert_eq!(
+        (status, answer["profile"].as_str()),
+        (202, Some("plain")),
+        "a reset may say otherwise"
+    );
+    server.daemon.shutdown().await.unwrap();
+}

@@ -90,7 +90,10 @@ pub fn router(state: AppState) -> Router {
         .route("/restore/{*file}", get(resets::restore_file))
         .route("/api/v1/health", get(health))
         .route("/api/v1/stations", get(stations::list))
-        .route("/api/v1/stations/{mac}", get(stations::show))
+        .route(
+            "/api/v1/stations/{mac}",
+            get(stations::show).put(stations::update),
+        )
         .route(
             "/api/v1/stations/{mac}/reset",
             post(resets::request).delete(resets::cancel),

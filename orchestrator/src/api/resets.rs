@@ -54,11 +54,13 @@ pub fn reset_json(r: &Reset) -> Value {
     })
 }
 
+/// `{"image"?, "profile"?}`: by default the station's own image, and the kms
+/// profile when the station has KMS activation on.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResetRequest {
-    image: String,
-    profile: String,
+    image: Option<String>,
+    profile: Option<String>,
 }
 
 pub async fn request(
@@ -68,8 +70,7 @@ pub async fn request(
 ) -> Result<Response, ApiError> {
     let mac = parse_mac(&mac)?;
     let req = body(payload)?;
-    let profile: Profile = req.profile.parse().map_err(ApiError::BadRequest)?;
-    images::check_name(&req.image).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let station = state.policy.store().station(mac)?;
     let missing = super::restore_env_missing(&state.restore);
     if !missing.is_empty() {
         let names: Vec<String> = missing.iter().map(|p| p.display().to_string()).collect();
@@ -79,16 +80,23 @@ pub async fn request(
         )));
     }
     let store = state.policy.store().clone();
-    if store.station(mac)?.is_none() {
+    let Some(station) = station else {
         return Err(ApiError::NotFound(format!(
             "no station {mac} in the inventory (it registers at its first PXE boot, or list it in [[inventory.stations]])"
         )));
-    }
-    let (images, staging, name) = (
-        state.images.clone(),
-        state.staging.clone(),
-        req.image.clone(),
-    );
+    };
+    let profile: Profile = match &req.profile {
+        Some(p) => p.parse().map_err(ApiError::BadRequest)?,
+        None if station.kms_activation => Profile::Kms,
+        None => Profile::Plain,
+    };
+    let image = req.image.or(station.image).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "no image: name one, or set the image of {mac} (PUT /api/v1/stations/{mac})"
+        ))
+    })?;
+    images::check_name(&image).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let (images, staging, name) = (state.images.clone(), state.staging.clone(), image.clone());
     let (id, _) = tokio::task::spawn_blocking(move || staging.stage(&images, &name, profile))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
@@ -101,7 +109,7 @@ pub async fn request(
         })?;
     let now = now_ms();
     let reset = Reset {
-        image: req.image,
+        image,
         profile: profile.to_string(),
         staged: id.to_string(),
         state: ResetState::Pending,

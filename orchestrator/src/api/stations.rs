@@ -24,6 +24,8 @@ fn station_json(st: &Station) -> Value {
         "ip": st.ip,
         "first_seen": st.first_seen.map(rfc3339),
         "last_seen": st.last_seen.map(rfc3339),
+        "image": st.image,
+        "kms_activation": st.kms_activation,
         "in_use": st.logged_in,
         "last_report": st.last_report.map(rfc3339),
     })
@@ -58,4 +60,61 @@ pub async fn show(
     };
     body["events"] = Value::Array(store.events(mac)?.iter().map(event_json).collect());
     Ok(Json(body))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsBody {
+    name: Option<String>,
+    room: Option<String>,
+    image: Option<String>,
+    kms_activation: Option<bool>,
+}
+
+fn label(key: &str, value: &str) -> Result<(), ApiError> {
+    if value.is_empty() || value.len() > 64 || value.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest(format!(
+            "{key} {value:?}: 1 to 64 characters, no control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// `PUT /api/v1/stations/{mac}`: name, room, image, kms_activation; what the body
+/// leaves out stays as it is. The KMS flag takes effect at the station's next reset.
+pub async fn update(
+    State(state): State<AppState>,
+    Path(mac): Path<String>,
+    payload: Result<Json<SettingsBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let mac: MacAddr = mac
+        .parse()
+        .map_err(|e: pxe::Error| ApiError::BadRequest(e.to_string()))?;
+    let Json(body) =
+        payload.map_err(|e| ApiError::BadRequest(format!("request body: {}", e.body_text())))?;
+    if let Some(name) = &body.name {
+        label("name", name)?;
+    }
+    if let Some(room) = &body.room {
+        label("room", room)?;
+    }
+    if let Some(image) = &body.image {
+        images::check_name(image).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    }
+    let store = state.policy.store();
+    if store.station(mac)?.is_none() {
+        return Err(ApiError::NotFound(format!(
+            "no station {mac} (stations register at their first PXE boot, or in [[inventory.stations]])"
+        )));
+    }
+    let station = store.configure(
+        mac,
+        &crate::store::Settings {
+            name: body.name,
+            room: body.room,
+            image: body.image,
+            kms_activation: body.kms_activation,
+        },
+    )?;
+    Ok(Json(station_json(&station)))
 }
