@@ -1,8 +1,10 @@
-//! The KMS campaign engine's pure parts: the planner (which stations run the next
-//! cycles, and for which families) and the KMS ledger (every activation report, and
-//! the count projected forward). The campaign runner, power and schedule build on
-//! these (issue 4).
+//! The KMS campaign engine's pure parts: the campaign state machine (events in,
+//! actions out), the planner (which stations run the next cycles, and for which
+//! families) and the KMS ledger (every activation report, and the count projected
+//! forward). The runner that persists campaigns and carries out their actions (WoL,
+//! agent reboots, resets), the schedule and the API build on these.
 
+pub mod campaign;
 pub mod ledger;
 pub mod planner;
 

@@ -1,0 +1,682 @@
+//! A KMS campaign as a state machine: events in (a tick of the clock, a station seen
+//! at PXE, a restore's progress, an agent's report), actions out (reset and wake a
+//! station, reboot it through its agent, cancel its reset). Pure and deterministic:
+//! the runner persists the campaign after every event, before it carries out the
+//! actions, so a restarted daemon resumes where it stopped (DESIGN.md §6).
+//!
+//! Station lifecycle: idle → waking (WoL sent or reboot queued) → pxe → restoring →
+//! booting-os (restored, waiting for the agent's reports) → idle, or the next cycle.
+//! Failure edges: no PXE boot after the wake attempts → unreachable; a restore that
+//! fails or stalls, retried, then → quarantined; no report in time → quarantined; a
+//! logged-in user → in-use. Stations out of the campaign keep their reason, and the
+//! planner re-plans on the others.
+
+use std::collections::BTreeMap;
+
+use pxe::MacAddr;
+use serde::{Deserialize, Serialize};
+
+use super::planner::{self, Goal};
+use super::Family;
+
+/// Seconds and attempts before a stage counts as failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// From wake (or reboot) to the station's PXE boot.
+    pub wake_s: u64,
+    pub wake_attempts: u32,
+    /// From PXE to the end of the restore, with no progress in between.
+    pub restore_s: u64,
+    pub restore_attempts: u32,
+    /// From the restore's end to the agent's last report of the cycle.
+    pub report_s: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            wake_s: 300,
+            wake_attempts: 3,
+            restore_s: 1800,
+            restore_attempts: 2,
+            report_s: 1200,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "kebab-case")]
+pub enum Phase {
+    Idle,
+    Waking { attempt: u32 },
+    Pxe,
+    Restoring,
+    BootingOs { reported: Vec<Family> },
+    Unreachable { reason: String },
+    Quarantined { reason: String },
+    InUse,
+}
+
+impl Phase {
+    fn out(&self) -> bool {
+        matches!(
+            self,
+            Phase::Unreachable { .. } | Phase::Quarantined { .. } | Phase::InUse
+        )
+    }
+
+    fn in_cycle(&self) -> bool {
+        !matches!(self, Phase::Idle) && !self.out()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StationRun {
+    pub mac: MacAddr,
+    pub phase: Phase,
+    /// When the station entered its phase (or last showed progress).
+    pub since: u64,
+    pub cycles_done: u32,
+    /// The families of the cycle it runs.
+    pub families: Vec<Family>,
+    pub restore_failures: u32,
+    /// Whether the station runs an agent now (reboot it) or is off (wake it).
+    pub powered_on: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum State {
+    Running,
+    Done,
+    Stopped { reason: String },
+    Cancelled,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Campaign {
+    pub image: String,
+    pub targets: BTreeMap<Family, u32>,
+    /// The newest count reported per family.
+    pub reported: BTreeMap<Family, u32>,
+    pub max_parallel: usize,
+    pub limits: Limits,
+    pub stations: Vec<StationRun>,
+    pub state: State,
+    pub cycles_started: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The clock: timeouts are checked.
+    Tick,
+    /// The station asked for its boot script (it is in the restore environment next).
+    PxeSeen(MacAddr),
+    RestoreProgress(MacAddr),
+    RestoreDone(MacAddr),
+    RestoreFailed(MacAddr, String),
+    /// An agent's report, counted (not a "no reply yet").
+    Report {
+        mac: MacAddr,
+        family: Family,
+        count: u32,
+        /// The same CMID as in an earlier cycle: the image is not generalized.
+        duplicate_cmid: bool,
+    },
+    /// The agent says a user is logged in.
+    InUse(MacAddr),
+    Cancel,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Mark the station for a KMS reset activating these families.
+    Reset { mac: MacAddr, families: Vec<Family> },
+    /// Wake-on-LAN.
+    Wake(MacAddr),
+    /// A reboot command through the agent.
+    Reboot(MacAddr),
+    /// Withdraw the station's pending reset (it dropped out).
+    CancelReset(MacAddr),
+}
+
+impl Campaign {
+    /// A campaign over `stations` to `threshold + margin` for each family.
+    pub fn new(
+        image: &str,
+        families: &[Family],
+        margin: u32,
+        stations: &[(MacAddr, bool)],
+        max_parallel: usize,
+        limits: Limits,
+    ) -> Campaign {
+        Campaign {
+            image: image.to_owned(),
+            targets: families
+                .iter()
+                .map(|f| (*f, f.threshold() + margin))
+                .collect(),
+            reported: families.iter().map(|f| (*f, 0)).collect(),
+            max_parallel: max_parallel.max(1),
+            limits,
+            stations: stations
+                .iter()
+                .map(|&(mac, powered_on)| StationRun {
+                    mac,
+                    phase: Phase::Idle,
+                    since: 0,
+                    cycles_done: 0,
+                    families: Vec::new(),
+                    restore_failures: 0,
+                    powered_on,
+                })
+                .collect(),
+            state: State::Running,
+            cycles_started: 0,
+        }
+    }
+
+    fn station(&mut self, mac: MacAddr) -> Option<&mut StationRun> {
+        self.stations.iter_mut().find(|s| s.mac == mac)
+    }
+
+    /// Whether every family has reached its target.
+    pub fn reached(&self) -> bool {
+        self.targets
+            .iter()
+            .all(|(f, t)| self.reported.get(f).copied().unwrap_or(0) >= *t)
+    }
+
+    /// Take `event` at time `now` (seconds); the actions to carry out, after the
+    /// campaign is saved.
+    pub fn handle(&mut self, event: Event, now: u64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.state != State::Running {
+            return actions;
+        }
+        match event {
+            Event::Tick => self.timeouts(now, &mut actions),
+            Event::PxeSeen(mac) => {
+                if let Some(s) = self.station(mac) {
+                    if matches!(s.phase, Phase::Waking { .. }) {
+                        s.phase = Phase::Pxe;
+                        s.since = now;
+                        s.powered_on = false;
+                    }
+                }
+            }
+            Event::RestoreProgress(mac) => {
+                if let Some(s) = self.station(mac) {
+                    if matches!(
+                        s.phase,
+                        Phase::Waking { .. } | Phase::Pxe | Phase::Restoring
+                    ) {
+                        s.phase = Phase::Restoring;
+                        s.since = now;
+                    }
+                }
+            }
+            Event::RestoreDone(mac) => {
+                if let Some(s) = self.station(mac) {
+                    if s.phase.in_cycle() {
+                        s.phase = Phase::BootingOs {
+                            reported: Vec::new(),
+                        };
+                        s.since = now;
+                    }
+                }
+            }
+            Event::RestoreFailed(mac, why) => {
+                let attempts = self.limits.restore_attempts;
+                if let Some(s) = self.station(mac) {
+                    if s.phase.in_cycle() {
+                        restore_failed(s, &why, attempts, now, &mut actions);
+                    }
+                }
+            }
+            Event::Report {
+                mac,
+                family,
+                count,
+                duplicate_cmid,
+            } => {
+                self.reported.insert(family, count);
+                if duplicate_cmid {
+                    self.state = State::Stopped {
+                        reason: format!(
+                            "image {} is not generalized (sysprep /generalize): {mac} reported the same {family} CMID in two cycles, so resets do not raise the KMS count",
+                            self.image
+                        ),
+                    };
+                    return actions;
+                }
+                if let Some(s) = self.station(mac) {
+                    s.powered_on = true;
+                    if let Phase::BootingOs { reported } = &mut s.phase {
+                        if !reported.contains(&family) {
+                            reported.push(family);
+                        }
+                        if s.families.iter().all(|f| reported.contains(f)) {
+                            s.phase = Phase::Idle;
+                            s.cycles_done += 1;
+                            s.families.clear();
+                            s.since = now;
+                        }
+                    }
+                }
+            }
+            Event::InUse(mac) => {
+                if let Some(s) = self.station(mac) {
+                    if matches!(s.phase, Phase::Idle | Phase::Waking { .. }) {
+                        if s.phase != Phase::Idle {
+                            actions.push(Action::CancelReset(mac));
+                        }
+                        s.phase = Phase::InUse;
+                        s.families.clear();
+                        s.since = now;
+                    }
+                }
+            }
+            Event::Cancel => {
+                self.state = State::Cancelled;
+                return actions;
+            }
+        }
+        self.advance(now, &mut actions);
+        actions
+    }
+
+    fn timeouts(&mut self, now: u64, actions: &mut Vec<Action>) {
+        let limits = self.limits.clone();
+        for s in &mut self.stations {
+            let waited = now.saturating_sub(s.since);
+            match s.phase.clone() {
+                Phase::Waking { attempt } if waited >= limits.wake_s => {
+                    if attempt < limits.wake_attempts {
+                        s.phase = Phase::Waking {
+                            attempt: attempt + 1,
+                        };
+                        s.since = now;
+                        actions.push(wake(s));
+                    } else {
+                        s.phase = Phase::Unreachable {
+                            reason: format!(
+                                "no PXE boot after {attempt} wake attempts {} s apart (Wake-on-LAN on in the BIOS? network boot first?)",
+                                limits.wake_s
+                            ),
+                        };
+                        s.families.clear();
+                        actions.push(Action::CancelReset(s.mac));
+                    }
+                }
+                Phase::Pxe | Phase::Restoring if waited >= limits.restore_s => {
+                    let why = format!("no restore progress for {waited} s");
+                    restore_failed(s, &why, limits.restore_attempts, now, actions);
+                }
+                Phase::BootingOs { .. } if waited >= limits.report_s => {
+                    s.phase = Phase::Quarantined {
+                        reason: format!(
+                            "restored, but no activation report within {} s (does Windows boot? does the agent reach the server?)",
+                            limits.report_s
+                        ),
+                    };
+                    s.families.clear();
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Finish, or start the cycles the planner asks for, or stop when no station is
+    /// left to run them.
+    fn advance(&mut self, now: u64, actions: &mut Vec<Action>) {
+        if self.reached() {
+            self.state = State::Done;
+            return;
+        }
+        let goals: Vec<Goal> = self
+            .targets
+            .iter()
+            .map(|(f, t)| Goal {
+                family: *f,
+                target: *t,
+                reported: self.reported.get(f).copied().unwrap_or(0),
+            })
+            .collect();
+        let view: Vec<planner::Station> = self
+            .stations
+            .iter()
+            .map(|s| planner::Station {
+                mac: s.mac,
+                cycles_done: s.cycles_done,
+                in_flight: s.phase.in_cycle().then(|| s.families.clone()),
+                eligible: !s.phase.out(),
+            })
+            .collect();
+        for start in planner::plan(&goals, &view, self.max_parallel) {
+            let s = self.station(start.mac).expect("planned station");
+            s.phase = Phase::Waking { attempt: 1 };
+            s.since = now;
+            s.families = start.families.clone();
+            actions.push(Action::Reset {
+                mac: start.mac,
+                families: start.families,
+            });
+            let s = self.station(start.mac).expect("planned station");
+            actions.push(wake(s));
+            self.cycles_started += 1;
+        }
+        let busy = self.stations.iter().any(|s| s.phase.in_cycle());
+        let left = self.stations.iter().any(|s| !s.phase.out());
+        if !busy && !left {
+            let count =
+                |f: fn(&Phase) -> bool| self.stations.iter().filter(|s| f(&s.phase)).count();
+            self.state = State::Stopped {
+                reason: format!(
+                    "no station left to run cycles: {} unreachable, {} quarantined, {} in use",
+                    count(|p| matches!(p, Phase::Unreachable { .. })),
+                    count(|p| matches!(p, Phase::Quarantined { .. })),
+                    count(|p| matches!(p, Phase::InUse)),
+                ),
+            };
+        }
+    }
+}
+
+fn wake(s: &StationRun) -> Action {
+    if s.powered_on {
+        Action::Reboot(s.mac)
+    } else {
+        Action::Wake(s.mac)
+    }
+}
+
+fn restore_failed(
+    s: &mut StationRun,
+    why: &str,
+    attempts: u32,
+    now: u64,
+    actions: &mut Vec<Action>,
+) {
+    s.restore_failures += 1;
+    if s.restore_failures >= attempts {
+        s.phase = Phase::Quarantined {
+            reason: format!("restore failed {} times, last: {why}", s.restore_failures),
+        };
+        s.families.clear();
+        actions.push(Action::CancelReset(s.mac));
+    } else {
+        // The reset stays marked: the station's next PXE boot restores again.
+        s.phase = Phase::Waking { attempt: 1 };
+        s.since = now;
+        s.powered_on = false;
+        actions.push(Action::Wake(s.mac));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::kms_host::{KmsHost, Product};
+    use std::time::Duration;
+
+    fn mac(i: u8) -> MacAddr {
+        MacAddr([2, 0, 0, 0, 1, i])
+    }
+
+    /// A world that carries out the actions: stations wake (unless dead), restore and
+    /// report to a model KMS host, one step per tick of 10 s. `same_cmid` models a
+    /// non-generalized image.
+    struct World {
+        host: KmsHost,
+        dead: Vec<MacAddr>,
+        same_cmid: bool,
+        resets: BTreeMap<MacAddr, u32>,
+        ledger: crate::engine::ledger::Ledger,
+        /// Stations on their way: (mac, step) with step 0 = woken.
+        moving: Vec<(MacAddr, u8, Vec<Family>)>,
+        started_after_target: u32,
+    }
+
+    impl World {
+        fn new(dead: &[MacAddr], same_cmid: bool) -> World {
+            World {
+                host: KmsHost::new(),
+                dead: dead.to_vec(),
+                same_cmid,
+                resets: BTreeMap::new(),
+                ledger: Default::default(),
+                moving: Vec::new(),
+                started_after_target: 0,
+            }
+        }
+
+        fn act(&mut self, c: &Campaign, actions: Vec<Action>) {
+            for a in actions {
+                match a {
+                    Action::Reset { mac, families } => {
+                        for f in &families {
+                            if c.reported.get(f).copied().unwrap_or(0) >= c.targets[f] {
+                                self.started_after_target += 1;
+                            }
+                        }
+                        *self.resets.entry(mac).or_default() += 1;
+                        self.moving.retain(|m| m.0 != mac);
+                        self.moving.push((mac, 0, families));
+                    }
+                    Action::Wake(_) | Action::Reboot(_) => {}
+                    Action::CancelReset(mac) => self.moving.retain(|m| m.0 != mac),
+                }
+            }
+        }
+
+        /// One step of every moving station: the events it causes.
+        fn step(&mut self, now: u64) -> Vec<Event> {
+            let mut events = Vec::new();
+            let mut still = Vec::new();
+            for (mac, step, families) in std::mem::take(&mut self.moving) {
+                if self.dead.contains(&mac) {
+                    still.push((mac, step, families));
+                    continue;
+                }
+                match step {
+                    0 => events.push(Event::PxeSeen(mac)),
+                    1 => events.push(Event::RestoreProgress(mac)),
+                    2 => events.push(Event::RestoreDone(mac)),
+                    _ => {
+                        let cycle = self.resets[&mac];
+                        for f in &families {
+                            let cmid = if self.same_cmid {
+                                format!("{mac}-{f}")
+                            } else {
+                                format!("{mac}-{f}-{cycle}")
+                            };
+                            let product = match f {
+                                Family::Windows => Product::WindowsClient,
+                                Family::Office => Product::Office,
+                            };
+                            let t = Duration::from_secs(now);
+                            let reply = self.host.request(&cmid, product, t, t);
+                            let duplicate = self
+                                .ledger
+                                .add(crate::engine::ledger::Report {
+                                    at: now,
+                                    station: mac,
+                                    family: *f,
+                                    cmid,
+                                    result: reply.result,
+                                    activated: reply.activated,
+                                    count: reply.count as u32,
+                                    cycle: u64::from(cycle),
+                                })
+                                .is_err();
+                            events.push(Event::Report {
+                                mac,
+                                family: *f,
+                                count: reply.count as u32,
+                                duplicate_cmid: duplicate,
+                            });
+                        }
+                        continue;
+                    }
+                }
+                still.push((mac, step + 1, families));
+            }
+            self.moving = still;
+            events
+        }
+    }
+
+    /// Run until the campaign ends (or 10,000 ticks).
+    fn run(c: &mut Campaign, world: &mut World) -> u64 {
+        let mut now = 0;
+        let first = c.handle(Event::Tick, now);
+        world.act(c, first);
+        while c.state == State::Running && now < 100_000 {
+            now += 10;
+            for e in world.step(now) {
+                let actions = c.handle(e, now);
+                world.act(c, actions);
+            }
+            let actions = c.handle(Event::Tick, now);
+            world.act(c, actions);
+        }
+        now
+    }
+
+    fn five_stations() -> Vec<(MacAddr, bool)> {
+        (0..5).map(|i| (mac(i), false)).collect()
+    }
+
+    #[test]
+    fn five_stations_reach_exactly_27_and_7_with_even_cycles_and_nothing_after() {
+        let mut c = Campaign::new(
+            "win11",
+            &[Family::Windows, Family::Office],
+            2,
+            &five_stations(),
+            5,
+            Limits::default(),
+        );
+        let mut world = World::new(&[], false);
+        run(&mut c, &mut world);
+        assert_eq!(c.state, State::Done);
+        let now = Duration::from_secs(200_000);
+        assert_eq!(world.host.current_count(Product::WindowsClient, now), 27);
+        assert_eq!(world.host.current_count(Product::Office, now), 7);
+        assert_eq!(world.started_after_target, 0);
+        let cycles: Vec<u32> = c.stations.iter().map(|s| s.cycles_done).collect();
+        let (lo, hi) = (cycles.iter().min().unwrap(), cycles.iter().max().unwrap());
+        assert!(hi - lo <= 1, "{cycles:?}");
+        assert_eq!(c.cycles_started, 27);
+    }
+
+    #[test]
+    fn two_stations_that_never_wake_are_unreachable_and_the_other_three_finish() {
+        let mut c = Campaign::new(
+            "win11",
+            &[Family::Windows, Family::Office],
+            2,
+            &five_stations(),
+            5,
+            Limits::default(),
+        );
+        let mut world = World::new(&[mac(1), mac(3)], false);
+        run(&mut c, &mut world);
+        assert_eq!(c.state, State::Done);
+        for s in &c.stations {
+            let dead = s.mac == mac(1) || s.mac == mac(3);
+            match &s.phase {
+                Phase::Unreachable { reason } => {
+                    assert!(dead, "{}", s.mac);
+                    assert!(reason.contains("3 wake attempts"), "{reason}");
+                }
+                other => assert!(!dead, "{}: {other:?}", s.mac),
+            }
+        }
+        let now = Duration::from_secs(200_000);
+        assert_eq!(world.host.current_count(Product::WindowsClient, now), 27);
+    }
+
+    #[test]
+    fn a_non_generalized_image_stops_the_campaign_after_the_second_cycle() {
+        let mut c = Campaign::new(
+            "win11-golden",
+            &[Family::Windows],
+            2,
+            &five_stations(),
+            5,
+            Limits::default(),
+        );
+        let mut world = World::new(&[], true);
+        run(&mut c, &mut world);
+        let State::Stopped { reason } = &c.state else {
+            panic!("{:?}", c.state)
+        };
+        assert!(
+            reason.contains("image win11-golden is not generalized (sysprep /generalize)"),
+            "{reason}"
+        );
+        assert!(
+            c.stations.iter().all(|s| s.cycles_done <= 1),
+            "stopped in the second cycle"
+        );
+    }
+
+    #[test]
+    fn running_stations_are_rebooted_off_ones_woken_and_failed_restores_retried_then_quarantined() {
+        let stations = [(mac(0), true), (mac(1), false)];
+        let mut c = Campaign::new("w", &[Family::Office], 0, &stations, 2, Limits::default());
+        let actions = c.handle(Event::Tick, 0);
+        assert!(actions.contains(&Action::Reboot(mac(0))), "{actions:?}");
+        assert!(actions.contains(&Action::Wake(mac(1))), "{actions:?}");
+        c.handle(Event::PxeSeen(mac(1)), 5);
+        let actions = c.handle(Event::RestoreFailed(mac(1), "disk too small".into()), 6);
+        assert_eq!(actions, vec![Action::Wake(mac(1))], "retried");
+        c.handle(Event::PxeSeen(mac(1)), 7);
+        let actions = c.handle(Event::RestoreFailed(mac(1), "disk too small".into()), 8);
+        assert!(
+            actions.contains(&Action::CancelReset(mac(1))),
+            "{actions:?}"
+        );
+        match &c.stations[1].phase {
+            Phase::Quarantined { reason } => assert!(
+                reason.contains("failed 2 times, last: disk too small"),
+                "{reason}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_station_in_use_drops_out_and_a_campaign_with_nobody_left_stops_with_the_reason() {
+        let stations = [(mac(0), true)];
+        let mut c = Campaign::new("w", &[Family::Windows], 0, &stations, 1, Limits::default());
+        c.handle(Event::Tick, 0);
+        let actions = c.handle(Event::InUse(mac(0)), 1);
+        assert_eq!(actions, vec![Action::CancelReset(mac(0))]);
+        let State::Stopped { reason } = &c.state else {
+            panic!("{:?}", c.state)
+        };
+        assert!(reason.contains("1 in use"), "{reason}");
+    }
+
+    #[test]
+    fn a_cancelled_campaign_starts_nothing_more_and_survives_a_json_round_trip() {
+        let mut c = Campaign::new(
+            "w",
+            &[Family::Windows],
+            2,
+            &five_stations(),
+            2,
+            Limits::default(),
+        );
+        c.handle(Event::Tick, 0);
+        let saved = serde_json::to_string(&c).unwrap();
+        let back: Campaign = serde_json::from_str(&saved).unwrap();
+        assert_eq!(back, c, "what the runner saves is what it resumes");
+        assert!(c.handle(Event::Cancel, 1).is_empty());
+        assert!(c.handle(Event::Tick, 1000).is_empty());
+        assert_eq!(c.state, State::Cancelled);
+    }
+}
