@@ -90,7 +90,7 @@ fn restore(
     if staged.needs_station_json() {
         files.extend(staged.station_files(&client.station_json(mac)?)?);
     }
-    inject::check_tools(&files)?;
+    inject::check_tools(&files, staged.windows_fs)?;
     let index = &staged.index;
     log(&format!(
         "{} ({} profile), {} chunks of {} KiB, {:.1} GiB -> {}",

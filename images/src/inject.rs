@@ -9,16 +9,41 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::error::io;
-use crate::partition::{self, Fs, Partition, Slice};
-use crate::staged::{InjectFile, Target};
-use crate::Error;
+use crate::partition::{self, Fs, Partition, Slice, Window};
+use crate::staged::{InjectFile, Target, WindowsFs, SCRIPTS_DIR};
+use crate::{ChunkStore, Error, ImageReader, Index};
 
 /// The ntfs-3g tools injection into NTFS needs.
 const NTFS_TOOLS: [&str; 2] = ["ntfscp", "ntfsls"];
 
+/// What holds Windows in an image, read from its chunks in the store (staging
+/// calls this): a FAT partition with `Windows/Setup/Scripts`, else NTFS, else none.
+pub fn image_windows_fs(store: &ChunkStore, index: &Index, name: &str) -> Result<WindowsFs, Error> {
+    let mut reader = ImageReader::new(store, index);
+    let parts = match partition::partitions_in(&mut reader, Path::new(name)) {
+        Ok(parts) => parts,
+        // No partition table: nothing to inject into.
+        Err(Error::Partitions { .. }) => return Ok(WindowsFs::None),
+        Err(e) => return Err(e),
+    };
+    for p in parts.iter().filter(|p| p.fs == Fs::Fat) {
+        if partition::fat_has_dir(Window::new(&mut reader, p), SCRIPTS_DIR) {
+            return Ok(WindowsFs::Fat);
+        }
+    }
+    Ok(if parts.iter().any(|p| p.fs == Fs::Ntfs) {
+        WindowsFs::Ntfs
+    } else {
+        WindowsFs::None
+    })
+}
+
 /// Fail early, before the disk is touched, when `files` need a tool this machine
-/// lacks.
-pub fn check_tools(files: &[InjectFile]) -> Result<(), Error> {
+/// lacks: ntfs-3g's, when Windows is on NTFS.
+pub fn check_tools(files: &[InjectFile], windows_fs: WindowsFs) -> Result<(), Error> {
+    if windows_fs == WindowsFs::Fat {
+        return Ok(());
+    }
     check_tools_in(files, std::env::var_os("PATH").as_deref())
 }
 
@@ -76,7 +101,6 @@ pub fn inject(disk: &Path, fat_label: &str, files: &[InjectFile]) -> Result<(), 
     if files.is_empty() {
         return Ok(());
     }
-    check_tools(files)?;
     let parts = partition::partitions(disk)?;
     let fat: Vec<&InjectFile> = files.iter().filter(|f| f.target == Target::Fat).collect();
     let ntfs: Vec<&InjectFile> = files
@@ -101,6 +125,16 @@ pub fn inject(disk: &Path, fat_label: &str, files: &[InjectFile]) -> Result<(), 
         write_fat(disk, &part, &fat)?;
     }
     if !ntfs.is_empty() {
+        // Windows on FAT (test and simulator images): written in-process.
+        let file = File::open(disk).map_err(io(disk))?;
+        let fat_windows = parts
+            .iter()
+            .filter(|p| p.fs == Fs::Fat)
+            .find(|p| partition::fat_has_dir(Slice::new(&file, p), SCRIPTS_DIR));
+        if let Some(part) = fat_windows {
+            return write_fat(disk, part, &ntfs);
+        }
+        check_tools_in(files, std::env::var_os("PATH").as_deref())?;
         let candidates = partition::ntfs_partitions(&parts);
         if candidates.is_empty() {
             return Err(Error::Inject(format!(

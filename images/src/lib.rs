@@ -15,7 +15,9 @@ mod import;
 mod index;
 pub mod inject;
 pub mod partition;
+mod reader;
 mod restore;
+pub mod sample;
 mod staged;
 mod store;
 
@@ -23,9 +25,10 @@ pub use chunk::ChunkId;
 pub use error::Error;
 pub use import::{import, Imported};
 pub use index::{check_chunk_size, Index, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+pub use reader::ImageReader;
 pub use restore::{restore, Fetch, RestoreStats};
 pub use staged::{
-    check_inject_path, check_kms_host, InjectFile, KmsSettings, Profile, Staged, Target,
+    check_inject_path, check_kms_host, InjectFile, KmsSettings, Profile, Staged, Target, WindowsFs,
     STAGED_VERSION,
 };
 pub use store::{check_name, decode_chunk, ChunkStore, GcStats, Images};

@@ -37,11 +37,20 @@ const MBR_ESP: u8 = 0xef;
 /// Read the partition table of the disk at `path` (512-byte logical sectors).
 pub fn partitions(path: &Path) -> Result<Vec<Partition>, Error> {
     let mut file = File::open(path).map_err(io(path))?;
+    partitions_in(&mut file, path)
+}
+
+/// Read the partition table of any disk-like thing (a file, or an image read from
+/// its chunks); `path` names it in errors. Nothing is written.
+pub fn partitions_in<D>(file: &mut D, path: &Path) -> Result<Vec<Partition>, Error>
+where
+    D: Read + std::io::Write + Seek + std::fmt::Debug,
+{
     let bad = |why: String| Error::Partitions {
         disk: path.to_owned(),
         why,
     };
-    let mbr = mbrman::MBR::read_from(&mut file, SECTOR as u32)
+    let mbr = mbrman::MBR::read_from(&mut *file, SECTOR as u32)
         .map_err(|e| bad(format!("no MBR or GPT partition table: {e}")))?;
     let protective = mbr.iter().any(|(_, p)| p.sys == MBR_GPT_PROTECTIVE);
     let mut found = Vec::new();
@@ -49,7 +58,7 @@ pub fn partitions(path: &Path) -> Result<Vec<Partition>, Error> {
         let disk = gpt::GptConfig::new()
             .writable(false)
             .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
-            .open_from_device(&mut file)
+            .open_from_device(&mut *file)
             .map_err(|e| bad(format!("bad GPT: {e}")))?;
         for (&number, p) in disk.partitions() {
             if !p.is_used() {
@@ -91,7 +100,8 @@ pub fn partitions(path: &Path) -> Result<Vec<Partition>, Error> {
             )));
         }
         let mut boot = [0u8; 512];
-        file.read_exact_at(&mut boot, start).map_err(io(path))?;
+        file.seek(SeekFrom::Start(start)).map_err(io(path))?;
+        file.read_exact(&mut boot).map_err(io(path))?;
         out.push(Partition {
             number,
             start,
@@ -194,4 +204,84 @@ impl Seek for Slice<'_> {
             )),
         }
     }
+}
+
+/// A partition of any `Read + Write + Seek` disk as a device of its own (for fatfs on
+/// an image read from its chunks).
+#[derive(Debug)]
+pub struct Window<D> {
+    inner: D,
+    start: u64,
+    len: u64,
+    pos: u64,
+}
+
+impl<D: Read + std::io::Write + Seek> Window<D> {
+    pub fn new(inner: D, part: &Partition) -> Window<D> {
+        Window {
+            inner,
+            start: part.start,
+            len: part.len,
+            pos: 0,
+        }
+    }
+}
+
+impl<D: Read + std::io::Write + Seek> Read for Window<D> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.len.saturating_sub(self.pos)) as usize;
+        self.inner.seek(SeekFrom::Start(self.start + self.pos))?;
+        let n = self.inner.read(&mut buf[..n])?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl<D: Read + std::io::Write + Seek> std::io::Write for Window<D> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.len.saturating_sub(self.pos)) as usize;
+        if n == 0 && !buf.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "write past the end of the partition",
+            ));
+        }
+        self.inner.seek(SeekFrom::Start(self.start + self.pos))?;
+        let n = self.inner.write(&buf[..n])?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<D: Read + std::io::Write + Seek> Seek for Window<D> {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let pos = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        match pos {
+            Some(p) if p <= self.len => {
+                self.pos = p;
+                Ok(p)
+            }
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "seek outside the partition",
+            )),
+        }
+    }
+}
+
+/// Whether the FAT filesystem on `device` has the directory `path` ('/'-separated).
+pub fn fat_has_dir<D: Read + std::io::Write + Seek>(device: D, path: &str) -> bool {
+    let Ok(fs) = fatfs::FileSystem::new(device, fatfs::FsOptions::new()) else {
+        return false;
+    };
+    let found = fs.root_dir().open_dir(path).is_ok();
+    found
 }

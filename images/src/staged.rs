@@ -4,7 +4,8 @@
 //! the injection set, never the size of the image.
 //!
 //! Encoding (little endian): magic `NRSTG\0\0\0`, u32 version (1), u8 profile,
-//! u16 + bytes base image name, u16 + bytes FAT label, u64 + bytes index (the
+//! u16 + bytes base image name, u16 + bytes FAT label, u8 Windows filesystem
+//! (0 none, 1 NTFS, 2 FAT), u64 + bytes index (the
 //! `NRIDX` encoding), u32 file count, then per file: u8 target, u16 + bytes path,
 //! u32 + bytes content.
 
@@ -50,10 +51,21 @@ impl std::fmt::Display for Profile {
     }
 }
 
+/// What holds Windows in an image, as staging found it: the partition with
+/// `Windows/Setup/Scripts` on FAT (test and simulator images), else NTFS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowsFs {
+    /// No partition table, or neither NTFS nor FAT with that folder.
+    None,
+    Ntfs,
+    Fat,
+}
+
 /// Which filesystem of the restored disk a file goes into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
-    /// The Windows partition (the largest NTFS partition), written with ntfscp.
+    /// The Windows partition: a FAT partition with `Windows/Setup/Scripts` (written
+    /// in-process), else the NTFS partition with `Windows/System32` (ntfscp).
     Windows,
     /// The FAT partition labelled [`Staged::fat_label`], or the EFI system partition
     /// when that is empty; written in-process.
@@ -73,6 +85,7 @@ pub struct Staged {
     pub profile: Profile,
     pub base: String,
     pub fat_label: String,
+    pub windows_fs: WindowsFs,
     pub index: Index,
     pub files: Vec<InjectFile>,
 }
@@ -151,13 +164,21 @@ fn crlf(text: &str) -> Vec<u8> {
 
 impl Staged {
     /// Stage `index` (the image `base`) with `profile`.
+    /// `windows_fs` is what the image holds Windows in (see [`crate::inject::image_windows_fs`]).
     pub fn new(
         base: &str,
         index: Index,
         profile: Profile,
         kms: Option<&KmsSettings>,
         fat_label: &str,
+        windows_fs: WindowsFs,
     ) -> Result<Staged, Error> {
+        if profile == Profile::Kms && windows_fs == WindowsFs::None {
+            return Err(Error::BadStaged(format!(
+                "image {base} has no Windows partition (NTFS, or FAT with Windows/Setup/Scripts): \
+                 the kms profile has nowhere to put SetupComplete.cmd"
+            )));
+        }
         let files = match (profile, kms) {
             (Profile::Plain, _) => Vec::new(),
             (Profile::Kms, None) => {
@@ -194,6 +215,7 @@ impl Staged {
             profile,
             base: base.to_owned(),
             fat_label: fat_label.to_owned(),
+            windows_fs,
             index,
             files,
         };
@@ -288,6 +310,11 @@ impl Staged {
         });
         short(&mut out, self.base.as_bytes());
         short(&mut out, self.fat_label.as_bytes());
+        out.push(match self.windows_fs {
+            WindowsFs::None => 0,
+            WindowsFs::Ntfs => 1,
+            WindowsFs::Fat => 2,
+        });
         out.extend_from_slice(&(index.len() as u64).to_le_bytes());
         out.extend_from_slice(&index);
         out.extend_from_slice(&(self.files.len() as u32).to_le_bytes());
@@ -330,6 +357,12 @@ impl Staged {
         };
         let base = r.string()?;
         let fat_label = r.string()?;
+        let windows_fs = match r.u8()? {
+            0 => WindowsFs::None,
+            1 => WindowsFs::Ntfs,
+            2 => WindowsFs::Fat,
+            w => return Err(Error::BadStaged(format!("unknown Windows filesystem {w}"))),
+        };
         let index_len = r.u64()?;
         if index_len > bytes.len() as u64 {
             return Err(r.truncated());
@@ -372,6 +405,7 @@ impl Staged {
             profile,
             base,
             fat_label,
+            windows_fs,
             index,
             files,
         };
@@ -466,7 +500,15 @@ mod tests {
 
     #[test]
     fn kms_staging_renders_the_settings_into_setupcomplete_with_crlf() {
-        let s = Staged::new("win11", index(), Profile::Kms, Some(&kms()), "").unwrap();
+        let s = Staged::new(
+            "win11",
+            index(),
+            Profile::Kms,
+            Some(&kms()),
+            "",
+            WindowsFs::Ntfs,
+        )
+        .unwrap();
         let cmd = String::from_utf8(s.files[0].data.clone()).unwrap();
         assert_eq!(s.files[0].path, "Windows/Setup/Scripts/SetupComplete.cmd");
         assert!(cmd.contains("kms.school.example"), "{cmd}");
@@ -478,7 +520,15 @@ mod tests {
 
     #[test]
     fn encode_decode_round_trips_and_the_id_checks_the_bytes() {
-        let s = Staged::new("win11", index(), Profile::Kms, Some(&kms()), "NRCONF").unwrap();
+        let s = Staged::new(
+            "win11",
+            index(),
+            Profile::Kms,
+            Some(&kms()),
+            "NRCONF",
+            WindowsFs::Ntfs,
+        )
+        .unwrap();
         let bytes = s.encode();
         let id = s.id();
         assert_eq!(Staged::decode(&bytes, Some(&id)).unwrap(), s);
@@ -491,12 +541,37 @@ mod tests {
 
     #[test]
     fn the_id_changes_with_the_injection_set_and_not_without() {
-        let a = Staged::new("win11", index(), Profile::Kms, Some(&kms()), "").unwrap();
-        let b = Staged::new("win11", index(), Profile::Kms, Some(&kms()), "").unwrap();
+        let a = Staged::new(
+            "win11",
+            index(),
+            Profile::Kms,
+            Some(&kms()),
+            "",
+            WindowsFs::Ntfs,
+        )
+        .unwrap();
+        let b = Staged::new(
+            "win11",
+            index(),
+            Profile::Kms,
+            Some(&kms()),
+            "",
+            WindowsFs::Ntfs,
+        )
+        .unwrap();
         let mut other = kms();
         other.port = 1700;
-        let c = Staged::new("win11", index(), Profile::Kms, Some(&other), "").unwrap();
-        let plain = Staged::new("win11", index(), Profile::Plain, None, "").unwrap();
+        let c = Staged::new(
+            "win11",
+            index(),
+            Profile::Kms,
+            Some(&other),
+            "",
+            WindowsFs::Ntfs,
+        )
+        .unwrap();
+        let plain =
+            Staged::new("win11", index(), Profile::Plain, None, "", WindowsFs::Ntfs).unwrap();
         assert_eq!(a.id(), b.id());
         assert_ne!(a.id(), c.id());
         assert_ne!(a.id(), plain.id());
@@ -505,7 +580,7 @@ mod tests {
 
     #[test]
     fn truncated_unknown_version_and_oversized_encodings_are_clear_errors() {
-        let bytes = Staged::new("w", index(), Profile::Plain, None, "")
+        let bytes = Staged::new("w", index(), Profile::Plain, None, "", WindowsFs::Ntfs)
             .unwrap()
             .encode();
         for cut in [0, 5, 12, 20, bytes.len() - 1] {
@@ -536,6 +611,22 @@ mod tests {
         for h in ["kms1", "10.0.0.5", "[fe80::1]", "kms.school.example"] {
             assert!(check_kms_host(h).is_ok(), "{h}");
         }
+    }
+
+    #[test]
+    fn kms_staging_of_an_image_without_a_windows_partition_is_refused() {
+        let err = Staged::new(
+            "blank",
+            index(),
+            Profile::Kms,
+            Some(&kms()),
+            "",
+            WindowsFs::None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("no Windows partition"), "{err}");
+        assert!(Staged::new("blank", index(), Profile::Plain, None, "", WindowsFs::None).is_ok());
     }
 
     #[test]

@@ -63,7 +63,7 @@ pub fn run(config: &Path, command: ImageCommand) -> anyhow::Result<()> {
         } => import(&store, &images, &file, &name, chunk_size),
         ImageCommand::Stage { name, profile } => {
             let settings = orchestrator::staging::StageSettings::from_config(&config);
-            let (id, staged) = settings.stage(&images, &name, profile)?;
+            let (id, staged) = settings.stage(&images, &store, &name, profile)?;
             eprintln!(
                 "staged {name} ({profile}): {} files injected; restore clients fetch /images/{id}/index",
                 staged.files.len()

@@ -3,7 +3,7 @@
 //! index and renders the injection set, so it costs O(index + injection set), never
 //! O(image).
 
-use images::{ChunkId, Images, KmsSettings, Profile, Staged};
+use images::{ChunkId, ChunkStore, Images, KmsSettings, Profile, Staged, WindowsFs};
 
 use crate::config::{Config, KmsConfig};
 
@@ -22,10 +22,13 @@ impl StageSettings {
         }
     }
 
-    /// Stage image `name` with `profile` and keep it in the catalog.
+    /// Stage image `name` with `profile` and keep it in the catalog. The kms profile
+    /// first looks into the image (its partitions, from the chunks) for where Windows
+    /// is.
     pub fn stage(
         &self,
         images: &Images,
+        store: &ChunkStore,
         name: &str,
         profile: Profile,
     ) -> Result<(ChunkId, Staged), StageError> {
@@ -39,7 +42,18 @@ impl StageSettings {
             }),
         };
         let index = images.get(name)?;
-        let staged = Staged::new(name, index, profile, kms.as_ref(), &self.fat_label)?;
+        let windows_fs = match profile {
+            Profile::Kms => images::inject::image_windows_fs(store, &index, name)?,
+            Profile::Plain => WindowsFs::None,
+        };
+        let staged = Staged::new(
+            name,
+            index,
+            profile,
+            kms.as_ref(),
+            &self.fat_label,
+            windows_fs,
+        )?;
         let id = images.put_staged(&staged)?;
         Ok((id, staged))
     }

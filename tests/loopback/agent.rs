@@ -17,7 +17,7 @@ async fn setup() -> TestServer {
     std::fs::write(data.join("restore/vmlinuz"), b"k").unwrap();
     std::fs::write(data.join("restore/initrd.img"), b"i").unwrap();
     let disk = data.join("lab.raw");
-    std::fs::write(&disk, vec![7u8; 1 << 17]).unwrap();
+    images::sample::sample_disk(&disk, 40 << 20, 1).unwrap();
     let store = images::ChunkStore::open(data).unwrap();
     let index = images::import(&store, &disk, 1 << 16, |_| {})
         .unwrap()

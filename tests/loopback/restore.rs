@@ -43,11 +43,16 @@ fn nonzero_chunks(image: &[u8]) -> u64 {
 /// Import `image` as "lab" into the server's catalog, and install a stand-in restore
 /// environment (resets are refused without one).
 fn import(data: &Path, image: &[u8]) {
-    install_restore_env(data);
     let file = data.join("lab.raw");
     std::fs::write(&file, image).unwrap();
+    import_file(data, &file);
+}
+
+/// Import the disk image at `file` as "lab" (and install the restore environment).
+fn import_file(data: &Path, file: &Path) {
+    install_restore_env(data);
     let store = images::ChunkStore::open(data).unwrap();
-    let imported = images::import(&store, &file, CHUNK as u64, |_| {}).unwrap();
+    let imported = images::import(&store, file, CHUNK as u64, |_| {}).unwrap();
     images::Images::open(data)
         .unwrap()
         .add("lab", &imported.index)
@@ -485,7 +490,9 @@ async fn a_kms_reset_gives_station_json_its_families_and_a_new_agent_token_each_
     let kms = "[kms]\nhost = \"kms.school.example\"\nfamilies = [\"windows\"]\n";
     let server = start(&format!("{}{kms}", inventory())).await;
     let addr = server.daemon.http_addr;
-    import(server.data.path(), &image_bytes());
+    let sample = server.data.path().join("sample.img");
+    images::sample::sample_disk(&sample, 40 << 20, 1).unwrap();
+    import_file(server.data.path(), &sample);
     let mut tokens = Vec::new();
     for _ in 0..2 {
         let staged = reset(&server, "kms").await;
@@ -506,5 +513,73 @@ async fn a_kms_reset_gives_station_json_its_families_and_a_new_agent_token_each_
         tokens.push(doc["token"].as_str().unwrap().to_owned());
     }
     assert_ne!(tokens[0], tokens[1], "each reset makes a new agent token");
+    server.daemon.shutdown().await.unwrap();
+}
+
+/// A file of a FAT partition of `disk`, read with fatfs.
+fn fat_file(disk: &Path, part: usize, path: &str) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let parts = images::partition::partitions(disk).unwrap();
+    let file = std::fs::File::open(disk).unwrap();
+    let fs = fatfs::FileSystem::new(
+        images::partition::Slice::new(&file, &parts[part]),
+        fatfs::FsOptions::new(),
+    )
+    .unwrap();
+    let mut f = fs.root_dir().open_file(path).ok()?;
+    let mut out = Vec::new();
+    f.read_to_end(&mut out).unwrap();
+    Some(out)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kms_restore_injects_the_kms_settings_agent_and_station_json_into_windows() {
+    let kms = "[kms]\nhost = \"kms.school.example\"\nport = 1700\n";
+    let server = start(&format!("{}{kms}", inventory())).await;
+    let sample = server.data.path().join("sample.img");
+    images::sample::sample_disk(&sample, 40 << 20, 7).unwrap();
+    import_file(server.data.path(), &sample);
+    reset(&server, "kms").await;
+    let (_, args) = script(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(40 << 20)
+        .unwrap();
+    let outcome = restore(options(&args, &disk)).await.unwrap();
+    assert_eq!(
+        outcome.injected, 4,
+        "SetupComplete, agent, station.json and its FAT copy"
+    );
+
+    let setup =
+        String::from_utf8(fat_file(&disk, 1, "Windows/Setup/Scripts/SetupComplete.cmd").unwrap())
+            .unwrap();
+    assert!(
+        setup.contains("set \"NR_KMS=kms.school.example\"\r\n"),
+        "{setup}"
+    );
+    assert!(setup.contains("set \"NR_PORT=1700\"\r\n"), "{setup}");
+    let agent = fat_file(&disk, 1, "Windows/Setup/Scripts/netreset-agent.ps1").unwrap();
+    assert!(String::from_utf8(agent)
+        .unwrap()
+        .contains("/api/v1/agent/report"));
+    let station: serde_json::Value =
+        serde_json::from_slice(&fat_file(&disk, 1, "Windows/Setup/Scripts/station.json").unwrap())
+            .unwrap();
+    assert_eq!(station["station"], MAC);
+    assert_eq!(station["server"], server.daemon.public_url.as_str());
+    assert_eq!(station["token"].as_str().map(str::len), Some(64));
+    let esp: serde_json::Value =
+        serde_json::from_slice(&fat_file(&disk, 0, "netreset/station.json").unwrap()).unwrap();
+    assert!(
+        esp.get("token").is_none(),
+        "the ESP copy has no token: {esp}"
+    );
+    assert_eq!(esp["image"], station["image"]);
+    // What the image had is still there.
+    assert!(fat_file(&disk, 1, "Windows/System32/ntoskrnl.exe").is_some());
+    assert!(fat_file(&disk, 0, "EFI/BOOT/BOOTX64.EFI").is_some());
     server.daemon.shutdown().await.unwrap();
 }

@@ -97,16 +97,21 @@ pub async fn request(
     })?;
     images::check_name(&image).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let (images, staging, name) = (state.images.clone(), state.staging.clone(), image.clone());
-    let (id, _) = tokio::task::spawn_blocking(move || staging.stage(&images, &name, profile))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| match e {
-            crate::staging::StageError::Images(images::Error::NoImage(n)) => {
-                ApiError::NotFound(format!("no image named {n:?} (netreset image ls)"))
-            }
-            crate::staging::StageError::NoKms => ApiError::Conflict(e.to_string()),
-            other => ApiError::Internal(other.to_string()),
-        })?;
+    let chunks = state.chunks.clone();
+    let (id, _) =
+        tokio::task::spawn_blocking(move || staging.stage(&images, &chunks, &name, profile))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(|e| match e {
+                crate::staging::StageError::Images(images::Error::NoImage(n)) => {
+                    ApiError::NotFound(format!("no image named {n:?} (netreset image ls)"))
+                }
+                crate::staging::StageError::NoKms => ApiError::Conflict(e.to_string()),
+                crate::staging::StageError::Images(images::Error::BadStaged(why)) => {
+                    ApiError::Conflict(why)
+                }
+                other => ApiError::Internal(other.to_string()),
+            })?;
     let now = now_ms();
     let reset = Reset {
         image,
