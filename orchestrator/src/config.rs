@@ -61,6 +61,16 @@ pub struct RawConfig {
     pub restore: RawRestore,
     #[serde(default)]
     pub api: RawApi,
+    #[serde(default)]
+    pub rooms: Vec<RawRoom>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoom {
+    pub name: String,
+    pub wol_broadcast: String,
+    pub wol_source: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -194,6 +204,17 @@ pub struct Config {
     pub images: ImagesConfig,
     pub restore: RestoreConfig,
     pub api: ApiConfig,
+    /// Rooms by name: where their stations' Wake-on-LAN packets go.
+    pub rooms: Vec<RoomConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomConfig {
+    pub name: String,
+    /// The room subnet's directed broadcast address (UDP port 9).
+    pub wol_broadcast: Ipv4Addr,
+    /// The server's address on that subnet, to send from (multi-homed servers).
+    pub wol_source: Option<Ipv4Addr>,
 }
 
 /// Where the admin token comes from.
@@ -480,6 +501,32 @@ impl Config {
             None => data_dir.join("restore"),
         };
         let restore = restore(raw.restore, restore_dir)?;
+        let mut rooms: Vec<RoomConfig> = Vec::new();
+        for (i, r) in raw.rooms.into_iter().enumerate() {
+            let key = |k: &str| format!("rooms[{i}].{k}");
+            if r.name.is_empty() || r.name.len() > 64 || r.name.chars().any(char::is_control) {
+                return Err(invalid(key("name"), &r.name, "1 to 64 characters"));
+            }
+            if rooms.iter().any(|x| x.name == r.name) {
+                return Err(invalid(key("name"), &r.name, "listed twice"));
+            }
+            let wol_broadcast = r.wol_broadcast.parse::<Ipv4Addr>().map_err(|_| {
+                invalid(
+                    key("wol_broadcast"),
+                    &r.wol_broadcast,
+                    "expected the room subnet's broadcast address, such as 10.1.1.255",
+                )
+            })?;
+            let wol_source = match &r.wol_source {
+                Some(t) => Some(ipv4(&key("wol_source"), t)?),
+                None => None,
+            };
+            rooms.push(RoomConfig {
+                name: r.name,
+                wol_broadcast,
+                wol_source,
+            });
+        }
         let api = match (raw.api.token, raw.api.token_file) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
@@ -514,6 +561,7 @@ impl Config {
             images,
             restore,
             api,
+            rooms,
         })
     }
 
@@ -763,6 +811,14 @@ mod tests {
             ),
             ("[restore]\ntoken_ttl = \"10s\"\n", "restore.token_ttl"),
             ("[api]\ntoken = \"short\"\n", "api.token"),
+            (
+                "[[rooms]]\nname = \"101\"\nwol_broadcast = \"10.1.1\"\n",
+                "rooms[0].wol_broadcast",
+            ),
+            (
+                "[[rooms]]\nname = \"\"\nwol_broadcast = \"10.1.1.255\"\n",
+                "rooms[0].name",
+            ),
             (
                 "[api]\ntoken = \"0123456789abcdef\"\ntoken_file = \"x\"\n",
                 "api.token",

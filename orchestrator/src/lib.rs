@@ -6,6 +6,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod policy;
+pub mod power;
 pub mod recorder;
 pub mod sim;
 pub mod staging;
