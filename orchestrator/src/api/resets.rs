@@ -70,6 +70,26 @@ pub async fn request(
 ) -> Result<Response, ApiError> {
     let mac = parse_mac(&mac)?;
     let req = body(payload)?;
+    let profile = match &req.profile {
+        Some(p) => Some(p.parse::<Profile>().map_err(ApiError::BadRequest)?),
+        None => None,
+    };
+    let reset = mark(&state, mac, req.image, profile, None).await?;
+    let mut answer = reset_json(&reset);
+    answer["station"] = json!(mac);
+    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
+}
+
+/// Stage the image and mark `mac` for a reset to it; its next PXE boot chains the
+/// restore environment. `image` and `profile` default to the station's settings;
+/// `families` (campaign cycles) narrows the KMS families the staged image activates.
+pub async fn mark(
+    state: &AppState,
+    mac: MacAddr,
+    image: Option<String>,
+    profile: Option<Profile>,
+    families: Option<Vec<crate::engine::Family>>,
+) -> Result<Reset, ApiError> {
     let station = state.policy.store().station(mac)?;
     let missing = super::restore_env_missing(&state.restore);
     if !missing.is_empty() {
@@ -85,19 +105,32 @@ pub async fn request(
             "no station {mac} in the inventory (it registers at its first PXE boot, or list it in [[inventory.stations]])"
         )));
     };
-    let profile: Profile = match &req.profile {
-        Some(p) => p.parse().map_err(ApiError::BadRequest)?,
+    let profile = match profile {
+        Some(p) => p,
         None if station.kms_activation => Profile::Kms,
         None => Profile::Plain,
     };
-    let image = req.image.or(station.image).ok_or_else(|| {
+    let image = image.or(station.image).ok_or_else(|| {
         ApiError::BadRequest(format!(
             "no image: name one, or set the image of {mac} (PUT /api/v1/stations/{mac})"
         ))
     })?;
     images::check_name(&image).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let (images, staging, name) = (state.images.clone(), state.staging.clone(), image.clone());
+    let staging = match (&families, &state.staging.kms) {
+        (Some(only), Some(kms)) => {
+            let mut narrowed = (*state.staging).clone();
+            narrowed.kms = Some(crate::config::KmsConfig {
+                windows: kms.windows && only.contains(&crate::engine::Family::Windows),
+                office: kms.office && only.contains(&crate::engine::Family::Office),
+                ..kms.clone()
+            });
+            std::sync::Arc::new(narrowed)
+        }
+        _ => state.staging.clone(),
+    };
+    let (images, name) = (state.images.clone(), image.clone());
     let chunks = state.chunks.clone();
+    let kms = staging.kms.clone();
     let (id, _) =
         tokio::task::spawn_blocking(move || staging.stage(&images, &chunks, &name, profile))
             .await
@@ -125,7 +158,7 @@ pub async fn request(
         stats: Default::default(),
         error: None,
         generation: store.next_id()?,
-        families: match (profile, &state.staging.kms) {
+        families: match (profile, &kms) {
             (Profile::Kms, Some(kms)) => kms.families(),
             _ => Vec::new(),
         },
@@ -140,9 +173,7 @@ pub async fn request(
         ),
     )?;
     tracing::info!(%mac, image = %reset.image, profile = %reset.profile, staged = %reset.staged, "reset requested");
-    let mut answer = reset_json(&reset);
-    answer["station"] = json!(mac);
-    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
+    Ok(reset)
 }
 
 #[derive(Deserialize)]
