@@ -63,6 +63,20 @@ pub struct RawConfig {
     pub api: RawApi,
     #[serde(default)]
     pub rooms: Vec<RawRoom>,
+    #[serde(default)]
+    pub campaigns: RawCampaigns,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCampaigns {
+    pub max_parallel: Option<usize>,
+    pub wake_timeout: Option<String>,
+    pub wake_attempts: Option<u32>,
+    pub restore_timeout: Option<String>,
+    pub restore_attempts: Option<u32>,
+    pub report_timeout: Option<String>,
+    pub tick: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -206,6 +220,7 @@ pub struct Config {
     pub api: ApiConfig,
     /// Rooms by name: where their stations' Wake-on-LAN packets go.
     pub rooms: Vec<RoomConfig>,
+    pub campaigns: crate::campaigns::Settings,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -527,6 +542,7 @@ impl Config {
                 wol_source,
             });
         }
+        let campaigns = campaigns(raw.campaigns)?;
         let api = match (raw.api.token, raw.api.token_file) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
@@ -562,6 +578,7 @@ impl Config {
             restore,
             api,
             rooms,
+            campaigns,
         })
     }
 
@@ -624,6 +641,68 @@ fn kms(raw: RawKms) -> Result<KmsConfig, ConfigError> {
         port,
         windows,
         office,
+    })
+}
+
+fn campaigns(raw: RawCampaigns) -> Result<crate::campaigns::Settings, ConfigError> {
+    let defaults = crate::campaigns::Settings::default();
+    let duration = |key: &str, value: Option<String>, default: std::time::Duration| {
+        let Some(text) = value else {
+            return Ok(default);
+        };
+        humantime::parse_duration(&text)
+            .ok()
+            .filter(|d| {
+                *d >= std::time::Duration::from_millis(100)
+                    && *d <= std::time::Duration::from_secs(86_400)
+            })
+            .ok_or_else(|| invalid(key, &text, "a duration between 100ms and 24h, such as 5m"))
+    };
+    let secs = |d: std::time::Duration| d.as_secs().max(1);
+    let max_parallel = raw.max_parallel.unwrap_or(defaults.max_parallel);
+    if !(1..=500).contains(&max_parallel) {
+        return Err(invalid(
+            "campaigns.max_parallel",
+            max_parallel.to_string(),
+            "between 1 and 500",
+        ));
+    }
+    let attempts = |key: &str, v: Option<u32>, default: u32| match v {
+        None => Ok(default),
+        Some(n) if (1..=20).contains(&n) => Ok(n),
+        Some(n) => Err(invalid(key, n.to_string(), "between 1 and 20")),
+    };
+    let d = &defaults.limits;
+    Ok(crate::campaigns::Settings {
+        max_parallel,
+        limits: crate::engine::campaign::Limits {
+            wake_s: secs(duration(
+                "campaigns.wake_timeout",
+                raw.wake_timeout,
+                std::time::Duration::from_secs(d.wake_s),
+            )?),
+            wake_attempts: attempts(
+                "campaigns.wake_attempts",
+                raw.wake_attempts,
+                d.wake_attempts,
+            )?,
+            restore_s: secs(duration(
+                "campaigns.restore_timeout",
+                raw.restore_timeout,
+                std::time::Duration::from_secs(d.restore_s),
+            )?),
+            restore_attempts: attempts(
+                "campaigns.restore_attempts",
+                raw.restore_attempts,
+                d.restore_attempts,
+            )?,
+            report_s: secs(duration(
+                "campaigns.report_timeout",
+                raw.report_timeout,
+                std::time::Duration::from_secs(d.report_s),
+            )?),
+        },
+        tick: duration("campaigns.tick", raw.tick, defaults.tick)?,
     })
 }
 

@@ -146,6 +146,7 @@ impl Daemon {
         let token = cancel.child_token();
         tasks.spawn(async move { ("tftp", tftp.run(token).await.map_err(Into::into)) });
 
+        let (campaign_handle, campaign_rx) = crate::campaigns::Handle::new();
         let state = AppState {
             policy: policy.clone(),
             tftp_root: Arc::new(config.tftp.root.clone()),
@@ -165,8 +166,17 @@ impl Daemon {
             restore: Arc::new(config.restore.clone()),
             commands_queued: Arc::new(tokio::sync::Notify::new()),
             admin: crate::tokens::AdminToken::load(&config.api)?,
+            campaigns: campaign_handle,
+            campaign_settings: config.campaigns.clone(),
+            rooms: Arc::new(config.rooms.clone()),
             started: Instant::now(),
         };
+        let token = cancel.child_token();
+        let runner = crate::campaigns::run(state.clone(), campaign_rx, token);
+        tasks.spawn(async move {
+            runner.await;
+            ("campaigns", Ok(()))
+        });
         let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
         let token = cancel.child_token();
         tasks.spawn(async move {

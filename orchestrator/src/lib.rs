@@ -2,6 +2,7 @@
 //! HTTP API and the daemon that wires them to the `pxe` servers.
 
 pub mod api;
+pub mod campaigns;
 pub mod config;
 pub mod daemon;
 pub mod engine;

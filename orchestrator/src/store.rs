@@ -153,6 +153,21 @@ pub struct Reset {
     /// Unique per reset (the store's id sequence): the agent token is derived from it.
     #[serde(default)]
     pub generation: u64,
+    /// The generation of the image the station runs until this reset is done: its
+    /// agent keeps its token (to be told to reboot) until then.
+    #[serde(default)]
+    pub previous_generation: Option<u64>,
+}
+
+impl Reset {
+    /// The resets whose agent tokens are good now: this one, and until it is done,
+    /// the one before it.
+    pub fn agent_generations(&self) -> impl Iterator<Item = u64> + '_ {
+        std::iter::once(self.generation).chain(
+            self.previous_generation
+                .filter(|_| self.state != ResetState::Done),
+        )
+    }
 }
 
 /// A command for a station's agent.
@@ -171,6 +186,7 @@ pub struct Store {
     db: sled::Db,
     stations: sled::Tree,
     resets: sled::Tree,
+    campaigns: sled::Tree,
     ledger: sled::Tree,
     commands: sled::Tree,
     events: sled::Tree,
@@ -207,6 +223,7 @@ impl Store {
         Ok(Store {
             stations,
             resets: db.open_tree("resets")?,
+            campaigns: db.open_tree("campaigns")?,
             ledger: db.open_tree("ledger")?,
             commands: db.open_tree("commands")?,
             events: db.open_tree("events")?,
@@ -347,6 +364,46 @@ impl Store {
             .values()
             .map(|v| decode(&mac.to_string(), &v?))
             .collect()
+    }
+
+    /// Every campaign, oldest first.
+    pub fn campaigns(&self) -> Result<Vec<crate::campaigns::Record>, StoreError> {
+        self.campaigns
+            .iter()
+            .values()
+            .map(|v| decode("campaign", &v?))
+            .collect()
+    }
+
+    pub fn campaign(&self, id: u64) -> Result<Option<crate::campaigns::Record>, StoreError> {
+        self.campaigns
+            .get(id.to_be_bytes())?
+            .map(|v| decode(&format!("campaign {id}"), &v))
+            .transpose()
+    }
+
+    /// Write a campaign, durably: the runner acts on it only after this.
+    pub fn put_campaign(
+        &self,
+        id: u64,
+        record: &crate::campaigns::Record,
+    ) -> Result<(), StoreError> {
+        self.campaigns.insert(
+            id.to_be_bytes(),
+            serde_json::to_vec(record).expect("campaign serializes"),
+        )?;
+        self.campaigns.flush()?;
+        Ok(())
+    }
+
+    /// Forget the reset of `mac` when its restore has not started; returns whether
+    /// it did. A restore under way is left to finish (a half-written disk would not
+    /// boot).
+    pub fn remove_reset_if_pending(&self, mac: MacAddr) -> Result<bool, StoreError> {
+        match self.reset(mac)? {
+            Some(r) if r.state == ResetState::Pending => self.remove_reset(mac),
+            _ => Ok(false),
+        }
     }
 
     /// Every activation report, oldest first.

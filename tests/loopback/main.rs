@@ -4,6 +4,7 @@
 mod agent;
 mod auth;
 mod boot_path;
+mod campaign;
 mod chunks;
 mod restore;
 mod support;

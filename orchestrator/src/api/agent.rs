@@ -32,7 +32,9 @@ fn parse_mac(text: &str) -> Result<MacAddr, ApiError> {
         .map_err(|e: pxe::Error| ApiError::BadRequest(e.to_string()))
 }
 
-/// Check the agent token of `mac`: the one its current reset injected.
+/// Check the agent token of `mac`: the one its current reset injected, or, until that
+/// reset is done, the one of the image the station still runs. Returns the reset
+/// generation the token belongs to.
 fn authorized(state: &AppState, mac: MacAddr, headers: &HeaderMap) -> Result<u64, ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
@@ -46,13 +48,12 @@ fn authorized(state: &AppState, mac: MacAddr, headers: &HeaderMap) -> Result<u64
             "{mac} was never reset by netreset: it has no agent token"
         ))
     })?;
-    if state
-        .policy
-        .restore()
-        .secret
-        .check_agent_token(token, mac, reset.generation)
-    {
-        Ok(reset.generation)
+    let secret = &state.policy.restore().secret;
+    let found = reset
+        .agent_generations()
+        .find(|g| secret.check_agent_token(token, mac, *g));
+    if let Some(generation) = found {
+        Ok(generation)
     } else {
         Err(ApiError::Unauthorized(format!(
             "not the agent token of {mac}'s current reset"
@@ -158,6 +159,22 @@ pub async fn report(
             ),
         )?;
         tracing::warn!(%mac, family = %d.family, cmid = %d.cmid, "duplicate CMID: image not generalized");
+    }
+    if new {
+        state.campaigns.station(
+            mac,
+            crate::engine::campaign::Event::Report {
+                mac,
+                family: report.family,
+                count: report.count,
+                duplicate_cmid: duplicate.is_some(),
+            },
+        );
+    }
+    if body.logged_in_user {
+        state
+            .campaigns
+            .station(mac, crate::engine::campaign::Event::InUse(mac));
     }
     Ok((
         StatusCode::CREATED,

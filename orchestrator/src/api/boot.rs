@@ -36,6 +36,11 @@ pub async fn script(
     };
     let text = render(mac, &decision, local).map_err(|e| ApiError::Internal(e.to_string()))?;
     policy.script_served(mac, peer.ip(), &decision);
+    if matches!(decision, pxe::BootDecision::Chain(_)) {
+        state
+            .campaigns
+            .station(mac, crate::engine::campaign::Event::PxeSeen(mac));
+    }
     tracing::info!(%mac, %peer, "script served");
     Ok((
         [

@@ -4,6 +4,7 @@
 
 mod agent;
 mod boot;
+mod campaigns;
 mod chunks;
 mod resets;
 mod stations;
@@ -37,6 +38,11 @@ pub struct AppState {
     pub commands_queued: Arc<tokio::sync::Notify>,
     /// The admin token every `/api/v1` call needs but health and the stations' own.
     pub admin: crate::tokens::AdminToken,
+    /// The campaign runner's mailbox, and its settings.
+    pub campaigns: crate::campaigns::Handle,
+    pub campaign_settings: crate::campaigns::Settings,
+    /// Rooms, for Wake-on-LAN.
+    pub rooms: Arc<Vec<crate::config::RoomConfig>>,
     pub started: Instant,
 }
 
@@ -108,6 +114,14 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/stations/{mac}/command", post(agent::queue))
         .route("/api/v1/agent/report", post(agent::report))
+        .route(
+            "/api/v1/campaigns",
+            get(campaigns::list).post(campaigns::create),
+        )
+        .route(
+            "/api/v1/campaigns/{id}",
+            get(campaigns::show).delete(campaigns::cancel),
+        )
         .route("/api/v1/agent/commands", get(agent::commands))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(axum::middleware::from_fn_with_state(
@@ -151,6 +165,8 @@ pub async fn immutable(
     )
         .into_response())
 }
+
+pub use resets::mark as mark_reset;
 
 /// The restore environment's files that we serve and that are not there.
 pub fn restore_env_missing(restore: &crate::config::RestoreConfig) -> Vec<std::path::PathBuf> {

@@ -158,6 +158,12 @@ pub async fn mark(
         stats: Default::default(),
         error: None,
         generation: store.next_id()?,
+        // The station runs the image of its last completed reset until this one is.
+        previous_generation: match store.reset(mac)? {
+            Some(old) if old.state == ResetState::Done => Some(old.generation),
+            Some(old) => old.previous_generation,
+            None => None,
+        },
         families: match (profile, &kms) {
             (Profile::Kms, Some(kms)) => kms.families(),
             _ => Vec::new(),
@@ -356,6 +362,17 @@ pub async fn progress(
         }
         _ => None,
     };
+    use crate::engine::campaign::Event;
+    state.campaigns.station(
+        mac,
+        match next {
+            ResetState::Done => Event::RestoreDone(mac),
+            ResetState::Failed => {
+                Event::RestoreFailed(mac, reset.error.clone().unwrap_or_default())
+            }
+            _ => Event::RestoreProgress(mac),
+        },
+    );
     if let Some((kind, detail)) = event {
         store.record(mac, kind, detail)?;
         tracing::info!(%mac, kind, "restore report");

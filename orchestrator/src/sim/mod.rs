@@ -1,5 +1,6 @@
-//! The simulator behind the demo and the campaign tests: for now the simulated KMS
-//! host of KMS.md; the virtual school (stations that wake, PXE-boot, restore and
-//! report over loopback) and the simulated clock come with the campaign runner.
+//! The simulator behind the demo and the campaign tests: the simulated KMS host of
+//! KMS.md, and a virtual school whose stations wake, boot, restore, activate and
+//! report over loopback.
 
 pub mod kms_host;
+pub mod school;

@@ -1,0 +1,236 @@
+//! The campaign runner: one task that owns the running campaigns. Station events
+//! (script served, restore progress, agent reports) and a tick reach it over a
+//! channel; it feeds them to the campaign's state machine (`engine::campaign`),
+//! writes the campaign to sled, and only then carries out the actions: reset marks,
+//! Wake-on-LAN, reboot commands. A restarted daemon loads the running campaigns and
+//! goes on where they stood.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use pxe::MacAddr;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::AppState;
+use crate::engine::campaign::{Action, Campaign, Event, Limits, State};
+use crate::engine::Family;
+use crate::store::now_ms;
+
+/// A campaign as stored and shown.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: u64,
+    /// Unix milliseconds.
+    pub created_at: u64,
+    pub updated_at: u64,
+    pub families: Vec<Family>,
+    pub margin: u32,
+    pub campaign: Campaign,
+}
+
+/// What reaches the runner.
+#[derive(Debug)]
+pub enum Msg {
+    Station(MacAddr, Event),
+    Started(u64),
+    Cancel(u64),
+}
+
+/// The runner's mailbox, shared by the API handlers.
+#[derive(Clone, Debug)]
+pub struct Handle {
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl Handle {
+    pub fn new() -> (Handle, mpsc::UnboundedReceiver<Msg>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Handle { tx }, rx)
+    }
+
+    /// Tell the runner what a station did (ignored when it is in no campaign).
+    pub fn station(&self, mac: MacAddr, event: Event) {
+        let _ = self.tx.send(Msg::Station(mac, event));
+    }
+
+    pub fn started(&self, id: u64) {
+        let _ = self.tx.send(Msg::Started(id));
+    }
+
+    pub fn cancel(&self, id: u64) {
+        let _ = self.tx.send(Msg::Cancel(id));
+    }
+}
+
+/// Campaign settings from the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub max_parallel: usize,
+    pub limits: Limits,
+    pub tick: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            max_parallel: 5,
+            limits: Limits::default(),
+            tick: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Run until `cancel`: load the running campaigns, then take messages and ticks.
+pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Msg>, cancel: CancellationToken) {
+    let store = state.policy.store().clone();
+    let mut running: BTreeMap<u64, Record> = match store.campaigns() {
+        Ok(all) => all
+            .into_iter()
+            .filter(|r| r.campaign.state == State::Running)
+            .map(|r| (r.id, r))
+            .collect(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot load the campaigns; none runs");
+            BTreeMap::new()
+        }
+    };
+    if !running.is_empty() {
+        tracing::info!(campaigns = running.len(), "resuming campaigns");
+    }
+    let mut tick = tokio::time::interval(state.campaign_settings.tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => None,
+            msg = rx.recv() => match msg {
+                Some(m) => Some(m),
+                None => return,
+            },
+        };
+        let now = now_ms() / 1000;
+        let mut work: Vec<(u64, Event)> = Vec::new();
+        match msg {
+            None => work.extend(running.keys().map(|id| (*id, Event::Tick))),
+            Some(Msg::Started(id)) => match store.campaign(id) {
+                Ok(Some(r)) => {
+                    running.insert(id, r);
+                    work.push((id, Event::Tick));
+                }
+                other => tracing::error!(id, ?other, "a new campaign cannot be loaded"),
+            },
+            Some(Msg::Cancel(id)) => work.push((id, Event::Cancel)),
+            Some(Msg::Station(mac, event)) => {
+                if let Some(id) = running
+                    .iter()
+                    .find(|(_, r)| r.campaign.stations.iter().any(|s| s.mac == mac))
+                    .map(|(id, _)| *id)
+                {
+                    work.push((id, event));
+                }
+            }
+        }
+        for (id, event) in work {
+            let Some(record) = running.get_mut(&id) else {
+                continue;
+            };
+            let before = record.campaign.clone();
+            let actions = record.campaign.handle(event, now);
+            if record.campaign == before && actions.is_empty() {
+                continue;
+            }
+            record.updated_at = now_ms();
+            // Written before anything is done about it.
+            if let Err(e) = store.put_campaign(id, record) {
+                tracing::error!(id, error = %e, "cannot save the campaign; its actions wait");
+                record.campaign = before;
+                continue;
+            }
+            let record = record.clone();
+            for action in actions {
+                carry_out(&state, &record, action).await;
+            }
+            if record.campaign.state != State::Running {
+                tracing::info!(id, state = ?record.campaign.state, "campaign ended");
+                for s in &record.campaign.stations {
+                    if s.phase != crate::engine::campaign::Phase::Idle {
+                        // Nothing of an ended campaign stays marked for reset.
+                        let _ = store.remove_reset_if_pending(s.mac);
+                    }
+                }
+                running.remove(&id);
+            }
+        }
+    }
+}
+
+async fn carry_out(state: &AppState, record: &Record, action: Action) {
+    let store = state.policy.store();
+    let image = record.campaign.image.clone();
+    let result: Result<(), String> = match &action {
+        Action::Reset { mac, families } => crate::api::mark_reset(
+            state,
+            *mac,
+            Some(image),
+            Some(images::Profile::Kms),
+            Some(families.clone()),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string()),
+        Action::Wake(mac) => wake(state, *mac),
+        Action::Reboot(mac) => store
+            .queue_command(*mac, "reboot")
+            .map(|cmd| {
+                let _ = store.record(
+                    *mac,
+                    "command-queued",
+                    format!("reboot ({}) for campaign {}", cmd.id, record.id),
+                );
+                state.commands_queued.notify_waiters();
+            })
+            .map_err(|e| e.to_string()),
+        Action::CancelReset(mac) => store
+            .remove_reset(*mac)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+    };
+    if let Err(why) = result {
+        tracing::warn!(campaign = record.id, ?action, %why, "campaign action failed");
+        let mac = match &action {
+            Action::Reset { mac, .. }
+            | Action::Wake(mac)
+            | Action::Reboot(mac)
+            | Action::CancelReset(mac) => *mac,
+        };
+        let _ = store.record(mac, "campaign-action-failed", why.clone());
+        if let Action::Reset { .. } = action {
+            // A station that cannot be marked cannot restore: count it as a failed
+            // restore, so it is retried and then quarantined with the reason.
+            state.campaigns.station(mac, Event::RestoreFailed(mac, why));
+        }
+    }
+}
+
+fn wake(state: &AppState, mac: MacAddr) -> Result<(), String> {
+    let station = state
+        .policy
+        .store()
+        .station(mac)
+        .map_err(|e| e.to_string())?;
+    let room_name = station.as_ref().and_then(|s| s.room.clone());
+    let room = crate::power::room(&state.rooms, room_name.as_deref()).ok_or_else(|| {
+        format!(
+            "{mac} has no room with a wol_broadcast address ([[rooms]] in the configuration, room {room_name:?})"
+        )
+    })?;
+    crate::power::wake(mac, room)?;
+    let _ = state.policy.store().record(
+        mac,
+        "wake",
+        format!("Wake-on-LAN to {}:9", room.wol_broadcast),
+    );
+    Ok(())
+}

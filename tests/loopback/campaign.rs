@@ -1,0 +1,254 @@
+//! KMS campaigns end to end on loopback: a virtual school (orchestrator::sim) whose
+//! stations wake on Wake-on-LAN to their room's 127.x address, fetch their boot
+//! script, restore with the real restore client, read the injected KMS settings from
+//! their disk, activate against the simulated KMS host and report through the agent
+//! API. (Port 9 for Wake-on-LAN: these tests need root, as CI runs them.)
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use orchestrator::sim::kms_host::Product;
+use orchestrator::sim::school::{School, StationSpec};
+use pxe::MacAddr;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::*;
+
+fn mac(i: u8) -> MacAddr {
+    MacAddr([0x02, 0, 0, 0, 0x0c, i])
+}
+
+/// A daemon with 30 registered stations (the first `n` in room "lab"), the sample
+/// image as "lab", and the restore environment installed.
+async fn school_server(room_ip: Ipv4Addr, n: u8) -> TestServer {
+    let mut extra = format!(
+        "[kms]\nhost = \"kms.sim\"\n[[rooms]]\nname = \"lab\"\nwol_broadcast = \"{room_ip}\"\nwol_source = \"127.0.0.1\"\n\
+         [campaigns]\ntick = \"100ms\"\nwake_timeout = \"2s\"\nwake_attempts = 2\nrestore_timeout = \"20s\"\nreport_timeout = \"20s\"\n"
+    );
+    for i in 0..30u8 {
+        let room = if i < n { "room = \"lab\"\n" } else { "" };
+        extra.push_str(&format!(
+            "[[inventory.stations]]\nmac = \"{}\"\n{room}",
+            mac(i)
+        ));
+    }
+    let server = start(&extra).await;
+    let data = server.data.path();
+    std::fs::create_dir_all(data.join("restore")).unwrap();
+    std::fs::write(data.join("restore/vmlinuz"), b"k").unwrap();
+    std::fs::write(data.join("restore/initrd.img"), b"i").unwrap();
+    let sample = data.join("sample.img");
+    images::sample::sample_disk(&sample, 40 << 20, 3).unwrap();
+    let store = images::ChunkStore::open(data).unwrap();
+    let index = images::import(&store, &sample, 1 << 16, |_| {})
+        .unwrap()
+        .index;
+    images::Images::open(data)
+        .unwrap()
+        .add("lab", &index)
+        .unwrap();
+    server
+}
+
+/// Start `n` simulated stations in the room; `dead` never wake.
+async fn school(
+    server: &TestServer,
+    room_ip: Ipv4Addr,
+    n: u8,
+    dead: &[u8],
+    generalized: bool,
+) -> (School, CancellationToken, tempfile::TempDir) {
+    let disks = tempfile::tempdir().unwrap();
+    let school = School::new(&server.daemon.public_url, "kms.sim");
+    let specs = (0..n)
+        .map(|i| {
+            let disk = disks.path().join(format!("disk{i}"));
+            std::fs::File::create(&disk)
+                .unwrap()
+                .set_len(40 << 20)
+                .unwrap();
+            StationSpec {
+                mac: mac(i),
+                room_ip,
+                disk,
+                generalized,
+                dead: dead.contains(&i),
+            }
+        })
+        .collect();
+    let cancel = CancellationToken::new();
+    school
+        .start(specs, cancel.clone())
+        .await
+        .expect("bind the room's port 9 (root)");
+    (school, cancel, disks)
+}
+
+async fn campaign(server: &TestServer, body: &str) -> (u16, serde_json::Value) {
+    post_json(server.daemon.http_addr, "/api/v1/campaigns", "", body).await
+}
+
+/// Poll the campaign until it is no longer running (at most 90 s).
+async fn finished(server: &TestServer, id: u64) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let (_, c) = get_json(server.daemon.http_addr, &format!("/api/v1/campaigns/{id}")).await;
+        if c["state"] != "running" {
+            return c;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "campaign still running: {c}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn stations_json(n: u8) -> String {
+    let list: Vec<String> = (0..n).map(|i| format!("\"{}\"", mac(i))).collect();
+    format!("[{}]", list.join(", "))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn five_stations_bring_the_counts_to_exactly_27_and_7_with_even_cycles() {
+    let room = Ipv4Addr::new(127, 79, 1, 1);
+    let server = school_server(room, 5).await;
+    let (school, stop, _disks) = school(&server, room, 5, &[], true).await;
+    let body = format!(
+        r#"{{"stations": {}, "families": ["windows", "office"], "margin": 2, "start": "now", "image": "lab"}}"#,
+        stations_json(5)
+    );
+    let (status, created) = campaign(&server, &body).await;
+    assert_eq!(status, 201, "{created}");
+    let c = finished(&server, created["id"].as_u64().unwrap()).await;
+    assert_eq!(c["state"], "done", "{c}");
+    assert_eq!(school.count(Product::WindowsClient), 27);
+    assert_eq!(school.count(Product::Office), 7);
+    assert_eq!(c["families"]["windows"]["reported"], 27, "{c}");
+    assert_eq!(c["families"]["office"]["reported"], 7, "{c}");
+    let cycles: Vec<u64> = c["stations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["cycles_done"].as_u64().unwrap())
+        .collect();
+    let (lo, hi) = (cycles.iter().min().unwrap(), cycles.iter().max().unwrap());
+    assert!(hi - lo <= 1, "cycles per station {cycles:?}");
+    // No cycle started after the target was reported: every activation raised a count.
+    let (windows, office) = {
+        let log = school.log.lock().unwrap();
+        let counts = |family: &str| -> Vec<u32> {
+            log.activations
+                .iter()
+                .filter(|a| a.1 == family)
+                .map(|a| a.3)
+                .collect()
+        };
+        (counts("windows"), counts("office"))
+    };
+    assert_eq!(
+        windows,
+        (1..=27).collect::<Vec<u32>>(),
+        "each activation raised the count by one"
+    );
+    assert_eq!(office, (1..=7).collect::<Vec<u32>>());
+    stop.cancel();
+    server.daemon.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_stations_that_never_wake_are_unreachable_and_the_rest_finish() {
+    let room = Ipv4Addr::new(127, 79, 2, 1);
+    let server = school_server(room, 5).await;
+    let (school, stop, _disks) = school(&server, room, 5, &[1, 3], true).await;
+    let body = format!(
+        r#"{{"stations": {}, "families": ["office"], "margin": 2, "start": "now", "image": "lab"}}"#,
+        stations_json(5)
+    );
+    let (status, created) = campaign(&server, &body).await;
+    assert_eq!(status, 201, "{created}");
+    let c = finished(&server, created["id"].as_u64().unwrap()).await;
+    assert_eq!(c["state"], "done", "{c}");
+    assert_eq!(school.count(Product::Office), 7);
+    for s in c["stations"].as_array().unwrap() {
+        let dead = s["mac"] == mac(1).to_string() || s["mac"] == mac(3).to_string();
+        assert_eq!(s["phase"] == "unreachable", dead, "{s}");
+        if dead {
+            assert!(
+                s["reason"].as_str().unwrap().contains("wake attempts"),
+                "{s}"
+            );
+        }
+    }
+    stop.cancel();
+    server.daemon.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_non_generalized_image_stops_the_campaign_with_the_diagnosis() {
+    let room = Ipv4Addr::new(127, 79, 3, 1);
+    let server = school_server(room, 5).await;
+    let (_school, stop, _disks) = school(&server, room, 5, &[], false).await;
+    let body = format!(
+        r#"{{"stations": {}, "families": ["windows"], "start": "now", "image": "lab"}}"#,
+        stations_json(5)
+    );
+    let (_, created) = campaign(&server, &body).await;
+    let c = finished(&server, created["id"].as_u64().unwrap()).await;
+    assert_eq!(c["state"], "stopped", "{c}");
+    assert!(
+        c["reason"]
+            .as_str()
+            .unwrap()
+            .contains("image lab is not generalized (sysprep /generalize)"),
+        "{c}"
+    );
+    stop.cancel();
+    server.daemon.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_campaign_requests_get_clear_4xx_and_create_nothing() {
+    let room = Ipv4Addr::new(127, 79, 4, 1);
+    let server = school_server(room, 5).await;
+    let five = stations_json(5);
+    for (body, want, says) in [
+        ("{".to_owned(), 400, "request body"),
+        (format!(r#"{{"stations": {five}, "families": ["windows"], "margin": 50, "start": "now", "image": "lab"}}"#), 400, "margin 50"),
+        (format!(r#"{{"stations": {five}, "families": [], "start": "now", "image": "lab"}}"#), 400, "families"),
+        (format!(r#"{{"stations": {five}, "families": ["linux"], "start": "now", "image": "lab"}}"#), 400, "request body"),
+        (r#"{"stations": ["02:00:00:00:ff:ff"], "families": ["windows"], "start": "now", "image": "lab"}"#.to_owned(), 404, "no station"),
+        (format!(r#"{{"stations": {five}, "families": ["windows"], "start": "later", "image": "lab"}}"#), 400, "start"),
+        (format!(r#"{{"stations": {five}, "room": "lab", "families": ["windows"], "start": "now"}}"#), 400, "either room or stations"),
+        (format!(r#"{{"stations": {five}, "families": ["windows"], "start": "now", "image": "nope"}}"#), 404, "no image"),
+    ] {
+        let (status, answer) = campaign(&server, &body).await;
+        assert_eq!(status, want, "{body}: {answer}");
+        assert!(answer["error"].as_str().unwrap().contains(says), "{body}: {answer}");
+    }
+    let (_, all) = get_json(server.daemon.http_addr, "/api/v1/campaigns").await;
+    assert_eq!(all, serde_json::json!([]), "nothing was created");
+    server.daemon.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fewer_registered_stations_than_the_threshold_refuse_the_family() {
+    // 10 registered stations: Windows needs 25 computers.
+    let mut extra = String::from("[kms]\nhost = \"kms.sim\"\n");
+    for i in 0..10u8 {
+        extra.push_str(&format!("[[inventory.stations]]\nmac = \"{}\"\n", mac(i)));
+    }
+    let server = start(&extra).await;
+    let body = format!(
+        r#"{{"stations": {}, "families": ["windows"], "start": "now", "image": "lab"}}"#,
+        stations_json(5)
+    );
+    let (status, answer) = campaign(&server, &body).await;
+    assert_eq!(status, 409, "{answer}");
+    let why = answer["error"].as_str().unwrap();
+    assert!(
+        why.contains("only 10 stations") && why.contains("MAK"),
+        "{why}"
+    );
+    server.daemon.shutdown().await.unwrap();
+}
