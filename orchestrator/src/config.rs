@@ -85,6 +85,7 @@ pub struct RawRoom {
     pub name: String,
     pub wol_broadcast: String,
     pub wol_source: Option<String>,
+    pub wol_port: Option<u16>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -230,6 +231,9 @@ pub struct RoomConfig {
     pub wol_broadcast: Ipv4Addr,
     /// The server's address on that subnet, to send from (multi-homed servers).
     pub wol_source: Option<Ipv4Addr>,
+    /// UDP port of the magic packets: 9, what NICs listen to (anything else is for
+    /// simulated rooms that cannot bind port 9, like the demo's without root).
+    pub wol_port: u16,
 }
 
 /// Where the admin token comes from.
@@ -536,10 +540,19 @@ impl Config {
                 Some(t) => Some(ipv4(&key("wol_source"), t)?),
                 None => None,
             };
+            let wol_port = r.wol_port.unwrap_or(9);
+            if wol_port == 0 {
+                return Err(invalid(
+                    key("wol_port"),
+                    "0",
+                    "a UDP port (NICs listen on 9)",
+                ));
+            }
             rooms.push(RoomConfig {
                 name: r.name,
                 wol_broadcast,
                 wol_source,
+                wol_port,
             });
         }
         let campaigns = campaigns(raw.campaigns)?;

@@ -5,6 +5,7 @@ pub mod api;
 pub mod campaigns;
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod engine;
 pub mod policy;
 pub mod power;

@@ -28,6 +28,12 @@ enum Command {
         #[arg(long, short, default_value = "/etc/netreset/netreset.toml")]
         config: PathBuf,
     },
+    /// Run a KMS campaign on a simulated school, on loopback: no root, no setup.
+    Demo {
+        /// Print the summary as one JSON line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a configuration file; names the bad key and value.
     CheckConfig {
         /// Configuration file.
@@ -45,14 +51,22 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The demo draws progress bars; the daemon's own log would break them up.
+    let default_level = match cli.command {
+        Command::Demo { .. } => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
         Command::CheckConfig { file } => check_config(&file),
+        Command::Demo { json } => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(orchestrator::demo::run(json))),
         Command::Serve { config } => serve(&config),
         Command::Image { config, command } => image_cli::run(&config, command),
     };

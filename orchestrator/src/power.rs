@@ -8,19 +8,42 @@ use pxe::MacAddr;
 
 use crate::config::RoomConfig;
 
-/// Send a magic packet for `mac` into `room` (UDP port 9 of its broadcast address).
+/// Send a magic packet for `mac` into `room`: UDP port 9 of its broadcast address,
+/// through wol-rs. A simulated room on another port gets the same packet from a
+/// socket of our own (wol-rs always sends to port 9).
 pub fn wake(mac: MacAddr, room: &RoomConfig) -> Result<(), String> {
-    wol::send_wol(
-        wol::MacAddr(mac.octets()),
-        Some(IpAddr::V4(room.wol_broadcast)),
-        room.wol_source.map(IpAddr::V4),
-    )
-    .map_err(|e| {
+    let sent = if room.wol_port == 9 {
+        wol::send_wol(
+            wol::MacAddr(mac.octets()),
+            Some(IpAddr::V4(room.wol_broadcast)),
+            room.wol_source.map(IpAddr::V4),
+        )
+    } else {
+        send_magic(mac, room)
+    };
+    sent.map_err(|e| {
         format!(
-            "Wake-on-LAN for {mac} to {}:9 (room {}): {e}",
-            room.wol_broadcast, room.name
+            "Wake-on-LAN for {mac} to {}:{} (room {}): {e}",
+            room.wol_broadcast, room.wol_port, room.name
         )
     })
+}
+
+/// The magic packet: six 0xff, then the MAC sixteen times.
+pub fn magic_packet(mac: MacAddr) -> [u8; 102] {
+    let mut packet = [0xffu8; 102];
+    for i in 0..16 {
+        packet[6 + i * 6..12 + i * 6].copy_from_slice(&mac.octets());
+    }
+    packet
+}
+
+fn send_magic(mac: MacAddr, room: &RoomConfig) -> std::io::Result<()> {
+    let source = room.wol_source.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+    let socket = std::net::UdpSocket::bind((source, 0))?;
+    socket.set_broadcast(true)?;
+    socket.send_to(&magic_packet(mac), (room.wol_broadcast, room.wol_port))?;
+    Ok(())
 }
 
 /// The room of a station, by name, from the configuration.
@@ -47,16 +70,29 @@ mod tests {
             name: "101".into(),
             wol_broadcast: room_ip,
             wol_source: Some(Ipv4Addr::LOCALHOST),
+            wol_port: 9,
         };
         let mac = MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
         wake(mac, &room).unwrap();
         let mut buf = [0u8; 200];
         let (n, _) = listener.recv_from(&mut buf).unwrap();
-        assert_eq!(n, 102);
-        assert!(buf[..6].iter().all(|&b| b == 0xff));
-        for i in 0..16 {
-            assert_eq!(&buf[6 + i * 6..12 + i * 6], &mac.octets());
-        }
+        assert_eq!(
+            &buf[..n],
+            &magic_packet(mac)[..],
+            "wol-rs sent the magic packet"
+        );
+        // A simulated room on another port gets the same packet.
+        let other = UdpSocket::bind((room_ip, 0)).unwrap();
+        other
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let sim = RoomConfig {
+            wol_port: other.local_addr().unwrap().port(),
+            ..room.clone()
+        };
+        wake(mac, &sim).unwrap();
+        let (n, _) = other.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &magic_packet(mac)[..]);
         let rooms = [room];
         assert_eq!(super::room(&rooms, Some("101")).unwrap().name, "101");
         assert!(super::room(&rooms, Some("102")).is_none());

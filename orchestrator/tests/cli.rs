@@ -224,3 +224,29 @@ fn zstd_of(data: &[u8]) -> Vec<u8> {
     let (id, _) = store.put(data).unwrap();
     store.get_compressed(&id).unwrap()
 }
+
+#[test]
+fn the_demo_runs_a_campaign_to_exactly_27_and_7_and_prints_one_json_line() {
+    let out = Command::new(NETRESET)
+        .args(["demo", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(summary["state"], "done");
+    assert_eq!(
+        summary["targets"],
+        serde_json::json!({"windows": 27, "office": 7})
+    );
+    assert_eq!(summary["reported_counts"], summary["targets"]);
+    assert_eq!(summary["kms_host_counts"], summary["targets"]);
+    assert_eq!(summary["cycles"], 27);
+    assert_eq!(summary["distinct_stations"], 5);
+    assert!(summary["seconds"].as_f64().unwrap() > 0.0);
+}

@@ -70,6 +70,7 @@ async fn school(
             StationSpec {
                 mac: mac(i),
                 room_ip,
+                wol_port: 9,
                 disk,
                 generalized,
                 dead: dead.contains(&i),

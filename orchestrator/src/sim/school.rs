@@ -24,8 +24,10 @@ use super::kms_host::{KmsHost, Product};
 #[derive(Clone, Debug)]
 pub struct StationSpec {
     pub mac: MacAddr,
-    /// The room's Wake-on-LAN address (127.x.y.z; the packets come to port 9).
+    /// The room's Wake-on-LAN address (127.x.y.z) and port (9, or a high port
+    /// without root).
     pub room_ip: Ipv4Addr,
+    pub wol_port: u16,
     pub disk: PathBuf,
     /// Whether the image is generalized: a new CMID at every reset.
     pub generalized: bool,
@@ -79,23 +81,26 @@ impl School {
     }
 
     /// Start the stations; they run until `cancel`. Each room address gets one
-    /// Wake-on-LAN listener (UDP port 9, so this needs root or CAP_NET_BIND_SERVICE).
+    /// Wake-on-LAN listener (port 9 needs root or CAP_NET_BIND_SERVICE).
     pub async fn start(
         &self,
         stations: Vec<StationSpec>,
         cancel: CancellationToken,
     ) -> std::io::Result<()> {
-        let mut rooms: HashMap<Ipv4Addr, HashMap<MacAddr, mpsc::UnboundedSender<()>>> =
+        let mut rooms: HashMap<(Ipv4Addr, u16), HashMap<MacAddr, mpsc::UnboundedSender<()>>> =
             HashMap::new();
         for spec in stations {
             let (tx, rx) = mpsc::unbounded_channel();
-            rooms.entry(spec.room_ip).or_default().insert(spec.mac, tx);
+            rooms
+                .entry((spec.room_ip, spec.wol_port))
+                .or_default()
+                .insert(spec.mac, tx);
             let school = self.clone();
             let cancel = cancel.clone();
             tokio::spawn(async move { school.station(spec, rx, cancel).await });
         }
-        for (ip, macs) in rooms {
-            let socket = tokio::net::UdpSocket::bind((ip, 9)).await?;
+        for ((ip, port), macs) in rooms {
+            let socket = tokio::net::UdpSocket::bind((ip, port)).await?;
             let cancel = cancel.clone();
             tokio::spawn(async move {
                 let mut buf = [0u8; 512];
