@@ -180,18 +180,30 @@ async fn carry_out(state: &AppState, record: &Record, action: Action) {
         .await
         .map(|_| ())
         .map_err(|e| e.to_string()),
-        Action::Wake(mac) => wake(state, *mac),
-        Action::Reboot(mac) => store
-            .queue_command(*mac, "reboot")
-            .map(|cmd| {
-                let _ = store.record(
-                    *mac,
-                    "command-queued",
-                    format!("reboot ({}) for campaign {}", cmd.id, record.id),
-                );
-                state.commands_queued.notify_waiters();
-            })
-            .map_err(|e| e.to_string()),
+        Action::Wake(mac) | Action::Reboot(mac) if !has_active_reset(state, *mac) => {
+            // The daemon stopped between saving a cycle and marking its reset (or the
+            // mark was withdrawn): mark it before the station boots.
+            let families = record
+                .campaign
+                .stations
+                .iter()
+                .find(|s| s.mac == *mac)
+                .map(|s| s.families.clone())
+                .unwrap_or_default();
+            match crate::api::mark_reset(
+                state,
+                *mac,
+                Some(image),
+                Some(images::Profile::Kms),
+                Some(families),
+            )
+            .await
+            {
+                Ok(_) => power_on(state, record, &action),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        Action::Wake(_) | Action::Reboot(_) => power_on(state, record, &action),
         Action::CancelReset(mac) => store
             .remove_reset(*mac)
             .map(|_| ())
@@ -214,6 +226,30 @@ async fn carry_out(state: &AppState, record: &Record, action: Action) {
     }
 }
 
+fn has_active_reset(state: &AppState, mac: MacAddr) -> bool {
+    matches!(state.policy.store().reset(mac), Ok(Some(r)) if r.state.active())
+}
+
+/// Wake the station, or reboot it through its agent.
+fn power_on(state: &AppState, record: &Record, action: &Action) -> Result<(), String> {
+    let store = state.policy.store();
+    match action {
+        Action::Wake(mac) => wake(state, *mac),
+        Action::Reboot(mac) => store
+            .queue_command(*mac, "reboot")
+            .map(|cmd| {
+                let _ = store.record(
+                    *mac,
+                    "command-queued",
+                    format!("reboot ({}) for campaign {}", cmd.id, record.id),
+                );
+                state.commands_queued.notify_waiters();
+            })
+            .map_err(|e| e.to_string()),
+        _ => Ok(()),
+    }
+}
+
 fn wake(state: &AppState, mac: MacAddr) -> Result<(), String> {
     let station = state
         .policy
@@ -230,7 +266,7 @@ fn wake(state: &AppState, mac: MacAddr) -> Result<(), String> {
     let _ = state.policy.store().record(
         mac,
         "wake",
-        format!("Wake-on-LAN to {}:9", room.wol_broadcast),
+        format!("Wake-on-LAN to {}:{}", room.wol_broadcast, room.wol_port),
     );
     Ok(())
 }

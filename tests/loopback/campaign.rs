@@ -2,7 +2,8 @@
 //! stations wake on Wake-on-LAN to their room's 127.x address, fetch their boot
 //! script, restore with the real restore client, read the injected KMS settings from
 //! their disk, activate against the simulated KMS host and report through the agent
-//! API. (Port 9 for Wake-on-LAN: these tests need root, as CI runs them.)
+//! API. The rooms listen off port 9 (a simulated room's `wol_port`), so no root is
+//! needed; wol-rs's port-9 path is tested in `orchestrator::power`.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -14,6 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
 
+/// The simulated rooms' Wake-on-LAN port (each test has a room address of its own).
+const WOL_PORT: u16 = 40_109;
+
 fn mac(i: u8) -> MacAddr {
     MacAddr([0x02, 0, 0, 0, 0x0c, i])
 }
@@ -22,7 +26,7 @@ fn mac(i: u8) -> MacAddr {
 /// image as "lab", and the restore environment installed.
 async fn school_server(room_ip: Ipv4Addr, n: u8) -> TestServer {
     let mut extra = format!(
-        "[kms]\nhost = \"kms.sim\"\n[[rooms]]\nname = \"lab\"\nwol_broadcast = \"{room_ip}\"\nwol_source = \"127.0.0.1\"\n\
+        "[kms]\nhost = \"kms.sim\"\n[[rooms]]\nname = \"lab\"\nwol_broadcast = \"{room_ip}\"\nwol_source = \"127.0.0.1\"\nwol_port = {WOL_PORT}\n\
          [campaigns]\ntick = \"100ms\"\nwake_timeout = \"2s\"\nwake_attempts = 2\nrestore_timeout = \"20s\"\nreport_timeout = \"20s\"\n"
     );
     for i in 0..30u8 {
@@ -70,7 +74,7 @@ async fn school(
             StationSpec {
                 mac: mac(i),
                 room_ip,
-                wol_port: 9,
+                wol_port: WOL_PORT,
                 disk,
                 generalized,
                 dead: dead.contains(&i),

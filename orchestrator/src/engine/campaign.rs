@@ -97,7 +97,7 @@ pub enum State {
 pub struct Campaign {
     pub image: String,
     pub targets: BTreeMap<Family, u32>,
-    /// The newest count reported per family.
+    /// The highest count reported per family during the campaign.
     pub reported: BTreeMap<Family, u32>,
     pub max_parallel: usize,
     pub limits: Limits,
@@ -240,7 +240,10 @@ impl Campaign {
                 count,
                 duplicate_cmid,
             } => {
-                self.reported.insert(family, count);
+                // Reports of one host's count may arrive out of order; within a
+                // campaign the count only grows, so the highest is the newest.
+                let known = self.reported.entry(family).or_insert(0);
+                *known = (*known).max(count);
                 if duplicate_cmid {
                     self.state = State::Stopped {
                         reason: format!(
@@ -646,6 +649,44 @@ mod tests {
             ),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_lower_count_arriving_late_does_not_plan_an_extra_cycle() {
+        let stations = [(mac(0), false), (mac(1), false)];
+        let mut c = Campaign::new("w", &[Family::Office], 0, &stations, 2, Limits::default());
+        c.handle(Event::Tick, 0);
+        for m in [mac(0), mac(1)] {
+            c.handle(Event::PxeSeen(m), 1);
+            c.handle(Event::RestoreDone(m), 2);
+        }
+        c.reported.insert(Family::Office, 3);
+        c.handle(
+            Event::Report {
+                mac: mac(1),
+                family: Family::Office,
+                count: 5,
+                duplicate_cmid: false,
+            },
+            3,
+        );
+        assert_eq!(c.state, State::Done, "5 reached");
+        let mut late = c.clone();
+        late.state = State::Running;
+        late.handle(
+            Event::Report {
+                mac: mac(0),
+                family: Family::Office,
+                count: 4,
+                duplicate_cmid: false,
+            },
+            4,
+        );
+        assert_eq!(
+            late.reported[&Family::Office],
+            5,
+            "the late, lower count is not the newest"
+        );
     }
 
     #[test]

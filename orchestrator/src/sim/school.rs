@@ -241,9 +241,16 @@ impl School {
                 "count": reply.count,
                 "logged_in_user": false,
             });
+            // Like the real agent, a report that does not get through is sent again.
             let url = format!("{}/api/v1/agent/report", win.server);
-            if let Err(e) = post(&url, &win.token, &body).await {
-                tracing::warn!(mac = %spec.mac, error = %e, image = %win.image, "simulated agent: report failed");
+            for attempt in 1..=20 {
+                match post(&url, &win.token, &body).await {
+                    Ok(()) => break,
+                    Err(e) if attempt == 20 => {
+                        tracing::warn!(mac = %spec.mac, error = %e, image = %win.image, "simulated agent: report given up")
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                }
             }
         }
     }
