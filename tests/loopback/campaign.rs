@@ -157,6 +157,21 @@ async fn five_stations_bring_the_counts_to_exactly_27_and_7_with_even_cycles() {
         "each activation raised the count by one"
     );
     assert_eq!(office, (1..=7).collect::<Vec<u32>>());
+    // The ledger's view: the counts reported, and all 27 CMIDs alive for 30 days.
+    let (_, kms) = get_json(server.daemon.http_addr, "/api/v1/kms").await;
+    assert_eq!(kms["families"]["windows"]["reported"], 27, "{kms}");
+    assert_eq!(kms["families"]["office"]["reported"], 7, "{kms}");
+    let projection = kms["families"]["windows"]["projection"].as_array().unwrap();
+    assert_eq!(projection.len(), 60);
+    assert_eq!(projection[0], 27);
+    assert_eq!(
+        projection[59], 0,
+        "after 60 days of silence the count is gone"
+    );
+    assert!(
+        kms["families"]["windows"]["below_target_from"].is_string(),
+        "{kms}"
+    );
     stop.cancel();
     server.daemon.shutdown().await.unwrap();
 }

@@ -6,6 +6,7 @@ mod agent;
 mod boot;
 mod campaigns;
 mod chunks;
+mod kms;
 mod resets;
 mod stations;
 
@@ -114,6 +115,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/stations/{mac}/command", post(agent::queue))
         .route("/api/v1/agent/report", post(agent::report))
+        .route("/api/v1/kms", get(kms::show))
         .route(
             "/api/v1/campaigns",
             get(campaigns::list).post(campaigns::create),
