@@ -33,6 +33,10 @@ enum Command {
         /// Print the summary as one JSON line.
         #[arg(long)]
         json: bool,
+        /// Milliseconds a simulated station takes to boot Windows and activate after
+        /// each restore (real ones take minutes).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+        windows_boot_ms: u64,
     },
     /// Validate a configuration file; names the bad key and value.
     CheckConfig {
@@ -64,9 +68,17 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::CheckConfig { file } => check_config(&file),
-        Command::Demo { json } => tokio::runtime::Runtime::new()
+        Command::Demo {
+            json,
+            windows_boot_ms,
+        } => tokio::runtime::Runtime::new()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(orchestrator::demo::run(json))),
+            .and_then(|rt| {
+                rt.block_on(orchestrator::demo::run(
+                    json,
+                    std::time::Duration::from_millis(windows_boot_ms),
+                ))
+            }),
         Command::Serve { config } => serve(&config),
         Command::Image { config, command } => image_cli::run(&config, command),
     };

@@ -40,6 +40,8 @@ pub struct StationSpec {
 pub struct Log {
     pub activations: Vec<(MacAddr, String, String, u32)>,
     pub boots: HashMap<MacAddr, u32>,
+    /// Each completed cycle: from the wake (or reboot command) to the last report.
+    pub cycles: Vec<Duration>,
 }
 
 #[derive(Clone)]
@@ -49,6 +51,9 @@ pub struct School {
     pub server: String,
     pub log: Arc<Mutex<Log>>,
     pub clock_start: std::time::Instant,
+    /// How long Windows takes to boot, run SetupComplete.cmd and activate (zero by
+    /// default; real stations take minutes).
+    pub windows_boot: Duration,
 }
 
 /// What the station found on its disk after a restore.
@@ -68,6 +73,7 @@ impl School {
             server: server.trim_end_matches('/').to_owned(),
             log: Arc::default(),
             clock_start: std::time::Instant::now(),
+            windows_boot: Duration::ZERO,
         }
     }
 
@@ -155,10 +161,16 @@ impl School {
                 .boots
                 .entry(spec.mac)
                 .or_default() += 1;
+            let woke = std::time::Instant::now();
             match self.pxe_boot(&spec).await {
                 Ok(Some(win)) => {
                     resets += 1;
                     self.activate(&spec, &win, resets).await;
+                    self.log
+                        .lock()
+                        .expect("not poisoned")
+                        .cycles
+                        .push(woke.elapsed());
                     running = Some(win);
                 }
                 // Local disk: Windows as it was.
@@ -205,6 +217,7 @@ impl School {
 
     /// Windows starts: SetupComplete.cmd points it at the KMS host, the agent reports.
     async fn activate(&self, spec: &StationSpec, win: &Windows, resets: u32) {
+        tokio::time::sleep(self.windows_boot).await;
         if win.kms_host.as_deref() != Some(self.kms_name.as_str()) {
             return; // no KMS settings injected: nothing to activate against
         }
