@@ -96,8 +96,16 @@ pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Msg>, cancel: 
             BTreeMap::new()
         }
     };
+    // What happened while the daemon was down (or between saving a step and acting
+    // on it): restores that finished and reports that arrived.
+    let mut pending: std::collections::VecDeque<(u64, Event)> = Default::default();
     if !running.is_empty() {
         tracing::info!(campaigns = running.len(), "resuming campaigns");
+        for r in running.values() {
+            for s in &r.campaign.stations {
+                pending.extend(recover(&state, r, s.mac).into_iter().map(|e| (r.id, e)));
+            }
+        }
     }
     let mut tick = tokio::time::interval(state.campaign_settings.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -111,28 +119,28 @@ pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Msg>, cancel: 
             },
         };
         let now = now_ms() / 1000;
-        let mut work: Vec<(u64, Event)> = Vec::new();
+        let mut work = std::mem::take(&mut pending);
         match msg {
             None => work.extend(running.keys().map(|id| (*id, Event::Tick))),
             Some(Msg::Started(id)) => match store.campaign(id) {
                 Ok(Some(r)) => {
                     running.insert(id, r);
-                    work.push((id, Event::Tick));
+                    work.push_back((id, Event::Tick));
                 }
                 other => tracing::error!(id, ?other, "a new campaign cannot be loaded"),
             },
-            Some(Msg::Cancel(id)) => work.push((id, Event::Cancel)),
+            Some(Msg::Cancel(id)) => work.push_back((id, Event::Cancel)),
             Some(Msg::Station(mac, event)) => {
                 if let Some(id) = running
                     .iter()
                     .find(|(_, r)| r.campaign.stations.iter().any(|s| s.mac == mac))
                     .map(|(id, _)| *id)
                 {
-                    work.push((id, event));
+                    work.push_back((id, event));
                 }
             }
         }
-        for (id, event) in work {
+        while let Some((id, event)) = work.pop_front() {
             let Some(record) = running.get_mut(&id) else {
                 continue;
             };
@@ -150,7 +158,8 @@ pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Msg>, cancel: 
             }
             let record = record.clone();
             for action in actions {
-                carry_out(&state, &record, action).await;
+                let follow = carry_out(&state, &record, action).await;
+                work.extend(follow.into_iter().map(|e| (id, e)));
             }
             if record.campaign.state != State::Running {
                 tracing::info!(id, state = ?record.campaign.state, "campaign ended");
@@ -166,9 +175,17 @@ pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Msg>, cancel: 
     }
 }
 
-async fn carry_out(state: &AppState, record: &Record, action: Action) {
+/// Carry out one action; the events it leads to (the reset's generation, a failure)
+/// go back into the campaign at once.
+async fn carry_out(state: &AppState, record: &Record, action: Action) -> Vec<Event> {
     let store = state.policy.store();
     let image = record.campaign.image.clone();
+    let run = record
+        .campaign
+        .stations
+        .iter()
+        .find(|s| s.mac == action_mac(&action));
+    let mut follow = Vec::new();
     let result: Result<(), String> = match &action {
         Action::Reset { mac, families } => crate::api::mark_reset(
             state,
@@ -178,56 +195,98 @@ async fn carry_out(state: &AppState, record: &Record, action: Action) {
             Some(families.clone()),
         )
         .await
-        .map(|_| ())
+        .map(|reset| follow.push(Event::Marked(*mac, reset.generation)))
         .map_err(|e| e.to_string()),
-        Action::Wake(mac) | Action::Reboot(mac) if !has_active_reset(state, *mac) => {
-            // The daemon stopped between saving a cycle and marking its reset (or the
-            // mark was withdrawn): mark it before the station boots.
-            let families = record
-                .campaign
-                .stations
-                .iter()
-                .find(|s| s.mac == *mac)
-                .map(|s| s.families.clone())
-                .unwrap_or_default();
-            match crate::api::mark_reset(
-                state,
-                *mac,
-                Some(image),
-                Some(images::Profile::Kms),
-                Some(families),
-            )
-            .await
+        Action::Wake(mac) | Action::Reboot(mac) => match store.reset(*mac) {
+            Ok(Some(r)) if r.state.active() => power_on(state, record, &action),
+            // The cycle's restore is done: the daemon missed saying so. Nothing to
+            // boot again.
+            Ok(Some(r))
+                if r.state == crate::store::ResetState::Done
+                    && run.and_then(|s| s.generation) == Some(r.generation) =>
             {
-                Ok(_) => power_on(state, record, &action),
-                Err(e) => Err(e.to_string()),
+                follow.extend(recover(state, record, *mac));
+                Ok(())
             }
-        }
-        Action::Wake(_) | Action::Reboot(_) => power_on(state, record, &action),
+            // The cycle's mark is not there (the daemon stopped between saving the
+            // cycle and marking it, or it was withdrawn): mark it before the boot.
+            _ => {
+                let families = run.map(|s| s.families.clone()).unwrap_or_default();
+                match crate::api::mark_reset(
+                    state,
+                    *mac,
+                    Some(image),
+                    Some(images::Profile::Kms),
+                    Some(families),
+                )
+                .await
+                {
+                    Ok(reset) => {
+                        follow.push(Event::Marked(*mac, reset.generation));
+                        power_on(state, record, &action)
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        },
         Action::CancelReset(mac) => store
-            .remove_reset(*mac)
+            .remove_reset_if_pending(*mac)
             .map(|_| ())
             .map_err(|e| e.to_string()),
     };
     if let Err(why) = result {
+        let mac = action_mac(&action);
         tracing::warn!(campaign = record.id, ?action, %why, "campaign action failed");
-        let mac = match &action {
-            Action::Reset { mac, .. }
-            | Action::Wake(mac)
-            | Action::Reboot(mac)
-            | Action::CancelReset(mac) => *mac,
-        };
         let _ = store.record(mac, "campaign-action-failed", why.clone());
         if let Action::Reset { .. } = action {
             // A station that cannot be marked cannot restore: count it as a failed
             // restore, so it is retried and then quarantined with the reason.
-            state.campaigns.station(mac, Event::RestoreFailed(mac, why));
+            follow.push(Event::RestoreFailed(mac, why));
         }
+    }
+    follow
+}
+
+fn action_mac(action: &Action) -> MacAddr {
+    match action {
+        Action::Reset { mac, .. }
+        | Action::Wake(mac)
+        | Action::Reboot(mac)
+        | Action::CancelReset(mac) => *mac,
     }
 }
 
-fn has_active_reset(state: &AppState, mac: MacAddr) -> bool {
-    matches!(state.policy.store().reset(mac), Ok(Some(r)) if r.state.active())
+/// The events a station's current cycle missed: when its marked reset is done, the
+/// restore's end and the reports its agent sent since (the ledger has them, by the
+/// reset generation of their token).
+fn recover(state: &AppState, record: &Record, mac: MacAddr) -> Vec<Event> {
+    let Some(run) = record.campaign.stations.iter().find(|s| s.mac == mac) else {
+        return Vec::new();
+    };
+    let Some(generation) = run.generation else {
+        return Vec::new();
+    };
+    let store = state.policy.store();
+    let done = matches!(store.reset(mac), Ok(Some(r)) if r.generation == generation && r.state == crate::store::ResetState::Done);
+    if !done {
+        return Vec::new();
+    }
+    let mut events = vec![Event::RestoreDone(mac)];
+    if let Ok(ledger) = store.ledger() {
+        events.extend(
+            ledger
+                .reports()
+                .iter()
+                .filter(|r| r.station == mac && r.cycle == generation)
+                .map(|r| Event::Report {
+                    mac,
+                    family: r.family,
+                    count: r.count,
+                    duplicate_cmid: false,
+                }),
+        );
+    }
+    events
 }
 
 /// Wake the station, or reboot it through its agent.
@@ -235,6 +294,19 @@ fn power_on(state: &AppState, record: &Record, action: &Action) -> Result<(), St
     let store = state.policy.store();
     match action {
         Action::Wake(mac) => wake(state, *mac),
+        Action::Reboot(mac)
+            if store
+                .station(*mac)
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.logged_in) =>
+        {
+            // Never reboot a station with a user at it: it drops out as in-use.
+            state.campaigns.station(*mac, Event::InUse(*mac));
+            Err(format!(
+                "{mac} is in use (a user is logged in): not rebooted"
+            ))
+        }
         Action::Reboot(mac) => store
             .queue_command(*mac, "reboot")
             .map(|cmd| {

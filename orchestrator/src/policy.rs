@@ -75,7 +75,7 @@ impl Orchestrator {
         };
         let r = &self.restore;
         let expires = now_ms() / 1000 + r.token_ttl.as_secs();
-        let token = r.secret.restore_token(mac, &reset.staged, expires);
+        let token = r.secret.restore_token(mac, &reset.token_scope(), expires);
         // UEFI kernels find the initrd iPXE loaded by this name.
         let initrd_name = r.initrd.rsplit('/').next().unwrap_or("initrd");
         let mut cmdline = format!(

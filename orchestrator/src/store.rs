@@ -51,6 +51,10 @@ pub struct Station {
     /// The image the station is reset to when a reset names none.
     #[serde(default)]
     pub image: Option<String>,
+    /// The reset generation of the image the station runs (its last completed reset):
+    /// that image's agent token stays good whatever happens to later resets.
+    #[serde(default)]
+    pub agent_generation: Option<u64>,
     /// KMS activation: its resets use the kms profile unless a reset says otherwise.
     /// Like the vendor's manual says, it takes effect at the station's next reset.
     #[serde(default)]
@@ -82,6 +86,7 @@ impl Station {
             logged_in: false,
             last_report: None,
             image: None,
+            agent_generation: None,
             kms_activation: false,
         }
     }
@@ -160,6 +165,13 @@ pub struct Reset {
 }
 
 impl Reset {
+    /// What a restore token for this reset is bound to: the staged image and the
+    /// reset's generation, so a token of an earlier reset to the same staged image
+    /// is worthless.
+    pub fn token_scope(&self) -> String {
+        format!("{}#{}", self.staged, self.generation)
+    }
+
     /// The resets whose agent tokens are good now: this one, and until it is done,
     /// the one before it.
     pub fn agent_generations(&self) -> impl Iterator<Item = u64> + '_ {
@@ -424,7 +436,7 @@ impl Store {
         report: &crate::engine::ledger::Report,
     ) -> Result<(bool, Option<crate::engine::ledger::DuplicateCmid>), StoreError> {
         let mut ledger = self.ledger()?;
-        if ledger.reports().contains(report) {
+        if ledger.contains(report) {
             return Ok((false, None));
         }
         let key = self.db.generate_id()?.to_be_bytes();
@@ -432,6 +444,12 @@ impl Store {
             .insert(key, serde_json::to_vec(report).expect("report serializes"))?;
         self.ledger.flush()?;
         Ok((true, ledger.add(report.clone()).err()))
+    }
+
+    /// Note that `mac` now runs the image of reset `generation`.
+    pub fn set_agent_generation(&self, mac: MacAddr, generation: u64) -> Result<(), StoreError> {
+        self.update(mac, |st| st.agent_generation = Some(generation))?;
+        Ok(())
     }
 
     /// Note what the agent of `mac` said of its user, and when.

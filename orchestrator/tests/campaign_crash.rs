@@ -173,6 +173,23 @@ async fn a_campaign_survives_five_kills_of_the_daemon_and_ends_exactly_at_the_ta
     daemon.wait().unwrap();
 
     assert_eq!(c["state"], "done", "{c}");
+    let cycles: Vec<u64> = c["stations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            // A station may still wait for its last report when another's report
+            // reaches the target; none may have dropped out.
+            assert!(
+                s["phase"] != "unreachable" && s["phase"] != "quarantined",
+                "no station dropped out: {s}"
+            );
+            s["cycles_done"].as_u64().unwrap()
+        })
+        .collect();
+    // (Spread evenly is the planner's aim, not a promise across crashes: a station
+    // whose step was lost waits for its timeout while the others go on.)
+    assert!(cycles.iter().sum::<u64>() <= 27, "{cycles:?}");
     assert_eq!(school.count(Product::WindowsClient), 27);
     assert_eq!(school.count(Product::Office), 7);
     let (windows, office) = {

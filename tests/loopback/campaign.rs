@@ -223,6 +223,12 @@ async fn a_non_generalized_image_stops_the_campaign_with_the_diagnosis() {
             .contains("image lab is not generalized (sysprep /generalize)"),
         "{c}"
     );
+    for st in c["stations"].as_array().unwrap() {
+        assert!(
+            st["cycles_done"].as_u64().unwrap() <= 1,
+            "stopped in the second cycle: {st}"
+        );
+    }
     stop.cancel();
     server.daemon.shutdown().await.unwrap();
 }
@@ -236,6 +242,7 @@ async fn bad_campaign_requests_get_clear_4xx_and_create_nothing() {
         ("{".to_owned(), 400, "request body"),
         (format!(r#"{{"stations": {five}, "families": ["windows"], "margin": 50, "start": "now", "image": "lab"}}"#), 400, "margin 50"),
         (format!(r#"{{"stations": {five}, "families": [], "start": "now", "image": "lab"}}"#), 400, "families"),
+        (format!(r#"{{"stations": {five}, "families": ["office"], "margin": 6, "start": "now", "image": "lab"}}"#), 400, "at most 10 Office"),
         (format!(r#"{{"stations": {five}, "families": ["linux"], "start": "now", "image": "lab"}}"#), 400, "request body"),
         (r#"{"stations": ["02:00:00:00:ff:ff"], "families": ["windows"], "start": "now", "image": "lab"}"#.to_owned(), 404, "no station"),
         (format!(r#"{{"stations": {five}, "families": ["windows"], "start": "later", "image": "lab"}}"#), 400, "start"),

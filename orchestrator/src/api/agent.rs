@@ -43,14 +43,19 @@ fn authorized(state: &AppState, mac: MacAddr, headers: &HeaderMap) -> Result<u64
         .ok_or_else(|| {
             ApiError::Unauthorized("the agent token is needed (Authorization: Bearer ...)".into())
         })?;
-    let reset = state.policy.store().reset(mac)?.ok_or_else(|| {
-        ApiError::Unauthorized(format!(
+    let store = state.policy.store();
+    let reset = store.reset(mac)?;
+    let running = store.station(mac)?.and_then(|st| st.agent_generation);
+    if reset.is_none() && running.is_none() {
+        return Err(ApiError::Unauthorized(format!(
             "{mac} was never reset by netreset: it has no agent token"
-        ))
-    })?;
+        )));
+    }
     let secret = &state.policy.restore().secret;
-    let found = reset
-        .agent_generations()
+    let mut candidates: Vec<u64> = reset.iter().flat_map(|r| r.agent_generations()).collect();
+    candidates.extend(running);
+    let found = candidates
+        .into_iter()
         .find(|g| secret.check_agent_token(token, mac, *g));
     if let Some(generation) = found {
         Ok(generation)
@@ -109,6 +114,11 @@ pub async fn report(
         ),
     };
     let Some(result) = result else {
+        if body.logged_in_user {
+            state
+                .campaigns
+                .station(mac, crate::engine::campaign::Event::InUse(mac));
+        }
         // No reply from the KMS host yet (12288 without 12289): nothing to count.
         store.record(
             mac,
@@ -160,7 +170,9 @@ pub async fn report(
         )?;
         tracing::warn!(%mac, family = %d.family, cmid = %d.cmid, "duplicate CMID: image not generalized");
     }
-    if new {
+    // Forwarded even when it is a retry: the campaign takes a report once, and a
+    // retry after a crash of the daemon is how a lost one reaches it.
+    {
         state.campaigns.station(
             mac,
             crate::engine::campaign::Event::Report {
@@ -171,6 +183,7 @@ pub async fn report(
             },
         );
     }
+    // After the report: the cycle it ends is counted, then the station drops out.
     if body.logged_in_user {
         state
             .campaigns

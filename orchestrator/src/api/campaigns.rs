@@ -19,6 +19,9 @@ use crate::store::now_ms;
 
 /// Margins beyond this would only waste cycles.
 const MAX_MARGIN: u32 = 10;
+/// The most Office CMIDs a KMS host keeps (twice its threshold).
+const OFFICE_TABLE: u32 = 10;
+static CREATING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// A station whose agent reported this recently is taken as running: it is rebooted
 /// through its agent rather than woken.
 const AGENT_FRESH_MS: u64 = 10 * 60 * 1000;
@@ -58,6 +61,18 @@ pub async fn create(
             "margin {margin}: expected 0 to {MAX_MARGIN}"
         )));
     }
+    // The KMS host's Office table holds 10 CMIDs (KMS.md): a higher target is never
+    // reached.
+    if body.families.contains(&Family::Office) && Family::Office.threshold() + margin > OFFICE_TABLE
+    {
+        return Err(ApiError::BadRequest(format!(
+            "margin {margin}: the KMS host counts at most {OFFICE_TABLE} Office activations, so with office the margin is at most {}",
+            OFFICE_TABLE - Family::Office.threshold()
+        )));
+    }
+    // One creation at a time: the check that no station is in two campaigns and the
+    // save must not interleave.
+    let _creating = CREATING.lock().await;
     let mut families = body.families.clone();
     families.sort();
     families.dedup();
@@ -170,6 +185,16 @@ pub async fn create(
         })
         .collect();
     let settings = &state.campaign_settings;
+    // Start from the counts stations reported in the last 30 days (older ones have
+    // aged out of the host's count), so a top-up does not start blind from zero.
+    let ledger = store.ledger()?;
+    let known: Vec<(Family, u32)> = families
+        .iter()
+        .filter_map(|f| {
+            let r = ledger.latest(*f)?;
+            (now / 1000 < r.at + crate::engine::ledger::CMID_LIFETIME_S).then_some((*f, r.count))
+        })
+        .collect();
     let id = store.next_id()?;
     let record = Record {
         id,
@@ -177,14 +202,18 @@ pub async fn create(
         updated_at: now,
         families: families.clone(),
         margin,
-        campaign: Campaign::new(
-            &image,
-            &families,
-            margin,
-            &stations,
-            settings.max_parallel,
-            settings.limits.clone(),
-        ),
+        campaign: {
+            let mut c = Campaign::new(
+                &image,
+                &families,
+                margin,
+                &stations,
+                settings.max_parallel,
+                settings.limits.clone(),
+            );
+            c.reported.extend(known);
+            c
+        },
     };
     store.put_campaign(id, &record)?;
     state.campaigns.started(id);

@@ -253,7 +253,7 @@ fn authorized(
         .reset(mac)?
         .ok_or_else(|| ApiError::Unauthorized(format!("no reset was asked for {mac}")))?;
     let restore = state.policy.restore();
-    match restore.secret.restore_token_expiry(token, mac, &reset.staged) {
+    match restore.secret.restore_token_expiry(token, mac, &reset.token_scope()) {
         None => Err(ApiError::Unauthorized(
             "the restore token is not one issued for this station and its current reset".into(),
         )),
@@ -353,6 +353,9 @@ pub async fn progress(
     }
     let store = state.policy.store();
     store.put_reset(mac, &reset)?;
+    if next == ResetState::Done {
+        store.set_agent_generation(mac, reset.generation)?;
+    }
     let event = match (previous, next) {
         (ResetState::Restoring, ResetState::Restoring) => None,
         (_, ResetState::Restoring) => Some(("restore-started", reset.staged.clone())),

@@ -82,6 +82,9 @@ pub struct StationRun {
     pub restore_failures: u32,
     /// Whether the station runs an agent now (reboot it) or is off (wake it).
     pub powered_on: bool,
+    /// The reset generation marked for the cycle it runs, once the mark is made.
+    #[serde(default)]
+    pub generation: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +128,8 @@ pub enum Event {
     },
     /// The agent says a user is logged in.
     InUse(MacAddr),
+    /// The reset of the station's cycle was marked, with this generation.
+    Marked(MacAddr, u64),
     Cancel,
 }
 
@@ -169,6 +174,7 @@ impl Campaign {
                     families: Vec::new(),
                     restore_failures: 0,
                     powered_on,
+                    generation: None,
                 })
                 .collect(),
             state: State::Running,
@@ -280,6 +286,14 @@ impl Campaign {
                     }
                 }
             }
+            Event::Marked(mac, generation) => {
+                if let Some(s) = self.station(mac) {
+                    if s.phase.in_cycle() {
+                        s.generation = Some(generation);
+                    }
+                }
+                return actions;
+            }
             Event::Cancel => {
                 self.state = State::Cancelled;
                 return actions;
@@ -361,6 +375,7 @@ impl Campaign {
             s.phase = Phase::Waking { attempt: 1 };
             s.since = now;
             s.families = start.families.clone();
+            s.generation = None;
             actions.push(Action::Reset {
                 mac: start.mac,
                 families: start.families,

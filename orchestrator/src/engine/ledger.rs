@@ -63,7 +63,7 @@ impl Ledger {
     /// the station reported in an earlier cycle is recorded and returned as a
     /// duplicate, for the campaign to stop on.
     pub fn add(&mut self, report: Report) -> Result<(), DuplicateCmid> {
-        if self.reports.contains(&report) {
+        if self.contains(&report) {
             return Ok(());
         }
         let earlier = self
@@ -90,13 +90,29 @@ impl Ledger {
         }
     }
 
-    /// The count of the newest report of `family` (0 before any).
+    /// Whether the ledger has this report already: the same station, family, CMID and
+    /// cycle (a retried POST, whenever it arrives).
+    pub fn contains(&self, report: &Report) -> bool {
+        self.reports.iter().any(|r| {
+            r.station == report.station
+                && r.family == report.family
+                && r.cmid == report.cmid
+                && r.cycle == report.cycle
+        })
+    }
+
+    /// The count of the newest report of `family` (0 before any); of reports in the
+    /// same second, the highest.
     pub fn latest_count(&self, family: Family) -> u32 {
+        self.latest(family).map_or(0, |r| r.count)
+    }
+
+    /// The newest report of `family`.
+    pub fn latest(&self, family: Family) -> Option<&Report> {
         self.reports
             .iter()
             .filter(|r| r.family == family)
-            .max_by_key(|r| r.at)
-            .map_or(0, |r| r.count)
+            .max_by_key(|r| (r.at, r.count))
     }
 
     /// Every CMID of `family` and its last request.
@@ -169,8 +185,14 @@ mod tests {
         let mut ledger = Ledger::new();
         let first = report(1, "cmid-a", 10, 1, 1);
         ledger.add(first.clone()).unwrap();
-        ledger.add(first).unwrap();
-        assert_eq!(ledger.reports().len(), 1, "kept once");
+        ledger.add(first.clone()).unwrap();
+        let retried_later = Report { at: 11, ..first };
+        ledger.add(retried_later).unwrap();
+        assert_eq!(
+            ledger.reports().len(),
+            1,
+            "kept once, whenever the retry arrives"
+        );
         ledger.add(report(2, "cmid-b", 20, 2, 1)).unwrap();
         let dup = ledger.add(report(1, "cmid-a", 30, 2, 2)).unwrap_err();
         assert_eq!(
