@@ -3,7 +3,6 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::error::io;
@@ -137,77 +136,12 @@ pub fn ntfs_partitions(parts: &[Partition]) -> Vec<&Partition> {
     ntfs
 }
 
-/// A partition as a file of its own, for filesystem code that wants `Read + Write +
-/// Seek` from offset 0.
-#[derive(Debug)]
-pub struct Slice<'a> {
-    file: &'a File,
-    start: u64,
-    len: u64,
-    pos: u64,
-}
+/// A partition of a disk file as a file of its own, for filesystem code that wants
+/// `Read + Write + Seek` from offset 0.
+pub type Slice<'a> = Window<&'a File>;
 
-impl<'a> Slice<'a> {
-    pub fn new(file: &'a File, part: &Partition) -> Slice<'a> {
-        Slice {
-            file,
-            start: part.start,
-            len: part.len,
-            pos: 0,
-        }
-    }
-}
-
-impl Read for Slice<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = (buf.len() as u64).min(self.len.saturating_sub(self.pos)) as usize;
-        let n = self.file.read_at(&mut buf[..n], self.start + self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-impl std::io::Write for Slice<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = (buf.len() as u64).min(self.len.saturating_sub(self.pos)) as usize;
-        if n == 0 && !buf.is_empty() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::WriteZero,
-                "write past the end of the partition",
-            ));
-        }
-        let n = self.file.write_at(&buf[..n], self.start + self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Seek for Slice<'_> {
-    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
-        let pos = match to {
-            SeekFrom::Start(p) => Some(p),
-            SeekFrom::End(d) => self.len.checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        match pos {
-            Some(p) if p <= self.len => {
-                self.pos = p;
-                Ok(p)
-            }
-            _ => Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "seek outside the partition",
-            )),
-        }
-    }
-}
-
-/// A partition of any `Read + Write + Seek` disk as a device of its own (for fatfs on
-/// an image read from its chunks).
+/// A partition of any `Read + Write + Seek` disk (a file, an image read from its
+/// chunks) as a device of its own: reads and writes never leave it.
 #[derive(Debug)]
 pub struct Window<D> {
     inner: D,

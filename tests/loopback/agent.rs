@@ -12,20 +12,7 @@ async fn setup() -> TestServer {
          [kms]\nhost = \"kms.school.example\"\n"
     );
     let server = start(&extra).await;
-    let data = server.data.path();
-    std::fs::create_dir_all(data.join("restore")).unwrap();
-    std::fs::write(data.join("restore/vmlinuz"), b"k").unwrap();
-    std::fs::write(data.join("restore/initrd.img"), b"i").unwrap();
-    let disk = data.join("lab.raw");
-    images::sample::sample_disk(&disk, 40 << 20, 1).unwrap();
-    let store = images::ChunkStore::open(data).unwrap();
-    let index = images::import(&store, &disk, 1 << 16, |_| {})
-        .unwrap()
-        .index;
-    images::Images::open(data)
-        .unwrap()
-        .add("lab", &index)
-        .unwrap();
+    install_sample(server.data.path(), "lab", 1);
     server
 }
 

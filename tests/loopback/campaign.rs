@@ -37,20 +37,7 @@ async fn school_server(room_ip: Ipv4Addr, n: u8) -> TestServer {
         ));
     }
     let server = start(&extra).await;
-    let data = server.data.path();
-    std::fs::create_dir_all(data.join("restore")).unwrap();
-    std::fs::write(data.join("restore/vmlinuz"), b"k").unwrap();
-    std::fs::write(data.join("restore/initrd.img"), b"i").unwrap();
-    let sample = data.join("sample.img");
-    images::sample::sample_disk(&sample, 40 << 20, 3).unwrap();
-    let store = images::ChunkStore::open(data).unwrap();
-    let index = images::import(&store, &sample, 1 << 16, |_| {})
-        .unwrap()
-        .index;
-    images::Images::open(data)
-        .unwrap()
-        .add("lab", &index)
-        .unwrap();
+    install_sample(server.data.path(), "lab", 3);
     server
 }
 

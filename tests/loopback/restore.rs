@@ -452,9 +452,9 @@ async fn a_server_gone_mid_restore_is_a_clear_error_and_a_rerun_completes() {
     let disk = dir.path().join("disk");
     std::fs::write(&disk, vec![0u8; image.len()]).unwrap();
 
-    // 16 Mbit/s: the ~5 MiB restore takes about 3 s.
+    // 4 Mbit/s: the ~5 MiB restore would take about 10 s; the server goes first.
     let mut opts = options(&args, &disk);
-    opts.max_mbit = Some(16.0);
+    opts.max_mbit = Some(4.0);
     let running = tokio::spawn(restore(opts));
     eventually(|| async {
         let st = station(&server).await;

@@ -387,3 +387,21 @@ pub async fn post_json(
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}")),
     )
 }
+
+/// Install a stand-in restore environment (resets are refused without one) and
+/// import a generated sample disk (`images::sample`) as image `name`.
+pub fn install_sample(data: &Path, name: &str, seed: u64) {
+    std::fs::create_dir_all(data.join("restore")).unwrap();
+    std::fs::write(data.join("restore/vmlinuz"), b"kernel stand-in").unwrap();
+    std::fs::write(data.join("restore/initrd.img"), b"initrd stand-in").unwrap();
+    let disk = data.join(format!("{name}.raw"));
+    images::sample::sample_disk(&disk, 40 << 20, seed).unwrap();
+    let store = images::ChunkStore::open(data).unwrap();
+    let index = images::import(&store, &disk, 1 << 16, |_| {})
+        .unwrap()
+        .index;
+    images::Images::open(data)
+        .unwrap()
+        .add(name, &index)
+        .unwrap();
+}

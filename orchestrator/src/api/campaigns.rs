@@ -281,29 +281,29 @@ fn parse_id(text: &str) -> Result<u64, ApiError> {
         .map_err(|_| ApiError::BadRequest(format!("{text:?} is not a campaign id")))
 }
 
+/// The campaign `id` of the path.
+fn load(state: &AppState, id: &str) -> Result<Record, ApiError> {
+    let id = parse_id(id)?;
+    state
+        .policy
+        .store()
+        .campaign(id)?
+        .ok_or_else(|| ApiError::NotFound(format!("no campaign {id}")))
+}
+
 pub async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&id)?;
-    let record = state
-        .policy
-        .store()
-        .campaign(id)?
-        .ok_or_else(|| ApiError::NotFound(format!("no campaign {id}")))?;
-    Ok(Json(record_json(&record)))
+    Ok(Json(record_json(&load(&state, &id)?)))
 }
 
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&id)?;
-    let record = state
-        .policy
-        .store()
-        .campaign(id)?
-        .ok_or_else(|| ApiError::NotFound(format!("no campaign {id}")))?;
+    let record = load(&state, &id)?;
+    let id = record.id;
     if record.campaign.state != CampaignState::Running {
         return Err(ApiError::Conflict(format!("campaign {id} is not running")));
     }
