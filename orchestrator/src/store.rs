@@ -45,9 +45,11 @@ pub struct Station {
     /// and is not rebooted unless the admin forces it.
     #[serde(default)]
     pub logged_in: bool,
-    /// Unix milliseconds of the agent's last report.
+    /// Unix milliseconds of the agent's last report, and of its last command poll.
     #[serde(default)]
     pub last_report: Option<u64>,
+    #[serde(default)]
+    pub last_poll: Option<u64>,
     /// The image the station is reset to when a reset names none.
     #[serde(default)]
     pub image: Option<String>,
@@ -85,6 +87,7 @@ impl Station {
             last_seen: None,
             logged_in: false,
             last_report: None,
+            last_poll: None,
             image: None,
             agent_generation: None,
             kms_activation: false,
@@ -444,6 +447,13 @@ impl Store {
             .insert(key, serde_json::to_vec(report).expect("report serializes"))?;
         self.ledger.flush()?;
         Ok((true, ledger.add(report.clone()).err()))
+    }
+
+    /// Note that the agent of `mac` asked for commands just now (a sign of life).
+    pub fn agent_polled(&self, mac: MacAddr) -> Result<(), StoreError> {
+        let now = now_ms();
+        self.update(mac, |st| st.last_poll = Some(now))?;
+        Ok(())
     }
 
     /// Note that `mac` now runs the image of reset `generation`.

@@ -210,6 +210,8 @@ pub async fn commands(
 ) -> Result<Response, ApiError> {
     let mac = parse_mac(&poll.station)?;
     authorized(&state, mac, &headers)?;
+    // A polling agent is a running station: campaigns reboot it rather than wake it.
+    state.policy.store().agent_polled(mac)?;
     let wait = poll.wait.map_or(POLL, |s| Duration::from_secs(s).min(POLL));
     let deadline = tokio::time::Instant::now() + wait;
     loop {

@@ -22,8 +22,8 @@ const MAX_MARGIN: u32 = 10;
 /// The most Office CMIDs a KMS host keeps (twice its threshold).
 const OFFICE_TABLE: u32 = 10;
 static CREATING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-/// A station whose agent reported this recently is taken as running: it is rebooted
-/// through its agent rather than woken.
+/// A station whose agent reported or polled this recently is taken as running: it is
+/// rebooted through its agent rather than woken.
 const AGENT_FRESH_MS: u64 = 10 * 60 * 1000;
 
 #[derive(Deserialize)]
@@ -180,6 +180,7 @@ pub async fn create(
             (
                 s.mac,
                 s.last_report
+                    .max(s.last_poll)
                     .is_some_and(|t| now.saturating_sub(t) < AGENT_FRESH_MS),
             )
         })
