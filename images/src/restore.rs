@@ -360,17 +360,7 @@ mod tests {
 
     const CS: usize = MIN_CHUNK_SIZE as usize;
 
-    fn pattern(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::sample::noise as pattern;
 
     /// An image of 8 chunks, chunk 3 all zeros, a short last chunk.
     fn setup() -> (tempfile::TempDir, ChunkStore, Index, Vec<u8>) {

@@ -57,16 +57,10 @@ pub fn sample_disk(path: &Path, size: u64, seed: u64) -> Result<(), Error> {
     let parts = partition::partitions(path)?;
     let file = rw()?;
     let fat_err = |e: std::io::Error| bad(format!("FAT: {e}"));
-    let mut x = seed | 1;
-    let mut noise = |len: usize| -> Vec<u8> {
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+    let mut file_seed = seed;
+    let mut noise = |len: usize| {
+        file_seed = file_seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        noise(len, file_seed)
     };
     for (part, label, files) in [
         (
@@ -107,6 +101,20 @@ pub fn sample_disk(path: &Path, size: u64, seed: u64) -> Result<(), Error> {
         fs.unmount().map_err(fat_err)?;
     }
     file.sync_all().map_err(io(path))
+}
+
+/// `len` bytes of repeatable noise (xorshift64) from `seed`: incompressible data
+/// for sample disks and tests.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }
 
 #[cfg(test)]
