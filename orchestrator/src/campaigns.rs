@@ -27,6 +27,9 @@ pub struct Record {
     pub updated_at: u64,
     pub families: Vec<Family>,
     pub margin: u32,
+    /// Runs its cycles in the overnight windows only.
+    #[serde(default)]
+    pub window: bool,
     pub campaign: Campaign,
 }
 
@@ -145,6 +148,15 @@ pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Msg>, cancel: 
                 continue;
             };
             let before = record.campaign.clone();
+            if record.window {
+                // In its window it plans cycles; outside, the ones under way finish.
+                let open = state
+                    .schedule
+                    .as_ref()
+                    .as_ref()
+                    .is_some_and(|w| w.contains(now as i64));
+                record.campaign.paused = !open;
+            }
             let actions = record.campaign.handle(event, now);
             if record.campaign == before && actions.is_empty() {
                 continue;

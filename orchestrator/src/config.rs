@@ -65,6 +65,24 @@ pub struct RawConfig {
     pub rooms: Vec<RawRoom>,
     #[serde(default)]
     pub campaigns: RawCampaigns,
+    #[serde(default)]
+    pub schedule: RawSchedule,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSchedule {
+    pub time_zone: Option<String>,
+    #[serde(default)]
+    pub windows: Vec<RawWindow>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWindow {
+    pub days: Vec<String>,
+    pub start: String,
+    pub end: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -222,6 +240,8 @@ pub struct Config {
     /// Rooms by name: where their stations' Wake-on-LAN packets go.
     pub rooms: Vec<RoomConfig>,
     pub campaigns: crate::campaigns::Settings,
+    /// Overnight windows for campaigns that start in one; `None` without windows.
+    pub schedule: Option<crate::engine::schedule::Schedule>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -556,6 +576,7 @@ impl Config {
             });
         }
         let campaigns = campaigns(raw.campaigns)?;
+        let schedule = schedule(raw.schedule)?;
         let api = match (raw.api.token, raw.api.token_file) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
@@ -592,6 +613,7 @@ impl Config {
             api,
             rooms,
             campaigns,
+            schedule,
         })
     }
 
@@ -655,6 +677,37 @@ fn kms(raw: RawKms) -> Result<KmsConfig, ConfigError> {
         windows,
         office,
     })
+}
+
+fn schedule(raw: RawSchedule) -> Result<Option<crate::engine::schedule::Schedule>, ConfigError> {
+    use crate::engine::schedule::{day, time_of_day, Schedule, Window};
+    let zone = raw.time_zone.unwrap_or_else(|| "UTC".into());
+    let time_zone = jiff::tz::TimeZone::get(&zone).map_err(|_| {
+        invalid(
+            "schedule.time_zone",
+            &zone,
+            "an IANA time zone name, such as Europe/Berlin",
+        )
+    })?;
+    let mut windows = Vec::new();
+    for (i, w) in raw.windows.into_iter().enumerate() {
+        let key = |k: &str| format!("schedule.windows[{i}].{k}");
+        let mut days = [false; 7];
+        for d in &w.days {
+            let n = day(d)
+                .ok_or_else(|| invalid(key("days"), d, "mon, tue, wed, thu, fri, sat or sun"))?;
+            days[n] = true;
+        }
+        if w.days.is_empty() {
+            return Err(invalid(key("days"), "[]", "name at least one day"));
+        }
+        let start = time_of_day(&w.start)
+            .ok_or_else(|| invalid(key("start"), &w.start, "a time of day, HH:MM"))?;
+        let end = time_of_day(&w.end)
+            .ok_or_else(|| invalid(key("end"), &w.end, "a time of day, HH:MM"))?;
+        windows.push(Window { days, start, end });
+    }
+    Ok((!windows.is_empty()).then_some(Schedule { time_zone, windows }))
 }
 
 fn campaigns(raw: RawCampaigns) -> Result<crate::campaigns::Settings, ConfigError> {

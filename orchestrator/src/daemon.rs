@@ -169,6 +169,7 @@ impl Daemon {
             campaigns: campaign_handle,
             campaign_settings: config.campaigns.clone(),
             rooms: Arc::new(config.rooms.clone()),
+            schedule: Arc::new(config.schedule.clone()),
             started: Instant::now(),
         };
         let token = cancel.child_token();

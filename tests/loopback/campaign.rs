@@ -266,3 +266,91 @@ async fn fewer_registered_stations_than_the_threshold_refuse_the_family() {
     );
     server.daemon.shutdown().await.unwrap();
 }
+
+/// Today's weekday in UTC, Monday = 0 (1970-01-01 was a Thursday).
+fn weekday_today() -> usize {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400;
+    ((days + 3) % 7) as usize
+}
+
+async fn window_server(window_day: Option<usize>) -> TestServer {
+    const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+    let mut extra = String::from("[kms]\nhost = \"kms.sim\"\n[campaigns]\ntick = \"100ms\"\n");
+    if let Some(d) = window_day {
+        // A whole-day window (start = end) on one day, in UTC.
+        extra.push_str(&format!(
+            "[schedule]\ntime_zone = \"UTC\"\n[[schedule.windows]]\ndays = [\"{}\"]\nstart = \"00:00\"\nend = \"00:00\"\n",
+            DAYS[d]
+        ));
+    }
+    for i in 0..30u8 {
+        extra.push_str(&format!("[[inventory.stations]]\nmac = \"{}\"\n", mac(i)));
+    }
+    let server = start(&extra).await;
+    install_sample(server.data.path(), "lab", 5);
+    server
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_window_campaign_waits_outside_its_window_and_starts_inside() {
+    let body = format!(
+        r#"{{"stations": {}, "families": ["office"], "start": "window", "image": "lab"}}"#,
+        stations_json(5)
+    );
+    // No windows configured: refused.
+    let server = window_server(None).await;
+    let (status, answer) = campaign(&server, &body).await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(answer["error"]
+        .as_str()
+        .unwrap()
+        .contains("[[schedule.windows]]"));
+    server.daemon.shutdown().await.unwrap();
+
+    // A window three days from now: the campaign waits and marks nothing.
+    let server = window_server(Some((weekday_today() + 3) % 7)).await;
+    let (status, created) = campaign(&server, &body).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_u64().unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (_, c) = get_json(server.daemon.http_addr, &format!("/api/v1/campaigns/{id}")).await;
+    assert_eq!(
+        (c["state"].as_str(), c["waiting_for_window"].as_bool()),
+        (Some("running"), Some(true)),
+        "{c}"
+    );
+    assert_eq!(c["cycles_started"], 0, "{c}");
+    let (_, st) = get_json(
+        server.daemon.http_addr,
+        &format!("/api/v1/stations/{}", mac(0)),
+    )
+    .await;
+    assert!(
+        st["reset"].is_null(),
+        "nothing marked outside the window: {st}"
+    );
+    server.daemon.shutdown().await.unwrap();
+
+    // Today's window: the first cycles start at once.
+    let server = window_server(Some(weekday_today())).await;
+    let (_, created) = campaign(&server, &body).await;
+    let id = created["id"].as_u64().unwrap();
+    let c = eventually(|| async {
+        let (_, c) = get_json(server.daemon.http_addr, &format!("/api/v1/campaigns/{id}")).await;
+        (c["cycles_started"].as_u64() == Some(5)).then_some(c)
+    })
+    .await;
+    assert_eq!(c["waiting_for_window"], false, "{c}");
+    // The campaign is saved before its actions are carried out: the mark follows.
+    let addr = server.daemon.http_addr;
+    eventually(|| async {
+        let (_, st) = get_json(addr, &format!("/api/v1/stations/{}", mac(0))).await;
+        (st["reset"]["state"] == "pending").then_some(())
+    })
+    .await;
+    server.daemon.shutdown().await.unwrap();
+}

@@ -43,18 +43,21 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let Json(body) =
         payload.map_err(|e| ApiError::BadRequest(format!("request body: {}", e.body_text())))?;
-    match body.start.as_str() {
-        "now" => {}
-        "window" => return Err(ApiError::BadRequest(
-            "start \"window\": overnight windows are not configurable in this version; use \"now\""
-                .into(),
-        )),
+    let window = match body.start.as_str() {
+        "now" => false,
+        "window" if state.schedule.is_none() => {
+            return Err(ApiError::Conflict(
+                "start \"window\": no overnight windows are configured ([[schedule.windows]])"
+                    .into(),
+            ))
+        }
+        "window" => true,
         other => {
             return Err(ApiError::BadRequest(format!(
                 "start {other:?}: expected \"now\" or \"window\""
             )))
         }
-    }
+    };
     let margin = body.margin.unwrap_or(2);
     if margin > MAX_MARGIN {
         return Err(ApiError::BadRequest(format!(
@@ -203,6 +206,7 @@ pub async fn create(
         updated_at: now,
         families: families.clone(),
         margin,
+        window,
         campaign: {
             let mut c = Campaign::new(
                 &image,
@@ -213,6 +217,12 @@ pub async fn create(
                 settings.limits.clone(),
             );
             c.reported.extend(known);
+            c.paused = window
+                && !state
+                    .schedule
+                    .as_ref()
+                    .as_ref()
+                    .is_some_and(|w| w.contains((now / 1000) as i64));
             c
         },
     };
@@ -266,6 +276,8 @@ fn record_json(r: &Record) -> Value {
     state["families"] = Value::Object(families);
     state["cycles_done"] = json!(c.stations.iter().map(|s| s.cycles_done).sum::<u32>());
     state["cycles_started"] = json!(c.cycles_started);
+    state["start"] = json!(if r.window { "window" } else { "now" });
+    state["waiting_for_window"] = json!(c.paused);
     state["stations"] = Value::Array(stations);
     state["created_at"] = json!(super::stations::rfc3339(r.created_at));
     state["updated_at"] = json!(super::stations::rfc3339(r.updated_at));

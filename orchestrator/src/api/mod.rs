@@ -44,6 +44,8 @@ pub struct AppState {
     pub campaign_settings: crate::campaigns::Settings,
     /// Rooms, for Wake-on-LAN.
     pub rooms: Arc<Vec<crate::config::RoomConfig>>,
+    /// Overnight windows, for campaigns that start in one.
+    pub schedule: Arc<Option<crate::engine::schedule::Schedule>>,
     pub started: Instant,
 }
 

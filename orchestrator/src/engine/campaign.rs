@@ -107,6 +107,9 @@ pub struct Campaign {
     pub stations: Vec<StationRun>,
     pub state: State,
     pub cycles_started: u32,
+    /// Outside its window: cycles under way go on, no new one starts.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -179,6 +182,7 @@ impl Campaign {
                 .collect(),
             state: State::Running,
             cycles_started: 0,
+            paused: false,
         }
     }
 
@@ -349,6 +353,9 @@ impl Campaign {
     fn advance(&mut self, now: u64, actions: &mut Vec<Action>) {
         if self.reached() {
             self.state = State::Done;
+            return;
+        }
+        if self.paused {
             return;
         }
         let goals: Vec<Goal> = self
@@ -702,6 +709,23 @@ mod tests {
             5,
             "the late, lower count is not the newest"
         );
+    }
+
+    #[test]
+    fn a_paused_campaign_starts_no_cycle_until_it_is_resumed() {
+        let mut c = Campaign::new(
+            "w",
+            &[Family::Office],
+            0,
+            &five_stations(),
+            5,
+            Limits::default(),
+        );
+        c.paused = true;
+        assert!(c.handle(Event::Tick, 0).is_empty());
+        assert_eq!(c.state, State::Running, "waiting, not stopped");
+        c.paused = false;
+        assert_eq!(c.handle(Event::Tick, 1).len(), 10, "5 resets and 5 wakes");
     }
 
     #[test]

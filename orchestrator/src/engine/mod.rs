@@ -7,6 +7,7 @@
 pub mod campaign;
 pub mod ledger;
 pub mod planner;
+pub mod schedule;
 
 use serde::{Deserialize, Serialize};
 
