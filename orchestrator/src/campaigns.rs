@@ -30,6 +30,11 @@ pub struct Record {
     /// Runs its cycles in the overnight windows only.
     #[serde(default)]
     pub window: bool,
+    /// A top-up: its counts are what the ledger projects for this moment (Unix
+    /// seconds), the end of the school day it must carry, not the host's count now,
+    /// which still holds CMIDs about to age out.
+    #[serde(default)]
+    pub horizon: Option<u64>,
     pub campaign: Campaign,
 }
 
@@ -73,6 +78,8 @@ pub struct Settings {
     pub max_parallel: usize,
     pub limits: Limits,
     pub tick: Duration,
+    /// How often the keep-alive looks at the ledger's projection.
+    pub keepalive_check: Duration,
 }
 
 impl Default for Settings {
@@ -81,6 +88,7 @@ impl Default for Settings {
             max_parallel: 5,
             limits: Limits::default(),
             tick: Duration::from_secs(1),
+            keepalive_check: Duration::from_secs(600),
         }
     }
 }
@@ -110,6 +118,8 @@ pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Msg>, cancel: 
             }
         }
     }
+    let mut last_keepalive = tokio::time::Instant::now() - state.campaign_settings.keepalive_check;
+    let mut keepalive_said = String::new();
     let mut tick = tokio::time::interval(state.campaign_settings.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -122,6 +132,17 @@ pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Msg>, cancel: 
             },
         };
         let now = now_ms() / 1000;
+        if msg.is_none()
+            && running.is_empty()
+            && last_keepalive.elapsed() >= state.campaign_settings.keepalive_check
+        {
+            last_keepalive = tokio::time::Instant::now();
+            let said = keepalive(&state, now).await;
+            if !said.is_empty() && said != keepalive_said {
+                tracing::info!(what = %said, "keep-alive");
+            }
+            keepalive_said = said;
+        }
         let mut work = std::mem::take(&mut pending);
         match msg {
             None => work.extend(running.keys().map(|id| (*id, Event::Tick))),
@@ -146,6 +167,24 @@ pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Msg>, cancel: 
         while let Some((id, event)) = work.pop_front() {
             let Some(record) = running.get_mut(&id) else {
                 continue;
+            };
+            // A top-up counts what will still be there at its horizon.
+            let event = match (event, record.horizon) {
+                (
+                    Event::Report {
+                        mac,
+                        family,
+                        duplicate_cmid,
+                        ..
+                    },
+                    Some(h),
+                ) => Event::Report {
+                    mac,
+                    family,
+                    count: store.ledger().map_or(0, |l| l.projected(family, h)),
+                    duplicate_cmid,
+                },
+                (event, _) => event,
             };
             let before = record.campaign.clone();
             if record.window {
@@ -353,4 +392,48 @@ fn wake(state: &AppState, mac: MacAddr) -> Result<(), String> {
         format!("Wake-on-LAN to {}:{}", room.wol_broadcast, room.wol_port),
     );
     Ok(())
+}
+
+/// Plan a top-up campaign when the keep-alive says one is due; what happened, for
+/// the log.
+async fn keepalive(state: &AppState, now: u64) -> String {
+    let (Some(schedule), Some(kms)) = (state.schedule.as_ref().as_ref(), &state.staging.kms) else {
+        return String::new();
+    };
+    let store = state.policy.store();
+    let Ok(ledger) = store.ledger() else {
+        return "cannot read the KMS ledger".into();
+    };
+    let configured: Vec<Family> = [Family::Windows, Family::Office]
+        .into_iter()
+        .filter(|f| kms.families().contains(&f.name().to_owned()))
+        .collect();
+    let due = crate::keepalive::due(&ledger, schedule, &configured, now);
+    if due.is_empty() {
+        return String::new();
+    }
+    let flagged: Vec<String> = match store.stations() {
+        Ok(all) => all
+            .iter()
+            .filter(|s| s.kms_activation)
+            .map(|s| s.mac.to_string())
+            .collect(),
+        Err(e) => return e.to_string(),
+    };
+    if flagged.is_empty() {
+        return format!("a top-up of {due:?} is due, but no station has KMS activation on");
+    }
+    let body = crate::api::campaigns::CreateBody {
+        room: None,
+        stations: Some(flagged),
+        families: due.clone(),
+        margin: Some(crate::keepalive::MARGIN),
+        start: "window".into(),
+        image: None,
+    };
+    let horizon = crate::keepalive::horizon(schedule, now);
+    match crate::api::campaigns::start_campaign(state, body, horizon).await {
+        Ok(id) => format!("top-up campaign {id} for {due:?} planned for the next window"),
+        Err(e) => format!("a top-up of {due:?} is due but cannot start: {e}"),
+    }
 }

@@ -95,6 +95,7 @@ pub struct RawCampaigns {
     pub restore_attempts: Option<u32>,
     pub report_timeout: Option<String>,
     pub tick: Option<String>,
+    pub keepalive_check: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -769,6 +770,11 @@ fn campaigns(raw: RawCampaigns) -> Result<crate::campaigns::Settings, ConfigErro
             )?),
         },
         tick: duration("campaigns.tick", raw.tick, defaults.tick)?,
+        keepalive_check: duration(
+            "campaigns.keepalive_check",
+            raw.keepalive_check,
+            defaults.keepalive_check,
+        )?,
     })
 }
 

@@ -354,3 +354,77 @@ async fn a_window_campaign_waits_outside_its_window_and_starts_inside() {
     .await;
     server.daemon.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_long_break_the_keepalive_plans_a_top_up_for_the_next_window() {
+    let today = weekday_today();
+    let mut extra = format!(
+        "[kms]\nhost = \"kms.sim\"\nfamilies = [\"windows\"]\n[campaigns]\ntick = \"100ms\"\nkeepalive_check = \"200ms\"\n\
+         [schedule]\ntime_zone = \"UTC\"\n[[schedule.windows]]\ndays = [\"{}\"]\nstart = \"00:00\"\nend = \"00:00\"\n",
+        ["mon", "tue", "wed", "thu", "fri", "sat", "sun"][(today + 2) % 7]
+    );
+    for i in 0..30u8 {
+        let flagged = if i < 5 {
+            "image = \"lab\"\nkms_activation = true\n"
+        } else {
+            ""
+        };
+        extra.push_str(&format!(
+            "[[inventory.stations]]\nmac = \"{}\"\n{flagged}",
+            mac(i)
+        ));
+    }
+    let server = start(&extra).await;
+    install_sample(server.data.path(), "lab", 9);
+    let addr = server.daemon.http_addr;
+    // 27 activations 29.5 days ago: they age out within a day.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let store = server.daemon.policy().store();
+    for i in 0..27u32 {
+        let report = orchestrator::engine::ledger::Report {
+            at: now - 29 * 86_400 - 43_200,
+            station: mac((i % 5) as u8),
+            family: orchestrator::engine::Family::Windows,
+            cmid: format!("5a1b2c3d-0000-4000-8000-{i:012x}"),
+            result: 0,
+            activated: i + 1 >= 25,
+            count: i + 1,
+            cycle: u64::from(i),
+        };
+        store.add_report(&report).unwrap();
+    }
+    let c = eventually(|| async {
+        let (_, all) = get_json(addr, "/api/v1/campaigns").await;
+        all.as_array().and_then(|a| a.first().cloned())
+    })
+    .await;
+    assert_eq!(c["start"], "window", "{c}");
+    assert_eq!(
+        c["waiting_for_window"], true,
+        "the window is two days away: {c}"
+    );
+    assert_eq!(c["families"]["windows"]["target"], 27, "{c}");
+    assert_eq!(
+        c["stations"].as_array().unwrap().len(),
+        5,
+        "the flagged stations: {c}"
+    );
+    assert!(c["top_up_until"].is_string(), "{c}");
+    // Still waiting a moment later: the old activations will be gone by the school
+    // day, so they do not count toward the top-up, and there is only one top-up.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let (_, all) = get_json(addr, "/api/v1/campaigns").await;
+    let all = all.as_array().unwrap();
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0]["state"], "running", "{}", all[0]);
+    assert_eq!(all[0]["families"]["windows"]["reported"], 0, "{}", all[0]);
+    let (_, kms) = get_json(addr, "/api/v1/kms").await;
+    assert!(
+        kms["families"]["windows"]["below_target_from"].is_string(),
+        "{kms}"
+    );
+    server.daemon.shutdown().await.unwrap();
+}

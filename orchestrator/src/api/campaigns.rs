@@ -29,12 +29,12 @@ const AGENT_FRESH_MS: u64 = 10 * 60 * 1000;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBody {
-    room: Option<String>,
-    stations: Option<Vec<String>>,
-    families: Vec<Family>,
-    margin: Option<u32>,
-    start: String,
-    image: Option<String>,
+    pub room: Option<String>,
+    pub stations: Option<Vec<String>>,
+    pub families: Vec<Family>,
+    pub margin: Option<u32>,
+    pub start: String,
+    pub image: Option<String>,
 }
 
 pub async fn create(
@@ -43,6 +43,17 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let Json(body) =
         payload.map_err(|e| ApiError::BadRequest(format!("request body: {}", e.body_text())))?;
+    let id = start_campaign(&state, body, None).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "id": id }))).into_response())
+}
+
+/// Check a campaign request, save the campaign and hand it to the runner. A top-up
+/// passes its `horizon`: its counts are the ledger's projection for then.
+pub async fn start_campaign(
+    state: &AppState,
+    body: CreateBody,
+    horizon: Option<u64>,
+) -> Result<u64, ApiError> {
     let window = match body.start.as_str() {
         "now" => false,
         "window" if state.schedule.is_none() => {
@@ -192,13 +203,21 @@ pub async fn create(
     // Start from the counts stations reported in the last 30 days (older ones have
     // aged out of the host's count), so a top-up does not start blind from zero.
     let ledger = store.ledger()?;
-    let known: Vec<(Family, u32)> = families
-        .iter()
-        .filter_map(|f| {
-            let r = ledger.latest(*f)?;
-            (now / 1000 < r.at + crate::engine::ledger::CMID_LIFETIME_S).then_some((*f, r.count))
-        })
-        .collect();
+    let known: Vec<(Family, u32)> = match horizon {
+        Some(h) => families
+            .iter()
+            .map(|f| (*f, ledger.projected(*f, h)))
+            .collect(),
+        None => families
+            .iter()
+            .filter_map(|f| {
+                let r = ledger.latest(*f)?;
+                (now / 1000 < r.at + crate::engine::ledger::CMID_LIFETIME_S)
+                    .then_some((*f, r.count))
+            })
+            .collect(),
+    };
+
     let id = store.next_id()?;
     let record = Record {
         id,
@@ -207,6 +226,7 @@ pub async fn create(
         families: families.clone(),
         margin,
         window,
+        horizon,
         campaign: {
             let mut c = Campaign::new(
                 &image,
@@ -233,9 +253,10 @@ pub async fn create(
         stations = stations.len(),
         ?families,
         margin,
+        window,
         "campaign created"
     );
-    Ok((StatusCode::CREATED, Json(json!({ "id": id }))).into_response())
+    Ok(id)
 }
 
 fn record_json(r: &Record) -> Value {
@@ -278,6 +299,7 @@ fn record_json(r: &Record) -> Value {
     state["cycles_started"] = json!(c.cycles_started);
     state["start"] = json!(if r.window { "window" } else { "now" });
     state["waiting_for_window"] = json!(c.paused);
+    state["top_up_until"] = json!(r.horizon.map(|h| super::stations::rfc3339(h * 1000)));
     state["stations"] = Value::Array(stations);
     state["created_at"] = json!(super::stations::rfc3339(r.created_at));
     state["updated_at"] = json!(super::stations::rfc3339(r.updated_at));

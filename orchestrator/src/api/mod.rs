@@ -4,7 +4,7 @@
 
 mod agent;
 mod boot;
-mod campaigns;
+pub(crate) mod campaigns;
 mod chunks;
 mod kms;
 mod resets;
