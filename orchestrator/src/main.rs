@@ -107,17 +107,20 @@ fn serve(file: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(file)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
+        // The handlers go in before the daemon says it is running: a SIGTERM right
+        // after that line must stop it cleanly, not kill it.
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
         let daemon = Daemon::start(config).await?;
-        daemon.run_until(shutdown_signal()).await
+        // SIGTERM (systemd) or SIGINT (Ctrl-C).
+        daemon
+            .run_until(async move {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            })
+            .await
     })
-}
-
-/// SIGTERM (systemd) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }
