@@ -498,17 +498,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn kms_staging_renders_the_settings_into_setupcomplete_with_crlf() {
-        let s = Staged::new(
+    /// The image "win11" (Windows on NTFS) staged with the kms profile.
+    fn kms_staged(settings: &KmsSettings, fat_label: &str) -> Staged {
+        Staged::new(
             "win11",
             index(),
             Profile::Kms,
-            Some(&kms()),
-            "",
+            Some(settings),
+            fat_label,
             WindowsFs::Ntfs,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn kms_staging_renders_the_settings_into_setupcomplete_with_crlf() {
+        let s = kms_staged(&kms(), "");
         let cmd = String::from_utf8(s.files[0].data.clone()).unwrap();
         assert_eq!(s.files[0].path, "Windows/Setup/Scripts/SetupComplete.cmd");
         assert!(cmd.contains("kms.school.example"), "{cmd}");
@@ -520,15 +525,7 @@ mod tests {
 
     #[test]
     fn encode_decode_round_trips_and_the_id_checks_the_bytes() {
-        let s = Staged::new(
-            "win11",
-            index(),
-            Profile::Kms,
-            Some(&kms()),
-            "NRCONF",
-            WindowsFs::Ntfs,
-        )
-        .unwrap();
+        let s = kms_staged(&kms(), "NRCONF");
         let bytes = s.encode();
         let id = s.id();
         assert_eq!(Staged::decode(&bytes, Some(&id)).unwrap(), s);
@@ -541,35 +538,11 @@ mod tests {
 
     #[test]
     fn the_id_changes_with_the_injection_set_and_not_without() {
-        let a = Staged::new(
-            "win11",
-            index(),
-            Profile::Kms,
-            Some(&kms()),
-            "",
-            WindowsFs::Ntfs,
-        )
-        .unwrap();
-        let b = Staged::new(
-            "win11",
-            index(),
-            Profile::Kms,
-            Some(&kms()),
-            "",
-            WindowsFs::Ntfs,
-        )
-        .unwrap();
+        let a = kms_staged(&kms(), "");
+        let b = kms_staged(&kms(), "");
         let mut other = kms();
         other.port = 1700;
-        let c = Staged::new(
-            "win11",
-            index(),
-            Profile::Kms,
-            Some(&other),
-            "",
-            WindowsFs::Ntfs,
-        )
-        .unwrap();
+        let c = kms_staged(&other, "");
         let plain =
             Staged::new("win11", index(), Profile::Plain, None, "", WindowsFs::Ntfs).unwrap();
         assert_eq!(a.id(), b.id());
