@@ -16,7 +16,6 @@ use tokio_util::sync::CancellationToken;
 use crate::api::AppState;
 use crate::engine::campaign::{Action, Campaign, Event, Limits, State};
 use crate::engine::Family;
-use crate::store::now_ms;
 
 /// A campaign as stored and shown.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -131,7 +130,7 @@ pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Msg>, cancel: 
                 None => return,
             },
         };
-        let now = now_ms() / 1000;
+        let now = store.clock().now_ms() / 1000;
         if msg.is_none()
             && running.is_empty()
             && last_keepalive.elapsed() >= state.campaign_settings.keepalive_check
@@ -200,7 +199,7 @@ pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Msg>, cancel: 
             if record.campaign == before && actions.is_empty() {
                 continue;
             }
-            record.updated_at = now_ms();
+            record.updated_at = store.clock().now_ms();
             // Written before anything is done about it.
             if let Err(e) = store.put_campaign(id, record) {
                 tracing::error!(id, error = %e, "cannot save the campaign; its actions wait");
@@ -396,22 +395,50 @@ fn wake(state: &AppState, mac: MacAddr) -> Result<(), String> {
 
 /// Plan a top-up campaign when the keep-alive says one is due; what happened, for
 /// the log.
-async fn keepalive(state: &AppState, now: u64) -> String {
-    let (Some(schedule), Some(kms)) = (state.schedule.as_ref().as_ref(), &state.staging.kms) else {
-        return String::new();
+/// The families keep-alive looks after: those `[kms] families` activates.
+pub fn kept_families(state: &AppState) -> Vec<Family> {
+    let Some(kms) = &state.staging.kms else {
+        return Vec::new();
     };
-    let store = state.policy.store();
-    let Ok(ledger) = store.ledger() else {
-        return "cannot read the KMS ledger".into();
-    };
-    let configured: Vec<Family> = [Family::Windows, Family::Office]
+    [Family::Windows, Family::Office]
         .into_iter()
         .filter(|f| kms.families().contains(&f.name().to_owned()))
-        .collect();
-    let due = crate::keepalive::due(&ledger, schedule, &configured, now);
-    if due.is_empty() {
-        return String::new();
+        .collect()
+}
+
+/// The top-up keep-alive calls for at `now`, if any (see `crate::keepalive`).
+pub fn top_up_plan(state: &AppState, now: u64) -> Result<Option<crate::keepalive::TopUp>, String> {
+    let Some(schedule) = state.schedule.as_ref().as_ref() else {
+        return Ok(None);
+    };
+    let ledger = state
+        .policy
+        .store()
+        .ledger()
+        .map_err(|e| format!("cannot read the KMS ledger: {e}"))?;
+    Ok(crate::keepalive::plan(
+        &ledger,
+        schedule,
+        &kept_families(state),
+        now,
+    ))
+}
+
+async fn keepalive(state: &AppState, now: u64) -> String {
+    let plan = match top_up_plan(state, now) {
+        Ok(Some(plan)) => plan,
+        Ok(None) => return String::new(),
+        Err(e) => return e,
+    };
+    let due = &plan.families;
+    let opens = crate::api::stations::rfc3339(plan.opens.max(0) as u64 * 1000);
+    if !plan.next_window {
+        return format!(
+            "a top-up of {due:?} is planned for the window at {opens}, the last before school on {}",
+            plan.school_day
+        );
     }
+    let store = state.policy.store();
     let flagged: Vec<String> = match store.stations() {
         Ok(all) => all
             .iter()
@@ -431,9 +458,11 @@ async fn keepalive(state: &AppState, now: u64) -> String {
         start: "window".into(),
         image: None,
     };
-    let horizon = crate::keepalive::horizon(schedule, now);
-    match crate::api::campaigns::start_campaign(state, body, horizon).await {
-        Ok(id) => format!("top-up campaign {id} for {due:?} planned for the next window"),
+    match crate::api::campaigns::start_campaign(state, body, Some(plan.horizon)).await {
+        Ok(id) => format!(
+            "top-up campaign {id} for {due:?} planned for the window at {opens}, before school on {}",
+            plan.school_day
+        ),
         Err(e) => format!("a top-up of {due:?} is due but cannot start: {e}"),
     }
 }

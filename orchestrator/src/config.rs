@@ -75,6 +75,17 @@ pub struct RawSchedule {
     pub time_zone: Option<String>,
     #[serde(default)]
     pub windows: Vec<RawWindow>,
+    pub school_days: Option<Vec<String>>,
+    #[serde(default)]
+    pub holidays: Vec<RawHoliday>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHoliday {
+    pub name: Option<String>,
+    pub from: String,
+    pub to: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -681,7 +692,7 @@ fn kms(raw: RawKms) -> Result<KmsConfig, ConfigError> {
 }
 
 fn schedule(raw: RawSchedule) -> Result<Option<crate::engine::schedule::Schedule>, ConfigError> {
-    use crate::engine::schedule::{day, time_of_day, Schedule, Window};
+    use crate::engine::schedule::{day, time_of_day, Holiday, Schedule, Window, WEEKDAYS};
     let zone = raw.time_zone.unwrap_or_else(|| "UTC".into());
     let time_zone = jiff::tz::TimeZone::get(&zone).map_err(|_| {
         invalid(
@@ -708,7 +719,52 @@ fn schedule(raw: RawSchedule) -> Result<Option<crate::engine::schedule::Schedule
             .ok_or_else(|| invalid(key("end"), &w.end, "a time of day, HH:MM"))?;
         windows.push(Window { days, start, end });
     }
-    Ok((!windows.is_empty()).then_some(Schedule { time_zone, windows }))
+    let school_days = match raw.school_days {
+        None => WEEKDAYS,
+        Some(names) => {
+            let mut days = [false; 7];
+            for d in &names {
+                let n = day(d).ok_or_else(|| {
+                    invalid(
+                        "schedule.school_days",
+                        d,
+                        "mon, tue, wed, thu, fri, sat or sun",
+                    )
+                })?;
+                days[n] = true;
+            }
+            days
+        }
+    };
+    let mut holidays = Vec::new();
+    for (i, h) in raw.holidays.into_iter().enumerate() {
+        let key = |k: &str| format!("schedule.holidays[{i}].{k}");
+        let date = |k: &str, text: &str| {
+            text.parse::<jiff::civil::Date>()
+                .ok()
+                .filter(|_| text.len() == 10)
+                .ok_or_else(|| invalid(key(k), text, "a date, YYYY-MM-DD"))
+        };
+        let (from, to) = (date("from", &h.from)?, date("to", &h.to)?);
+        if to < from {
+            return Err(invalid(
+                key("to"),
+                &h.to,
+                format!("a date on or after from ({})", h.from),
+            ));
+        }
+        holidays.push(Holiday {
+            name: h.name,
+            from,
+            to,
+        });
+    }
+    Ok((!windows.is_empty()).then_some(Schedule {
+        time_zone,
+        windows,
+        school_days,
+        holidays,
+    }))
 }
 
 fn campaigns(raw: RawCampaigns) -> Result<crate::campaigns::Settings, ConfigError> {
@@ -1043,6 +1099,66 @@ mod tests {
             .to_string();
         assert!(
             err.contains("tftp.root") && err.contains("/nonexistent/netreset"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn schedule_windows_school_days_and_holidays_parse_and_bad_ones_are_named() {
+        let dir = root();
+        let base = format!(
+            "{}[schedule]\ntime_zone = \"Europe/Berlin\"\n\
+             [[schedule.windows]]\ndays = [\"mon\", \"fri\"]\nstart = \"22:00\"\nend = \"05:30\"\n",
+            minimal(dir.path())
+        );
+        let ok = parse(&format!(
+            "{base}[[schedule.holidays]]\nname = \"winter break\"\nfrom = \"2026-12-21\"\nto = \"2027-01-06\"\n"
+        ))
+        .unwrap();
+        let s = ok.schedule.expect("a schedule");
+        assert_eq!(s.school_days, crate::engine::schedule::WEEKDAYS);
+        assert_eq!(s.holidays.len(), 1);
+        assert_eq!(s.holidays[0].to, jiff::civil::date(2027, 1, 6));
+        let six = parse(&base.replace(
+            "[[schedule.windows]]",
+            "school_days = [\"mon\", \"sat\"]\n[[schedule.windows]]",
+        ))
+        .unwrap();
+        assert_eq!(
+            six.schedule.unwrap().school_days,
+            [true, false, false, false, false, true, false]
+        );
+        let cases = [
+            (
+                "from = \"2026-12-21\"\nto = \"2026-12-20\"",
+                "schedule.holidays[0].to",
+                "2026-12-20",
+            ),
+            (
+                "from = \"2026-13-01\"\nto = \"2027-01-06\"",
+                "schedule.holidays[0].from",
+                "2026-13-01",
+            ),
+            (
+                "from = \"21.12.2026\"\nto = \"2027-01-06\"",
+                "schedule.holidays[0].from",
+                "21.12.2026",
+            ),
+        ];
+        for (holiday, key, value) in cases {
+            let err = parse(&format!("{base}[[schedule.holidays]]\n{holiday}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains(value), "{holiday}: {err}");
+        }
+        let err = parse(&base.replace(
+            "[[schedule.windows]]",
+            "school_days = [\"monday\"]\n[[schedule.windows]]",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("schedule.school_days") && err.contains("monday"),
             "{err}"
         );
     }

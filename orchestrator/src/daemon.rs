@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::api::{self, AppState};
+use crate::clock::Clock;
 use crate::config::{Config, DhcpMode};
 use crate::policy::{Orchestrator, RestoreBoot};
 use crate::staging::StageSettings;
@@ -41,6 +42,11 @@ pub struct Daemon {
 impl Daemon {
     /// Open the store and bind every server; they run until [`Daemon::shutdown`].
     pub async fn start(config: Config) -> anyhow::Result<Daemon> {
+        Daemon::start_with_clock(config, Clock::system()).await
+    }
+
+    /// [`Daemon::start`] on another calendar clock (the simulator's).
+    pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Daemon> {
         // Our address is needed for ProxyDHCP and to make the public URL; with DHCP off
         // and http.public_url set, nothing needs it.
         let own_ip = server_ip(&config);
@@ -60,7 +66,8 @@ impl Daemon {
             &config.data_dir.join("store"),
             config.inventory.events_per_station,
         )
-        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?
+        .with_clock(clock);
         for st in &config.inventory.stations {
             store.configure(
                 st.mac,

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod campaigns;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod demo;

@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 
 use crate::config::{BootConfig, InventoryConfig, UnknownMode};
 use crate::recorder::Recorder;
-use crate::store::{now_ms, Sighting, Store};
+use crate::store::{Sighting, Store};
 use crate::tokens::Secret;
 
 /// What the boot script of a station being reset chains: the restore environment,
@@ -74,7 +74,7 @@ impl Orchestrator {
             }
         };
         let r = &self.restore;
-        let expires = now_ms() / 1000 + r.token_ttl.as_secs();
+        let expires = self.store.clock().now_ms() / 1000 + r.token_ttl.as_secs();
         let token = r.secret.restore_token(mac, &reset.token_scope(), expires);
         // UEFI kernels find the initrd iPXE loaded by this name.
         let initrd_name = r.initrd.rsplit('/').next().unwrap_or("initrd");

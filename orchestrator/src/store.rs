@@ -8,9 +8,10 @@ use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use pxe::{Arch, Firmware, MacAddr};
+
+use crate::clock::Clock;
 use serde::{Deserialize, Serialize};
 
 /// A store error.
@@ -211,14 +212,7 @@ pub struct Store {
     /// whether a MAC is known, and a read lock is cheaper than a sled lookup. Every
     /// station write goes through [`Store::update`], which keeps it in step.
     known: Arc<RwLock<HashSet<MacAddr>>>,
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    clock: Clock,
 }
 
 impl Store {
@@ -246,7 +240,19 @@ impl Store {
             db,
             events_per_station,
             known: Arc::new(RwLock::new(known)),
+            clock: Clock::system(),
         })
+    }
+
+    /// The same store on `clock` (the simulator's), for every time it writes.
+    pub fn with_clock(mut self, clock: Clock) -> Store {
+        self.clock = clock;
+        self
+    }
+
+    /// The calendar clock of this daemon.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// One station, if known.
@@ -308,7 +314,7 @@ impl Store {
         if !create && !self.contains(mac) {
             return Ok(None);
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let station = self.update(mac, |st| {
             if let Some(arch) = sighting.arch {
                 st.arch = Some(label(arch));
@@ -354,7 +360,7 @@ impl Store {
         key[6..].copy_from_slice(&seq.to_be_bytes());
         let event = Event {
             kind: kind.to_owned(),
-            at: now_ms(),
+            at: self.clock.now_ms(),
             detail: detail.into(),
         };
         self.events
@@ -451,7 +457,7 @@ impl Store {
 
     /// Note that the agent of `mac` asked for commands just now (a sign of life).
     pub fn agent_polled(&self, mac: MacAddr) -> Result<(), StoreError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         self.update(mac, |st| st.last_poll = Some(now))?;
         Ok(())
     }
@@ -464,7 +470,7 @@ impl Store {
 
     /// Note what the agent of `mac` said of its user, and when.
     pub fn agent_seen(&self, mac: MacAddr, logged_in: bool) -> Result<(), StoreError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         self.update(mac, |st| {
             st.logged_in = logged_in;
             st.last_report = Some(now);
@@ -478,7 +484,7 @@ impl Store {
         let cmd = Command {
             id: format!("{seq:016x}"),
             command: command.to_owned(),
-            queued_at: now_ms(),
+            queued_at: self.clock.now_ms(),
         };
         let mut key = [0u8; 14];
         key[..6].copy_from_slice(&mac.octets());

@@ -8,6 +8,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use orchestrator::clock::Clock;
 use orchestrator::sim::kms_host::Product;
 use orchestrator::sim::school::{School, StationSpec};
 use pxe::MacAddr;
@@ -49,8 +50,21 @@ async fn school(
     dead: &[u8],
     generalized: bool,
 ) -> (School, CancellationToken, tempfile::TempDir) {
+    school_on(server, room_ip, n, dead, generalized, Clock::system()).await
+}
+
+/// [`school`] with the KMS host and the stations on `clock`.
+async fn school_on(
+    server: &TestServer,
+    room_ip: Ipv4Addr,
+    n: u8,
+    dead: &[u8],
+    generalized: bool,
+    clock: Clock,
+) -> (School, CancellationToken, tempfile::TempDir) {
     let disks = tempfile::tempdir().unwrap();
-    let school = School::new(&server.daemon.public_url, "kms.sim");
+    let mut school = School::new(&server.daemon.public_url, "kms.sim");
+    school.clock = clock;
     let specs = (0..n)
         .map(|i| {
             let disk = disks.path().join(format!("disk{i}"));
@@ -426,5 +440,127 @@ async fn after_a_long_break_the_keepalive_plans_a_top_up_for_the_next_window() {
         kms["families"]["windows"]["below_target_from"].is_string(),
         "{kms}"
     );
+    server.daemon.shutdown().await.unwrap();
+}
+
+/// UTC `YYYY-MM-DDTHH:MM` as Unix seconds.
+fn utc(text: &str) -> i64 {
+    format!("{text}:00Z")
+        .parse::<jiff::Timestamp>()
+        .unwrap()
+        .as_second()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_31_day_holiday_the_top_up_restores_the_count_before_the_first_school_day() {
+    // Friday 18 December 2026, 21:00: the last evening of term. The holiday runs 31
+    // days, 19 December to 18 January; school starts again on Tuesday 19 January.
+    let clock = Clock::starting_at(utc("2026-12-18T21:00"));
+    let room = Ipv4Addr::new(127, 79, 8, 1);
+    let mut extra = format!(
+        "[kms]\nhost = \"kms.sim\"\n[[rooms]]\nname = \"lab\"\nwol_broadcast = \"{room}\"\nwol_source = \"127.0.0.1\"\nwol_port = {WOL_PORT}\n\
+         [campaigns]\ntick = \"100ms\"\nkeepalive_check = \"100ms\"\nwake_timeout = \"2s\"\nwake_attempts = 2\nrestore_timeout = \"20s\"\nreport_timeout = \"20s\"\n\
+         [schedule]\ntime_zone = \"UTC\"\n\
+         [[schedule.windows]]\ndays = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\", \"sat\", \"sun\"]\nstart = \"22:00\"\nend = \"05:00\"\n\
+         [[schedule.holidays]]\nname = \"winter break\"\nfrom = \"2026-12-19\"\nto = \"2027-01-18\"\n"
+    );
+    for i in 0..30u8 {
+        let flagged = if i < 5 {
+            "room = \"lab\"\nimage = \"lab\"\nkms_activation = true\n"
+        } else {
+            ""
+        };
+        extra.push_str(&format!(
+            "[[inventory.stations]]\nmac = \"{}\"\n{flagged}",
+            mac(i)
+        ));
+    }
+    let server = start_on(tempfile::tempdir().unwrap(), &extra, clock.clone()).await;
+    install_sample(server.data.path(), "lab", 3);
+    let addr = server.daemon.http_addr;
+    let (school, stop, _disks) = school_on(&server, room, 5, &[], true, clock.clone()).await;
+
+    // Term: the admin's campaign brings the counts to 27 and 7.
+    let body = format!(
+        r#"{{"stations": {}, "families": ["windows", "office"], "start": "now"}}"#,
+        stations_json(5)
+    );
+    let (status, created) = campaign(&server, &body).await;
+    assert_eq!(status, 201, "{created}");
+    let c = finished(&server, created["id"].as_u64().unwrap()).await;
+    assert_eq!(c["state"], "done", "{c}");
+    let term_activations = school.log.lock().unwrap().activations.len();
+
+    // The ledger sees the count gone by the first school day and plans the top-up
+    // for the last window before it, not for tonight.
+    let (_, kms) = get_json(addr, "/api/v1/kms").await;
+    assert_eq!(kms["families"]["windows"]["reported"], 27, "{kms}");
+    let below = kms["families"]["windows"]["below_target_from"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{kms}"));
+    assert!(
+        below.starts_with("2027-01-17"),
+        "30 days after the activations: {kms}"
+    );
+    let plan = &kms["next_top_up"];
+    assert!(plan["campaign"].is_null(), "{kms}");
+    assert_eq!(plan["window_opens"], "2027-01-18T22:00:00.000Z", "{kms}");
+    assert_eq!(plan["school_day"], "2027-01-19", "{kms}");
+
+    // The caretaker shuts the lab down for the holiday. Mid-holiday, nothing starts.
+    school.power_off();
+    clock.set(utc("2027-01-02T12:00"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, all) = get_json(addr, "/api/v1/campaigns").await;
+    assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
+
+    // The last afternoon of the holiday: the KMS host has forgotten every station,
+    // and the top-up is created, waiting for tonight's window.
+    clock.set(utc("2027-01-18T21:00"));
+    assert_eq!(school.count(Product::WindowsClient), 0);
+    assert_eq!(school.count(Product::Office), 0);
+    let top_up = eventually(|| async {
+        let (_, all) = get_json(addr, "/api/v1/campaigns").await;
+        all.as_array()
+            .and_then(|a| a.iter().find(|c| c["id"] != created["id"]).cloned())
+    })
+    .await;
+    assert_eq!(top_up["waiting_for_window"], true, "{top_up}");
+    assert_eq!(top_up["families"]["windows"]["reported"], 0, "{top_up}");
+    assert_eq!(top_up["families"]["windows"]["target"], 27, "{top_up}");
+    assert_eq!(top_up["families"]["office"]["target"], 7, "{top_up}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        school.log.lock().unwrap().activations.len(),
+        term_activations,
+        "nothing runs before the window"
+    );
+    let (_, kms) = get_json(addr, "/api/v1/kms").await;
+    assert_eq!(kms["next_top_up"]["campaign"], top_up["id"], "{kms}");
+
+    // 22:00: the window opens, the top-up runs and is done before school starts.
+    clock.set(utc("2027-01-18T22:00"));
+    let c = finished(&server, top_up["id"].as_u64().unwrap()).await;
+    assert_eq!(c["state"], "done", "{c}");
+    assert!(
+        (clock.now_s() as i64) < utc("2027-01-19T00:00"),
+        "done before the school day"
+    );
+    assert_eq!(school.count(Product::WindowsClient), 27);
+    assert_eq!(school.count(Product::Office), 7);
+    let counts: Vec<u32> = school.log.lock().unwrap().activations[term_activations..]
+        .iter()
+        .filter(|a| a.1 == "windows")
+        .map(|a| a.3)
+        .collect();
+    assert_eq!(
+        counts,
+        (1..=27).collect::<Vec<u32>>(),
+        "the forgotten host counted again from 1, and no further"
+    );
+    let (_, kms) = get_json(addr, "/api/v1/kms").await;
+    assert_eq!(kms["families"]["windows"]["reported"], 27, "{kms}");
+    assert!(kms["next_top_up"].is_null(), "nothing more to do: {kms}");
+    stop.cancel();
     server.daemon.shutdown().await.unwrap();
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use dhcproto::v4::{Architecture, DhcpOption, Flags, Message, MessageType};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+use orchestrator::clock::Clock;
 use orchestrator::{Config, Daemon};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -40,6 +41,11 @@ pub async fn start(extra: &str) -> TestServer {
 /// Start a daemon on the data directory `data` (a restart keeps the store, the images
 /// and the secret).
 pub async fn start_in(data: tempfile::TempDir, extra: &str) -> TestServer {
+    start_on(data, extra, Clock::system()).await
+}
+
+/// Start a daemon whose calendar runs on `clock` (the simulator's).
+pub async fn start_on(data: tempfile::TempDir, extra: &str, clock: Clock) -> TestServer {
     let root = tempfile::tempdir().unwrap();
     std::fs::write(
         root.path().join("undionly.kpxe"),
@@ -61,7 +67,9 @@ pub async fn start_in(data: tempfile::TempDir, extra: &str) -> TestServer {
         root = root.path().display(),
     );
     let config = Config::parse(&text, Path::new("test.toml")).expect("test config is valid");
-    let daemon = Daemon::start(config).await.expect("daemon starts");
+    let daemon = Daemon::start_with_clock(config, clock)
+        .await
+        .expect("daemon starts");
     TestServer { daemon, root, data }
 }
 

@@ -22,7 +22,6 @@ use serde_json::json;
 use super::{ApiError, AppState};
 use crate::engine::ledger::Report;
 use crate::engine::Family;
-use crate::store::now_ms;
 
 /// How long a command poll waits before it answers 204 (the agent times out at 70 s).
 const POLL: Duration = Duration::from_secs(55);
@@ -139,7 +138,7 @@ pub async fn report(
         )));
     }
     let report = Report {
-        at: now_ms() / 1000,
+        at: state.policy.store().clock().now_ms() / 1000,
         station: mac,
         family: body.family,
         cmid: body.cmid.to_ascii_lowercase(),

@@ -15,7 +15,6 @@ use super::{ApiError, AppState};
 use crate::campaigns::Record;
 use crate::engine::campaign::{Campaign, Phase, State as CampaignState};
 use crate::engine::{planner, Family};
-use crate::store::now_ms;
 
 /// Margins beyond this would only waste cycles.
 const MAX_MARGIN: u32 = 10;
@@ -187,7 +186,7 @@ pub async fn start_campaign(
             }
         }
     }
-    let now = now_ms();
+    let now = state.policy.store().clock().now_ms();
     let stations: Vec<(MacAddr, bool)> = selected
         .iter()
         .map(|s| {

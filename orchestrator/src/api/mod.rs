@@ -8,7 +8,7 @@ pub(crate) mod campaigns;
 mod chunks;
 mod kms;
 mod resets;
-mod stations;
+pub(crate) mod stations;
 
 use std::sync::Arc;
 use std::time::Instant;

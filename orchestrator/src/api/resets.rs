@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{ApiError, AppState};
-use crate::store::{now_ms, Reset, ResetState};
+use crate::store::{Reset, ResetState};
 
 fn parse_mac(text: &str) -> Result<MacAddr, ApiError> {
     text.parse()
@@ -145,7 +145,7 @@ pub async fn mark(
                 }
                 other => ApiError::Internal(other.to_string()),
             })?;
-    let now = now_ms();
+    let now = state.policy.store().clock().now_ms();
     let reset = Reset {
         image,
         profile: profile.to_string(),
@@ -257,7 +257,7 @@ fn authorized(
         None => Err(ApiError::Unauthorized(
             "the restore token is not one issued for this station and its current reset".into(),
         )),
-        Some(expires) if now_ms() / 1000 >= expires && !(expired_ok && reset.state.active()) => {
+        Some(expires) if state.policy.store().clock().now_ms() / 1000 >= expires && !(expired_ok && reset.state.active()) => {
             Err(ApiError::Unauthorized(format!(
                 "the restore token expired (tokens last [restore] token_ttl = {}); PXE-boot the station again for a new one",
                 humantime::format_duration(restore.token_ttl)
@@ -338,7 +338,7 @@ pub async fn progress(
     }
     let previous = reset.state;
     reset.state = next;
-    reset.updated_at = now_ms();
+    reset.updated_at = state.policy.store().clock().now_ms();
     reset.done_bytes = report.done_bytes.unwrap_or(reset.done_bytes);
     reset.total_bytes = report.total_bytes.unwrap_or(reset.total_bytes);
     reset.error = report.error.map(|e| e.chars().take(2000).collect());

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::{ApiError, AppState};
 use crate::store::{Event, Station};
 
-pub(super) fn rfc3339(ms: u64) -> String {
+pub(crate) fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
         .to_string()
 }

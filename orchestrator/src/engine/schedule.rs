@@ -2,7 +2,12 @@
 //! window is a set of weekdays and a start and end time of day in the school's time
 //! zone; an end at or before the start crosses midnight (the window belongs to the
 //! day it starts), and start = end is the whole day.
+//!
+//! School days (weekdays, less holiday ranges) say when the KMS count must be there:
+//! keep-alive tops it up in the last window before the first school day after a
+//! break. Windows open in holidays too; an empty building is the best time to reset.
 
+use jiff::civil::Date;
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
 
@@ -15,11 +20,25 @@ pub struct Window {
     pub end: u16,
 }
 
+/// Days without school, first and last included.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holiday {
+    pub name: Option<String>,
+    pub from: Date,
+    pub to: Date,
+}
+
 #[derive(Clone, Debug)]
 pub struct Schedule {
     pub time_zone: TimeZone,
     pub windows: Vec<Window>,
+    /// Monday first: the weekdays with lessons (Monday to Friday by default).
+    pub school_days: [bool; 7],
+    pub holidays: Vec<Holiday>,
 }
+
+/// Monday to Friday.
+pub const WEEKDAYS: [bool; 7] = [true, true, true, true, true, false, false];
 
 const DAY_NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
@@ -56,6 +75,72 @@ impl Schedule {
         })
     }
 
+    /// The local date of `unix`.
+    pub fn date(&self, unix: i64) -> Option<Date> {
+        Some(
+            Timestamp::from_second(unix)
+                .ok()?
+                .to_zoned(self.time_zone.clone())
+                .date(),
+        )
+    }
+
+    /// When the local day `date` begins (Unix seconds).
+    pub fn day_start(&self, date: Date) -> Option<i64> {
+        Some(
+            date.to_zoned(self.time_zone.clone())
+                .ok()?
+                .timestamp()
+                .as_second(),
+        )
+    }
+
+    /// Whether `date` has lessons: a school weekday in no holiday.
+    pub fn is_school_day(&self, date: Date) -> bool {
+        let weekday = date.weekday().to_monday_zero_offset() as usize;
+        self.school_days[weekday]
+            && !self
+                .holidays
+                .iter()
+                .any(|h| (h.from..=h.to).contains(&date))
+    }
+
+    /// The first school day after `date`, within two years.
+    pub fn school_day_after(&self, date: Date) -> Option<Date> {
+        let mut d = date;
+        for _ in 0..2 * 366 {
+            d = d.tomorrow().ok()?;
+            if self.is_school_day(d) {
+                return Some(d);
+            }
+        }
+        None
+    }
+
+    /// When the window that `unix` falls in opened (at most a day back); `unix`
+    /// itself when it is in none.
+    pub fn window_start(&self, unix: i64) -> i64 {
+        let minute = unix - unix.rem_euclid(60);
+        if !self.contains(unix) {
+            return unix;
+        }
+        (0..=24 * 60)
+            .map(|i| minute - i * 60)
+            .take_while(|t| self.contains(*t))
+            .last()
+            .unwrap_or(minute)
+            .min(unix)
+    }
+
+    /// When the window open at `unix` closes (at most a day later).
+    pub fn window_end(&self, unix: i64) -> i64 {
+        let minute = unix - unix.rem_euclid(60);
+        (1..=24 * 60)
+            .map(|i| minute + i * 60)
+            .find(|t| !self.contains(*t))
+            .unwrap_or(minute + 86_400)
+    }
+
     /// The first moment at or after `unix` in a window, within 8 days.
     pub fn next_open(&self, unix: i64) -> Option<i64> {
         if self.contains(unix) {
@@ -82,6 +167,12 @@ mod tests {
                 days,
                 start: 22 * 60,
                 end: 5 * 60 + 30,
+            }],
+            school_days: WEEKDAYS,
+            holidays: vec![Holiday {
+                name: Some("winter break".into()),
+                from: jiff::civil::date(2026, 12, 21),
+                to: jiff::civil::date(2027, 1, 6),
             }],
         }
     }
@@ -132,6 +223,37 @@ mod tests {
             ..s
         };
         assert_eq!(never.next_open(inside), None);
+    }
+
+    #[test]
+    fn a_window_opens_and_closes_where_its_times_say() {
+        let s = berlin_weeknights();
+        let open = at("2026-11-23T22:00");
+        assert_eq!(s.window_start(at("2026-11-24T03:17")), open);
+        assert_eq!(s.window_start(open), open);
+        assert_eq!(s.window_end(at("2026-11-24T03:17")), at("2026-11-24T05:30"));
+        let outside = at("2026-11-24T12:00");
+        assert_eq!(s.window_start(outside), outside);
+    }
+
+    #[test]
+    fn school_days_are_weekdays_outside_the_holidays() {
+        let s = berlin_weeknights();
+        let d = jiff::civil::date;
+        assert!(s.is_school_day(d(2026, 12, 18)), "a Friday in term");
+        assert!(!s.is_school_day(d(2026, 12, 19)), "a Saturday");
+        assert!(
+            !s.is_school_day(d(2026, 12, 21)),
+            "the first day of the break"
+        );
+        assert!(!s.is_school_day(d(2027, 1, 6)), "the last day of the break");
+        assert_eq!(s.school_day_after(d(2026, 12, 18)), Some(d(2027, 1, 7)));
+        assert_eq!(s.school_day_after(d(2027, 1, 8)), Some(d(2027, 1, 11)));
+        let never = Schedule {
+            school_days: [false; 7],
+            ..s
+        };
+        assert_eq!(never.school_day_after(d(2027, 1, 8)), None);
     }
 
     #[test]

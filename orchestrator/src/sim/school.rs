@@ -50,10 +50,14 @@ pub struct School {
     pub kms_name: String,
     pub server: String,
     pub log: Arc<Mutex<Log>>,
-    pub clock_start: std::time::Instant,
+    /// The calendar clock the KMS host ages CMIDs by and the stations' clocks say:
+    /// the daemon's, so that a simulated holiday passes for both.
+    pub clock: crate::clock::Clock,
     /// How long Windows takes to boot, run SetupComplete.cmd and activate (zero by
     /// default; real stations take minutes).
     pub windows_boot: Duration,
+    /// Raised by [`School::power_off`]: running stations shut down.
+    power_offs: Arc<(std::sync::atomic::AtomicU64, tokio::sync::Notify)>,
 }
 
 /// What the station found on its disk after a restore.
@@ -72,14 +76,23 @@ impl School {
             kms_name: kms_name.to_owned(),
             server: server.trim_end_matches('/').to_owned(),
             log: Arc::default(),
-            clock_start: std::time::Instant::now(),
+            clock: crate::clock::Clock::system(),
             windows_boot: Duration::ZERO,
+            power_offs: Arc::default(),
         }
+    }
+
+    /// Shut every running station down (the caretaker at the start of a holiday):
+    /// they wait for Wake-on-LAN again.
+    pub fn power_off(&self) {
+        let (count, notify) = &*self.power_offs;
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        notify.notify_waiters();
     }
 
     /// The simulated KMS host's count for `product` now.
     pub fn count(&self, product: Product) -> usize {
-        let now = self.clock_start.elapsed() + Duration::from_secs(86_400);
+        let now = Duration::from_millis(self.clock.now_ms());
         self.host
             .lock()
             .expect("not poisoned")
@@ -139,7 +152,15 @@ impl School {
     ) {
         let mut running: Option<Windows> = None;
         let mut resets = 0u32;
+        let (power_offs, power_off) = &*self.power_offs;
+        let mut seen_power_offs = power_offs.load(std::sync::atomic::Ordering::SeqCst);
         loop {
+            let off = power_off.notified();
+            let now_power_offs = power_offs.load(std::sync::atomic::Ordering::SeqCst);
+            if now_power_offs != seen_power_offs {
+                seen_power_offs = now_power_offs;
+                running = None;
+            }
             // Off: wait for a magic packet. On: poll the agent's commands.
             let boot = match &running {
                 None => tokio::select! {
@@ -148,6 +169,7 @@ impl School {
                 },
                 Some(win) => tokio::select! {
                     _ = cancel.cancelled() => return,
+                    _ = off => continue,
                     cmd = self.poll(&spec, win) => cmd.as_deref() == Some("reboot"),
                 },
             };
@@ -233,7 +255,7 @@ impl School {
                 format!("{}-{family}", spec.mac)
             };
             let cmid = cmid_guid(&cmid);
-            let now = self.clock_start.elapsed() + Duration::from_secs(86_400);
+            let now = Duration::from_millis(self.clock.now_ms());
             let reply = self
                 .host
                 .lock()
