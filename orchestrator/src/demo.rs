@@ -13,6 +13,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use pxe::MacAddr;
 use tokio_util::sync::CancellationToken;
 
+use crate::sim::firmware::BootServers;
 use crate::sim::kms_host::Product;
 use crate::sim::school::{School, StationSpec};
 use crate::{Config, Daemon};
@@ -42,7 +43,7 @@ pub async fn run(json: bool, windows_boot: Duration) -> anyhow::Result<()> {
     for name in ["undionly.kpxe", "snponly.efi"] {
         std::fs::write(
             tftp.join(name),
-            b"stand-in: the demo's stations ask for their script over HTTP\n",
+            b"stand-in: the demo's stations load this over TFTP, then act as iPXE in-process\n",
         )?;
     }
     // The simulated stations restore in-process: no kernel is booted, but resets are
@@ -66,7 +67,7 @@ pub async fn run(json: bool, windows_boot: Duration) -> anyhow::Result<()> {
     let wol_port = if root { 9 } else { 40_009 };
     let token = format!("demo-{:016x}", rand_u64());
     let mut toml = format!(
-        "data_dir = \"{data}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[dhcp]\nmode = \"off\"\nserver_ip = \"127.0.0.1\"\n\
+        "data_dir = \"{data}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[dhcp]\nserver_ip = \"127.0.0.1\"\nlisten = \"127.0.0.1:0\"\npxe_listen = \"127.0.0.1:0\"\nbroadcast = \"127.0.0.1:9\"\n\
          [tftp]\nlisten = \"127.0.0.1:0\"\nroot = \"{tftp}\"\n[kms]\nhost = \"{KMS_HOST}\"\n[api]\ntoken = \"{token}\"\n\
          [campaigns]\nmax_parallel = 5\ntick = \"100ms\"\nwake_timeout = \"5s\"\nrestore_timeout = \"60s\"\nreport_timeout = \"60s\"\n",
         data = data.display(),
@@ -91,7 +92,15 @@ pub async fn run(json: bool, windows_boot: Duration) -> anyhow::Result<()> {
     let daemon = Daemon::start(config).await?;
     let url = daemon.public_url.clone();
 
-    let mut school = School::new(&url, KMS_HOST);
+    let (dhcp, pxe) = daemon
+        .dhcp_addrs
+        .context("the demo's ProxyDHCP is on loopback")?;
+    let boot = BootServers {
+        dhcp,
+        pxe,
+        tftp: daemon.tftp_addr,
+    };
+    let mut school = School::new(KMS_HOST, boot);
     school.windows_boot = windows_boot;
     let disks = dir.path().join("disks");
     std::fs::create_dir_all(&disks)?;
@@ -102,6 +111,7 @@ pub async fn run(json: bool, windows_boot: Duration) -> anyhow::Result<()> {
             std::fs::File::create(&disk)?.set_len(DISK)?;
             specs.push(StationSpec {
                 mac: mac(r, i),
+                ip: Ipv4Addr::new(127, 91, r as u8 + 1, 10 + i),
                 room_ip: Ipv4Addr::new(127, 91, r as u8 + 1, 255),
                 wol_port,
                 disk,

@@ -7,6 +7,7 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use orchestrator::sim::firmware::BootServers;
 use orchestrator::sim::kms_host::Product;
 use orchestrator::sim::school::{School, StationSpec};
 use pxe::MacAddr;
@@ -22,6 +23,14 @@ fn mac(i: u8) -> MacAddr {
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
@@ -77,6 +86,7 @@ async fn a_campaign_survives_five_kills_of_the_daemon_and_ends_exactly_at_the_ta
     let data = dir.path().join("data");
     std::fs::create_dir_all(data.join("restore")).unwrap();
     std::fs::create_dir_all(dir.path().join("tftp")).unwrap();
+    std::fs::write(dir.path().join("tftp/undionly.kpxe"), vec![0x55; 70_000]).unwrap();
     std::fs::write(data.join("restore/vmlinuz"), b"k").unwrap();
     std::fs::write(data.join("restore/initrd.img"), b"i").unwrap();
     let sample = dir.path().join("sample.img");
@@ -91,11 +101,13 @@ async fn a_campaign_survives_five_kills_of_the_daemon_and_ends_exactly_at_the_ta
         .unwrap();
 
     let port = free_port();
+    // Fixed ports, so that the stations find the restarted daemon where it was.
+    let (dhcp, pxe, tftp) = (free_udp_port(), free_udp_port(), free_udp_port());
     let base = format!("http://127.0.0.1:{port}");
     let room = Ipv4Addr::new(127, 81, 0, 255);
     let mut toml = format!(
-        "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[dhcp]\nmode = \"off\"\nserver_ip = \"127.0.0.1\"\n\
-         [tftp]\nlisten = \"127.0.0.1:0\"\nroot = \"tftp\"\n[kms]\nhost = \"kms.sim\"\n[api]\ntoken = \"{TOKEN}\"\n\
+        "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[dhcp]\nserver_ip = \"127.0.0.1\"\nlisten = \"127.0.0.1:{dhcp}\"\npxe_listen = \"127.0.0.1:{pxe}\"\nbroadcast = \"127.0.0.1:9\"\n\
+         [tftp]\nlisten = \"127.0.0.1:{tftp}\"\nroot = \"tftp\"\n[kms]\nhost = \"kms.sim\"\n[api]\ntoken = \"{TOKEN}\"\n\
          [[rooms]]\nname = \"lab\"\nwol_broadcast = \"{room}\"\nwol_source = \"127.0.0.1\"\nwol_port = {WOL_PORT}\n\
          [campaigns]\ntick = \"100ms\"\nwake_timeout = \"3s\"\nwake_attempts = 5\nrestore_timeout = \"30s\"\nreport_timeout = \"30s\"\n"
     );
@@ -115,7 +127,15 @@ async fn a_campaign_survives_five_kills_of_the_daemon_and_ends_exactly_at_the_ta
 
     let mut daemon = serve(&config);
     healthy(&base).await;
-    let school = School::new(&base, "kms.sim");
+    let local = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let school = School::new(
+        "kms.sim",
+        BootServers {
+            dhcp: local(dhcp),
+            pxe: local(pxe),
+            tftp: local(tftp),
+        },
+    );
     let specs = (0..5u8)
         .map(|i| {
             let disk = dir.path().join(format!("disk{i}"));
@@ -125,6 +145,7 @@ async fn a_campaign_survives_five_kills_of_the_daemon_and_ends_exactly_at_the_ta
                 .unwrap();
             StationSpec {
                 mac: mac(i),
+                ip: Ipv4Addr::new(127, 81, 0, 10 + i),
                 room_ip: room,
                 wol_port: WOL_PORT,
                 disk,

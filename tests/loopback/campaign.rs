@@ -9,6 +9,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use orchestrator::clock::Clock;
+use orchestrator::sim::firmware::BootServers;
 use orchestrator::sim::kms_host::Product;
 use orchestrator::sim::school::{School, StationSpec};
 use pxe::MacAddr;
@@ -63,7 +64,12 @@ async fn school_on(
     clock: Clock,
 ) -> (School, CancellationToken, tempfile::TempDir) {
     let disks = tempfile::tempdir().unwrap();
-    let mut school = School::new(&server.daemon.public_url, "kms.sim");
+    let boot = BootServers {
+        dhcp: server.dhcp(),
+        pxe: server.pxe(),
+        tftp: server.daemon.tftp_addr,
+    };
+    let mut school = School::new("kms.sim", boot);
     school.clock = clock;
     let specs = (0..n)
         .map(|i| {
@@ -74,6 +80,7 @@ async fn school_on(
                 .unwrap();
             StationSpec {
                 mac: mac(i),
+                ip: Ipv4Addr::new(127, room_ip.octets()[1], room_ip.octets()[2], 10 + i),
                 room_ip,
                 wol_port: WOL_PORT,
                 disk,
@@ -158,6 +165,28 @@ async fn five_stations_bring_the_counts_to_exactly_27_and_7_with_even_cycles() {
         "each activation raised the count by one"
     );
     assert_eq!(office, (1..=7).collect::<Vec<u32>>());
+    // Every cycle went the whole network path: ProxyDHCP, 4011, TFTP, the script.
+    let (_, st) = get_json(
+        server.daemon.http_addr,
+        &format!("/api/v1/stations/{}", mac(0)),
+    )
+    .await;
+    let kinds: Vec<&str> = st["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    for kind in ["dhcp-offer", "pxe-4011", "tftp", "script", "restore-done"] {
+        assert!(kinds.contains(&kind), "no {kind} in {kinds:?}");
+    }
+    let tftp = st["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "tftp")
+        .unwrap();
+    assert_eq!(tftp["detail"], "undionly.kpxe (70000 bytes)", "{tftp}");
     // The ledger's view: the counts reported, and all 27 CMIDs alive for 30 days.
     let (_, kms) = get_json(server.daemon.http_addr, "/api/v1/kms").await;
     assert_eq!(kms["families"]["windows"]["reported"], 27, "{kms}");

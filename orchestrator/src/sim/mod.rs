@@ -2,5 +2,6 @@
 //! KMS.md, and a virtual school whose stations wake, boot, restore, activate and
 //! report over loopback.
 
+pub mod firmware;
 pub mod kms_host;
 pub mod school;

@@ -1,6 +1,6 @@
 //! A virtual school for the tests and the demo: stations that listen for
-//! Wake-on-LAN on their room's loopback address, ask the daemon for their boot script
-//! over HTTP, restore with the real restore client onto a file-backed disk, "boot
+//! Wake-on-LAN on their room's loopback address, network-boot through the daemon's
+//! ProxyDHCP, TFTP and HTTP (`sim::firmware`), restore with the real restore client onto a file-backed disk, "boot
 //! Windows" by reading what was injected into that disk, activate against the
 //! simulated KMS host, report through the agent API and obey reboot commands.
 //!
@@ -18,12 +18,15 @@ use pxe::MacAddr;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::firmware::BootServers;
 use super::kms_host::{KmsHost, Product};
 
 /// One simulated station.
 #[derive(Clone, Debug)]
 pub struct StationSpec {
     pub mac: MacAddr,
+    /// The station's own loopback address (127.x.y.z), as DHCP and TFTP see it.
+    pub ip: Ipv4Addr,
     /// The room's Wake-on-LAN address (127.x.y.z) and port (9, or a high port
     /// without root).
     pub room_ip: Ipv4Addr,
@@ -47,8 +50,9 @@ pub struct Log {
 #[derive(Clone)]
 pub struct School {
     pub host: Arc<Mutex<KmsHost>>,
+    /// The daemon's ProxyDHCP and TFTP, where the stations' firmware boots from.
+    pub boot: BootServers,
     pub kms_name: String,
-    pub server: String,
     pub log: Arc<Mutex<Log>>,
     /// The calendar clock the KMS host ages CMIDs by and the stations' clocks say:
     /// the daemon's, so that a simulated holiday passes for both.
@@ -70,11 +74,11 @@ struct Windows {
 }
 
 impl School {
-    pub fn new(server: &str, kms_name: &str) -> School {
+    pub fn new(kms_name: &str, boot: BootServers) -> School {
         School {
             host: Arc::new(Mutex::new(KmsHost::new())),
+            boot,
             kms_name: kms_name.to_owned(),
-            server: server.trim_end_matches('/').to_owned(),
             log: Arc::default(),
             clock: crate::clock::Clock::system(),
             windows_boot: Duration::ZERO,
@@ -184,7 +188,8 @@ impl School {
                 .entry(spec.mac)
                 .or_default() += 1;
             let woke = std::time::Instant::now();
-            match self.pxe_boot(&spec).await {
+            let boots = self.log.lock().expect("not poisoned").boots[&spec.mac];
+            match self.pxe_boot(&spec, boots).await {
                 Ok(Some(win)) => {
                     resets += 1;
                     self.activate(&spec, &win, resets).await;
@@ -204,11 +209,14 @@ impl School {
         }
     }
 
-    /// The PXE boot: the script, and when it chains the restore environment, the
-    /// restore. Returns what the restored Windows finds on its disk.
-    async fn pxe_boot(&self, spec: &StationSpec) -> Result<Option<Windows>, String> {
-        let url = format!("{}/boot/{}.ipxe", self.server, spec.mac);
-        let script = get(&url, None).await?;
+    /// The network boot (DHCP, TFTP, iPXE's DHCP, its script), and when the script
+    /// chains the restore environment, the restore. Returns what the restored Windows
+    /// finds on its disk.
+    async fn pxe_boot(&self, spec: &StationSpec, boots: u32) -> Result<Option<Windows>, String> {
+        let m = spec.mac.octets();
+        let xid = u32::from_be_bytes([m[3], m[4], m[5], 0]) ^ (boots << 1);
+        let booted = super::firmware::boot(&self.boot, spec.mac, spec.ip, xid).await?;
+        let script = get(&booted.script_url, None).await?;
         let args: HashMap<String, String> = script
             .split_whitespace()
             .filter_map(|w| w.strip_prefix("netreset."))
