@@ -173,6 +173,7 @@ pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Msg>, cancel: 
                     Event::Report {
                         mac,
                         family,
+                        result,
                         duplicate_cmid,
                         ..
                     },
@@ -180,6 +181,7 @@ pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Msg>, cancel: 
                 ) => Event::Report {
                     mac,
                     family,
+                    result,
                     count: store.ledger().map_or(0, |l| l.projected(family, h)),
                     duplicate_cmid,
                 },
@@ -331,6 +333,7 @@ fn recover(state: &AppState, record: &Record, mac: MacAddr) -> Vec<Event> {
                 .map(|r| Event::Report {
                     mac,
                     family: r.family,
+                    result: Some(r.result),
                     count: r.count,
                     duplicate_cmid: false,
                 }),

@@ -593,3 +593,60 @@ async fn after_a_31_day_holiday_the_top_up_restores_the_count_before_the_first_s
     stop.cancel();
     server.daemon.shutdown().await.unwrap();
 }
+
+/// Run an Office campaign on 5 stations whose activations fail as `fail` makes
+/// them; the campaign as it ended.
+async fn failing_campaign(room: Ipv4Addr, fail: impl FnOnce(&School)) -> serde_json::Value {
+    let server = school_server(room, 5).await;
+    let (school, stop, _disks) = school(&server, room, 5, &[], true).await;
+    fail(&school);
+    let body = format!(
+        r#"{{"stations": {}, "families": ["office"], "start": "now", "image": "lab"}}"#,
+        stations_json(5)
+    );
+    let (status, created) = campaign(&server, &body).await;
+    assert_eq!(status, 201, "{created}");
+    let c = finished(&server, created["id"].as_u64().unwrap()).await;
+    assert_eq!(school.count(Product::Office), 0, "nothing was counted");
+    stop.cancel();
+    server.daemon.shutdown().await.unwrap();
+    c
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_kms_host_stops_the_campaign_after_three_failed_cycles_with_the_diagnosis() {
+    let c = failing_campaign(Ipv4Addr::new(127, 79, 9, 1), |school| {
+        school
+            .kms_down
+            .store(true, std::sync::atomic::Ordering::SeqCst)
+    })
+    .await;
+    assert_eq!(c["state"], "stopped", "{c}");
+    let reason = c["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("office activation failed in 3 cycles in a row")
+            && reason.contains("did not answer"),
+        "{reason}"
+    );
+    assert_eq!(c["families"]["office"]["reported"], 0, "{c}");
+    assert!(
+        c["cycles_started"].as_u64().unwrap() <= 5,
+        "no cycle after the first wave: {c}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn station_clocks_hours_off_the_kms_host_stop_the_campaign_with_the_diagnosis() {
+    let c = failing_campaign(Ipv4Addr::new(127, 79, 10, 1), |school| {
+        school
+            .station_clock_skew_s
+            .store(4 * 3600 + 1, std::sync::atomic::Ordering::SeqCst)
+    })
+    .await;
+    assert_eq!(c["state"], "stopped", "{c}");
+    let reason = c["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("0xC004F06C") && reason.contains("4 hours apart"),
+        "{reason}"
+    );
+}

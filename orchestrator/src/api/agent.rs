@@ -118,12 +118,23 @@ pub async fn report(
                 .campaigns
                 .station(mac, crate::engine::campaign::Event::InUse(mac));
         }
-        // No reply from the KMS host yet (12288 without 12289): nothing to count.
+        // No reply from the KMS host (12288 without 12289): nothing to count, nothing
+        // for the ledger; the campaign learns that this cycle's activation failed.
         store.record(
             mac,
             "agent-report",
             format!("{}: no reply from the KMS host", body.family),
         )?;
+        state.campaigns.station(
+            mac,
+            crate::engine::campaign::Event::Report {
+                mac,
+                family: body.family,
+                result: None,
+                count: 0,
+                duplicate_cmid: false,
+            },
+        );
         return Ok((StatusCode::ACCEPTED, Json(json!({ "recorded": false }))).into_response());
     };
     if body.cmid.len() > 64
@@ -177,6 +188,7 @@ pub async fn report(
             crate::engine::campaign::Event::Report {
                 mac,
                 family: report.family,
+                result: Some(report.result),
                 count: report.count,
                 duplicate_cmid: duplicate.is_some(),
             },

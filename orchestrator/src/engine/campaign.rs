@@ -110,6 +110,29 @@ pub struct Campaign {
     /// Outside its window: cycles under way go on, no new one starts.
     #[serde(default)]
     pub paused: bool,
+    /// Per family, the cycles in a row whose activation the host did not count
+    /// (no answer, clocks apart, host not activated, ...), and the last result.
+    #[serde(default)]
+    pub failed_in_a_row: BTreeMap<Family, (u32, Option<u32>)>,
+}
+
+/// Count insufficient: the host counted the request.
+const COUNT_INSUFFICIENT: u32 = 0xC004_F038;
+/// Cycles in a row a family's activation may fail before the campaign stops: each
+/// one is a whole reset, and the same cause fails the next one too.
+pub const FAILED_IN_A_ROW: u32 = 3;
+
+/// Why activations fail, from the result code, for the admin.
+fn activation_failure(family: Family, result: Option<u32>, times: u32) -> String {
+    let cause = match result {
+        None | Some(0xC004_F074) => "the KMS host did not answer (0xC004F074 or no reply): can the lab reach kms.host on its port (1688) through the firewall, and is the Software Protection service running there?".to_owned(),
+        Some(0xC004_F06C) => "the stations' clocks and the KMS host's are more than 4 hours apart (0xC004F06C): set the time (UTC, NTP) on the host and in the image".to_owned(),
+        Some(0xC004_F039) => "the KMS host is not responding (0xC004F039)".to_owned(),
+        Some(0xC004_F041) => "the KMS host is not activated itself (0xC004F041): activate its host key".to_owned(),
+        Some(0xC004_F042) => format!("the KMS host cannot activate this {family} product (0xC004F042): install the host key for it"),
+        Some(code) => format!("activation failed with 0x{code:08X}"),
+    };
+    format!("{family} activation failed in {times} cycles in a row, so more resets would not raise the count: {cause}")
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,10 +144,14 @@ pub enum Event {
     RestoreProgress(MacAddr),
     RestoreDone(MacAddr),
     RestoreFailed(MacAddr, String),
-    /// An agent's report, counted (not a "no reply yet").
+    /// An agent's report of the cycle's activation.
     Report {
         mac: MacAddr,
         family: Family,
+        /// The result of event 12289, or `None`: the KMS host never answered (a
+        /// 12288 without a 12289).
+        result: Option<u32>,
+        /// The host's count; only meaningful when the host counted the request.
         count: u32,
         /// The same CMID as in an earlier cycle: the image is not generalized.
         duplicate_cmid: bool,
@@ -183,6 +210,7 @@ impl Campaign {
             state: State::Running,
             cycles_started: 0,
             paused: false,
+            failed_in_a_row: BTreeMap::new(),
         }
     }
 
@@ -247,13 +275,34 @@ impl Campaign {
             Event::Report {
                 mac,
                 family,
+                result,
                 count,
                 duplicate_cmid,
             } => {
+                let counted = matches!(result, Some(0 | COUNT_INSUFFICIENT));
                 // Reports of one host's count may arrive out of order; within a
                 // campaign the count only grows, so the highest is the newest.
-                let known = self.reported.entry(family).or_insert(0);
-                *known = (*known).max(count);
+                if counted {
+                    let known = self.reported.entry(family).or_insert(0);
+                    *known = (*known).max(count);
+                }
+                // Once per cycle (a report sent again after a crash is not a
+                // second failure).
+                let first = self.station(mac).is_some_and(|s| {
+                    matches!(&s.phase, Phase::BootingOs { reported } if !reported.contains(&family))
+                });
+                if first && counted {
+                    self.failed_in_a_row.remove(&family);
+                } else if first {
+                    let failed = self.failed_in_a_row.entry(family).or_insert((0, None));
+                    *failed = (failed.0 + 1, result);
+                    if failed.0 >= FAILED_IN_A_ROW {
+                        self.state = State::Stopped {
+                            reason: activation_failure(family, result, failed.0),
+                        };
+                        return actions;
+                    }
+                }
                 if duplicate_cmid {
                     self.state = State::Stopped {
                         reason: format!(
@@ -361,10 +410,27 @@ impl Campaign {
         let goals: Vec<Goal> = self
             .targets
             .iter()
-            .map(|(f, t)| Goal {
-                family: *f,
-                target: *t,
-                reported: self.reported.get(f).copied().unwrap_or(0),
+            .map(|(f, t)| {
+                let reported = self.reported.get(f).copied().unwrap_or(0);
+                // After a failed activation the family runs one cycle at a time (the
+                // cycles under way first): a probe, not a wave of resets that fail
+                // for the same cause.
+                let failing = self.failed_in_a_row.get(f).is_some_and(|(n, _)| *n > 0);
+                let in_flight = self
+                    .stations
+                    .iter()
+                    .filter(|s| s.phase.in_cycle() && s.families.contains(f))
+                    .count() as u32;
+                let target = if failing {
+                    (*t).min(reported + in_flight.max(1))
+                } else {
+                    *t
+                };
+                Goal {
+                    family: *f,
+                    target,
+                    reported,
+                }
             })
             .collect();
         let view: Vec<planner::Station> = self
@@ -538,6 +604,7 @@ mod tests {
                             events.push(Event::Report {
                                 mac,
                                 family: *f,
+                                result: Some(reply.result),
                                 count: reply.count as u32,
                                 duplicate_cmid: duplicate,
                             });
@@ -687,6 +754,7 @@ mod tests {
             Event::Report {
                 mac: mac(1),
                 family: Family::Office,
+                result: Some(0),
                 count: 5,
                 duplicate_cmid: false,
             },
@@ -699,6 +767,7 @@ mod tests {
             Event::Report {
                 mac: mac(0),
                 family: Family::Office,
+                result: Some(COUNT_INSUFFICIENT),
                 count: 4,
                 duplicate_cmid: false,
             },
@@ -709,6 +778,90 @@ mod tests {
             5,
             "the late, lower count is not the newest"
         );
+    }
+
+    /// Drive the first cycle of `m` to its report.
+    fn report(c: &mut Campaign, m: MacAddr, result: Option<u32>, count: u32, now: u64) {
+        c.handle(Event::PxeSeen(m), now);
+        c.handle(Event::RestoreDone(m), now);
+        c.handle(
+            Event::Report {
+                mac: m,
+                family: Family::Office,
+                result,
+                count,
+                duplicate_cmid: false,
+            },
+            now,
+        );
+    }
+
+    #[test]
+    fn activations_the_host_does_not_count_stop_the_campaign_after_three_in_a_row() {
+        let mut c = Campaign::new(
+            "w",
+            &[Family::Office],
+            2,
+            &five_stations(),
+            5,
+            Limits::default(),
+        );
+        c.handle(Event::Tick, 0);
+        // A counted one between failures starts the row again.
+        report(&mut c, mac(0), None, 0, 1);
+        let busy = |c: &Campaign| c.stations.iter().filter(|s| s.phase.in_cycle()).count();
+        assert_eq!(busy(&c), 4, "after a failure no new cycle joins the four under way");
+        report(&mut c, mac(1), Some(0xC004_F074), 0, 2);
+        report(&mut c, mac(2), Some(COUNT_INSUFFICIENT), 1, 3);
+        assert_eq!(c.state, State::Running);
+        assert_eq!(
+            c.reported[&Family::Office],
+            1,
+            "failed reports count nothing"
+        );
+        report(&mut c, mac(3), None, 0, 4);
+        // The same failed report sent again (a retry) is not a second failure.
+        c.handle(
+            Event::Report {
+                mac: mac(3),
+                family: Family::Office,
+                result: None,
+                count: 0,
+                duplicate_cmid: false,
+            },
+            5,
+        );
+        report(&mut c, mac(4), Some(0xC004_F074), 0, 6);
+        assert_eq!(c.state, State::Running, "two in a row");
+        // Cycles went on meanwhile (the count is short); the next one fails too.
+        let next = c
+            .stations
+            .iter()
+            .find(|s| matches!(s.phase, Phase::Waking { .. }))
+            .map(|s| s.mac)
+            .unwrap();
+        report(&mut c, next, Some(0xC004_F074), 0, 8);
+        let State::Stopped { reason } = &c.state else {
+            panic!("{:?}", c.state)
+        };
+        assert!(
+            reason.contains("3 cycles in a row") && reason.contains("did not answer"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn the_diagnosis_names_the_cause_of_the_result_code() {
+        for (code, says) in [
+            (Some(0xC004_F06C), "clocks"),
+            (Some(0xC004_F041), "not activated itself"),
+            (Some(0xC004_F042), "host key"),
+            (None, "did not answer"),
+            (Some(0x8007_0005), "0x80070005"),
+        ] {
+            let why = activation_failure(Family::Windows, code, 3);
+            assert!(why.contains(says), "{code:?}: {why}");
+        }
     }
 
     #[test]

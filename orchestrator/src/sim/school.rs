@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -60,6 +61,10 @@ pub struct School {
     /// How long Windows takes to boot, run SetupComplete.cmd and activate (zero by
     /// default; real stations take minutes).
     pub windows_boot: Duration,
+    /// The KMS host cannot be reached: requests get no reply.
+    pub kms_down: Arc<AtomicBool>,
+    /// How far the stations' clocks are off the host's, in seconds.
+    pub station_clock_skew_s: Arc<AtomicI64>,
     /// Raised by [`School::power_off`]: running stations shut down.
     power_offs: Arc<(std::sync::atomic::AtomicU64, tokio::sync::Notify)>,
 }
@@ -83,6 +88,8 @@ impl School {
             clock: crate::clock::Clock::system(),
             windows_boot: Duration::ZERO,
             power_offs: Arc::default(),
+            kms_down: Arc::default(),
+            station_clock_skew_s: Arc::default(),
         }
     }
 
@@ -90,7 +97,7 @@ impl School {
     /// they wait for Wake-on-LAN again.
     pub fn power_off(&self) {
         let (count, notify) = &*self.power_offs;
-        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        count.fetch_add(1, Ordering::SeqCst);
         notify.notify_waiters();
     }
 
@@ -157,10 +164,10 @@ impl School {
         let mut running: Option<Windows> = None;
         let mut resets = 0u32;
         let (power_offs, power_off) = &*self.power_offs;
-        let mut seen_power_offs = power_offs.load(std::sync::atomic::Ordering::SeqCst);
+        let mut seen_power_offs = power_offs.load(Ordering::SeqCst);
         loop {
             let off = power_off.notified();
-            let now_power_offs = power_offs.load(std::sync::atomic::Ordering::SeqCst);
+            let now_power_offs = power_offs.load(Ordering::SeqCst);
             if now_power_offs != seen_power_offs {
                 seen_power_offs = now_power_offs;
                 running = None;
@@ -264,26 +271,46 @@ impl School {
             };
             let cmid = cmid_guid(&cmid);
             let now = Duration::from_millis(self.clock.now_ms());
-            let reply = self
-                .host
-                .lock()
-                .expect("not poisoned")
-                .request(&cmid, product, now, now);
-            self.log.lock().expect("not poisoned").activations.push((
-                spec.mac,
-                family.clone(),
-                cmid.clone(),
-                reply.count as u32,
-            ));
-            let body = serde_json::json!({
-                "station": spec.mac,
-                "family": family,
-                "cmid": cmid,
-                "result": format!("0x{:08X}", reply.result),
-                "activated": reply.activated,
-                "count": reply.count,
-                "logged_in_user": false,
-            });
+            let skew = self.station_clock_skew_s.load(Ordering::SeqCst);
+            let client_time = if skew >= 0 {
+                now + Duration::from_secs(skew.unsigned_abs())
+            } else {
+                now.saturating_sub(Duration::from_secs(skew.unsigned_abs()))
+            };
+            let body = if self.kms_down.load(Ordering::SeqCst) {
+                // 12288 with no 12289: the agent reports "none" when its wait is over.
+                serde_json::json!({
+                    "station": spec.mac,
+                    "family": family,
+                    "cmid": cmid,
+                    "result": "none",
+                    "activated": false,
+                    "count": 0,
+                    "logged_in_user": false,
+                })
+            } else {
+                let reply = self.host.lock().expect("not poisoned").request(
+                    &cmid,
+                    product,
+                    client_time,
+                    now,
+                );
+                self.log.lock().expect("not poisoned").activations.push((
+                    spec.mac,
+                    family.clone(),
+                    cmid.clone(),
+                    reply.count as u32,
+                ));
+                serde_json::json!({
+                    "station": spec.mac,
+                    "family": family,
+                    "cmid": cmid,
+                    "result": format!("0x{:08X}", reply.result),
+                    "activated": reply.activated,
+                    "count": reply.count,
+                    "logged_in_user": false,
+                })
+            };
             // Like the real agent, a report that does not get through is sent again.
             let url = format!("{}/api/v1/agent/report", win.server);
             for attempt in 1..=20 {
