@@ -10,6 +10,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 runs=${1:-5}
 (cd "$root" && cargo build -q --release --bin netreset)
+# One unreported warm-up run (as hyperfine --warmup): the first run after a build pays
+# for a cold page cache.
+"$root/target/release/netreset" demo --json >/dev/null
 echo "| Windows boot | run | campaign s | median cycle s | lower bound s | ratio |"
 echo "|---|---|---|---|---|---|"
 for boot in 0 300; do
