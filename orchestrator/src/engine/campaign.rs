@@ -810,7 +810,11 @@ mod tests {
         // A counted one between failures starts the row again.
         report(&mut c, mac(0), None, 0, 1);
         let busy = |c: &Campaign| c.stations.iter().filter(|s| s.phase.in_cycle()).count();
-        assert_eq!(busy(&c), 4, "after a failure no new cycle joins the four under way");
+        assert_eq!(
+            busy(&c),
+            4,
+            "after a failure no new cycle joins the four under way"
+        );
         report(&mut c, mac(1), Some(0xC004_F074), 0, 2);
         report(&mut c, mac(2), Some(COUNT_INSUFFICIENT), 1, 3);
         assert_eq!(c.state, State::Running);
