@@ -76,6 +76,27 @@ pub fn run(opts: &Options, log: &(dyn Fn(&str) + Sync)) -> Result<Outcome, Error
     result
 }
 
+/// Tell the orchestrator that this station's restore failed before or outside the
+/// restore itself (no disk, the restore program ended badly), with `message` (the
+/// end of the log: at most 2000 characters, the last ones kept).
+pub fn report_failure(opts: &Options, message: &str) -> Result<(), Error> {
+    let id: ChunkId = opts.image.parse().map_err(|_| {
+        Error::Usage(format!(
+            "--image {:?} is not a staged image id (64 hex digits)",
+            opts.image
+        ))
+    })?;
+    let mac = check_mac(&opts.station)?;
+    let client = Client::new(&opts.server, &opts.token, 1, None, opts.retry_for)?;
+    let chars: Vec<char> = message.trim().chars().collect();
+    let tail: String = chars[chars.len().saturating_sub(2000)..].iter().collect();
+    client.report(
+        &mac,
+        &serde_json::json!({"state": "failed", "image": id.to_string(), "error": tail}),
+        true,
+    )
+}
+
 fn restore(
     args: &Options,
     client: &Client,

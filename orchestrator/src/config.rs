@@ -147,6 +147,8 @@ pub struct RawRestore {
     pub initrd: Option<String>,
     pub cmdline: Option<String>,
     pub token_ttl: Option<String>,
+    pub disk: Option<String>,
+    pub max_mbit: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -202,6 +204,7 @@ pub struct RawStation {
     pub room: Option<String>,
     pub image: Option<String>,
     pub kms_activation: Option<bool>,
+    pub disk: Option<String>,
 }
 
 /// `[dhcp] mode`.
@@ -314,6 +317,10 @@ pub struct RestoreConfig {
     pub cmdline: String,
     /// How long a per-restore token stays valid after the boot script hands it out.
     pub token_ttl: std::time::Duration,
+    /// The disk restores write when the station names none (`/dev/...`).
+    pub disk: Option<String>,
+    /// A cap on each restore's download, in Mbit/s (many stations share an uplink).
+    pub max_mbit: Option<u32>,
 }
 
 #[derive(Clone, Debug)]
@@ -356,6 +363,29 @@ pub struct StationConfig {
     pub room: Option<String>,
     pub image: Option<String>,
     pub kms_activation: Option<bool>,
+    pub disk: Option<String>,
+}
+
+/// Whether `disk` names a disk device for the restore environment: `/dev/` and then
+/// letters, digits and `/_.:-` (as in `/dev/nvme0n1` or `/dev/disk/by-path/...`).
+pub fn check_disk(disk: &str) -> Result<(), String> {
+    let ok = disk.len() <= 128
+        && disk.strip_prefix("/dev/").is_some_and(|rest| {
+            !rest.is_empty()
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"/_.:-".contains(&b))
+                && !rest
+                    .split('/')
+                    .any(|part| part.is_empty() || part == "." || part == "..")
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "disk {disk:?}: a device path such as /dev/nvme0n1 or /dev/sda"
+        ))
+    }
 }
 
 impl Config {
@@ -520,12 +550,17 @@ impl Config {
                     )
                 })?;
             }
+            if let Some(disk) = &st.disk {
+                check_disk(disk)
+                    .map_err(|e| invalid(format!("inventory.stations[{i}].disk"), disk, e))?;
+            }
             stations.push(StationConfig {
                 mac,
                 name: st.name,
                 room: st.room,
                 image: st.image,
                 kms_activation: st.kms_activation,
+                disk: st.disk,
             });
         }
         let inventory = InventoryConfig {
@@ -886,12 +921,26 @@ fn restore(raw: RawRestore, dir: PathBuf) -> Result<RestoreConfig, ConfigError> 
                 "a duration between 1m and 7d, such as 4h",
             )
         })?;
+    if let Some(disk) = &raw.disk {
+        check_disk(disk).map_err(|e| invalid("restore.disk", disk, e))?;
+    }
+    if let Some(mbit) = raw.max_mbit {
+        if !(1..=100_000).contains(&mbit) {
+            return Err(invalid(
+                "restore.max_mbit",
+                mbit.to_string(),
+                "Mbit/s per restore, 1 to 100000",
+            ));
+        }
+    }
     Ok(RestoreConfig {
         dir,
         kernel,
         initrd,
         cmdline,
         token_ttl,
+        disk: raw.disk,
+        max_mbit: raw.max_mbit,
     })
 }
 
@@ -1017,6 +1066,13 @@ mod tests {
                 "restore.cmdline",
             ),
             ("[restore]\ntoken_ttl = \"10s\"\n", "restore.token_ttl"),
+            ("[restore]\ndisk = \"sda\"\n", "restore.disk"),
+            ("[restore]\ndisk = \"/dev/../sda\"\n", "restore.disk"),
+            ("[restore]\nmax_mbit = 0\n", "restore.max_mbit"),
+            (
+                "[[inventory.stations]]\nmac = \"52:54:00:00:00:01\"\ndisk = \"/dev/sda 1\"\n",
+                "inventory.stations[0].disk",
+            ),
             ("[api]\ntoken = \"short\"\n", "api.token"),
             (
                 "[[rooms]]\nname = \"101\"\nwol_broadcast = \"10.1.1\"\n",

@@ -76,6 +76,7 @@ impl Daemon {
                     room: st.room.clone(),
                     image: st.image.clone(),
                     kms_activation: st.kms_activation,
+                    disk: st.disk.clone(),
                 },
             )?;
         }
@@ -97,6 +98,7 @@ impl Daemon {
             cmdline: config.restore.cmdline.clone(),
             server_url: public_url.clone(),
             token_ttl: config.restore.token_ttl,
+            max_mbit: config.restore.max_mbit,
             secret,
         };
         let policy = Orchestrator::new(

@@ -68,7 +68,7 @@ pub async fn run(json: bool, windows_boot: Duration) -> anyhow::Result<()> {
     let token = format!("demo-{:016x}", rand_u64());
     let mut toml = format!(
         "data_dir = \"{data}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[dhcp]\nserver_ip = \"127.0.0.1\"\nlisten = \"127.0.0.1:0\"\npxe_listen = \"127.0.0.1:0\"\nbroadcast = \"127.0.0.1:9\"\n\
-         [tftp]\nlisten = \"127.0.0.1:0\"\nroot = \"{tftp}\"\n[kms]\nhost = \"{KMS_HOST}\"\n[api]\ntoken = \"{token}\"\n\
+         [tftp]\nlisten = \"127.0.0.1:0\"\nroot = \"{tftp}\"\n[kms]\nhost = \"{KMS_HOST}\"\n[api]\ntoken = \"{token}\"\n[restore]\ndisk = \"/dev/sda\"\n\
          [campaigns]\nmax_parallel = 5\ntick = \"100ms\"\nwake_timeout = \"5s\"\nrestore_timeout = \"60s\"\nreport_timeout = \"60s\"\n",
         data = data.display(),
         tftp = dir.path().join("tftp").display(),

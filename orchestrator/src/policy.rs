@@ -28,6 +28,8 @@ pub struct RestoreBoot {
     /// The server URL the restore environment talks to.
     pub server_url: String,
     pub token_ttl: Duration,
+    /// `restore.max_mbit`, passed on as `netreset.max_mbit=`.
+    pub max_mbit: Option<u32>,
     pub secret: Secret,
 }
 
@@ -82,6 +84,13 @@ impl Orchestrator {
             "initrd={initrd_name} netreset.server={} netreset.station={mac} netreset.token={token} netreset.image={}",
             r.server_url, reset.staged
         );
+        if let Some(disk) = &reset.disk {
+            cmdline.push_str(" netreset.disk=");
+            cmdline.push_str(disk);
+        }
+        if let Some(mbit) = r.max_mbit {
+            cmdline.push_str(&format!(" netreset.max_mbit={mbit}"));
+        }
         if !r.cmdline.is_empty() {
             cmdline.push(' ');
             cmdline.push_str(&r.cmdline);

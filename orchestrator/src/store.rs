@@ -62,6 +62,10 @@ pub struct Station {
     /// Like the vendor's manual says, it takes effect at the station's next reset.
     #[serde(default)]
     pub kms_activation: bool,
+    /// The disk its restores write (`/dev/...` in the restore environment); unset:
+    /// `restore.disk`. netreset never guesses a disk.
+    #[serde(default)]
+    pub disk: Option<String>,
 }
 
 /// The admin's settings of a station; `None` leaves a setting as it is.
@@ -71,6 +75,7 @@ pub struct Settings {
     pub room: Option<String>,
     pub image: Option<String>,
     pub kms_activation: Option<bool>,
+    pub disk: Option<String>,
 }
 
 impl Station {
@@ -92,6 +97,7 @@ impl Station {
             image: None,
             agent_generation: None,
             kms_activation: false,
+            disk: None,
         }
     }
 }
@@ -166,6 +172,9 @@ pub struct Reset {
     /// agent keeps its token (to be told to reboot) until then.
     #[serde(default)]
     pub previous_generation: Option<u64>,
+    /// The disk the restore environment writes, passed as `netreset.disk=`.
+    #[serde(default)]
+    pub disk: Option<String>,
 }
 
 impl Reset {
@@ -298,6 +307,9 @@ impl Store {
             }
             if let Some(flag) = settings.kms_activation {
                 st.kms_activation = flag;
+            }
+            if let Some(disk) = &settings.disk {
+                st.disk = Some(disk.clone());
             }
         })
     }

@@ -107,7 +107,7 @@ async fn a_campaign_survives_five_kills_of_the_daemon_and_ends_exactly_at_the_ta
     let room = Ipv4Addr::new(127, 81, 0, 255);
     let mut toml = format!(
         "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[dhcp]\nserver_ip = \"127.0.0.1\"\nlisten = \"127.0.0.1:{dhcp}\"\npxe_listen = \"127.0.0.1:{pxe}\"\nbroadcast = \"127.0.0.1:9\"\n\
-         [tftp]\nlisten = \"127.0.0.1:{tftp}\"\nroot = \"tftp\"\n[kms]\nhost = \"kms.sim\"\n[api]\ntoken = \"{TOKEN}\"\n\
+         [tftp]\nlisten = \"127.0.0.1:{tftp}\"\nroot = \"tftp\"\n[kms]\nhost = \"kms.sim\"\n[api]\ntoken = \"{TOKEN}\"\n[restore]\ndisk = \"/dev/sda\"\n\
          [[rooms]]\nname = \"lab\"\nwol_broadcast = \"{room}\"\nwol_source = \"127.0.0.1\"\nwol_port = {WOL_PORT}\n\
          [campaigns]\ntick = \"100ms\"\nwake_timeout = \"3s\"\nwake_attempts = 5\nrestore_timeout = \"30s\"\nreport_timeout = \"30s\"\n"
     );

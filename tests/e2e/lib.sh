@@ -108,3 +108,61 @@ with open(path, "wb") as f:
             f.write(os.urandom(8 << 20))
 PY
 }
+
+# windows_disk PATH: a 256 MiB GPT disk as a Windows install lays it out: an EFI system
+# partition (FAT16, EFI/BOOT/BOOTX64.EFI), a Windows partition (NTFS with
+# Windows/System32 and Windows/Setup/Scripts, 3 MiB of noise in System32) and 40 MiB
+# of noise in a data partition. Sets esp_start esp_len ntfs_start ntfs_len data_start
+# data_len (sectors) and ESP (the mtools path of the ESP).
+windows_disk() {
+  local img=$1 t
+  t=$(mktemp -d "$E2E_TMP/disk-XXXX")
+  truncate -s 256M "$img"
+  sgdisk -n1:2048:+32M -t1:ef00 -n2:0:+160M -t2:0700 -n3:0:+40M -t3:8300 "$img" >/dev/null
+  read -r esp_start esp_len ntfs_start ntfs_len data_start data_len < <(sfdisk --json "$img" |
+    python3 -c 'import json,sys; p=json.load(sys.stdin)["partitiontable"]["partitions"]; print(*[v for x in p for v in (x["start"], x["size"])])')
+  mkfs.vfat -F 16 -n EFI --offset "$esp_start" "$img" $((esp_len / 2)) > "$t/mkfs.log" 2>&1
+  ESP="$img@@$((esp_start * 512))"
+  echo "boot manager stand-in" > "$t/bootx64.efi"
+  mmd -i "$ESP" ::/EFI ::/EFI/BOOT
+  mcopy -i "$ESP" "$t/bootx64.efi" ::/EFI/BOOT/BOOTX64.EFI
+  truncate -s $((ntfs_len * 512)) "$t/ntfs.img"
+  mkntfs -q -F -Q -s 512 -p "$ntfs_start" -H 255 -S 63 -L Windows "$t/ntfs.img" > "$t/mkfs.log" 2>&1
+  mkdir "$t/mnt"
+  ntfs-3g "$t/ntfs.img" "$t/mnt" || fail "cannot mount the test NTFS with ntfs-3g (FUSE)"
+  mkdir -p "$t/mnt/Windows/Setup/Scripts" "$t/mnt/Windows/System32"
+  echo "[fonts]" > "$t/mnt/Windows/win.ini"
+  head -c 3M /dev/urandom > "$t/mnt/Windows/System32/big.dll"
+  umount "$t/mnt"
+  dd if="$t/ntfs.img" of="$img" bs=512 seek="$ntfs_start" conv=notrunc status=none
+  head -c $((data_len * 512)) /dev/urandom | dd of="$img" bs=512 seek="$data_start" conv=notrunc status=none
+  rm -rf "$t"
+}
+
+# check_windows_disk BASE DISK MAC: DISK is BASE (a windows_disk) restored with the
+# KMS profile for MAC: everything outside the ESP and the Windows partition is BASE's;
+# inside them, the files BASE had are intact and the injected ones read back with
+# mtools and ntfs-3g.
+check_windows_disk() {
+  local base=$1 disk=$2 MAC=$3 end=$(((ntfs_start + ntfs_len) * 512)) T
+  T=$(mktemp -d "$E2E_TMP/check-XXXX")
+  cmp -n $((esp_start * 512)) "$base" "$disk" || fail "$disk: the partition table area differs"
+  cmp -i "$end:$end" "$base" "$disk" || fail "$disk: bytes after the Windows partition differ"
+  local esp="$disk@@$((esp_start * 512))"
+  mtype -i "$esp" ::/EFI/BOOT/BOOTX64.EFI | grep -q "boot manager stand-in" || fail "$disk: ESP file lost"
+  mtype -i "$esp" ::/netreset/station.json > "$T/esp-station.json" || fail "$disk: no station.json on the ESP"
+  grep -q "\"station\": \"$MAC\"" "$T/esp-station.json" || fail "$disk: ESP station.json: $(cat "$T/esp-station.json")"
+  ! grep -q token "$T/esp-station.json" || fail "$disk: the ESP copy of station.json carries the token"
+  dd if="$disk" of="$T/part.img" bs=1M iflag=skip_bytes,count_bytes skip=$((ntfs_start * 512)) count=$((ntfs_len * 512)) status=none
+  ntfscat "$T/part.img" /Windows/win.ini | grep -q fonts || fail "$disk: win.ini lost"
+  ntfsls -p /Windows/Setup/Scripts "$T/part.img" > "$T/scripts.txt"
+  for f in SetupComplete.cmd netreset-agent.ps1 station.json; do
+    grep -qx "$f" "$T/scripts.txt" || fail "$disk: $f not injected (ls: $(cat "$T/scripts.txt"))"
+  done
+  ntfscat "$T/part.img" /Windows/Setup/Scripts/SetupComplete.cmd > "$T/setup.cmd"
+  grep -q 'set "NR_KMS=kms.school.example"' "$T/setup.cmd" || fail "$disk: SetupComplete.cmd lacks the KMS host"
+  grep -q 'set "NR_PORT=1688"' "$T/setup.cmd" || fail "$disk: SetupComplete.cmd lacks the port"
+  ntfscat "$T/part.img" /Windows/Setup/Scripts/station.json | grep -q '"token"' || fail "$disk: station.json lacks the agent token"
+  ntfscat "$T/part.img" /Windows/Setup/Scripts/netreset-agent.ps1 | tr -d '\r' |
+    cmp -s - "$E2E_ROOT/images/windows/netreset-agent.ps1" || fail "$disk: the agent differs from its template"
+}

@@ -19,26 +19,7 @@ MIB=$((1 << 20))
 
 # --- the test disk: ESP (FAT16), Windows (NTFS), data (noise), 256 MiB ------------------
 log "building a GPT test disk"
-truncate -s 256M "$T/base.img"
-sgdisk -n1:2048:+32M -t1:ef00 -n2:0:+160M -t2:0700 -n3:0:+40M -t3:8300 "$T/base.img" >/dev/null
-read -r esp_start esp_len ntfs_start ntfs_len data_start data_len < <(sfdisk --json "$T/base.img" |
-  python3 -c 'import json,sys; p=json.load(sys.stdin)["partitiontable"]["partitions"]; print(*[v for x in p for v in (x["start"], x["size"])])')
-mkfs.vfat -F 16 -n EFI --offset "$esp_start" "$T/base.img" $((esp_len / 2)) > "$T/mkfs.log" 2>&1
-ESP="$T/base.img@@$((esp_start * 512))"
-echo "boot manager stand-in" > "$T/bootx64.efi"
-mmd -i "$ESP" ::/EFI ::/EFI/BOOT
-mcopy -i "$ESP" "$T/bootx64.efi" ::/EFI/BOOT/BOOTX64.EFI
-truncate -s $((ntfs_len * 512)) "$T/ntfs.img"
-mkntfs -q -F -Q -s 512 -p "$ntfs_start" -H 255 -S 63 -L Windows "$T/ntfs.img" > "$T/mkfs.log" 2>&1
-mkdir "$T/mnt"
-ntfs-3g "$T/ntfs.img" "$T/mnt" || fail "cannot mount the test NTFS with ntfs-3g (FUSE)"
-defer "umount $T/mnt"
-mkdir -p "$T/mnt/Windows/Setup/Scripts" "$T/mnt/Windows/System32"
-echo "[fonts]" > "$T/mnt/Windows/win.ini"
-head -c 3M /dev/urandom > "$T/mnt/Windows/System32/big.dll"
-umount "$T/mnt"
-dd if="$T/ntfs.img" of="$T/base.img" bs=512 seek="$ntfs_start" conv=notrunc status=none
-head -c $((data_len * 512)) /dev/urandom | dd of="$T/base.img" bs=512 seek="$data_start" conv=notrunc status=none
+windows_disk "$T/base.img"
 
 # --- the daemon on loopback -------------------------------------------------------------
 mkdir -p "$T/tftp" "$T/data/restore"
@@ -54,6 +35,8 @@ public_url = "$URL"
 mode = "off"
 [api]
 token = "$E2E_ADMIN_TOKEN"
+[restore]
+disk = "/dev/vda"
 [tftp]
 listen = "127.0.0.1:0"
 root = "$T/tftp"
@@ -85,36 +68,13 @@ reset() {
 }
 args() { # ARGFILE: netreset-restore options from the boot script's arguments
   local k v out=()
-  while read -r k v; do out+=("--$k" "$v"); done < "$1"
+  # The disk the script names (restore.disk) is the restore environment's; here the
+  # disks are files, given with --disk.
+  while read -r k v; do [ "$k" = disk ] || out+=("--$k" "$v"); done < "$1"
   echo "${out[@]}"
 }
 
-# check_disk DISK: everything outside the ESP and the Windows partition is the base
-# image's; inside them, the files the image had are intact and the injected ones read
-# back with mtools and ntfs-3g.
-check_disk() {
-  local disk=$1 end=$(((ntfs_start + ntfs_len) * 512)) size
-  size=$(stat -c %s "$T/base.img")
-  cmp -n $((esp_start * 512)) "$T/base.img" "$disk" || fail "$disk: the partition table area differs"
-  cmp -i "$end:$end" "$T/base.img" "$disk" || fail "$disk: bytes after the Windows partition differ"
-  local esp="$disk@@$((esp_start * 512))"
-  mtype -i "$esp" ::/EFI/BOOT/BOOTX64.EFI | grep -q "boot manager stand-in" || fail "$disk: ESP file lost"
-  mtype -i "$esp" ::/netreset/station.json > "$T/esp-station.json" || fail "$disk: no station.json on the ESP"
-  grep -q "\"station\": \"$MAC\"" "$T/esp-station.json" || fail "$disk: ESP station.json: $(cat "$T/esp-station.json")"
-  ! grep -q token "$T/esp-station.json" || fail "$disk: the ESP copy of station.json carries the token"
-  dd if="$disk" of="$T/part.img" bs=1M iflag=skip_bytes,count_bytes skip=$((ntfs_start * 512)) count=$((ntfs_len * 512)) status=none
-  ntfscat "$T/part.img" /Windows/win.ini | grep -q fonts || fail "$disk: win.ini lost"
-  ntfsls -p /Windows/Setup/Scripts "$T/part.img" > "$T/scripts.txt"
-  for f in SetupComplete.cmd netreset-agent.ps1 station.json; do
-    grep -qx "$f" "$T/scripts.txt" || fail "$disk: $f not injected (ls: $(cat "$T/scripts.txt"))"
-  done
-  ntfscat "$T/part.img" /Windows/Setup/Scripts/SetupComplete.cmd > "$T/setup.cmd"
-  grep -q 'set "NR_KMS=kms.school.example"' "$T/setup.cmd" || fail "$disk: SetupComplete.cmd lacks the KMS host"
-  grep -q 'set "NR_PORT=1688"' "$T/setup.cmd" || fail "$disk: SetupComplete.cmd lacks the port"
-  ntfscat "$T/part.img" /Windows/Setup/Scripts/station.json | grep -q '"token"' || fail "$disk: station.json lacks the agent token"
-  ntfscat "$T/part.img" /Windows/Setup/Scripts/netreset-agent.ps1 | tr -d '\r' |
-    cmp -s - "$E2E_ROOT/images/windows/netreset-agent.ps1" || fail "$disk: the agent differs from its template"
-}
+check_disk() { check_windows_disk "$T/base.img" "$1" "$MAC"; }
 
 # --- 1. a KMS-staged restore onto a blank disk ------------------------------------------
 log "restore onto a blank disk"

@@ -583,3 +583,104 @@ async fn a_kms_restore_injects_the_kms_settings_agent_and_station_json_into_wind
     assert!(fat_file(&disk, 0, "EFI/BOOT/BOOTX64.EFI").is_some());
     server.daemon.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_restore_disk_is_the_stations_or_restore_disk_and_never_a_guess() {
+    // No restore.disk and no disk of the station's: refused, nothing marked.
+    let server = start(&format!(
+        "{}[restore]\nmax_mbit = 300\ncmdline = \"console=ttyS0\"\n",
+        inventory()
+    ))
+    .await;
+    import(server.data.path(), &image_bytes());
+    let path = format!("/api/v1/stations/{MAC}/reset");
+    let addr = server.daemon.http_addr;
+    let (status, body) = post_json(addr, &path, "", r#"{"image": "lab"}"#).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("never guesses a disk"),
+        "{body}"
+    );
+    assert!(station(&server).await["reset"].is_null());
+    // A bad disk setting is refused and changes nothing.
+    for bad in [
+        "sda",
+        "/dev/../etc/passwd",
+        "/dev/sda;reboot",
+        "/dev/",
+        "/dev//sda",
+    ] {
+        let (status, _, body) = http_send(
+            addr,
+            "PUT",
+            &format!("/api/v1/stations/{MAC}"),
+            "Content-Type: application/json\r\n",
+            format!(r#"{{"disk": "{bad}"}}"#).as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 400, "{bad}: {}", String::from_utf8_lossy(&body));
+    }
+    assert!(station(&server).await["disk"].is_null());
+    // The station's disk goes on the kernel command line, with the bandwidth cap.
+    let (status, _, _) = http_send(
+        addr,
+        "PUT",
+        &format!("/api/v1/stations/{MAC}"),
+        "Content-Type: application/json\r\n",
+        br#"{"disk": "/dev/nvme0n1"}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    reset(&server, "plain").await;
+    let (text, args) = script(&server).await;
+    assert_eq!(args["disk"], "/dev/nvme0n1", "{text}");
+    assert_eq!(args["max_mbit"], "300", "{text}");
+    assert!(text.contains(" console=ttyS0"), "{text}");
+    assert_eq!(station(&server).await["reset"]["disk"], "/dev/nvme0n1");
+    server.daemon.shutdown().await.unwrap();
+
+    // restore.disk when the station names none.
+    let server = start(&inventory()).await;
+    import(server.data.path(), &image_bytes());
+    reset(&server, "plain").await;
+    assert_eq!(script(&server).await.1["disk"], "/dev/vda");
+    server.daemon.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failure_the_restore_environment_reports_fails_the_reset_with_the_log_tail() {
+    let (server, _, args, _dir) = marked().await;
+    let log = format!(
+        "{}disk /dev/vda not found (disks here: sda)",
+        "x".repeat(5000)
+    );
+    let opts = options(&args, Path::new("/nonexistent"));
+    tokio::task::spawn_blocking(move || images::client::report_failure(&opts, &log))
+        .await
+        .unwrap()
+        .unwrap();
+    let st = station(&server).await;
+    assert_eq!(st["reset"]["state"], "failed", "{st}");
+    let error = st["reset"]["error"].as_str().unwrap();
+    assert!(
+        error.ends_with("disk /dev/vda not found (disks here: sda)"),
+        "{error}"
+    );
+    assert!(error.len() <= 2000, "the tail only: {} chars", error.len());
+    // A wrong token reports nothing.
+    let mut forged = options(&args, Path::new("/nonexistent"));
+    forged.token = format!("{}0", &forged.token[..forged.token.len() - 1]);
+    let refused =
+        tokio::task::spawn_blocking(move || images::client::report_failure(&forged, "forged"))
+            .await
+            .unwrap();
+    assert!(refused.is_err());
+    assert!(!station(&server).await["reset"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("forged"));
+    server.daemon.shutdown().await.unwrap();
+}

@@ -62,9 +62,15 @@ pub async fn start_on(data: tempfile::TempDir, extra: &str, clock: Clock) -> Tes
          [http]\nlisten = \"127.0.0.1:0\"\n\
          [dhcp]\nserver_ip = \"127.0.0.1\"\nlisten = \"127.0.0.1:0\"\npxe_listen = \"127.0.0.1:0\"\nbroadcast = \"127.0.0.1:9\"\n\
          [tftp]\nlisten = \"127.0.0.1:0\"\nroot = \"{root}\"\nmtu = 1500\n\
-         [api]\ntoken = \"{ADMIN_TOKEN}\"\n{extra}",
+         {restore}[api]\ntoken = \"{ADMIN_TOKEN}\"\n{extra}",
         data = data.path().display(),
         root = root.path().display(),
+        // The disk restores write, unless the test has a [restore] of its own.
+        restore = if extra.contains("[restore]") {
+            ""
+        } else {
+            "[restore]\ndisk = \"/dev/vda\"\n"
+        },
     );
     let config = Config::parse(&text, Path::new("test.toml")).expect("test config is valid");
     let daemon = Daemon::start_with_clock(config, clock)

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use images::client::{run, Options};
+use images::client::{report_failure, run, Options};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -28,8 +28,12 @@ struct Args {
     #[arg(long)]
     image: String,
     /// The disk to reset: a block device (/dev/sda, /dev/nvme0n1) or an image file
-    #[arg(long)]
-    disk: PathBuf,
+    #[arg(long, required_unless_present = "report_failure")]
+    disk: Option<PathBuf>,
+    /// Restore nothing: report this station's restore as failed, with the text of
+    /// FILE (the end of a log) as the reason, and exit
+    #[arg(long, value_name = "FILE", conflicts_with = "disk")]
+    report_failure: Option<PathBuf>,
     /// Print one JSON line with the figures at the end
     #[arg(long)]
     json: bool,
@@ -51,11 +55,24 @@ fn main() -> ExitCode {
         station: args.station,
         token: args.token,
         image: args.image,
-        disk: args.disk,
+        disk: args.disk.unwrap_or_default(),
         parallel: usize::from(args.parallel),
         max_mbit: args.max_mbit,
         retry_for: std::time::Duration::from_secs(args.retry_for),
     };
+    if let Some(file) = &args.report_failure {
+        let text = match std::fs::read(file) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) => format!("(the failure log {} is unreadable: {e})", file.display()),
+        };
+        return match report_failure(&opts, &text) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("netreset-restore: cannot report the failure: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(&opts, &|line| eprintln!("netreset-restore: {line}")) {
         Ok(outcome) => {
             if args.json {

@@ -43,6 +43,7 @@ pub fn reset_json(r: &Reset) -> Value {
         "image": r.image,
         "profile": r.profile,
         "staged": r.staged,
+        "disk": r.disk,
         "state": r.state,
         "percent": percent,
         "done_bytes": r.done_bytes,
@@ -110,6 +111,11 @@ pub async fn mark(
         None if station.kms_activation => Profile::Kms,
         None => Profile::Plain,
     };
+    let disk = station.disk.clone().or_else(|| state.restore.disk.clone()).ok_or_else(|| {
+        ApiError::Conflict(format!(
+            "no disk to restore {mac} to: set restore.disk, or the station's disk (PUT /api/v1/stations/{mac} {{\"disk\": \"/dev/nvme0n1\"}}); netreset never guesses a disk"
+        ))
+    })?;
     let image = image.or(station.image).ok_or_else(|| {
         ApiError::BadRequest(format!(
             "no image: name one, or set the image of {mac} (PUT /api/v1/stations/{mac})"
@@ -168,6 +174,7 @@ pub async fn mark(
             (Profile::Kms, Some(kms)) => kms.families(),
             _ => Vec::new(),
         },
+        disk: Some(disk),
     };
     store.put_reset(mac, &reset)?;
     store.record(
@@ -341,7 +348,11 @@ pub async fn progress(
     reset.updated_at = state.policy.store().clock().now_ms();
     reset.done_bytes = report.done_bytes.unwrap_or(reset.done_bytes);
     reset.total_bytes = report.total_bytes.unwrap_or(reset.total_bytes);
-    reset.error = report.error.map(|e| e.chars().take(2000).collect());
+    // The end of a log says the most: the last 2000 characters are kept.
+    reset.error = report.error.map(|e| {
+        let chars: Vec<char> = e.chars().collect();
+        chars[chars.len().saturating_sub(2000)..].iter().collect()
+    });
     let figures: serde_json::Map<String, Value> = report
         .figures
         .into_iter()

@@ -26,6 +26,7 @@ fn station_json(st: &Station) -> Value {
         "last_seen": st.last_seen.map(rfc3339),
         "image": st.image,
         "kms_activation": st.kms_activation,
+        "disk": st.disk,
         "in_use": st.logged_in,
         "last_report": st.last_report.map(rfc3339),
     })
@@ -69,6 +70,7 @@ pub struct SettingsBody {
     room: Option<String>,
     image: Option<String>,
     kms_activation: Option<bool>,
+    disk: Option<String>,
 }
 
 fn label(key: &str, value: &str) -> Result<(), ApiError> {
@@ -80,7 +82,7 @@ fn label(key: &str, value: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// `PUT /api/v1/stations/{mac}`: name, room, image, kms_activation; what the body
+/// `PUT /api/v1/stations/{mac}`: name, room, image, kms_activation, disk; what the body
 /// leaves out stays as it is. The KMS flag takes effect at the station's next reset.
 pub async fn update(
     State(state): State<AppState>,
@@ -101,6 +103,9 @@ pub async fn update(
     if let Some(image) = &body.image {
         images::check_name(image).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     }
+    if let Some(disk) = &body.disk {
+        crate::config::check_disk(disk).map_err(ApiError::BadRequest)?;
+    }
     let store = state.policy.store();
     if store.station(mac)?.is_none() {
         return Err(ApiError::NotFound(format!(
@@ -114,6 +119,7 @@ pub async fn update(
             room: body.room,
             image: body.image,
             kms_activation: body.kms_activation,
+            disk: body.disk,
         },
     )?;
     Ok(Json(station_json(&station)))

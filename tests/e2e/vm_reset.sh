@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# A whole station reset in a virtual machine, on a lab network where dnsmasq is the
+# school's DHCP server:
+#
+#   QEMU (SeaBIOS, Debian's iPXE ROM, a blank qcow2 disk) PXE-boots -> netreset's
+#   ProxyDHCP -> iPXE -> the boot script chains the restore environment (the kernel and
+#   initrd images/restore-env/build.sh made) -> netreset-restore writes the KMS-staged
+#   image to /dev/vda -> reboot -> iPXE -> local disk.
+#
+# Then the power is cut in the middle of a second reset: QEMU is killed and started
+# again, and the restore resumes, fetching only what is still missing. After QEMU
+# stops, the disk (qemu-img convert) equals the image outside the injected files,
+# which mtools and ntfs-3g read back. Same namespaces as pxe_boot.sh.
+source "$(dirname "$0")/lib.sh"
+need ip dnsmasq qemu-system-x86_64 qemu-img curl python3 sgdisk sfdisk mkfs.vfat mkntfs \
+  ntfs-3g ntfscat ntfsls mtype mmd mcopy cmp
+[ -x "$NETRESET" ] || fail "$NETRESET missing: cargo build first"
+[ "$(id -u)" = 0 ] || fail "needs root (network namespaces)"
+RESTORE_ENV=${RESTORE_ENV:-$E2E_ROOT/target/restore-env}
+for f in vmlinuz initrd.img; do
+  [ -f "$RESTORE_ENV/$f" ] || fail "$RESTORE_ENV/$f missing: images/restore-env/build.sh"
+done
+T=$E2E_TMP
+# One QEMU boot may take this long (TCG: no KVM here).
+BOOT_LIMIT=300
+
+id=$(printf '%04x' $((E2E_ID % 65536)))
+lab=nrvlab-$id dhcp=nrvdhcp-$id
+MAC=52:54:00:5e:${id:0:2}:${id:2:2}
+server=10.78.0.1
+URL=http://$server:8080
+make_ns "$lab"
+make_ns "$dhcp"
+L() { ip netns exec "$lab" "$@"; }
+D() { ip netns exec "$dhcp" "$@"; }
+L ip link add br0 type bridge
+L ip link set br0 up
+L ip addr add $server/24 dev br0
+cable "$dhcp" "wd-$id" "$lab" "wl-$id"
+L ip link set "wl-$id" master br0
+D ip addr add 10.78.0.2/24 dev "wd-$id"
+L ip tuntap add tap0 mode tap
+L ip link set tap0 master br0 up
+bg_in "$dhcp" "$T/dnsmasq.log" dnsmasq --no-daemon --port=0 --interface="wd-$id" \
+  --bind-interfaces --dhcp-range=10.78.0.100,10.78.0.150,255.255.255.0,1h \
+  --dhcp-authoritative --dhcp-leasefile="$T/leases" --log-dhcp
+
+# --- the image and the daemon ----------------------------------------------------------
+log "building a GPT disk (ESP, NTFS Windows, data) as the golden image"
+windows_disk "$T/base.img"
+mkdir -p "$T/data/restore"
+cp "$RESTORE_ENV/vmlinuz" "$RESTORE_ENV/initrd.img" "$T/data/restore/"
+cat > "$T/netreset.toml" <<TOML
+data_dir = "$T/data"
+[http]
+listen = "$server:8080"
+[dhcp]
+mode = "proxy"
+interface = "br0"
+[api]
+token = "$E2E_ADMIN_TOKEN"
+[tftp]
+listen = "$server:69"
+root = "/usr/lib/ipxe"
+[boot]
+bios = "undionly.kpxe"
+uefi_x64 = "snponly.efi"
+[kms]
+host = "kms.school.example"
+port = 1688
+[restore]
+disk = "/dev/vda"
+cmdline = "console=ttyS0"
+# Slow enough that the power cut lands mid-restore.
+max_mbit = 40
+[[inventory.stations]]
+mac = "$MAC"
+image = "win11"
+kms_activation = true
+TOML
+"$NETRESET" image --config "$T/netreset.toml" import "$T/base.img" --name win11 > "$T/import.log" 2>&1 ||
+  fail "import: $(cat "$T/import.log")"
+bg_in "$lab" "$T/netreset.log" "$NETRESET" serve --config "$T/netreset.toml"
+wait_for 20 "netreset http" L curl -sf "$URL/api/v1/health"
+
+station() { L curl -sf -H "Authorization: Bearer $E2E_ADMIN_TOKEN" "$URL/api/v1/stations/$MAC"; }
+# field PY-EXPR: a value of the station's record (`s`).
+field() { station | python3 -c "import json,sys; s=json.load(sys.stdin); print($1)"; }
+reset() { # [IMAGE]: the station's own image by default
+  L curl -sf -H "Authorization: Bearer $E2E_ADMIN_TOKEN" -H 'Content-Type: application/json' \
+    -X POST -d "{${1:+\"image\": \"$1\"}}" "$URL/api/v1/stations/$MAC/reset" > "$T/reset.json" ||
+    fail "the reset was refused: $(cat "$T/reset.json")"
+}
+
+qemu-img create -q -f qcow2 "$T/disk.qcow2" 256M
+# start_vm N: boot the station (console in console-N.log), pid in VM.
+start_vm() {
+  bg_in "$lab" "$T/qemu-$1.log" timeout "$BOOT_LIMIT" qemu-system-x86_64 -accel tcg -m 512 \
+    -nographic -boot n -serial "file:$T/console-$1.log" -monitor none \
+    -netdev tap,id=n0,ifname=tap0,script=no,downscript=no \
+    -device "virtio-net-pci,netdev=n0,mac=$MAC" \
+    -drive "file=$T/disk.qcow2,if=virtio,format=qcow2,cache=unsafe"
+  VM=$BG_PID
+}
+stop_vm() { kill "$VM" 2>/dev/null || true; wait "$VM" 2>/dev/null || true; }
+# await SECONDS WHAT PY-CONDITION: poll the station record until the condition holds.
+await() {
+  local deadline=$((SECONDS + $1))
+  until [ "$(field "$3" 2>/dev/null)" = True ]; do
+    kill -0 "$VM" 2>/dev/null || fail "QEMU ended before $2: $(tail -n 5 "$T/console-$run.log" 2>/dev/null)"
+    [ $SECONDS -lt $deadline ] || fail "no $2 within $1 s: $(station | head -c 600)"
+    sleep 0.3
+  done
+}
+kinds_since() { # N: the event kinds after the first N
+  station | python3 -c "import json,sys; print(' '.join(e['kind'] for e in json.load(sys.stdin)['events'][$1:]))"
+}
+booted_local='any(e["kind"] == "script" and "local" in e["detail"] for e in s["events"][MARK:])'
+
+# --- 1. a reset from a blank disk: PXE -> restore -> reboot -> local disk ----------------
+reset
+run=1 started=$SECONDS
+start_vm $run
+await $BOOT_LIMIT "the restore" 's["reset"]["state"] in ("restoring", "done")'
+to_restore=$((SECONDS - started))
+await $BOOT_LIMIT "a completed restore" 's["reset"]["state"] == "done"'
+restored=$((SECONDS - started))
+mark=$(field 'len(s["events"])')
+await 120 "the boot to local disk after the restore" "${booted_local/MARK/$mark}"
+stop_vm
+log "reset 1: PXE to restore-environment progress ${to_restore}s, restored at ${restored}s; events: $(kinds_since 0)"
+python3 - "$(station)" <<'PY' || fail "the events do not show the whole path: $(kinds_since 0)"
+import json, sys
+kinds = [e["kind"] for e in json.loads(sys.argv[1])["events"]]
+want = ["reset-requested", "dhcp-offer", "script", "restore-started", "restore-done", "dhcp-offer", "script"]
+it = iter(kinds)
+sys.exit(0 if all(any(k == w for k in it) for w in want) else 1)
+PY
+qemu-img convert -f qcow2 -O raw "$T/disk.qcow2" "$T/disk.raw"
+check_windows_disk "$T/base.img" "$T/disk.raw" "$MAC"
+log "ok: the VM disk is the image, with station.json, SetupComplete.cmd and the agent injected"
+
+# --- 2. the power cut mid-restore ---------------------------------------------------------
+# A new version of the image: the data partition rewritten, so the reset has 40 MiB
+# to fetch.
+head -c $((data_len * 512)) /dev/urandom | dd of="$T/base.img" bs=512 seek="$data_start" conv=notrunc status=none
+"$NETRESET" image --config "$T/netreset.toml" import "$T/base.img" --name win11-v2 > "$T/import2.log" 2>&1 ||
+  fail "import 2: $(cat "$T/import2.log")"
+reset win11-v2
+run=2
+start_vm $run
+await $BOOT_LIMIT "10 MB fetched" 's["reset"]["state"] == "restoring" and s["reset"]["stats"].get("bytes_fetched", 0) >= 10_000_000'
+before=$(field 's["reset"]["stats"]["bytes_fetched"]')
+stop_vm
+log "power cut after $before bytes fetched"
+mark=$(field 'len(s["events"])')
+run=3
+start_vm $run
+await $BOOT_LIMIT "the resumed restore to complete" 's["reset"]["state"] == "done"'
+await 120 "the boot to local disk after the resumed restore" "${booted_local/MARK/$mark}"
+stop_vm
+after=$(field 's["reset"]["stats"]["bytes_fetched"]')
+log "resumed restore fetched $after bytes (the cut one $before); $(field '[e["detail"] for e in s["events"] if e["kind"] == "restore-done"][-1]')"
+changed=$((data_len * 512))
+[ "$after" -lt "$changed" ] || fail "the resumed restore fetched $after bytes, not fewer than the $changed bytes of the new version"
+qemu-img convert -f qcow2 -O raw "$T/disk.qcow2" "$T/disk.raw"
+check_windows_disk "$T/base.img" "$T/disk.raw" "$MAC"
+log "ok: after the power cut the restore resumed and the disk is the new image"
+log "PASS vm_reset"
