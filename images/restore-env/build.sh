@@ -23,7 +23,7 @@ die() { say "error: $*"; exit 1; }
 for tool in apt-get apt-cache dpkg-deb cpio gzip depmod modprobe ldd ntfscp ntfsls; do
   command -v "$tool" >/dev/null || die "$tool is missing (apt-get install cpio kmod ntfs-3g)"
 done
-[ -x "$restore_bin" ] || die "$restore_bin is missing: cargo build --release --bin netreset-restore"
+[ -x "$restore_bin" ] || die "$restore_bin is missing: cargo build --release -p images --bin netreset-restore"
 
 work=$out/work
 rm -rf "$work"

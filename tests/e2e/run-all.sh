@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The end-to-end suite (root): real TFTP clients, QEMU stations PXE-booting in
-# network namespaces with dnsmasq as the school's DHCP server, and image restores
-# checked with mtools and ntfs-3g. Each test is a script
+# network namespaces with dnsmasq as the school's DHCP server, image restores checked
+# with mtools and ntfs-3g, and a whole reset of a QEMU station through the restore
+# environment (build it first: images/restore-env/build.sh). Each test is a script
 # that exits 0 on success; this runner counts them.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -10,6 +11,7 @@ tests=(
   "pxe_boot.sh bios"
   "pxe_boot.sh uefi"
   "restore.sh"
+  "vm_reset.sh"
 )
 passed=0 failed=0 n=0
 for t in "${tests[@]}"; do

@@ -99,7 +99,7 @@ start_vm() {
     -nographic -boot n -serial "file:$T/console-$1.log" -monitor none \
     -netdev tap,id=n0,ifname=tap0,script=no,downscript=no \
     -device "virtio-net-pci,netdev=n0,mac=$MAC" \
-    -drive "file=$T/disk.qcow2,if=virtio,format=qcow2,cache=unsafe"
+    -drive "file=$T/disk.qcow2,if=virtio,format=qcow2"
   VM=$BG_PID
 }
 stop_vm() { kill "$VM" 2>/dev/null || true; wait "$VM" 2>/dev/null || true; }
@@ -149,7 +149,7 @@ head -c $((data_len * 512)) /dev/urandom | dd of="$T/base.img" bs=512 seek="$dat
 reset win11-v2
 run=2
 start_vm $run
-await $BOOT_LIMIT "10 MB fetched" 's["reset"]["state"] == "restoring" and s["reset"]["stats"].get("bytes_fetched", 0) >= 10_000_000'
+await $BOOT_LIMIT "20 MB fetched" 's["reset"]["state"] == "restoring" and s["reset"]["stats"].get("bytes_fetched", 0) >= 20_000_000'
 before=$(field 's["reset"]["stats"]["bytes_fetched"]')
 stop_vm
 log "power cut after $before bytes fetched"
