@@ -120,6 +120,7 @@ booted_local='any(e["kind"] == "script" and "local" in e["detail"] for e in s["e
 # --- 1. a reset from a blank disk: PXE -> restore -> reboot -> local disk ----------------
 reset
 run=1 started=$SECONDS
+vm_started=$(date +%s.%N)
 start_vm $run
 await $BOOT_LIMIT "the restore" 's["reset"]["state"] in ("restoring", "done")'
 to_restore=$((SECONDS - started))
@@ -129,6 +130,20 @@ mark=$(field 'len(s["events"])')
 await 120 "the boot to local disk after the restore" "${booted_local/MARK/$mark}"
 stop_vm
 log "reset 1: PXE to restore-environment progress ${to_restore}s, restored at ${restored}s; events: $(kinds_since 0)"
+# The timeline from the events (BENCHMARKS.md records it).
+station | python3 -c '
+import json, sys
+from datetime import datetime
+start = float(sys.argv[1])
+t = lambda e: datetime.fromisoformat(e["at"].replace("Z", "+00:00")).timestamp() - start
+ev = json.load(sys.stdin)["events"]
+first = lambda kind, after=-1e9: next(t(e) for e in ev if e["kind"] == kind and t(e) > after)
+offer = first("dhcp-offer", 0); chain = first("script", 0); began = first("restore-started", 0)
+done = first("restore-done", 0); local = first("script", done)
+print(f"timeline (s after QEMU started): first ProxyDHCP offer {offer:.1f}, restore script {chain:.1f}, "
+      f"restore started {began:.1f} (kernel + initrd loaded, booted, DHCP: {began - chain:.1f}), "
+      f"restore done {done:.1f}, local-disk script {local:.1f}")
+' "$vm_started" >&2
 python3 - "$(station)" <<'PY' || fail "the events do not show the whole path: $(kinds_since 0)"
 import json, sys
 kinds = [e["kind"] for e in json.loads(sys.argv[1])["events"]]
