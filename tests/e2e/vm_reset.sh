@@ -181,4 +181,20 @@ changed=$((data_len * 512))
 qemu-img convert -f qcow2 -O raw "$T/disk.qcow2" "$T/disk.raw"
 check_windows_disk "$T/base.img" "$T/disk.raw" "$MAC"
 log "ok: after the power cut the restore resumed and the disk is the new image"
+
+# --- 3. a disk that is not there: reported with the reason, nothing written ---------------
+sum_before=$(md5sum < "$T/disk.qcow2")
+L curl -sf -X PUT -H "Authorization: Bearer $E2E_ADMIN_TOKEN" -H 'Content-Type: application/json' \
+  -d '{"disk": "/dev/sdz"}' "$URL/api/v1/stations/$MAC" >/dev/null || fail "PUT disk refused"
+reset win11
+run=4
+start_vm $run
+await $BOOT_LIMIT "the failure report" 's["reset"]["state"] == "failed"'
+stop_vm
+error=$(field 's["reset"]["error"]')
+case "$error" in
+  *"disk /dev/sdz not found"*vda*) log "ok: the missing disk was reported: ${error%%$'\n'*}" ;;
+  *) fail "the failure report does not name the missing disk and the disks there: $error" ;;
+esac
+[ "$(md5sum < "$T/disk.qcow2")" = "$sum_before" ] || fail "the station's disk changed although the named disk was missing"
 log "PASS vm_reset"
