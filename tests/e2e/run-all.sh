@@ -11,7 +11,8 @@ tests=(
   "pxe_boot.sh bios"
   "pxe_boot.sh uefi"
   "restore.sh"
-  "vm_reset.sh"
+  "vm_reset.sh bios"
+  "vm_reset.sh uefi"
 )
 passed=0 failed=0 n=0
 for t in "${tests[@]}"; do

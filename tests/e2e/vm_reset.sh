@@ -11,6 +11,10 @@
 # again, and the restore resumes, fetching only what is still missing. After QEMU
 # stops, the disk (qemu-img convert) equals the image outside the injected files,
 # which mtools and ntfs-3g read back. Same namespaces as pxe_boot.sh.
+#
+# Usage: vm_reset.sh [bios|uefi]   bios (SeaBIOS, Debian's iPXE ROM) runs all three
+# parts; uefi (OVMF: EDK2's PXE loads snponly.efi over TFTP) runs the first, the
+# whole reset.
 source "$(dirname "$0")/lib.sh"
 need ip dnsmasq qemu-system-x86_64 qemu-img curl python3 sgdisk sfdisk mkfs.vfat mkntfs \
   ntfs-3g ntfscat ntfsls mtype mmd mcopy cmp
@@ -21,6 +25,8 @@ for f in vmlinuz initrd.img; do
   [ -f "$RESTORE_ENV/$f" ] || fail "$RESTORE_ENV/$f missing: images/restore-env/build.sh"
 done
 T=$E2E_TMP
+firmware=${1:-bios}
+case "$firmware" in bios | uefi) ;; *) fail "usage: vm_reset.sh [bios|uefi]" ;; esac
 # One QEMU boot may take this long (TCG: no KVM here).
 BOOT_LIMIT=300
 
@@ -94,12 +100,21 @@ reset() { # [IMAGE]: the station's own image by default
 
 qemu-img create -q -f qcow2 "$T/disk.qcow2" 256M
 # start_vm N: boot the station (console in console-N.log), pid in VM.
+# Network first, then the disk (bootindex, which SeaBIOS and OVMF both follow).
+vm=(qemu-system-x86_64 -accel tcg -m 512 -nographic -monitor none
+    -netdev tap,id=n0,ifname=tap0,script=no,downscript=no
+    -drive "file=$T/disk.qcow2,if=none,id=d0,format=qcow2"
+    -device virtio-blk-pci,drive=d0,bootindex=2)
+if [ "$firmware" = uefi ]; then
+  cp /usr/share/OVMF/OVMF_VARS_4M.fd "$T/vars.fd"
+  vm+=(-drive "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"
+       -drive "if=pflash,format=raw,file=$T/vars.fd"
+       -device "virtio-net-pci,netdev=n0,mac=$MAC,romfile=,bootindex=1")
+else
+  vm+=(-device "virtio-net-pci,netdev=n0,mac=$MAC,bootindex=1")
+fi
 start_vm() {
-  bg_in "$lab" "$T/qemu-$1.log" timeout "$BOOT_LIMIT" qemu-system-x86_64 -accel tcg -m 512 \
-    -nographic -boot n -serial "file:$T/console-$1.log" -monitor none \
-    -netdev tap,id=n0,ifname=tap0,script=no,downscript=no \
-    -device "virtio-net-pci,netdev=n0,mac=$MAC" \
-    -drive "file=$T/disk.qcow2,if=virtio,format=qcow2"
+  bg_in "$lab" "$T/qemu-$1.log" timeout "$BOOT_LIMIT" "${vm[@]}" -serial "file:$T/console-$1.log"
   VM=$BG_PID
 }
 stop_vm() { kill "$VM" 2>/dev/null || true; wait "$VM" 2>/dev/null || true; }
@@ -154,6 +169,10 @@ PY
 qemu-img convert -f qcow2 -O raw "$T/disk.qcow2" "$T/disk.raw"
 check_windows_disk "$T/base.img" "$T/disk.raw" "$MAC"
 log "ok: the VM disk is the image, with station.json, SetupComplete.cmd and the agent injected"
+if [ "$firmware" = uefi ]; then
+  log "PASS vm_reset uefi"
+  exit 0
+fi
 
 # --- 2. the power cut mid-restore ---------------------------------------------------------
 # A new version of the image: the data partition rewritten, so the reset has 40 MiB
@@ -197,4 +216,4 @@ case "$error" in
   *) fail "the failure report does not name the missing disk and the disks there: $error" ;;
 esac
 [ "$(md5sum < "$T/disk.qcow2")" = "$sum_before" ] || fail "the station's disk changed although the named disk was missing"
-log "PASS vm_reset"
+log "PASS vm_reset bios"
