@@ -32,14 +32,18 @@ rootfs=$work/root
 
 # --- packages -------------------------------------------------------------------------
 kernel_pkg=${KERNEL:-$(apt-cache depends linux-image-amd64 2>/dev/null |
-  awk '/Depends: linux-image-[0-9]/ { print $2; exit }')}
+  awk '/Depends: linux-image-[0-9]/ { print $2; exit }' || true)}
 [ -n "$kernel_pkg" ] || die "no kernel package found: run apt-get update (Debian's package index)"
 say "downloading $kernel_pkg and busybox-static"
 (cd "$work/debs" && apt-get download -q "$kernel_pkg" busybox-static >/dev/null 2>"$work/apt.log") ||
   die "apt-get download failed: $(tail -n 3 "$work/apt.log")"
 dpkg-deb -x "$work/debs/${kernel_pkg}"_*.deb "$work/kernel"
 dpkg-deb -x "$work/debs/"busybox-static_*.deb "$work/busybox"
-kver=$(ls "$work/kernel/lib/modules")
+# Debian 12 ships lib/modules; later releases usr/lib/modules. depmod and modprobe
+# take the directory above lib/modules.
+modbase=$work/kernel
+[ -d "$modbase/lib/modules" ] || modbase=$work/kernel/usr
+kver=$(ls "$modbase/lib/modules")
 [ -f "$work/kernel/boot/vmlinuz-$kver" ] || die "no vmlinuz in $kernel_pkg"
 
 # --- the tree ---------------------------------------------------------------------------
@@ -53,6 +57,9 @@ install -m 0755 "$here/udhcpc.script" "$rootfs/etc/udhcpc.script"
 copy_exec() {
   local file=$1 lib
   install -D -m 0755 "$file" "$rootfs/usr/bin/$(basename "$file")"
+  if ldd "$file" | grep -q 'not found'; then
+    die "$file needs libraries this machine lacks: $(ldd "$file" | grep 'not found' | tr -s ' \t' ' ')"
+  fi
   for lib in $(ldd "$file" | grep -o '/[^ ]*'); do
     [ -e "$rootfs$lib" ] || install -D -m 0755 "$(realpath "$lib")" "$rootfs$lib"
   done
@@ -63,19 +70,24 @@ copy_exec "$(command -v ntfscp)"
 copy_exec "$(command -v ntfsls)"
 
 # --- drivers ----------------------------------------------------------------------------
-# Network: Intel (e1000e, igb, e1000 as QEMU's default), Realtek (r8169), virtio.
-# Disk: AHCI/SATA, NVMe, virtio-blk and virtio-scsi.
-modules=(e1000e igb e1000 r8169 virtio_net virtio_pci virtio_blk virtio_scsi ahci sd_mod nvme)
-depmod -b "$work/kernel" "$kver"
+# Network: Intel (e1000e, igb, igc for I225/I226, e1000 as QEMU's default), Realtek
+# (r8169; r8152 and cdc_ether for USB-C docks, behind xhci_pci), virtio.
+# Disk: AHCI/SATA (and IDE mode: ata_piix, ata_generic), NVMe (and behind Intel
+# VMD/RST: vmd), eMMC (sdhci_pci, mmc_block), virtio-blk and virtio-scsi.
+modules=(e1000e igb igc e1000 r8169 xhci_pci r8152 cdc_ether virtio_net virtio_pci
+  virtio_blk virtio_scsi ahci ata_piix ata_generic sd_mod vmd nvme sdhci_pci mmc_block)
+depmod -b "$modbase" "$kver"
 : > "$rootfs/etc/modules.order"
 for m in "${modules[@]}"; do
-  modprobe -d "$work/kernel" -S "$kver" --show-depends "$m" 2>"$work/modprobe.log" |
+  modprobe -d "$modbase" -S "$kver" --show-depends "$m" 2>"$work/modprobe.log" |
     awk '$1 == "insmod" { print $2 }' || die "modprobe $m: $(cat "$work/modprobe.log")"
 done | awk '!seen[$0]++' | while read -r ko; do
-  rel=${ko#"$work/kernel"}
+  rel=${ko#"$modbase"}
   case "$ko" in
     *.ko.xz) install -D -m 0644 "$ko" "$rootfs$rel"; xz -d "$rootfs$rel"; rel=${rel%.xz} ;;
-    *.ko.zst) install -D -m 0644 "$ko" "$rootfs$rel"; zstd -q -d --rm "$rootfs$rel"; rel=${rel%.zst} ;;
+    *.ko.zst)
+      command -v zstd >/dev/null || die "$ko is zstd-compressed: apt-get install zstd"
+      install -D -m 0644 "$ko" "$rootfs$rel"; zstd -q -d --rm "$rootfs$rel"; rel=${rel%.zst} ;;
     *) install -D -m 0644 "$ko" "$rootfs$rel" ;;
   esac
   echo "$rel" >> "$rootfs/etc/modules.order"

@@ -367,8 +367,13 @@ pub struct StationConfig {
 }
 
 /// Whether `disk` names a disk device for the restore environment: `/dev/` and then
-/// letters, digits and `/_.:-` (as in `/dev/nvme0n1` or `/dev/disk/by-path/...`).
+/// letters, digits and `/_.:-` (as in `/dev/nvme0n1`), not a udev link.
 pub fn check_disk(disk: &str) -> Result<(), String> {
+    if disk.starts_with("/dev/disk/") {
+        return Err(format!(
+            "disk {disk:?}: the restore environment has no udev, so /dev/disk/ links do not exist there; use the kernel's name (/dev/nvme0n1, /dev/sda)"
+        ));
+    }
     let ok = disk.len() <= 128
         && disk.strip_prefix("/dev/").is_some_and(|rest| {
             !rest.is_empty()
@@ -1068,6 +1073,10 @@ mod tests {
             ("[restore]\ntoken_ttl = \"10s\"\n", "restore.token_ttl"),
             ("[restore]\ndisk = \"sda\"\n", "restore.disk"),
             ("[restore]\ndisk = \"/dev/../sda\"\n", "restore.disk"),
+            (
+                "[restore]\ndisk = \"/dev/disk/by-id/nvme-x\"\n",
+                "restore.disk",
+            ),
             ("[restore]\nmax_mbit = 0\n", "restore.max_mbit"),
             (
                 "[[inventory.stations]]\nmac = \"52:54:00:00:00:01\"\ndisk = \"/dev/sda 1\"\n",

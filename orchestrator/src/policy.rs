@@ -80,8 +80,11 @@ impl Orchestrator {
         let token = r.secret.restore_token(mac, &reset.token_scope(), expires);
         // UEFI kernels find the initrd iPXE loaded by this name.
         let initrd_name = r.initrd.rsplit('/').next().unwrap_or("initrd");
+        // quiet: the kernel does not print its command line (and the token in it) on
+        // the station's screen; panic=10: a restore environment that dies reboots.
+        // restore.cmdline comes after, so loglevel=7 there shows everything again.
         let mut cmdline = format!(
-            "initrd={initrd_name} netreset.server={} netreset.station={mac} netreset.token={token} netreset.image={}",
+            "initrd={initrd_name} quiet panic=10 netreset.server={} netreset.station={mac} netreset.token={token} netreset.image={}",
             r.server_url, reset.staged
         );
         if let Some(disk) = &reset.disk {

@@ -114,10 +114,16 @@ else
   vm+=(-device "virtio-net-pci,netdev=n0,mac=$MAC,bootindex=1")
 fi
 start_vm() {
-  bg_in "$lab" "$T/qemu-$1.log" timeout "$BOOT_LIMIT" "${vm[@]}" -serial "file:$T/console-$1.log"
+  rm -f "$T/qemu.pid"
+  bg_in "$lab" "$T/qemu-$1.log" timeout "$BOOT_LIMIT" "${vm[@]}" -serial "file:$T/console-$1.log" \
+    -pidfile "$T/qemu.pid"
   VM=$BG_PID
 }
-stop_vm() { kill "$VM" 2>/dev/null || true; wait "$VM" 2>/dev/null || true; }
+# stop_vm: pull the plug: QEMU killed with -9 flushes nothing of its own.
+stop_vm() {
+  if [ -f "$T/qemu.pid" ]; then kill -9 "$(cat "$T/qemu.pid")" 2>/dev/null || true; fi
+  wait "$VM" 2>/dev/null || true
+}
 # await SECONDS WHAT PY-CONDITION: poll the station record until the condition holds.
 await() {
   local deadline=$((SECONDS + $1))

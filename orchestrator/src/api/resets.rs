@@ -32,6 +32,26 @@ fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
         .map_err(|e| ApiError::BadRequest(format!("request body: {}", e.body_text())))
 }
 
+/// What a restore report tells the station's campaign. One failure is one failure:
+/// the restore environment reports it again, with the end of its log, after the
+/// restore client did, and that must not count twice against the restore attempts.
+fn campaign_event(
+    mac: MacAddr,
+    previous: ResetState,
+    next: ResetState,
+    reset: &Reset,
+) -> Option<crate::engine::campaign::Event> {
+    use crate::engine::campaign::Event;
+    Some(match (previous, next) {
+        (ResetState::Failed, ResetState::Failed) => return None,
+        (_, ResetState::Done) => Event::RestoreDone(mac),
+        (_, ResetState::Failed) => {
+            Event::RestoreFailed(mac, reset.error.clone().unwrap_or_default())
+        }
+        _ => Event::RestoreProgress(mac),
+    })
+}
+
 /// The reset as the API shows it.
 pub fn reset_json(r: &Reset) -> Value {
     let percent = if r.total_bytes > 0 {
@@ -376,17 +396,9 @@ pub async fn progress(
         }
         _ => None,
     };
-    use crate::engine::campaign::Event;
-    state.campaigns.station(
-        mac,
-        match next {
-            ResetState::Done => Event::RestoreDone(mac),
-            ResetState::Failed => {
-                Event::RestoreFailed(mac, reset.error.clone().unwrap_or_default())
-            }
-            _ => Event::RestoreProgress(mac),
-        },
-    );
+    if let Some(event) = campaign_event(mac, previous, next, &reset) {
+        state.campaigns.station(mac, event);
+    }
     if let Some((kind, detail)) = event {
         store.record(mac, kind, detail)?;
         tracing::info!(%mac, kind, "restore report");
@@ -431,4 +443,50 @@ pub async fn restore_file(
         body,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::campaign::Event;
+
+    #[test]
+    fn a_failure_reported_twice_reaches_the_campaign_once() {
+        let mac = MacAddr([2, 0, 0, 0, 0, 1]);
+        let reset = Reset {
+            image: "lab".into(),
+            profile: "kms".into(),
+            staged: "0".repeat(64),
+            state: ResetState::Failed,
+            requested_at: 0,
+            updated_at: 0,
+            done_bytes: 0,
+            total_bytes: 0,
+            stats: Default::default(),
+            error: Some("disk /dev/sdz not found".into()),
+            families: Vec::new(),
+            generation: 1,
+            previous_generation: None,
+            disk: Some("/dev/sdz".into()),
+        };
+        let first = campaign_event(mac, ResetState::Restoring, ResetState::Failed, &reset);
+        assert_eq!(
+            first,
+            Some(Event::RestoreFailed(mac, "disk /dev/sdz not found".into()))
+        );
+        assert_eq!(
+            campaign_event(mac, ResetState::Pending, ResetState::Failed, &reset),
+            first,
+            "a failure before the restore started counts too"
+        );
+        assert_eq!(
+            campaign_event(mac, ResetState::Failed, ResetState::Failed, &reset),
+            None,
+            "the environment's second report of the same failure"
+        );
+        assert_eq!(
+            campaign_event(mac, ResetState::Restoring, ResetState::Done, &reset),
+            Some(Event::RestoreDone(mac))
+        );
+    }
 }
