@@ -366,12 +366,27 @@ pub struct StationConfig {
     pub disk: Option<String>,
 }
 
-/// Whether `disk` names a disk device for the restore environment: `/dev/` and then
-/// letters, digits and `/_.:-` (as in `/dev/nvme0n1`), not a udev link.
+/// Whether `disk` names a disk for the restore environment: the kernel's name
+/// (`/dev/` and then letters, digits and `/_.:-`, as in `/dev/nvme0n1`; not a udev
+/// link), or `serial:` and the disk's serial number (letters, digits, `_.-`), which
+/// stays the same when a PC with two disks names them the other way round.
 pub fn check_disk(disk: &str) -> Result<(), String> {
+    if let Some(serial) = disk.strip_prefix("serial:") {
+        let ok = (1..=64).contains(&serial.len())
+            && serial
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        return if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "disk {disk:?}: serial: and the disk's serial number (letters, digits, _.-)"
+            ))
+        };
+    }
     if disk.starts_with("/dev/disk/") {
         return Err(format!(
-            "disk {disk:?}: the restore environment has no udev, so /dev/disk/ links do not exist there; use the kernel's name (/dev/nvme0n1, /dev/sda)"
+            "disk {disk:?}: the restore environment has no udev, so /dev/disk/ links do not exist there; use the kernel's name (/dev/nvme0n1) or serial:NUMBER"
         ));
     }
     let ok = disk.len() <= 128
@@ -388,7 +403,7 @@ pub fn check_disk(disk: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "disk {disk:?}: a device path such as /dev/nvme0n1 or /dev/sda"
+            "disk {disk:?}: a device path such as /dev/nvme0n1 or /dev/sda, or serial:NUMBER"
         ))
     }
 }
@@ -1077,6 +1092,8 @@ mod tests {
                 "[restore]\ndisk = \"/dev/disk/by-id/nvme-x\"\n",
                 "restore.disk",
             ),
+            ("[restore]\ndisk = \"serial:\"\n", "restore.disk"),
+            ("[restore]\ndisk = \"serial:AB 12\"\n", "restore.disk"),
             ("[restore]\nmax_mbit = 0\n", "restore.max_mbit"),
             (
                 "[[inventory.stations]]\nmac = \"52:54:00:00:00:01\"\ndisk = \"/dev/sda 1\"\n",
@@ -1226,6 +1243,32 @@ mod tests {
             err.contains("schedule.school_days") && err.contains("monday"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn disks_are_kernel_names_or_serial_numbers_and_nothing_else() {
+        for good in [
+            "/dev/nvme0n1",
+            "/dev/sda",
+            "/dev/mmcblk0",
+            "serial:S64ANS0R123456",
+            "serial:WD-WX12A3456789",
+        ] {
+            assert_eq!(check_disk(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "sda",
+            "/dev/",
+            "/dev//sda",
+            "/dev/../sda",
+            "/dev/sda;reboot",
+            "/dev/disk/by-id/nvme-x",
+            "serial:",
+            "serial:a b",
+            "serial:$(reboot)",
+        ] {
+            assert!(check_disk(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

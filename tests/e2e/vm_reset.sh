@@ -8,7 +8,9 @@
 #   image to /dev/vda -> reboot -> iPXE -> local disk.
 #
 # Then the power is cut in the middle of a second reset: QEMU is killed and started
-# again, and the restore resumes, fetching only what is still missing. After QEMU
+# again, and the restore resumes, fetching only what is still missing. A disk that is
+# not there is reported; and with two disks, the station's is found by its serial
+# number. After QEMU
 # stops, the disk (qemu-img convert) equals the image outside the injected files,
 # which mtools and ntfs-3g read back. Same namespaces as pxe_boot.sh.
 #
@@ -16,7 +18,7 @@
 # parts; uefi (OVMF: EDK2's PXE loads snponly.efi over TFTP) runs the first, the
 # whole reset.
 source "$(dirname "$0")/lib.sh"
-need ip dnsmasq qemu-system-x86_64 qemu-img curl python3 sgdisk sfdisk mkfs.vfat mkntfs \
+need ip dnsmasq qemu-system-x86_64 qemu-img qemu-io curl python3 sgdisk sfdisk mkfs.vfat mkntfs \
   ntfs-3g ntfscat ntfsls mtype mmd mcopy cmp
 [ -x "$NETRESET" ] || fail "$NETRESET missing: cargo build first"
 [ "$(id -u)" = 0 ] || fail "needs root (network namespaces)"
@@ -102,9 +104,10 @@ qemu-img create -q -f qcow2 "$T/disk.qcow2" 256M
 # start_vm N: boot the station (console in console-N.log), pid in VM.
 # Network first, then the disk (bootindex, which SeaBIOS and OVMF both follow).
 vm=(qemu-system-x86_64 -accel tcg -m 512 -nographic -monitor none
-    -netdev tap,id=n0,ifname=tap0,script=no,downscript=no
-    -drive "file=$T/disk.qcow2,if=none,id=d0,format=qcow2"
-    -device virtio-blk-pci,drive=d0,bootindex=2)
+    -netdev tap,id=n0,ifname=tap0,script=no,downscript=no)
+# The station's disk (serial number NR-TARGET); part 4 puts another one before it.
+disks=(-drive "file=$T/disk.qcow2,if=none,id=d0,format=qcow2"
+       -device virtio-blk-pci,drive=d0,serial=NR-TARGET,bootindex=2)
 if [ "$firmware" = uefi ]; then
   cp /usr/share/OVMF/OVMF_VARS_4M.fd "$T/vars.fd"
   vm+=(-drive "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"
@@ -115,7 +118,7 @@ else
 fi
 start_vm() {
   rm -f "$T/qemu.pid"
-  bg_in "$lab" "$T/qemu-$1.log" timeout "$BOOT_LIMIT" "${vm[@]}" -serial "file:$T/console-$1.log" \
+  bg_in "$lab" "$T/qemu-$1.log" timeout "$BOOT_LIMIT" "${vm[@]}" "${disks[@]}" -serial "file:$T/console-$1.log" \
     -pidfile "$T/qemu.pid"
   VM=$BG_PID
 }
@@ -183,6 +186,7 @@ fi
 # --- 2. the power cut mid-restore ---------------------------------------------------------
 # A new version of the image: the data partition rewritten, so the reset has 40 MiB
 # to fetch.
+cp "$T/base.img" "$T/base-v1.img"
 head -c $((data_len * 512)) /dev/urandom | dd of="$T/base.img" bs=512 seek="$data_start" conv=notrunc status=none
 "$NETRESET" image --config "$T/netreset.toml" import "$T/base.img" --name win11-v2 > "$T/import2.log" 2>&1 ||
   fail "import 2: $(cat "$T/import2.log")"
@@ -222,4 +226,26 @@ case "$error" in
   *) fail "the failure report does not name the missing disk and the disks there: $error" ;;
 esac
 [ "$(md5sum < "$T/disk.qcow2")" = "$sum_before" ] || fail "the station's disk changed although the named disk was missing"
+
+# --- 4. two disks: the station's by serial number, although the kernel names it vdb ----
+qemu-img create -q -f qcow2 "$T/other.qcow2" 256M
+qemu-io -c "write -P 0x5a 0 64M" "$T/other.qcow2" >/dev/null
+sum_other=$(md5sum < "$T/other.qcow2")
+disks=(-drive "file=$T/other.qcow2,if=none,id=d1,format=qcow2"
+       -device virtio-blk-pci,drive=d1,serial=NR-OTHER,bootindex=3
+       -drive "file=$T/disk.qcow2,if=none,id=d0,format=qcow2"
+       -device virtio-blk-pci,drive=d0,serial=NR-TARGET,bootindex=2)
+L curl -sf -X PUT -H "Authorization: Bearer $E2E_ADMIN_TOKEN" -H 'Content-Type: application/json' \
+  -d '{"disk": "serial:NR-TARGET"}' "$URL/api/v1/stations/$MAC" >/dev/null || fail "PUT disk refused"
+reset win11
+run=5
+start_vm $run
+await $BOOT_LIMIT "the restore to the disk with serial NR-TARGET" 's["reset"]["state"] == "done"'
+stop_vm
+grep -q "serial number NR-TARGET is /dev/vdb" "$T/console-$run.log" ||
+  fail "the environment did not say which disk it took: $(grep netreset: "$T/console-$run.log" | tail -n 5)"
+[ "$(md5sum < "$T/other.qcow2")" = "$sum_other" ] || fail "the other disk (vda) was written"
+qemu-img convert -f qcow2 -O raw "$T/disk.qcow2" "$T/disk.raw"
+check_windows_disk "$T/base-v1.img" "$T/disk.raw" "$MAC"
+log "ok: serial:NR-TARGET restored /dev/vdb; /dev/vda, first in the kernel's order, untouched"
 log "PASS vm_reset bios"
