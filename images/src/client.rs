@@ -47,16 +47,21 @@ pub struct Outcome {
     pub injected: usize,
 }
 
-/// Run a restore; `log` gets the console lines (start, progress every second, end).
-pub fn run(opts: &Options, log: &(dyn Fn(&str) + Sync)) -> Result<Outcome, Error> {
-    let started = Instant::now();
+/// The staged image id and the station's MAC of `opts`, checked.
+fn identify(opts: &Options) -> Result<(ChunkId, String), Error> {
     let id: ChunkId = opts.image.parse().map_err(|_| {
         Error::Usage(format!(
             "--image {:?} is not a staged image id (64 hex digits)",
             opts.image
         ))
     })?;
-    let mac = check_mac(&opts.station)?;
+    Ok((id, check_mac(&opts.station)?))
+}
+
+/// Run a restore; `log` gets the console lines (start, progress every second, end).
+pub fn run(opts: &Options, log: &(dyn Fn(&str) + Sync)) -> Result<Outcome, Error> {
+    let started = Instant::now();
+    let (id, mac) = identify(opts)?;
     let client = Client::new(
         &opts.server,
         &opts.token,
@@ -80,13 +85,7 @@ pub fn run(opts: &Options, log: &(dyn Fn(&str) + Sync)) -> Result<Outcome, Error
 /// restore itself (no disk, the restore program ended badly), with `message` (the
 /// end of the log: at most 2000 characters, the last ones kept).
 pub fn report_failure(opts: &Options, message: &str) -> Result<(), Error> {
-    let id: ChunkId = opts.image.parse().map_err(|_| {
-        Error::Usage(format!(
-            "--image {:?} is not a staged image id (64 hex digits)",
-            opts.image
-        ))
-    })?;
-    let mac = check_mac(&opts.station)?;
+    let (id, mac) = identify(opts)?;
     let client = Client::new(&opts.server, &opts.token, 1, None, opts.retry_for)?;
     let chars: Vec<char> = message.trim().chars().collect();
     let tail: String = chars[chars.len().saturating_sub(2000)..].iter().collect();

@@ -166,3 +166,30 @@ check_windows_disk() {
   ntfscat "$T/part.img" /Windows/Setup/Scripts/netreset-agent.ps1 | tr -d '\r' |
     cmp -s - "$E2E_ROOT/images/windows/netreset-agent.ps1" || fail "$disk: the agent differs from its template"
 }
+
+# lab_network TAG NET: the lab network of the QEMU tests. Namespace $lab holds the
+# boot server's bridge br0 (NET.1) with the station's tap0 on it; namespace $dhcp is
+# the school's DHCP server on its own host (dnsmasq at NET.2, addresses NET.100-150
+# only, no PXE options), cabled to the bridge. Nothing leaves the two namespaces.
+# Sets id (4 hex digits of E2E_ID), lab, dhcp and server (NET.1); L and D run a
+# command in each.
+lab_network() {
+  local tag=$1 net=$2
+  id=$(printf '%04x' $((E2E_ID % 65536)))
+  lab=nr${tag}lab-$id dhcp=nr${tag}dhcp-$id server=$net.1
+  make_ns "$lab"
+  make_ns "$dhcp"
+  L ip link add br0 type bridge
+  L ip link set br0 up
+  L ip addr add "$server/24" dev br0
+  cable "$dhcp" "${tag}d-$id" "$lab" "${tag}l-$id"
+  L ip link set "${tag}l-$id" master br0
+  D ip addr add "$net.2/24" dev "${tag}d-$id"
+  L ip tuntap add tap0 mode tap
+  L ip link set tap0 master br0 up
+  bg_in "$dhcp" "$E2E_TMP/dnsmasq.log" dnsmasq --no-daemon --port=0 --interface="${tag}d-$id" \
+    --bind-interfaces --dhcp-range="$net.100,$net.150,255.255.255.0,1h" \
+    --dhcp-authoritative --dhcp-leasefile="$E2E_TMP/leases" --log-dhcp
+}
+L() { ip netns exec "$lab" "$@"; }
+D() { ip netns exec "$dhcp" "$@"; }

@@ -13,29 +13,8 @@ need ip dnsmasq qemu-system-x86_64 tcpdump curl python3
 [ -x "$NETRESET" ] || fail "$NETRESET missing: cargo build first"
 [ "$(id -u)" = 0 ] || fail "needs root (network namespaces)"
 
-id=$(printf '%04x' $((E2E_ID % 65536)))
-lab=nrlab-$id dhcp=nrdhcp-$id
+lab_network p 10.77.0
 mac=52:54:00:7e:${id:0:2}:${id:2:2}
-server=10.77.0.1
-make_ns "$lab"
-make_ns "$dhcp"
-L() { ip netns exec "$lab" "$@"; }
-D() { ip netns exec "$dhcp" "$@"; }
-
-L ip link add br0 type bridge
-L ip link set br0 up
-L ip addr add $server/24 dev br0
-# The school's DHCP server, on its own host, joined to the lab bridge.
-cable "$dhcp" "vd-$id" "$lab" "vl-$id"
-L ip link set "vl-$id" master br0
-D ip addr add 10.77.0.2/24 dev "vd-$id"
-# The station's cable.
-L ip tuntap add tap0 mode tap
-L ip link set tap0 master br0 up
-
-bg_in "$dhcp" "$E2E_TMP/dnsmasq.log" dnsmasq --no-daemon --port=0 --interface="vd-$id" \
-  --bind-interfaces --dhcp-range=10.77.0.100,10.77.0.150,255.255.255.0,1h \
-  --dhcp-authoritative --dhcp-leasefile="$E2E_TMP/leases" --log-dhcp
 
 bg_in "$lab" "$E2E_TMP/tcpdump.log" tcpdump -i br0 -n -U -w "$E2E_TMP/dhcp.pcap" \
   'udp port 67 or udp port 68 or udp port 4011'

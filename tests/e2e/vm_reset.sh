@@ -32,26 +32,9 @@ case "$firmware" in bios | uefi) ;; *) fail "usage: vm_reset.sh [bios|uefi]" ;; 
 # One QEMU boot may take this long (TCG: no KVM here).
 BOOT_LIMIT=300
 
-id=$(printf '%04x' $((E2E_ID % 65536)))
-lab=nrvlab-$id dhcp=nrvdhcp-$id
+lab_network v 10.78.0
 MAC=52:54:00:5e:${id:0:2}:${id:2:2}
-server=10.78.0.1
 URL=http://$server:8080
-make_ns "$lab"
-make_ns "$dhcp"
-L() { ip netns exec "$lab" "$@"; }
-D() { ip netns exec "$dhcp" "$@"; }
-L ip link add br0 type bridge
-L ip link set br0 up
-L ip addr add $server/24 dev br0
-cable "$dhcp" "wd-$id" "$lab" "wl-$id"
-L ip link set "wl-$id" master br0
-D ip addr add 10.78.0.2/24 dev "wd-$id"
-L ip tuntap add tap0 mode tap
-L ip link set tap0 master br0 up
-bg_in "$dhcp" "$T/dnsmasq.log" dnsmasq --no-daemon --port=0 --interface="wd-$id" \
-  --bind-interfaces --dhcp-range=10.78.0.100,10.78.0.150,255.255.255.0,1h \
-  --dhcp-authoritative --dhcp-leasefile="$T/leases" --log-dhcp
 
 # --- the image and the daemon ----------------------------------------------------------
 log "building a GPT disk (ESP, NTFS Windows, data) as the golden image"
@@ -98,6 +81,11 @@ reset() { # [IMAGE]: the station's own image by default
   L curl -sf -H "Authorization: Bearer $E2E_ADMIN_TOKEN" -H 'Content-Type: application/json' \
     -X POST -d "{${1:+\"image\": \"$1\"}}" "$URL/api/v1/stations/$MAC/reset" > "$T/reset.json" ||
     fail "the reset was refused: $(cat "$T/reset.json")"
+}
+
+set_disk() { # DISK: the station's disk setting
+  L curl -sf -X PUT -H "Authorization: Bearer $E2E_ADMIN_TOKEN" -H 'Content-Type: application/json' \
+    -d "{\"disk\": \"$1\"}" "$URL/api/v1/stations/$MAC" >/dev/null || fail "PUT disk $1 refused"
 }
 
 qemu-img create -q -f qcow2 "$T/disk.qcow2" 256M
@@ -213,8 +201,7 @@ log "ok: after the power cut the restore resumed and the disk is the new image"
 
 # --- 3. a disk that is not there: reported with the reason, nothing written ---------------
 sum_before=$(md5sum < "$T/disk.qcow2")
-L curl -sf -X PUT -H "Authorization: Bearer $E2E_ADMIN_TOKEN" -H 'Content-Type: application/json' \
-  -d '{"disk": "/dev/sdz"}' "$URL/api/v1/stations/$MAC" >/dev/null || fail "PUT disk refused"
+set_disk /dev/sdz
 reset win11
 run=4
 start_vm $run
@@ -235,8 +222,7 @@ disks=(-drive "file=$T/other.qcow2,if=none,id=d1,format=qcow2"
        -device virtio-blk-pci,drive=d1,serial=NR-OTHER,bootindex=3
        -drive "file=$T/disk.qcow2,if=none,id=d0,format=qcow2"
        -device virtio-blk-pci,drive=d0,serial=NR-TARGET,bootindex=2)
-L curl -sf -X PUT -H "Authorization: Bearer $E2E_ADMIN_TOKEN" -H 'Content-Type: application/json' \
-  -d '{"disk": "serial:NR-TARGET"}' "$URL/api/v1/stations/$MAC" >/dev/null || fail "PUT disk refused"
+set_disk serial:NR-TARGET
 reset win11
 run=5
 start_vm $run
