@@ -215,14 +215,7 @@ async fn a_campaign_survives_five_kills_of_the_daemon_and_ends_exactly_at_the_ta
     assert_eq!(school.count(Product::Office), 7);
     let (windows, office) = {
         let log = school.log.lock().unwrap();
-        let counts = |f: &str| -> Vec<u32> {
-            log.activations
-                .iter()
-                .filter(|a| a.1 == f)
-                .map(|a| a.3)
-                .collect()
-        };
-        (counts("windows"), counts("office"))
+        (log.counts("windows"), log.counts("office"))
     };
     assert_eq!(
         windows,

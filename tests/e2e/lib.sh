@@ -193,3 +193,25 @@ lab_network() {
 }
 L() { ip netns exec "$lab" "$@"; }
 D() { ip netns exec "$dhcp" "$@"; }
+
+# lab_server_toml: netreset's configuration on the lab_network: HTTP on $server:8080,
+# ProxyDHCP on br0, TFTP from Debian's iPXE binaries, the e2e admin token. Tests
+# append their own sections.
+lab_server_toml() {
+  cat <<TOML
+data_dir = "$E2E_TMP/data"
+[http]
+listen = "$server:8080"
+[dhcp]
+mode = "proxy"
+interface = "br0"
+[api]
+token = "$E2E_ADMIN_TOKEN"
+[tftp]
+listen = "$server:69"
+root = "/usr/lib/ipxe"
+[boot]
+bios = "undionly.kpxe"
+uefi_x64 = "snponly.efi"
+TOML
+}

@@ -21,22 +21,7 @@ bg_in "$lab" "$E2E_TMP/tcpdump.log" tcpdump -i br0 -n -U -w "$E2E_TMP/dhcp.pcap"
 tcpdump_pid=$BG_PID
 wait_for 10 "tcpdump" grep -q "listening on" "$E2E_TMP/tcpdump.log"
 
-cat > "$E2E_TMP/netreset.toml" <<TOML
-data_dir = "$E2E_TMP/data"
-[http]
-listen = "$server:8080"
-[dhcp]
-mode = "proxy"
-interface = "br0"
-[api]
-token = "$E2E_ADMIN_TOKEN"
-[tftp]
-listen = "$server:69"
-root = "/usr/lib/ipxe"
-[boot]
-bios = "undionly.kpxe"
-uefi_x64 = "snponly.efi"
-TOML
+lab_server_toml > "$E2E_TMP/netreset.toml"
 bg_in "$lab" "$E2E_TMP/netreset.log" "$NETRESET" serve --config "$E2E_TMP/netreset.toml"
 wait_for 20 "netreset http" L curl -sf "http://$server:8080/api/v1/health"
 

@@ -41,21 +41,7 @@ log "building a GPT disk (ESP, NTFS Windows, data) as the golden image"
 windows_disk "$T/base.img"
 mkdir -p "$T/data/restore"
 cp "$RESTORE_ENV/vmlinuz" "$RESTORE_ENV/initrd.img" "$T/data/restore/"
-cat > "$T/netreset.toml" <<TOML
-data_dir = "$T/data"
-[http]
-listen = "$server:8080"
-[dhcp]
-mode = "proxy"
-interface = "br0"
-[api]
-token = "$E2E_ADMIN_TOKEN"
-[tftp]
-listen = "$server:69"
-root = "/usr/lib/ipxe"
-[boot]
-bios = "undionly.kpxe"
-uefi_x64 = "snponly.efi"
+{ lab_server_toml; cat <<TOML
 [kms]
 host = "kms.school.example"
 port = 1688
@@ -69,6 +55,7 @@ mac = "$MAC"
 image = "win11"
 kms_activation = true
 TOML
+} > "$T/netreset.toml"
 "$NETRESET" image --config "$T/netreset.toml" import "$T/base.img" --name win11 > "$T/import.log" 2>&1 ||
   fail "import: $(cat "$T/import.log")"
 bg_in "$lab" "$T/netreset.log" "$NETRESET" serve --config "$T/netreset.toml"

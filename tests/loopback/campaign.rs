@@ -150,14 +150,7 @@ async fn five_stations_bring_the_counts_to_exactly_27_and_7_with_even_cycles() {
     // No cycle started after the target was reported: every activation raised a count.
     let (windows, office) = {
         let log = school.log.lock().unwrap();
-        let counts = |family: &str| -> Vec<u32> {
-            log.activations
-                .iter()
-                .filter(|a| a.1 == family)
-                .map(|a| a.3)
-                .collect()
-        };
-        (counts("windows"), counts("office"))
+        (log.counts("windows"), log.counts("office"))
     };
     assert_eq!(
         windows,
@@ -519,6 +512,7 @@ async fn after_a_31_day_holiday_the_top_up_restores_the_count_before_the_first_s
     let c = finished(&server, created["id"].as_u64().unwrap()).await;
     assert_eq!(c["state"], "done", "{c}");
     let term_activations = school.log.lock().unwrap().activations.len();
+    let term_windows = school.log.lock().unwrap().counts("windows").len();
 
     // The ledger sees the count gone by the first school day and plans the top-up
     // for the last window before it, not for tonight.
@@ -577,11 +571,7 @@ async fn after_a_31_day_holiday_the_top_up_restores_the_count_before_the_first_s
     );
     assert_eq!(school.count(Product::WindowsClient), 27);
     assert_eq!(school.count(Product::Office), 7);
-    let counts: Vec<u32> = school.log.lock().unwrap().activations[term_activations..]
-        .iter()
-        .filter(|a| a.1 == "windows")
-        .map(|a| a.3)
-        .collect();
+    let counts = school.log.lock().unwrap().counts("windows")[term_windows..].to_vec();
     assert_eq!(
         counts,
         (1..=27).collect::<Vec<u32>>(),

@@ -48,6 +48,17 @@ pub struct Log {
     pub cycles: Vec<Duration>,
 }
 
+impl Log {
+    /// The host's count after each request of `family` ("windows", "office"), in order.
+    pub fn counts(&self, family: &str) -> Vec<u32> {
+        self.activations
+            .iter()
+            .filter(|a| a.1 == family)
+            .map(|a| a.3)
+            .collect()
+    }
+}
+
 #[derive(Clone)]
 pub struct School {
     pub host: Arc<Mutex<KmsHost>>,
