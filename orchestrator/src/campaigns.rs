@@ -106,6 +106,13 @@ pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Msg>, cancel: 
             BTreeMap::new()
         }
     };
+    // Time-outs go on where the stored campaigns left them.
+    let latest = running
+        .values()
+        .flat_map(|r| r.campaign.stations.iter().map(|s| s.since))
+        .max()
+        .unwrap_or(0);
+    store.clock().resume_mono(latest);
     // What happened while the daemon was down (or between saving a step and acting
     // on it): restores that finished and reports that arrived.
     let mut pending: std::collections::VecDeque<(u64, Event)> = Default::default();
@@ -130,7 +137,10 @@ pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Msg>, cancel: 
                 None => return,
             },
         };
+        // The calendar for windows and keep-alive; the monotonic clock for the
+        // campaigns' time-outs (an NTP step must not time out every station at once).
         let now = store.clock().now_ms() / 1000;
+        let mono = store.clock().mono_s();
         if msg.is_none()
             && running.is_empty()
             && last_keepalive.elapsed() >= state.campaign_settings.keepalive_check
@@ -172,6 +182,7 @@ pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Msg>, cancel: 
                 (
                     Event::Report {
                         mac,
+                        generation,
                         family,
                         result,
                         duplicate_cmid,
@@ -180,6 +191,7 @@ pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Msg>, cancel: 
                     Some(h),
                 ) => Event::Report {
                     mac,
+                    generation,
                     family,
                     result,
                     count: store.ledger().map_or(0, |l| l.projected(family, h)),
@@ -197,7 +209,7 @@ pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Msg>, cancel: 
                     .is_some_and(|w| w.contains(now as i64));
                 record.campaign.paused = !open;
             }
-            let actions = record.campaign.handle(event, now);
+            let actions = record.campaign.handle(event, mono);
             if record.campaign == before && actions.is_empty() {
                 continue;
             }
@@ -332,6 +344,7 @@ fn recover(state: &AppState, record: &Record, mac: MacAddr) -> Vec<Event> {
                 .filter(|r| r.station == mac && r.cycle == generation)
                 .map(|r| Event::Report {
                     mac,
+                    generation,
                     family: r.family,
                     result: Some(r.result),
                     count: r.count,
@@ -354,14 +367,16 @@ fn power_on(state: &AppState, record: &Record, action: &Action) -> Result<(), St
                 .flatten()
                 .is_some_and(|s| s.logged_in) =>
         {
-            // Never reboot a station with a user at it: it drops out as in-use.
+            // Never reboot a station with a user at it: it drops out as in-use. The
+            // agent says so with every command poll, so this is at most a poll old,
+            // and the agent itself refuses an unforced reboot with a user logged on.
             state.campaigns.station(*mac, Event::InUse(*mac));
             Err(format!(
                 "{mac} is in use (a user is logged in): not rebooted"
             ))
         }
         Action::Reboot(mac) => store
-            .queue_command(*mac, "reboot")
+            .queue_command(*mac, "reboot", false)
             .map(|cmd| {
                 let _ = store.record(
                     *mac,

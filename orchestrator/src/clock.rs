@@ -2,16 +2,39 @@
 //! and the KMS projection count from. A daemon runs on the system clock; the
 //! simulator's runs on a clock that can be set and moved on, so that a 31-day
 //! holiday passes in a test in seconds. Timeouts (a station that does not wake, a
-//! restore that takes too long) are real durations and never read this clock.
+//! restore that takes too long) are real durations and never read this clock: they
+//! run on [`Clock::mono_s`], which an NTP step at boot or the simulator's jumps do
+//! not move.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// System time plus an offset (zero unless simulated); clones share the offset.
-#[derive(Clone, Debug, Default)]
+/// System time plus an offset (zero unless simulated); clones share the offset. It
+/// carries the daemon's monotonic clock too.
+#[derive(Clone, Debug)]
 pub struct Clock {
     offset_ms: Arc<AtomicI64>,
+    mono: Arc<Mono>,
+}
+
+/// Seconds on a monotonic clock, resumed where the last run of the daemon left off.
+#[derive(Debug)]
+struct Mono {
+    base: Instant,
+    offset_s: AtomicU64,
+}
+
+impl Default for Clock {
+    fn default() -> Clock {
+        Clock {
+            offset_ms: Arc::default(),
+            mono: Arc::new(Mono {
+                base: Instant::now(),
+                offset_s: AtomicU64::new(0),
+            }),
+        }
+    }
 }
 
 fn system_ms() -> i64 {
@@ -55,6 +78,22 @@ impl Clock {
         self.offset_ms
             .fetch_add(by.as_millis() as i64, Ordering::Relaxed);
     }
+
+    /// Seconds on the monotonic clock that time-outs are measured on. It never goes
+    /// back and ignores [`Clock::set`] and [`Clock::advance`].
+    pub fn mono_s(&self) -> u64 {
+        self.mono.offset_s.load(Ordering::Relaxed) + self.mono.base.elapsed().as_secs()
+    }
+
+    /// Go on from at least `s` (the latest monotonic time a stored campaign holds):
+    /// a restarted daemon's time-outs continue where they stood, and the time it was
+    /// down does not count against a station.
+    pub fn resume_mono(&self, s: u64) {
+        let elapsed = self.mono.base.elapsed().as_secs();
+        self.mono
+            .offset_s
+            .fetch_max(s.saturating_sub(elapsed), Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]
@@ -66,6 +105,19 @@ mod tests {
         let before = system_ms() as u64;
         let now = Clock::system().now_ms();
         assert!(now >= before && now - before < 1000, "{before} {now}");
+    }
+
+    #[test]
+    fn the_monotonic_clock_ignores_calendar_jumps_and_resumes_from_a_stored_time() {
+        let clock = Clock::starting_at(1_800_000_000);
+        let before = clock.mono_s();
+        clock.advance(Duration::from_secs(2 * 3600));
+        clock.set(1_700_000_000);
+        assert!(clock.mono_s() - before < 2, "calendar jumps do not move it");
+        clock.resume_mono(5_000);
+        assert!((5_000..5_002).contains(&clock.mono_s()));
+        clock.resume_mono(10);
+        assert!(clock.mono_s() >= 5_000, "never back");
     }
 
     #[test]

@@ -56,7 +56,7 @@ pub fn plan(ledger: &Ledger, schedule: &Schedule, families: &[Family], now: u64)
                 && ledger.reports().iter().any(|r| {
                     r.family == *f
                         && r.result == COUNT_INSUFFICIENT
-                        && now.saturating_sub(r.at) < RECENT_S
+                        && now.saturating_sub(r.last_request()) < RECENT_S
                 });
             refused |= short;
             falls || short
@@ -132,6 +132,7 @@ mod tests {
                 activated: i + 1 >= 25,
                 count: u32::from(i) + 1,
                 cycle: 1,
+                last: 0,
             });
         }
         l

@@ -42,10 +42,14 @@ pub struct Station {
     /// Unix milliseconds.
     pub first_seen: Option<u64>,
     pub last_seen: Option<u64>,
-    /// Whether the agent last reported a logged-in user: such a station is `in-use`
-    /// and is not rebooted unless the admin forces it.
+    /// Whether the agent last said an interactive user is logged on (it says so with
+    /// every command poll and report): such a station is `in-use` and is not
+    /// rebooted unless the admin forces it.
     #[serde(default)]
     pub logged_in: bool,
+    /// Unix milliseconds of that word.
+    #[serde(default)]
+    pub logged_in_at: Option<u64>,
     /// Unix milliseconds of the agent's last report, and of its last command poll.
     #[serde(default)]
     pub last_report: Option<u64>,
@@ -58,6 +62,9 @@ pub struct Station {
     /// that image's agent token stays good whatever happens to later resets.
     #[serde(default)]
     pub agent_generation: Option<u64>,
+    /// The KMS families that image's agent was asked to activate.
+    #[serde(default)]
+    pub agent_families: Vec<String>,
     /// KMS activation: its resets use the kms profile unless a reset says otherwise.
     /// Like the vendor's manual says, it takes effect at the station's next reset.
     #[serde(default)]
@@ -92,10 +99,12 @@ impl Station {
             first_seen: None,
             last_seen: None,
             logged_in: false,
+            logged_in_at: None,
             last_report: None,
             last_poll: None,
             image: None,
             agent_generation: None,
+            agent_families: Vec::new(),
             kms_activation: false,
             disk: None,
         }
@@ -201,6 +210,9 @@ pub struct Command {
     pub id: String,
     /// `reboot` or `shutdown`.
     pub command: String,
+    /// Even with a user logged on (the agent warns the user first).
+    #[serde(default)]
+    pub force: bool,
     /// Unix milliseconds.
     pub queued_at: u64,
 }
@@ -221,7 +233,22 @@ pub struct Store {
     /// whether a MAC is known, and a read lock is cheaper than a sled lookup. Every
     /// station write goes through [`Store::update`], which keeps it in step.
     known: Arc<RwLock<HashSet<MacAddr>>>,
+    /// Held while a ledger entry is read, merged and written back.
+    ledger_writer: Arc<std::sync::Mutex<()>>,
     clock: Clock,
+}
+
+/// The ledger key of an entry: its station, family, CMID and cycle. 0xff first, so
+/// these keys sort after the ids rows had before entries were merged.
+fn ledger_key(entry: &crate::engine::ledger::Report) -> Vec<u8> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&entry.station.octets());
+    hasher.update(entry.family.name().as_bytes());
+    hasher.update(&entry.cycle.to_be_bytes());
+    hasher.update(entry.cmid.as_bytes());
+    let mut key = vec![0xff];
+    key.extend_from_slice(&hasher.finalize().as_bytes()[..16]);
+    key
 }
 
 impl Store {
@@ -249,6 +276,7 @@ impl Store {
             db,
             events_per_station,
             known: Arc::new(RwLock::new(known)),
+            ledger_writer: Arc::default(),
             clock: Clock::system(),
         })
     }
@@ -444,58 +472,88 @@ impl Store {
         let mut ledger = crate::engine::ledger::Ledger::new();
         for value in self.ledger.iter().values() {
             let report = decode("ledger", &value?)?;
-            // Duplicates were recorded on purpose; here only the reports matter.
+            // Duplicates were recorded on purpose; here only the reports matter. Rows
+            // of one entry (from before entries had a key of their own) merge.
             let _ = ledger.add(report);
         }
         Ok(ledger)
     }
 
-    /// Record an activation report, once (a retried POST is not recorded again).
-    /// Returns whether it was new, and a duplicate CMID when it is one.
+    /// Record a KMS request: a new entry, or a renewal of one (its last request
+    /// moves); a retried POST changes nothing.
     pub fn add_report(
         &self,
         report: &crate::engine::ledger::Report,
-    ) -> Result<(bool, Option<crate::engine::ledger::DuplicateCmid>), StoreError> {
+    ) -> Result<crate::engine::ledger::Added, StoreError> {
+        use crate::engine::ledger::Added;
+        // One writer at a time: a renewal is read, merged and written back.
+        let _one = self.ledger_writer.lock().expect("not poisoned");
         let mut ledger = self.ledger()?;
-        if ledger.contains(report) {
-            return Ok((false, None));
+        let added = ledger.add(report.clone());
+        if added == Added::Known {
+            return Ok(added);
         }
-        let key = self.db.generate_id()?.to_be_bytes();
-        self.ledger
-            .insert(key, serde_json::to_vec(report).expect("report serializes"))?;
+        let entry = ledger.entry(report).expect("the entry was just added");
+        self.ledger.insert(
+            ledger_key(entry),
+            serde_json::to_vec(entry).expect("report serializes"),
+        )?;
         self.ledger.flush()?;
-        Ok((true, ledger.add(report.clone()).err()))
+        Ok(added)
     }
 
-    /// Note that the agent of `mac` asked for commands just now (a sign of life).
-    pub fn agent_polled(&self, mac: MacAddr) -> Result<(), StoreError> {
+    /// Note that the agent of `mac` asked for commands just now (a sign of life),
+    /// and what it said of its user, when it said anything.
+    pub fn agent_polled(&self, mac: MacAddr, logged_in: Option<bool>) -> Result<(), StoreError> {
         let now = self.clock.now_ms();
-        self.update(mac, |st| st.last_poll = Some(now))?;
+        self.update(mac, |st| {
+            st.last_poll = Some(now);
+            if let Some(logged_in) = logged_in {
+                st.logged_in = logged_in;
+                st.logged_in_at = Some(now);
+            }
+        })?;
         Ok(())
     }
 
-    /// Note that `mac` now runs the image of reset `generation`.
-    pub fn set_agent_generation(&self, mac: MacAddr, generation: u64) -> Result<(), StoreError> {
-        self.update(mac, |st| st.agent_generation = Some(generation))?;
+    /// Note that `mac` now runs the image of reset `generation`, whose agent
+    /// activates `families`.
+    pub fn set_agent_generation(
+        &self,
+        mac: MacAddr,
+        generation: u64,
+        families: &[String],
+    ) -> Result<(), StoreError> {
+        self.update(mac, |st| {
+            st.agent_generation = Some(generation);
+            st.agent_families = families.to_vec();
+        })?;
         Ok(())
     }
 
-    /// Note what the agent of `mac` said of its user, and when.
+    /// Note that the agent of `mac` reported just now, and what it said of its user.
     pub fn agent_seen(&self, mac: MacAddr, logged_in: bool) -> Result<(), StoreError> {
         let now = self.clock.now_ms();
         self.update(mac, |st| {
             st.logged_in = logged_in;
+            st.logged_in_at = Some(now);
             st.last_report = Some(now);
         })?;
         Ok(())
     }
 
-    /// Queue a command for the agent of `mac`.
-    pub fn queue_command(&self, mac: MacAddr, command: &str) -> Result<Command, StoreError> {
+    /// Queue a command for the agent of `mac`; `force`: even with a user logged on.
+    pub fn queue_command(
+        &self,
+        mac: MacAddr,
+        command: &str,
+        force: bool,
+    ) -> Result<Command, StoreError> {
         let seq = self.db.generate_id()?;
         let cmd = Command {
             id: format!("{seq:016x}"),
             command: command.to_owned(),
+            force,
             queued_at: self.clock.now_ms(),
         };
         let mut key = [0u8; 14];
@@ -679,7 +737,18 @@ mod tests {
             store.record(MAC, "dhcp-offer", "undionly.kpxe").unwrap();
             store.flush().unwrap();
         }
-        let store = Store::open(dir.path(), 10).unwrap();
+        // sled's flusher thread lets go of the file lock a moment after the drop.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let store = loop {
+            match Store::open(dir.path(), 10) {
+                Ok(store) => break store,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    assert!(e.to_string().contains("lock"), "{e}");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
         assert_eq!(
             store.station(MAC).unwrap().unwrap().name.as_deref(),
             Some("pc01")

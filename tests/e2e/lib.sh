@@ -10,8 +10,8 @@ CLEANUP=()
 
 # The admin token of every daemon the scripts start ([api] token in their configs).
 E2E_ADMIN_TOKEN=e2e-admin-token-0123456789
-# api CURL-ARGS...: curl -sf with the admin token.
-api() { curl -sf -H "Authorization: Bearer $E2E_ADMIN_TOKEN" "$@"; }
+# api CURL-ARGS...: curl --max-time 30 -sf with the admin token.
+api() { curl --max-time 30 -sf -H "Authorization: Bearer $E2E_ADMIN_TOKEN" "$@"; }
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 fail() { log "FAIL: $*"; exit 1; }

@@ -23,7 +23,7 @@ wait_for 10 "tcpdump" grep -q "listening on" "$E2E_TMP/tcpdump.log"
 
 lab_server_toml > "$E2E_TMP/netreset.toml"
 bg_in "$lab" "$E2E_TMP/netreset.log" "$NETRESET" serve --config "$E2E_TMP/netreset.toml"
-wait_for 20 "netreset http" L curl -sf "http://$server:8080/api/v1/health"
+wait_for 20 "netreset http" L curl --max-time 30 -sf "http://$server:8080/api/v1/health"
 
 # The station: TCG, no disk, network boot only. With SeaBIOS the virtio NIC's option
 # ROM is Debian's iPXE; with OVMF the ROM is disabled so EDK2's own PXE client boots.
@@ -46,7 +46,7 @@ qemu_pid=$BG_PID
 
 # Done when netreset's API shows the whole path for this MAC.
 has_path() {
-  L curl -sf -H "Authorization: Bearer $E2E_ADMIN_TOKEN" "http://$server:8080/api/v1/stations/$mac" > "$E2E_TMP/station.json" || return 1
+  L curl --max-time 30 -sf -H "Authorization: Bearer $E2E_ADMIN_TOKEN" "http://$server:8080/api/v1/stations/$mac" > "$E2E_TMP/station.json" || return 1
   python3 - "$E2E_TMP/station.json" "$want" <<'PY'
 import json, sys
 kinds = [e["kind"] for e in json.load(open(sys.argv[1]))["events"]]

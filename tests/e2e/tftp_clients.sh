@@ -32,7 +32,7 @@ TOML
 "$NETRESET" check-config "$E2E_TMP/netreset.toml" >/dev/null
 "$NETRESET" serve --config "$E2E_TMP/netreset.toml" > "$E2E_TMP/netreset.log" 2>&1 &
 defer "kill $!"
-wait_for 20 "netreset http" curl -sf "http://127.0.0.1:$http/api/v1/health"
+wait_for 20 "netreset http" curl --max-time 30 -sf "http://127.0.0.1:$http/api/v1/health"
 
 files=(undionly.kpxe snponly.efi ipxe.efi)   # ipxe.efi is a symlink into /boot
 cd "$E2E_TMP"
@@ -45,8 +45,8 @@ for f in "${files[@]}"; do
   rm -f out; atftp --option "tsize 0" --option "blksize 65464" -g -r "$f" -l out 127.0.0.1 "$port" 2>>atftp.log
   cmp_files "$src" out "atftp tsize, oversized blksize $f"
   rm -f out; tftp -m binary 127.0.0.1 "$port" -c get "$f" out 2>tftp-hpa.log; cmp_files "$src" out "tftp-hpa $f"
-  rm -f out; curl -sS -o out "tftp://127.0.0.1:$port/$f" 2>curl.log; cmp_files "$src" out "curl $f"
-  rm -f out; curl -sS --tftp-blksize 1468 -o out "tftp://127.0.0.1:$port/$f" 2>>curl.log; cmp_files "$src" out "curl blksize $f"
+  rm -f out; curl --max-time 30 -sS -o out "tftp://127.0.0.1:$port/$f" 2>curl.log; cmp_files "$src" out "curl $f"
+  rm -f out; curl --max-time 30 -sS --tftp-blksize 1468 -o out "tftp://127.0.0.1:$port/$f" 2>>curl.log; cmp_files "$src" out "curl blksize $f"
   log "ok: $f ($(stat -c %s "$src") bytes) by atftp (plain, blksize, windowsize, tsize), tftp-hpa, curl"
 done
 
@@ -57,7 +57,7 @@ log "ok: menu.txt by tftp-hpa in netascii mode"
 
 # Refused: a name outside the root, through a real client.
 rm -f out
-if curl -sS -o out "tftp://127.0.0.1:$port/..%2f..%2fetc%2fpasswd" 2>/dev/null && [ -s out ]; then
+if curl --max-time 30 -sS -o out "tftp://127.0.0.1:$port/..%2f..%2fetc%2fpasswd" 2>/dev/null && [ -s out ]; then
   fail "a traversal name was served"
 fi
 if atftp -g -r "../../../etc/passwd" -l out 127.0.0.1 "$port" 2>/dev/null && [ -s out ]; then

@@ -59,19 +59,19 @@ TOML
 "$NETRESET" image --config "$T/netreset.toml" import "$T/base.img" --name win11 > "$T/import.log" 2>&1 ||
   fail "import: $(cat "$T/import.log")"
 bg_in "$lab" "$T/netreset.log" "$NETRESET" serve --config "$T/netreset.toml"
-wait_for 20 "netreset http" L curl -sf "$URL/api/v1/health"
+wait_for 20 "netreset http" L curl --max-time 30 -sf "$URL/api/v1/health"
 
-station() { L curl -sf -H "Authorization: Bearer $E2E_ADMIN_TOKEN" "$URL/api/v1/stations/$MAC"; }
+station() { L curl --max-time 30 -sf -H "Authorization: Bearer $E2E_ADMIN_TOKEN" "$URL/api/v1/stations/$MAC"; }
 # field PY-EXPR: a value of the station's record (`s`).
 field() { station | python3 -c "import json,sys; s=json.load(sys.stdin); print($1)"; }
 reset() { # [IMAGE]: the station's own image by default
-  L curl -sf -H "Authorization: Bearer $E2E_ADMIN_TOKEN" -H 'Content-Type: application/json' \
+  L curl --max-time 30 -sf -H "Authorization: Bearer $E2E_ADMIN_TOKEN" -H 'Content-Type: application/json' \
     -X POST -d "{${1:+\"image\": \"$1\"}}" "$URL/api/v1/stations/$MAC/reset" > "$T/reset.json" ||
     fail "the reset was refused: $(cat "$T/reset.json")"
 }
 
 set_disk() { # DISK: the station's disk setting
-  L curl -sf -X PUT -H "Authorization: Bearer $E2E_ADMIN_TOKEN" -H 'Content-Type: application/json' \
+  L curl --max-time 30 -sf -X PUT -H "Authorization: Bearer $E2E_ADMIN_TOKEN" -H 'Content-Type: application/json' \
     -d "{\"disk\": \"$1\"}" "$URL/api/v1/stations/$MAC" >/dev/null || fail "PUT disk $1 refused"
 }
 

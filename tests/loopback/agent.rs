@@ -1,6 +1,8 @@
 //! The agent API: activation reports into the KMS ledger, and the command long poll,
 //! both with the agent token a reset injected.
 
+use orchestrator::sim::school;
+
 use crate::support::*;
 
 const MAC: &str = "02:00:00:00:00:41";
@@ -44,12 +46,30 @@ async fn agent_token(server: &TestServer, mac: &str) -> String {
     doc["token"].as_str().unwrap().to_owned()
 }
 
-fn report(mac: &str, cmid: &str, count: u32, logged_in: bool) -> String {
-    format!(
-        r#"{{"station": "{mac}", "family": "windows", "cmid": "{cmid}", "result": "0xC004F038",
-            "activated": false, "count": {count}, "logged_in_user": {logged_in}}}"#
-    )
+/// An agent report of `mac`: the KMS client licences of both families, `events`,
+/// the session, and the families given up.
+fn report_of(mac: &str, events: &[String], user: bool, gave_up: &[&str]) -> String {
+    serde_json::json!({
+        "station": mac,
+        "interactive_user": user,
+        "licenses": school::licenses(&["windows", "office"], "Volume:GVLK"),
+        "events": events,
+        "gave_up": gave_up,
+    })
+    .to_string()
 }
+
+/// One answered Windows request of `cmid` at `at_ms` (records `record`, `record+1`).
+fn windows(record: u64, at_ms: u64, cmid: &str, count: u32) -> Vec<String> {
+    school::kms_events(record, at_ms, "windows", cmid, count, count >= 25)
+}
+
+fn report(mac: &str, cmid: &str, count: u32, logged_in: bool) -> String {
+    report_of(mac, &windows(100, NOW_MS, cmid, count), logged_in, &[])
+}
+
+/// 2026-11-30T22:10:00Z, when the tests' stations asked the KMS host.
+const NOW_MS: u64 = 1_796_076_600_000;
 
 fn bearer(token: &str) -> String {
     format!("Authorization: Bearer {token}\r\n")
@@ -69,17 +89,41 @@ async fn reports_are_recorded_once_with_the_right_token_and_a_repeated_cmid_is_f
         (bearer(&other), report(MAC, cmid, 3, false), 401),
         (bearer("0.1"), report(MAC, cmid, 3, false), 401),
         (bearer(&token), "{".to_owned(), 400),
+        (bearer(&token), report_of(MAC, &[], false, &["linux"]), 400),
         (
             bearer(&token),
-            report(MAC, cmid, 3, false).replace("windows", "linux"),
+            report(MAC, cmid, 3, false).replace("12289", "12290"),
             400,
         ),
         (
             bearer(&token),
-            report(MAC, cmid, 3, false).replace("0xC004F038", "oops"),
+            report(MAC, cmid, 3, false).replace("Microsoft-Windows-Security-SPP", "Evil"),
             400,
         ),
         (bearer(&token), report(MAC, "../x", 3, false), 400),
+        (
+            bearer(&token),
+            report_of(MAC, &["<Event".to_owned()], false, &[]),
+            400,
+        ),
+        (
+            bearer(&token),
+            report_of(
+                MAC,
+                &[format!(
+                    "<!DOCTYPE x [<!ENTITY a 'b'>]>{}",
+                    windows(1, NOW_MS, cmid, 3)[0]
+                )],
+                false,
+                &[],
+            ),
+            400,
+        ),
+        (
+            bearer(&token),
+            r#"{"station": "02:00:00:00:00:41", "extra": 1}"#.to_owned(),
+            400,
+        ),
     ] {
         let (status, answer) = post_json(addr, path, &auth, &body).await;
         assert_eq!(status, want, "{auth:?} {body}: {answer}");
@@ -93,15 +137,19 @@ async fn reports_are_recorded_once_with_the_right_token_and_a_repeated_cmid_is_f
     let (status, answer) =
         post_json(addr, path, &bearer(&token), &report(MAC, cmid, 3, false)).await;
     assert_eq!(
-        (status, answer["recorded"].as_bool()),
-        (201, Some(true)),
+        (status, answer["recorded"].as_u64()),
+        (201, Some(1)),
         "{answer}"
     );
     let (status, answer) =
         post_json(addr, path, &bearer(&token), &report(MAC, cmid, 3, false)).await;
     assert_eq!(
-        (status, answer["recorded"].as_bool()),
-        (201, Some(false)),
+        (
+            status,
+            answer["recorded"].as_u64(),
+            answer["renewed"].as_u64()
+        ),
+        (201, Some(0), Some(0)),
         "a retried POST"
     );
     let ledger = store.ledger().unwrap();
@@ -140,11 +188,121 @@ async fn reports_are_recorded_once_with_the_right_token_and_a_repeated_cmid_is_f
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_renewal_reaches_the_ledger_as_the_cmids_last_request() {
+    let server = setup().await;
+    let addr = server.daemon.http_addr;
+    let token = agent_token(&server, MAC).await;
+    let cmid = "5a1b2c3d-0000-4000-8000-00000000cccc";
+    let week = 7 * 86_400_000;
+    let mut events = windows(100, NOW_MS - week, cmid, 26);
+    let path = "/api/v1/agent/report";
+    let (status, answer) = post_json(
+        addr,
+        path,
+        &bearer(&token),
+        &report_of(MAC, &events, false, &[]),
+    )
+    .await;
+    assert_eq!(
+        (status, answer["recorded"].as_u64()),
+        (201, Some(1)),
+        "{answer}"
+    );
+    // A week later Windows renews: the agent posts the whole log again.
+    events.extend(windows(102, NOW_MS, cmid, 27));
+    let (status, answer) = post_json(
+        addr,
+        path,
+        &bearer(&token),
+        &report_of(MAC, &events, false, &[]),
+    )
+    .await;
+    assert_eq!(
+        (
+            status,
+            answer["recorded"].as_u64(),
+            answer["renewed"].as_u64()
+        ),
+        (201, Some(0), Some(1)),
+        "{answer}"
+    );
+    let ledger = server.daemon.policy().store().ledger().unwrap();
+    assert_eq!(ledger.reports().len(), 1, "one CMID, one entry");
+    let entry = &ledger.reports()[0];
+    assert_eq!(
+        (entry.at, entry.last_request(), entry.count, entry.activated),
+        ((NOW_MS - week) / 1000, NOW_MS / 1000, 27, true)
+    );
+    server.daemon.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_counts_and_families_not_asked_for_are_refused_and_stored_nowhere() {
+    let extra = format!(
+        "[[inventory.stations]]\nmac = \"{MAC}\"\n[kms]\nhost = \"kms.school.example\"\nfamilies = [\"windows\"]\n"
+    );
+    let server = start(&extra).await;
+    install_sample(server.data.path(), "lab", 1);
+    let addr = server.daemon.http_addr;
+    let token = agent_token(&server, MAC).await;
+    let cmid = "5a1b2c3d-0000-4000-8000-00000000dddd";
+    let path = "/api/v1/agent/report";
+    let office = school::kms_events(300, NOW_MS, "office", cmid, 7, true);
+    for (body, says) in [
+        (report(MAC, cmid, 51, false), "50 at most"),
+        (report_of(MAC, &[], false, &["office"]), "not asked"),
+        (
+            report_of(
+                MAC,
+                &school::kms_events(300, NOW_MS, "office", cmid, 11, true),
+                false,
+                &[],
+            ),
+            "10 at most",
+        ),
+    ] {
+        let (status, answer) = post_json(addr, path, &bearer(&token), &body).await;
+        assert_eq!(status, 400, "{answer}");
+        assert!(answer["error"].as_str().unwrap().contains(says), "{answer}");
+    }
+    // Office events of a station asked for Windows only: taken for nothing.
+    let (status, answer) = post_json(
+        addr,
+        path,
+        &bearer(&token),
+        &report_of(MAC, &office, false, &[]),
+    )
+    .await;
+    assert_eq!(
+        (status, answer["recorded"].as_u64()),
+        (201, Some(0)),
+        "{answer}"
+    );
+    assert_eq!(answer["ignored"], serde_json::json!(["office"]), "{answer}");
+    assert!(server
+        .daemon
+        .policy()
+        .store()
+        .ledger()
+        .unwrap()
+        .reports()
+        .is_empty());
+    let (status, answer) =
+        post_json(addr, path, &bearer(&token), &report(MAC, cmid, 50, false)).await;
+    assert_eq!(
+        (status, answer["recorded"].as_u64()),
+        (201, Some(1)),
+        "50 is a count a host can report: {answer}"
+    );
+    server.daemon.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_queued_command_reaches_the_waiting_poll_once_and_in_use_stations_need_force() {
     let server = setup().await;
     let addr = server.daemon.http_addr;
     let token = agent_token(&server, MAC).await;
-    let poll = format!("/api/v1/agent/commands?station={MAC}&wait=10");
+    let poll = format!("/api/v1/agent/commands?station={MAC}&wait=10&interactive_user=0");
     let (status, _, _) = http_request(
         addr,
         &format!("/api/v1/agent/commands?station={MAC}&wait=1"),
@@ -152,6 +310,13 @@ async fn a_queued_command_reaches_the_waiting_poll_once_and_in_use_stations_need
     )
     .await;
     assert_eq!(status, 401, "no token");
+    let (status, _, _) = http_request(
+        addr,
+        &format!("/api/v1/agent/commands?station={MAC}&wait=1&interactive_user=2"),
+        &bearer(&token),
+    )
+    .await;
+    assert_eq!(status, 400, "interactive_user is 0 or 1");
     let (status, _, _) = http_request(
         addr,
         &format!("/api/v1/agent/commands?station={MAC}&wait=1"),
@@ -172,8 +337,8 @@ async fn a_queued_command_reaches_the_waiting_poll_once_and_in_use_stations_need
     assert_eq!(status, 200);
     let got: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(
-        (got["command"].as_str(), &got["id"]),
-        (Some("reboot"), &queued["id"])
+        (got["command"].as_str(), &got["id"], got["force"].as_bool()),
+        (Some("reboot"), &queued["id"], Some(false))
     );
     let (status, _, _) = http_request(
         addr,
@@ -183,22 +348,22 @@ async fn a_queued_command_reaches_the_waiting_poll_once_and_in_use_stations_need
     .await;
     assert_eq!(status, 204, "handed out once");
 
-    // A logged-in user makes the station in-use: no reboot without force.
-    let (status, _) = post_json(
+    // A user logs on after the last report: the next poll says so, and the station
+    // is in use: no reboot without force.
+    let (status, _, _) = http_request(
         addr,
-        "/api/v1/agent/report",
+        &format!("/api/v1/agent/commands?station={MAC}&wait=0&interactive_user=1"),
         &bearer(&token),
-        &report(MAC, "5a1b2c3d-0000-4000-8000-00000000bbbb", 4, true),
     )
     .await;
-    assert_eq!(status, 201);
+    assert_eq!(status, 204);
     let (status, answer) = post_json(addr, &cmd_path, "", r#"{"command": "reboot"}"#).await;
     assert_eq!(status, 409, "{answer}");
     assert!(
         answer["error"].as_str().unwrap().contains("in use"),
         "{answer}"
     );
-    let (status, _) = post_json(
+    let (status, forced) = post_json(
         addr,
         &cmd_path,
         "",
@@ -206,6 +371,58 @@ async fn a_queued_command_reaches_the_waiting_poll_once_and_in_use_stations_need
     )
     .await;
     assert_eq!(status, 202);
+    let (status, _, body) = http_request(
+        addr,
+        &format!("/api/v1/agent/commands?station={MAC}&wait=1&interactive_user=1"),
+        &bearer(&token),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let got: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (got["id"].clone(), got["force"].as_bool()),
+        (forced["id"].clone(), Some(true)),
+        "the forced command reaches the agent with force"
+    );
+    // The agent says what it did.
+    let result = "/api/v1/agent/command-result";
+    for (body, want) in [
+        (
+            format!(
+                r#"{{"station": "{MAC}", "id": {}, "outcome": "warned"}}"#,
+                got["id"]
+            ),
+            200,
+        ),
+        (
+            format!(
+                r#"{{"station": "{MAC}", "id": {}, "outcome": "exploded"}}"#,
+                got["id"]
+            ),
+            400,
+        ),
+        (
+            format!(r#"{{"station": "{MAC}", "id": "../x", "outcome": "run"}}"#),
+            400,
+        ),
+    ] {
+        let (status, answer) = post_json(addr, result, &bearer(&token), &body).await;
+        assert_eq!(status, want, "{body}: {answer}");
+    }
+    let (status, _) = post_json(
+        addr,
+        result,
+        "",
+        &format!(r#"{{"station": "{MAC}", "id": "00", "outcome": "run"}}"#),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (_, st) = get_json(addr, &format!("/api/v1/stations/{MAC}")).await;
+    assert!(
+        st["events"].as_array().unwrap().iter().any(|e| e["kind"] == "command-run"
+            && e["detail"].as_str().unwrap().contains("warned")),
+        "{st}"
+    );
     let (status, answer) = post_json(addr, &cmd_path, "", r#"{"command": "format c:"}"#).await;
     assert_eq!(status, 400, "{answer}");
     server.daemon.shutdown().await.unwrap();

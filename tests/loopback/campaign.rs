@@ -27,6 +27,11 @@ fn mac(i: u8) -> MacAddr {
 /// A daemon with 30 registered stations (the first `n` in room "lab"), the sample
 /// image as "lab", and the restore environment installed.
 async fn school_server(room_ip: Ipv4Addr, n: u8) -> TestServer {
+    school_server_on(room_ip, n, "", Clock::system()).await
+}
+
+/// [`school_server`] on `clock`, with `more` configuration.
+async fn school_server_on(room_ip: Ipv4Addr, n: u8, more: &str, clock: Clock) -> TestServer {
     let mut extra = format!(
         "[kms]\nhost = \"kms.sim\"\n[[rooms]]\nname = \"lab\"\nwol_broadcast = \"{room_ip}\"\nwol_source = \"127.0.0.1\"\nwol_port = {WOL_PORT}\n\
          [campaigns]\ntick = \"100ms\"\nwake_timeout = \"2s\"\nwake_attempts = 2\nrestore_timeout = \"20s\"\nreport_timeout = \"20s\"\n"
@@ -38,7 +43,8 @@ async fn school_server(room_ip: Ipv4Addr, n: u8) -> TestServer {
             mac(i)
         ));
     }
-    let server = start(&extra).await;
+    extra.push_str(more);
+    let server = start_on(tempfile::tempdir().unwrap(), &extra, clock).await;
     install_sample(server.data.path(), "lab", 3);
     server
 }
@@ -146,7 +152,11 @@ async fn five_stations_bring_the_counts_to_exactly_27_and_7_with_even_cycles() {
         .map(|s| s["cycles_done"].as_u64().unwrap())
         .collect();
     let (lo, hi) = (cycles.iter().min().unwrap(), cycles.iter().max().unwrap());
-    assert!(hi - lo <= 1, "cycles per station {cycles:?}");
+    assert!(
+        hi - lo <= 1,
+        "cycles per station {cycles:?} {:?}",
+        school.log.lock().unwrap().cycles
+    );
     // No cycle started after the target was reported: every activation raised a count.
     let (windows, office) = {
         let log = school.log.lock().unwrap();
@@ -371,13 +381,14 @@ async fn a_window_campaign_waits_outside_its_window_and_starts_inside() {
     );
     server.daemon.shutdown().await.unwrap();
 
-    // Today's window: the first cycles start at once.
+    // Today's window: the first cycle starts at once, on one station: with no count
+    // in the ledger, a probe learns the host's count before the first wave.
     let server = window_server(Some(weekday_today())).await;
     let (_, created) = campaign(&server, &body).await;
     let id = created["id"].as_u64().unwrap();
     let c = eventually(|| async {
         let (_, c) = get_json(server.daemon.http_addr, &format!("/api/v1/campaigns/{id}")).await;
-        (c["cycles_started"].as_u64() == Some(5)).then_some(c)
+        (c["cycles_started"].as_u64() == Some(1)).then_some(c)
     })
     .await;
     assert_eq!(c["waiting_for_window"], false, "{c}");
@@ -429,6 +440,7 @@ async fn after_a_long_break_the_keepalive_plans_a_top_up_for_the_next_window() {
             activated: i + 1 >= 25,
             count: i + 1,
             cycle: u64::from(i),
+            last: 0,
         };
         store.add_report(&report).unwrap();
     }
@@ -637,6 +649,175 @@ async fn station_clocks_hours_off_the_kms_host_stop_the_campaign_with_the_diagno
     let reason = c["reason"].as_str().unwrap();
     assert!(
         reason.contains("0xC004F06C") && reason.contains("4 hours apart"),
+        "{reason}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_60_day_term_with_weekly_renewals_plans_no_top_up_and_resets_nothing() {
+    // Monday 1 February 2027: 27 of 30 stations are reset once, and then they are
+    // used every day, their Windows renewing its activation every week.
+    let clock = Clock::starting_at(utc("2027-02-01T08:00"));
+    let room = Ipv4Addr::new(127, 79, 11, 1);
+    let schedule = "[schedule]\ntime_zone = \"UTC\"\n[[schedule.windows]]\n\
+        days = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\", \"sat\", \"sun\"]\nstart = \"22:00\"\nend = \"05:00\"\n";
+    let server = school_server_on(room, 30, schedule, clock.clone()).await;
+    let addr = server.daemon.http_addr;
+    let (school, stop, _disks) = school_on(&server, room, 30, &[], true, clock.clone()).await;
+    let body = format!(
+        r#"{{"stations": {}, "families": ["windows"], "margin": 2, "start": "now", "image": "lab"}}"#,
+        stations_json(30)
+    );
+    let (status, created) = campaign(&server, &body).await;
+    assert_eq!(status, 201, "{created}");
+    let c = finished(&server, created["id"].as_u64().unwrap()).await;
+    assert_eq!(c["state"], "done", "{c}");
+    assert_eq!(school.count(Product::WindowsClient), 27);
+    let boots: u32 = school.log.lock().unwrap().boots.values().sum();
+
+    for week in 1..=9u64 {
+        clock.advance(Duration::from_secs(7 * 86_400));
+        eventually(|| async {
+            let renewed = school.log.lock().unwrap().renewals.len() as u64;
+            (renewed >= 27 * week).then_some(())
+        })
+        .await;
+        // The keep-alive looks every 100 ms.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let (_, kms) = get_json(addr, "/api/v1/kms").await;
+        assert!(kms["next_top_up"].is_null(), "week {week}: {kms}");
+        assert_eq!(
+            kms["families"]["windows"]["projection"][0], 27,
+            "week {week}: {kms}"
+        );
+        let (_, all) = get_json(addr, "/api/v1/campaigns").await;
+        assert_eq!(all.as_array().unwrap().len(), 1, "week {week}: {all}");
+    }
+    assert_eq!(
+        school.count(Product::WindowsClient),
+        27,
+        "the host counts them all"
+    );
+    assert_eq!(
+        school.log.lock().unwrap().boots.values().sum::<u32>(),
+        boots,
+        "no station was reset or rebooted"
+    );
+    stop.cancel();
+    server.daemon.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_who_logs_on_after_the_last_report_is_never_rebooted_by_a_campaign() {
+    let room = Ipv4Addr::new(127, 79, 12, 1);
+    let server = school_server(room, 5).await;
+    let (school, stop, _disks) = school(&server, room, 5, &[], true).await;
+    // A student sits down at station 2 as soon as its first cycle has reported.
+    school.user_after_report(mac(2));
+    let body = format!(
+        r#"{{"stations": {}, "families": ["windows", "office"], "margin": 2, "start": "now", "image": "lab"}}"#,
+        stations_json(5)
+    );
+    let (status, created) = campaign(&server, &body).await;
+    assert_eq!(status, 201, "{created}");
+    let c = finished(&server, created["id"].as_u64().unwrap()).await;
+    assert_eq!(c["state"], "done", "the others finish: {c}");
+    assert_eq!(school.count(Product::WindowsClient), 27);
+    assert_eq!(school.count(Product::Office), 7);
+    let (boots, at_logon) = {
+        let log = school.log.lock().unwrap();
+        (log.boots[&mac(2)], log.boots_at_logon[&mac(2)])
+    };
+    assert_eq!(boots, at_logon, "rebooted with a user at it");
+    let st = c["stations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["mac"] == mac(2).to_string())
+        .unwrap()
+        .clone();
+    assert_eq!(st["phase"], "in-use", "{st}");
+    stop.cancel();
+    server.daemon.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_calendar_jump_of_two_hours_mid_cycle_quarantines_nobody() {
+    let clock = Clock::starting_at(utc("2027-03-01T20:00"));
+    let room = Ipv4Addr::new(127, 79, 13, 1);
+    let server = school_server_on(room, 5, "", clock.clone()).await;
+    let (school, stop, _disks) = school_on(&server, room, 5, &[], true, clock.clone()).await;
+    let body = format!(
+        r#"{{"stations": {}, "families": ["windows", "office"], "margin": 2, "start": "now", "image": "lab"}}"#,
+        stations_json(5)
+    );
+    let (status, created) = campaign(&server, &body).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_u64().unwrap();
+    // Mid-cycle (the first wave under way), NTP steps the clock 2 hours on: far past
+    // every time-out (wake 2 s, restore and report 20 s) on the calendar.
+    eventually(|| async {
+        let n = school.log.lock().unwrap().activations.len();
+        (n >= 3).then_some(())
+    })
+    .await;
+    clock.advance(Duration::from_secs(2 * 3600));
+    let c = finished(&server, id).await;
+    assert_eq!(c["state"], "done", "{c}");
+    for s in c["stations"].as_array().unwrap() {
+        assert_eq!(s["phase"], "idle", "{s}");
+    }
+    assert_eq!(school.count(Product::WindowsClient), 27);
+    assert_eq!(school.count(Product::Office), 7);
+    stop.cancel();
+    server.daemon.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_already_counting_24_unseen_clients_ends_at_exactly_27_after_a_probe_cycle() {
+    let room = Ipv4Addr::new(127, 79, 14, 1);
+    let server = school_server(room, 5).await;
+    let (school, stop, _disks) = school(&server, room, 5, &[], true).await;
+    // Staff PCs netreset never saw: the ledger knows no count.
+    {
+        let now = Duration::from_millis(school.clock.now_ms());
+        let mut host = school.host.lock().unwrap();
+        for i in 0..24 {
+            host.request(&format!("staff-{i}"), Product::WindowsClient, now, now);
+        }
+    }
+    let body = format!(
+        r#"{{"stations": {}, "families": ["windows"], "margin": 2, "start": "now", "image": "lab"}}"#,
+        stations_json(5)
+    );
+    let (status, created) = campaign(&server, &body).await;
+    assert_eq!(status, 201, "{created}");
+    let c = finished(&server, created["id"].as_u64().unwrap()).await;
+    assert_eq!(c["state"], "done", "{c}");
+    assert_eq!(
+        school.count(Product::WindowsClient),
+        27,
+        "no overshoot: {c}"
+    );
+    assert_eq!(
+        school.log.lock().unwrap().counts("windows"),
+        vec![25, 26, 27]
+    );
+    stop.cancel();
+    server.daemon.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_whose_licence_is_no_kms_client_stops_the_campaign_naming_the_channel() {
+    let c = failing_campaign(Ipv4Addr::new(127, 79, 15, 1), |school| {
+        *school.license_channel.lock().unwrap() = "Volume:MAK".into();
+    })
+    .await;
+    assert_eq!(c["state"], "stopped", "{c}");
+    let reason = c["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("not a volume KMS client (licence channel Volume:MAK)")
+            && !reason.contains("firewall"),
         "{reason}"
     );
 }

@@ -1,10 +1,16 @@
 //! The agent API, called by `netreset-agent.ps1` on restored stations with the agent
 //! token of station.json (the station's current reset):
 //!
-//! - `POST /api/v1/agent/report`: one family's activation result (event 12289 and
-//!   the CMID of its 12288), recorded once in the KMS ledger;
-//! - `GET /api/v1/agent/commands?station=MAC`: a long poll for `reboot` / `shutdown`;
-//!   204 after about a minute with nothing to do.
+//! - `POST /api/v1/agent/report`: what the agent saw, raw: the Software Protection
+//!   events 12288/12289 as XML, the licences, whether a user is logged on, and the
+//!   families it gave up activating. Parsed and judged here (`engine::spp`): every
+//!   answered request reaches the KMS ledger (first requests and renewals), and the
+//!   campaign hears the latest result of each family the station was asked for;
+//! - `GET /api/v1/agent/commands?station=MAC&interactive_user=0|1`: a long poll for
+//!   `reboot` / `shutdown`, which also says whether a user is logged on; 204 after
+//!   about a minute with nothing to do;
+//! - `POST /api/v1/agent/command-result`: what the agent did with a command (run,
+//!   warned the user first, or refused because a user is logged on).
 //!
 //! Admins queue commands with `POST /api/v1/stations/{mac}/command`.
 
@@ -20,21 +26,35 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ApiError, AppState};
-use crate::engine::ledger::Report;
+use crate::engine::campaign::Event;
+use crate::engine::ledger::{Added, Report};
+use crate::engine::spp::{self, Channel};
 use crate::engine::Family;
 
 /// How long a command poll waits before it answers 204 (the agent times out at 70 s).
 const POLL: Duration = Duration::from_secs(55);
+/// At most this many events and licences in one report: the agent sends the newest
+/// 200 events, and a PC has a few dozen licensed products at most.
+const MAX_EVENTS: usize = 400;
+const MAX_LICENSES: usize = 64;
+/// Count insufficient: the host counted the request but does not activate yet.
+const COUNT_INSUFFICIENT: u32 = 0xC004_F038;
 
 fn parse_mac(text: &str) -> Result<MacAddr, ApiError> {
     text.parse()
         .map_err(|e: pxe::Error| ApiError::BadRequest(e.to_string()))
 }
 
+/// Whose token it is: the reset generation it belongs to, and the families that
+/// reset's agent was asked to activate.
+struct Agent {
+    generation: u64,
+    families: Vec<Family>,
+}
+
 /// Check the agent token of `mac`: the one its current reset injected, or, until that
-/// reset is done, the one of the image the station still runs. Returns the reset
-/// generation the token belongs to.
-fn authorized(state: &AppState, mac: MacAddr, headers: &HeaderMap) -> Result<u64, ApiError> {
+/// reset is done, the one of the image the station still runs.
+fn authorized(state: &AppState, mac: MacAddr, headers: &HeaderMap) -> Result<Agent, ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -44,48 +64,85 @@ fn authorized(state: &AppState, mac: MacAddr, headers: &HeaderMap) -> Result<u64
         })?;
     let store = state.policy.store();
     let reset = store.reset(mac)?;
-    let running = store.station(mac)?.and_then(|st| st.agent_generation);
+    let station = store.station(mac)?;
+    let running = station.as_ref().and_then(|st| st.agent_generation);
     if reset.is_none() && running.is_none() {
         return Err(ApiError::Unauthorized(format!(
             "{mac} was never reset by netreset: it has no agent token"
         )));
     }
     let secret = &state.policy.restore().secret;
-    let mut candidates: Vec<u64> = reset.iter().flat_map(|r| r.agent_generations()).collect();
-    candidates.extend(running);
-    let found = candidates
-        .into_iter()
-        .find(|g| secret.check_agent_token(token, mac, *g));
-    if let Some(generation) = found {
-        Ok(generation)
-    } else {
-        Err(ApiError::Unauthorized(format!(
-            "not the agent token of {mac}'s current reset"
-        )))
+    let running_families = station
+        .as_ref()
+        .map_or(&[][..], |st| st.agent_families.as_slice());
+    // The current reset's token, and the running image's (its previous reset's).
+    let mut candidates: Vec<(u64, &[String])> = Vec::new();
+    if let Some(r) = &reset {
+        candidates.push((r.generation, r.families.as_slice()));
     }
-}
-
-/// The result code as the agent sends it: "0xC004F038", "none" (no reply yet), or a
-/// number.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum ResultCode {
-    Number(u32),
-    Text(String),
+    candidates.extend(
+        reset
+            .as_ref()
+            .and_then(|r| r.agent_generations().nth(1))
+            .into_iter()
+            .chain(running)
+            .filter(|g| reset.as_ref().is_none_or(|r| r.generation != *g))
+            .map(|g| (g, running_families)),
+    );
+    let (generation, families) = candidates
+        .into_iter()
+        .find(|(g, _)| secret.check_agent_token(token, mac, *g))
+        .ok_or_else(|| {
+            ApiError::Unauthorized(format!("not the agent token of {mac}'s current reset"))
+        })?;
+    Ok(Agent {
+        generation,
+        families: families
+            .iter()
+            .filter_map(|f| match f.as_str() {
+                "windows" => Some(Family::Windows),
+                "office" => Some(Family::Office),
+                _ => None,
+            })
+            .collect(),
+    })
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReportBody {
     station: String,
-    family: Family,
     #[serde(default)]
-    cmid: String,
-    result: ResultCode,
-    activated: bool,
-    count: u32,
+    interactive_user: bool,
     #[serde(default)]
-    logged_in_user: bool,
+    licenses: Vec<spp::License>,
+    /// Raw event XML, oldest first.
+    #[serde(default)]
+    events: Vec<String>,
+    /// Families whose activation the agent stopped retrying, with no reply.
+    #[serde(default)]
+    gave_up: Vec<Family>,
+}
+
+/// The most a KMS host ever reports for `family`: its table holds twice the highest
+/// threshold (KMS.md), 50 for Windows and 10 for Office.
+fn count_cap(family: Family) -> u32 {
+    match family {
+        Family::Windows => 2 * Family::Windows.threshold(),
+        Family::Office => 2 * Family::Office.threshold(),
+    }
+}
+
+/// The result the campaign and the ledger keep for a reply: read the activated flag,
+/// not only the HRESULT (a count too low can come back as 0x0 with the flag at 0).
+fn outcome(reply: &spp::Reply) -> u32 {
+    if reply.activated {
+        0
+    } else if reply.hresult != 0 {
+        reply.hresult
+    } else {
+        COUNT_INSUFFICIENT
+    }
 }
 
 pub async fn report(
@@ -96,113 +153,188 @@ pub async fn report(
     let Json(body) =
         payload.map_err(|e| ApiError::BadRequest(format!("request body: {}", e.body_text())))?;
     let mac = parse_mac(&body.station)?;
-    let generation = authorized(&state, mac, &headers)?;
-    let store = state.policy.store();
-    store.agent_seen(mac, body.logged_in_user)?;
-    let result = match body.result {
-        ResultCode::Number(n) => Some(n),
-        ResultCode::Text(t) if t == "none" => None,
-        ResultCode::Text(t) => Some(
-            u32::from_str_radix(t.trim_start_matches("0x").trim_start_matches("0X"), 16).map_err(
-                |_| {
-                    ApiError::BadRequest(format!(
-                        "result {t:?}: expected a code like \"0xC004F038\" or \"none\""
-                    ))
-                },
-            )?,
-        ),
-    };
-    let Some(result) = result else {
-        if body.logged_in_user {
-            state
-                .campaigns
-                .station(mac, crate::engine::campaign::Event::InUse(mac));
-        }
-        // No reply from the KMS host (12288 without 12289): nothing to count, nothing
-        // for the ledger; the campaign learns that this cycle's activation failed.
-        store.record(
-            mac,
-            "agent-report",
-            format!("{}: no reply from the KMS host", body.family),
-        )?;
-        state.campaigns.station(
-            mac,
-            crate::engine::campaign::Event::Report {
-                mac,
-                family: body.family,
-                result: None,
-                count: 0,
-                duplicate_cmid: false,
-            },
-        );
-        return Ok((StatusCode::ACCEPTED, Json(json!({ "recorded": false }))).into_response());
-    };
-    if body.cmid.len() > 64
-        || !body
-            .cmid
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() || b == b'-')
-    {
+    let agent = authorized(&state, mac, &headers)?;
+    // Everything is checked before anything is stored: a bad report changes nothing.
+    if body.events.len() > MAX_EVENTS || body.licenses.len() > MAX_LICENSES {
         return Err(ApiError::BadRequest(format!(
-            "cmid {:?}: expected a GUID",
-            body.cmid
+            "{} events and {} licences: at most {MAX_EVENTS} and {MAX_LICENSES}",
+            body.events.len(),
+            body.licenses.len()
         )));
     }
-    let report = Report {
-        at: state.policy.store().clock().now_ms() / 1000,
-        station: mac,
-        family: body.family,
-        cmid: body.cmid.to_ascii_lowercase(),
-        result,
-        activated: body.activated,
-        count: body.count,
-        cycle: generation,
-    };
-    let (new, duplicate) = store.add_report(&report)?;
-    if new {
+    let records = body
+        .events
+        .iter()
+        .enumerate()
+        .map(|(i, xml)| {
+            spp::parse(xml).map_err(|e| ApiError::BadRequest(format!("events[{i}]: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(f) = body.gave_up.iter().find(|f| !agent.families.contains(f)) {
+        return Err(ApiError::BadRequest(format!(
+            "gave_up names {f}, which {mac} was not asked to activate"
+        )));
+    }
+    let pairing = spp::pair(&records, &body.licenses);
+    for a in &pairing.attempts {
+        if let Some(reply) = &a.reply {
+            if reply.count > count_cap(a.family) {
+                return Err(ApiError::BadRequest(format!(
+                    "{} count {} in event record {}: a KMS host reports {} at most",
+                    a.family,
+                    reply.count,
+                    reply.record_id,
+                    count_cap(a.family)
+                )));
+            }
+        }
+    }
+
+    let store = state.policy.store();
+    store.agent_seen(mac, body.interactive_user)?;
+    let now_s = store.clock().now_ms() / 1000;
+    let (mut new, mut renewed) = (0u32, 0u32);
+    let mut duplicate_families = Vec::new();
+    let mut ignored = Vec::new();
+    for a in &pairing.attempts {
+        if !agent.families.contains(&a.family) {
+            // Windows tries on its own at every start; only what netreset asked for
+            // is its business.
+            if !ignored.contains(&a.family) {
+                ignored.push(a.family);
+            }
+            continue;
+        }
+        let Some(reply) = &a.reply else { continue };
+        let report = Report {
+            // The station's own clock, never ahead of ours.
+            at: (a.requested_ms / 1000).min(now_s),
+            station: mac,
+            family: a.family,
+            cmid: a.cmid.clone(),
+            result: outcome(reply),
+            activated: reply.activated,
+            count: reply.count,
+            cycle: agent.generation,
+            last: 0,
+        };
+        match store.add_report(&report)? {
+            Added::Known => {}
+            Added::Renewed => renewed += 1,
+            Added::New => new += 1,
+            Added::Duplicate(d) => {
+                new += 1;
+                store.record(
+                    mac,
+                    "duplicate-cmid",
+                    format!(
+                        "{} CMID {} again after a reset (cycles {} and {}): the image is not generalized (sysprep /generalize)",
+                        d.family, d.cmid, d.first_cycle, d.again_cycle
+                    ),
+                )?;
+                tracing::warn!(%mac, family = %d.family, cmid = %d.cmid, "duplicate CMID: image not generalized");
+                duplicate_families.push(d.family);
+            }
+        }
+    }
+    if !pairing.ambiguous.is_empty() {
         store.record(
             mac,
             "agent-report",
             format!(
-                "{}: result 0x{result:08X}, activated {}, count {}",
-                report.family, report.activated, report.count
+                "{} KMS replies could not be told apart (Windows and Office asked at once): credited to no family",
+                pairing.ambiguous.len()
             ),
         )?;
     }
-    if let Some(d) = &duplicate {
-        store.record(
-            mac,
-            "duplicate-cmid",
-            format!(
-                "{} CMID {} again after a reset (cycles {} and {}): the image is not generalized (sysprep /generalize)",
-                d.family, d.cmid, d.first_cycle, d.again_cycle
-            ),
-        )?;
-        tracing::warn!(%mac, family = %d.family, cmid = %d.cmid, "duplicate CMID: image not generalized");
-    }
-    // Forwarded even when it is a retry: the campaign takes a report once, and a
-    // retry after a crash of the daemon is how a lost one reaches it.
-    {
+
+    // What the campaign hears: per asked family, the licence, then the newest attempt.
+    for family in agent.families.iter().copied() {
+        if !body.licenses.is_empty() {
+            let channel = match spp::channel(&body.licenses, family) {
+                Channel::KmsClient => None,
+                Channel::NotKmsClient(channel) => Some(channel),
+                Channel::Missing => Some(String::new()),
+            };
+            if let Some(channel) = channel {
+                store.record(
+                    mac,
+                    "not-kms-client",
+                    if channel.is_empty() {
+                        format!("{family}: no licensed product")
+                    } else {
+                        format!("{family}: licence channel {channel}, not a KMS client")
+                    },
+                )?;
+                state.campaigns.station(
+                    mac,
+                    Event::NotKmsClient {
+                        mac,
+                        family,
+                        channel,
+                    },
+                );
+                continue;
+            }
+        }
+        let latest = pairing
+            .attempts
+            .iter()
+            .filter(|a| a.family == family)
+            .max_by_key(|a| a.requested_ms);
+        let result = match latest {
+            Some(spp::Attempt {
+                reply: Some(reply), ..
+            }) => Some((Some(outcome(reply)), reply.count)),
+            // 12288 with no 12289: the host did not answer; said once the agent
+            // stopped trying.
+            Some(a) if body.gave_up.contains(&family) => {
+                Some(((a.request_hresult != 0).then_some(a.request_hresult), 0))
+            }
+            None if body.gave_up.contains(&family) => Some((None, 0)),
+            _ => None,
+        };
+        let Some((result, count)) = result else {
+            continue;
+        };
+        if new > 0 || body.gave_up.contains(&family) {
+            store.record(
+                mac,
+                "agent-report",
+                match result {
+                    Some(r) => format!("{family}: result 0x{r:08X}, count {count}"),
+                    None => format!("{family}: no reply from the KMS host"),
+                },
+            )?;
+        }
+        // Forwarded even when the ledger knew it: the campaign takes a report once
+        // per cycle, and a retry after a crash of the daemon is how a lost one
+        // reaches it.
         state.campaigns.station(
             mac,
-            crate::engine::campaign::Event::Report {
+            Event::Report {
                 mac,
-                family: report.family,
-                result: Some(report.result),
-                count: report.count,
-                duplicate_cmid: duplicate.is_some(),
+                generation: agent.generation,
+                family,
+                result,
+                count,
+                duplicate_cmid: duplicate_families.contains(&family),
             },
         );
     }
     // After the report: the cycle it ends is counted, then the station drops out.
-    if body.logged_in_user {
-        state
-            .campaigns
-            .station(mac, crate::engine::campaign::Event::InUse(mac));
+    if body.interactive_user {
+        state.campaigns.station(mac, Event::InUse(mac));
     }
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "recorded": new, "duplicate_cmid": duplicate.is_some() })),
+        Json(json!({
+            "recorded": new,
+            "renewed": renewed,
+            "duplicate_cmid": !duplicate_families.is_empty(),
+            "ambiguous": pairing.ambiguous.len(),
+            "ignored": ignored,
+        })),
     )
         .into_response())
 }
@@ -212,6 +344,8 @@ pub struct Poll {
     station: String,
     /// Seconds to wait for a command, at most (and by default) 55.
     wait: Option<u64>,
+    /// 1 while an interactive user is logged on, 0 when none is.
+    interactive_user: Option<u8>,
 }
 
 pub async fn commands(
@@ -220,9 +354,23 @@ pub async fn commands(
     Query(poll): Query<Poll>,
 ) -> Result<Response, ApiError> {
     let mac = parse_mac(&poll.station)?;
+    let logged_in = match poll.interactive_user {
+        None => None,
+        Some(0) => Some(false),
+        Some(1) => Some(true),
+        Some(n) => {
+            return Err(ApiError::BadRequest(format!(
+                "interactive_user={n}: expected 0 or 1"
+            )))
+        }
+    };
     authorized(&state, mac, &headers)?;
-    // A polling agent is a running station: campaigns reboot it rather than wake it.
-    state.policy.store().agent_polled(mac)?;
+    // A polling agent is a running station: campaigns reboot it rather than wake it,
+    // unless it says a user is logged on.
+    state.policy.store().agent_polled(mac, logged_in)?;
+    if logged_in == Some(true) {
+        state.campaigns.station(mac, Event::InUse(mac));
+    }
     let wait = poll.wait.map_or(POLL, |s| Duration::from_secs(s).min(POLL));
     let deadline = tokio::time::Instant::now() + wait;
     loop {
@@ -234,15 +382,81 @@ pub async fn commands(
             state.policy.store().record(
                 mac,
                 "command-sent",
-                format!("{} ({})", cmd.command, cmd.id),
+                format!(
+                    "{} ({}{})",
+                    cmd.command,
+                    cmd.id,
+                    if cmd.force { ", forced" } else { "" }
+                ),
             )?;
-            return Ok(Json(json!({ "command": cmd.command, "id": cmd.id })).into_response());
+            return Ok(
+                Json(json!({ "command": cmd.command, "id": cmd.id, "force": cmd.force }))
+                    .into_response(),
+            );
         }
         tokio::select! {
             _ = &mut queued => {}
             _ = tokio::time::sleep_until(deadline) => return Ok(StatusCode::NO_CONTENT.into_response()),
         }
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandResult {
+    station: String,
+    id: String,
+    outcome: String,
+}
+
+/// What the agent did with a command: `run`, `warned` (forced, with a user logged
+/// on: the user was warned and the restart follows a minute later) or `refused` (a
+/// user is logged on and the command was not forced).
+pub async fn command_result(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    payload: Result<Json<CommandResult>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) =
+        payload.map_err(|e| ApiError::BadRequest(format!("request body: {}", e.body_text())))?;
+    let mac = parse_mac(&body.station)?;
+    authorized(&state, mac, &headers)?;
+    if body.id.is_empty() || body.id.len() > 32 || !body.id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::BadRequest(format!(
+            "id {:?}: expected the command's id",
+            body.id
+        )));
+    }
+    let store = state.policy.store();
+    match body.outcome.as_str() {
+        "run" => store.record(mac, "command-run", body.id.clone())?,
+        "warned" => store.record(
+            mac,
+            "command-run",
+            format!(
+                "{} (a user was logged on and warned a minute ahead)",
+                body.id
+            ),
+        )?,
+        "refused" => {
+            store.agent_seen(mac, true)?;
+            store.record(
+                mac,
+                "command-refused",
+                format!(
+                    "{}: a user is logged on and the command was not forced",
+                    body.id
+                ),
+            )?;
+            state.campaigns.station(mac, Event::InUse(mac));
+        }
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "outcome {other:?}: expected \"run\", \"warned\" or \"refused\""
+            )))
+        }
+    }
+    Ok(Json(json!({ "station": mac, "id": body.id, "outcome": body.outcome })).into_response())
 }
 
 #[derive(Deserialize)]
@@ -273,20 +487,25 @@ pub async fn queue(
         .ok_or_else(|| ApiError::NotFound(format!("no station {mac}")))?;
     if station.logged_in && !body.force {
         return Err(ApiError::Conflict(format!(
-            "{mac} is in use (its agent reports a logged-in user): not sent; add \"force\": true to {} it anyway",
+            "{mac} is in use (its agent reports a logged-in user): not sent; add \"force\": true to {} it anyway (the user is warned a minute ahead)",
             body.command
         )));
     }
-    let cmd = store.queue_command(mac, &body.command)?;
+    let cmd = store.queue_command(mac, &body.command, body.force)?;
     store.record(
         mac,
         "command-queued",
-        format!("{} ({})", cmd.command, cmd.id),
+        format!(
+            "{} ({}{})",
+            cmd.command,
+            cmd.id,
+            if cmd.force { ", forced" } else { "" }
+        ),
     )?;
     state.commands_queued.notify_waiters();
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "station": mac, "id": cmd.id, "command": cmd.command })),
+        Json(json!({ "station": mac, "id": cmd.id, "command": cmd.command, "force": cmd.force })),
     )
         .into_response())
 }

@@ -211,11 +211,22 @@ pub async fn start_campaign(
             .iter()
             .filter_map(|f| {
                 let r = ledger.latest(*f)?;
-                (now / 1000 < r.at + crate::engine::ledger::CMID_LIFETIME_S)
+                (now / 1000 < r.last_request() + crate::engine::ledger::CMID_LIFETIME_S)
                     .then_some((*f, r.count))
             })
             .collect(),
     };
+    // A count older than a week may be far off what the host counts now (clients
+    // netreset never sees come and go): one cycle first learns it.
+    let probing: Vec<Family> = families
+        .iter()
+        .copied()
+        .filter(|f| {
+            ledger.latest(*f).is_none_or(|r| {
+                now / 1000 >= r.last_request() + crate::engine::ledger::PROBE_AFTER_S
+            })
+        })
+        .collect();
 
     let id = store.next_id()?;
     let record = Record {
@@ -236,6 +247,7 @@ pub async fn start_campaign(
                 settings.limits.clone(),
             );
             c.reported.extend(known);
+            c.probing = probing;
             c.paused = window
                 && !state
                     .schedule

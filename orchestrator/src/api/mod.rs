@@ -127,6 +127,7 @@ pub fn router(state: AppState) -> Router {
             get(campaigns::show).delete(campaigns::cancel),
         )
         .route("/api/v1/agent/commands", get(agent::commands))
+        .route("/api/v1/agent/command-result", post(agent::command_result))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -242,6 +243,7 @@ mod tests {
             "/api/v1/health",
             "/api/v1/agent/report",
             "/api/v1/agent/commands",
+            "/api/v1/agent/command-result",
             "/api/v1/stations/52:54:00:12:34:56/station.json",
             "/api/v1/stations/52:54:00:12:34:56/restore-progress",
             "/boot/52:54:00:12:34:56.ipxe",

@@ -302,7 +302,7 @@ pub async fn station_json(
     let mac = parse_mac(&mac)?;
     let reset = authorized(&state, mac, &headers, false)?;
     let restore = state.policy.restore();
-    Ok(Json(json!({
+    let mut doc = json!({
         "server": restore.server_url,
         "station": mac,
         "token": restore.secret.agent_token(mac, reset.generation),
@@ -310,7 +310,13 @@ pub async fn station_json(
         "base": reset.image,
         "profile": reset.profile,
         "families": reset.families,
-    })))
+    });
+    // The agent points the licences it activates at the school's KMS host.
+    if let (false, Some(kms)) = (reset.families.is_empty(), &state.staging.kms) {
+        doc["kms_host"] = json!(kms.host);
+        doc["kms_port"] = json!(kms.port);
+    }
+    Ok(Json(doc))
 }
 
 /// What the restore client reports. Unknown fields are kept as figures.
@@ -385,7 +391,7 @@ pub async fn progress(
     let store = state.policy.store();
     store.put_reset(mac, &reset)?;
     if next == ResetState::Done {
-        store.set_agent_generation(mac, reset.generation)?;
+        store.set_agent_generation(mac, reset.generation, &reset.families)?;
     }
     let event = match (previous, next) {
         (ResetState::Restoring, ResetState::Restoring) => None,

@@ -114,6 +114,11 @@ pub struct Campaign {
     /// (no answer, clocks apart, host not activated, ...), and the last result.
     #[serde(default)]
     pub failed_in_a_row: BTreeMap<Family, (u32, Option<u32>)>,
+    /// Families whose count the campaign does not know yet (the ledger has no count
+    /// younger than a week): they run one cycle, on one station, until its report
+    /// shows the host's count, so the first full wave cannot pass the target.
+    #[serde(default)]
+    pub probing: Vec<Family>,
 }
 
 /// Count insufficient: the host counted the request.
@@ -135,6 +140,18 @@ fn activation_failure(family: Family, result: Option<u32>, times: u32) -> String
     format!("{family} activation failed in {times} cycles in a row, so more resets would not raise the count: {cause}")
 }
 
+/// Why a station's licence stops the campaign, for the admin.
+fn not_kms_client(image: &str, mac: MacAddr, family: Family, channel: &str) -> String {
+    if channel.is_empty() {
+        return format!(
+            "image {image}: {mac} has no licensed {family} product, so it cannot activate {family} by KMS: install {family} with its KMS client key (GVLK) in the image, or take {family} off the campaign"
+        );
+    }
+    format!(
+        "image {image}: {family} on {mac} is not a volume KMS client (licence channel {channel}), so resets do not raise the KMS count; netreset never activates such a licence (a MAK would spend its activations). Install the KMS client key (GVLK) in the image"
+    )
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// The clock: timeouts are checked.
@@ -147,6 +164,9 @@ pub enum Event {
     /// An agent's report of the cycle's activation.
     Report {
         mac: MacAddr,
+        /// The reset generation of the agent's token: a count is taken only from
+        /// the cycle this campaign reset the station for.
+        generation: u64,
         family: Family,
         /// The result of event 12289, or `None`: the KMS host never answered (a
         /// 12288 without a 12289).
@@ -155,6 +175,13 @@ pub enum Event {
         count: u32,
         /// The same CMID as in an earlier cycle: the image is not generalized.
         duplicate_cmid: bool,
+    },
+    /// The station's licence of `family` is no volume KMS client (MAK, retail,
+    /// subscription; `channel` as Windows names it), or it has none.
+    NotKmsClient {
+        mac: MacAddr,
+        family: Family,
+        channel: String,
     },
     /// The agent says a user is logged in.
     InUse(MacAddr),
@@ -211,6 +238,7 @@ impl Campaign {
             cycles_started: 0,
             paused: false,
             failed_in_a_row: BTreeMap::new(),
+            probing: Vec::new(),
         }
     }
 
@@ -274,12 +302,24 @@ impl Campaign {
             }
             Event::Report {
                 mac,
+                generation,
                 family,
                 result,
                 count,
                 duplicate_cmid,
             } => {
+                // A station of this campaign, reporting on the cycle it was reset for.
+                let ours = self
+                    .stations
+                    .iter()
+                    .any(|s| s.mac == mac && s.generation == Some(generation));
+                if !ours {
+                    return actions;
+                }
                 let counted = matches!(result, Some(0 | COUNT_INSUFFICIENT));
+                if counted {
+                    self.probing.retain(|f| *f != family);
+                }
                 // Reports of one host's count may arrive out of order; within a
                 // campaign the count only grows, so the highest is the newest.
                 if counted {
@@ -326,6 +366,18 @@ impl Campaign {
                         }
                     }
                 }
+            }
+            Event::NotKmsClient {
+                mac,
+                family,
+                channel,
+            } => {
+                if self.stations.iter().any(|s| s.mac == mac) {
+                    self.state = State::Stopped {
+                        reason: not_kms_client(&self.image, mac, family, &channel),
+                    };
+                }
+                return actions;
             }
             Event::InUse(mac) => {
                 if let Some(s) = self.station(mac) {
@@ -414,8 +466,9 @@ impl Campaign {
                 let reported = self.reported.get(f).copied().unwrap_or(0);
                 // After a failed activation the family runs one cycle at a time (the
                 // cycles under way first): a probe, not a wave of resets that fail
-                // for the same cause.
-                let failing = self.failed_in_a_row.get(f).is_some_and(|(n, _)| *n > 0);
+                // for the same cause. So does a family whose count is not known yet.
+                let failing = self.failed_in_a_row.get(f).is_some_and(|(n, _)| *n > 0)
+                    || self.probing.contains(f);
                 let in_flight = self
                     .stations
                     .iter()
@@ -527,6 +580,10 @@ mod tests {
         /// Stations on their way: (mac, step) with step 0 = woken.
         moving: Vec<(MacAddr, u8, Vec<Family>)>,
         started_after_target: u32,
+        /// The reset marks made and not yet told to the campaign.
+        marks: Vec<(MacAddr, u64)>,
+        generations: BTreeMap<MacAddr, u64>,
+        next_generation: u64,
     }
 
     impl World {
@@ -539,6 +596,9 @@ mod tests {
                 ledger: Default::default(),
                 moving: Vec::new(),
                 started_after_target: 0,
+                marks: Vec::new(),
+                generations: BTreeMap::new(),
+                next_generation: 100,
             }
         }
 
@@ -552,6 +612,9 @@ mod tests {
                             }
                         }
                         *self.resets.entry(mac).or_default() += 1;
+                        self.next_generation += 1;
+                        self.generations.insert(mac, self.next_generation);
+                        self.marks.push((mac, self.next_generation));
                         self.moving.retain(|m| m.0 != mac);
                         self.moving.push((mac, 0, families));
                     }
@@ -563,7 +626,11 @@ mod tests {
 
         /// One step of every moving station: the events it causes.
         fn step(&mut self, now: u64) -> Vec<Event> {
-            let mut events = Vec::new();
+            let mut events: Vec<Event> = self
+                .marks
+                .drain(..)
+                .map(|(mac, g)| Event::Marked(mac, g))
+                .collect();
             let mut still = Vec::new();
             for (mac, step, families) in std::mem::take(&mut self.moving) {
                 if self.dead.contains(&mac) {
@@ -588,21 +655,22 @@ mod tests {
                             };
                             let t = Duration::from_secs(now);
                             let reply = self.host.request(&cmid, product, t, t);
-                            let duplicate = self
-                                .ledger
-                                .add(crate::engine::ledger::Report {
-                                    at: now,
-                                    station: mac,
-                                    family: *f,
-                                    cmid,
-                                    result: reply.result,
-                                    activated: reply.activated,
-                                    count: reply.count as u32,
-                                    cycle: u64::from(cycle),
-                                })
-                                .is_err();
+                            let duplicate = self.ledger.add(crate::engine::ledger::Report {
+                                at: now,
+                                station: mac,
+                                family: *f,
+                                cmid,
+                                result: reply.result,
+                                activated: reply.activated,
+                                count: reply.count as u32,
+                                cycle: u64::from(cycle),
+                                last: 0,
+                            });
+                            let duplicate =
+                                matches!(duplicate, crate::engine::ledger::Added::Duplicate(_));
                             events.push(Event::Report {
                                 mac,
+                                generation: self.generations[&mac],
                                 family: *f,
                                 result: Some(reply.result),
                                 count: reply.count as u32,
@@ -750,9 +818,11 @@ mod tests {
             c.handle(Event::RestoreDone(m), 2);
         }
         c.reported.insert(Family::Office, 3);
+        mark(&mut c);
         c.handle(
             Event::Report {
                 mac: mac(1),
+                generation: generation(&c, mac(1)),
                 family: Family::Office,
                 result: Some(0),
                 count: 5,
@@ -766,6 +836,7 @@ mod tests {
         late.handle(
             Event::Report {
                 mac: mac(0),
+                generation: generation(&late, mac(0)),
                 family: Family::Office,
                 result: Some(COUNT_INSUFFICIENT),
                 count: 4,
@@ -780,13 +851,39 @@ mod tests {
         );
     }
 
+    /// Tell the campaign the reset marks of the cycles it started (generation 1000
+    /// + the station's last octet, + 100 per cycle).
+    fn mark(c: &mut Campaign) {
+        let unmarked: Vec<(MacAddr, u32)> = c
+            .stations
+            .iter()
+            .filter(|s| s.phase.in_cycle() && s.generation.is_none())
+            .map(|s| (s.mac, s.cycles_done))
+            .collect();
+        for (m, done) in unmarked {
+            let g = 1000 + u64::from(m.octets()[5]) + 100 * u64::from(done);
+            c.handle(Event::Marked(m, g), 0);
+        }
+    }
+
+    /// The reset generation of the cycle `m` runs.
+    fn generation(c: &Campaign, m: MacAddr) -> u64 {
+        c.stations
+            .iter()
+            .find(|s| s.mac == m)
+            .and_then(|s| s.generation)
+            .expect("marked")
+    }
+
     /// Drive the first cycle of `m` to its report.
     fn report(c: &mut Campaign, m: MacAddr, result: Option<u32>, count: u32, now: u64) {
+        mark(c);
         c.handle(Event::PxeSeen(m), now);
         c.handle(Event::RestoreDone(m), now);
         c.handle(
             Event::Report {
                 mac: m,
+                generation: generation(c, m),
                 family: Family::Office,
                 result,
                 count,
@@ -828,6 +925,7 @@ mod tests {
         c.handle(
             Event::Report {
                 mac: mac(3),
+                generation: generation(&c, mac(3)),
                 family: Family::Office,
                 result: None,
                 count: 0,
@@ -915,5 +1013,148 @@ mod tests {
         assert!(c.handle(Event::Cancel, 1).is_empty());
         assert!(c.handle(Event::Tick, 1000).is_empty());
         assert_eq!(c.state, State::Cancelled);
+    }
+
+    #[test]
+    fn a_report_of_a_cycle_this_campaign_did_not_reset_counts_nothing() {
+        let stations = [(mac(0), false), (mac(1), false)];
+        let mut c = Campaign::new("w", &[Family::Office], 0, &stations, 2, Limits::default());
+        c.handle(Event::Tick, 0);
+        mark(&mut c);
+        c.handle(Event::PxeSeen(mac(0)), 1);
+        c.handle(Event::RestoreDone(mac(0)), 2);
+        let forged = Event::Report {
+            mac: mac(0),
+            generation: generation(&c, mac(0)) + 7,
+            family: Family::Office,
+            result: Some(0),
+            count: 10,
+            duplicate_cmid: false,
+        };
+        c.handle(forged, 3);
+        assert_eq!(c.reported[&Family::Office], 0, "not this campaign's reset");
+        assert_eq!(c.state, State::Running);
+        let outsider = Event::Report {
+            mac: mac(9),
+            generation: 1,
+            family: Family::Office,
+            result: Some(0),
+            count: 10,
+            duplicate_cmid: false,
+        };
+        c.handle(outsider, 4);
+        assert_eq!(
+            c.reported[&Family::Office],
+            0,
+            "not a station of the campaign"
+        );
+    }
+
+    #[test]
+    fn a_licence_that_is_no_kms_client_stops_the_campaign_naming_the_channel() {
+        let mut c = Campaign::new(
+            "win11-mak",
+            &[Family::Windows],
+            2,
+            &five_stations(),
+            5,
+            Limits::default(),
+        );
+        c.handle(Event::Tick, 0);
+        c.handle(
+            Event::NotKmsClient {
+                mac: mac(2),
+                family: Family::Windows,
+                channel: "Volume:MAK".into(),
+            },
+            1,
+        );
+        let State::Stopped { reason } = &c.state else {
+            panic!("{:?}", c.state)
+        };
+        assert!(
+            reason.contains("image win11-mak")
+                && reason.contains("not a volume KMS client (licence channel Volume:MAK)")
+                && !reason.contains("firewall"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_starting_count_runs_one_probe_cycle_before_the_first_wave() {
+        let mut c = Campaign::new(
+            "win11",
+            &[Family::Windows, Family::Office],
+            2,
+            &five_stations(),
+            5,
+            Limits::default(),
+        );
+        c.probing = vec![Family::Windows, Family::Office];
+        let first = c.handle(Event::Tick, 0);
+        let resets: Vec<&Action> = first
+            .iter()
+            .filter(|a| matches!(a, Action::Reset { .. }))
+            .collect();
+        assert_eq!(resets.len(), 1, "one station probes: {first:?}");
+        assert!(matches!(resets[0], Action::Reset { families, .. } if families.len() == 2));
+        let probe = c.stations.iter().find(|s| s.phase.in_cycle()).unwrap().mac;
+        mark(&mut c);
+        c.handle(Event::PxeSeen(probe), 1);
+        c.handle(Event::RestoreDone(probe), 2);
+        for (family, count) in [(Family::Windows, 25), (Family::Office, 3)] {
+            c.handle(
+                Event::Report {
+                    mac: probe,
+                    generation: generation(&c, probe),
+                    family,
+                    result: Some(COUNT_INSUFFICIENT),
+                    count,
+                    duplicate_cmid: false,
+                },
+                3,
+            );
+        }
+        assert!(c.probing.is_empty());
+        let busy: Vec<&StationRun> = c.stations.iter().filter(|s| s.phase.in_cycle()).collect();
+        // 27 - 25 = 2 Windows cycles and 7 - 3 = 4 Office ones: four stations.
+        assert_eq!(busy.len(), 4, "the wave after the probe");
+        let windows = busy
+            .iter()
+            .filter(|s| s.families.contains(&Family::Windows))
+            .count();
+        assert_eq!(windows, 2);
+    }
+
+    #[test]
+    fn a_host_that_already_counts_24_unseen_clients_ends_at_exactly_27_after_a_probe() {
+        let mut with_probe = Campaign::new(
+            "win11",
+            &[Family::Windows],
+            2,
+            &five_stations(),
+            5,
+            Limits::default(),
+        );
+        with_probe.probing = vec![Family::Windows];
+        let mut without = with_probe.clone();
+        without.probing.clear();
+        let mut counts = Vec::new();
+        for c in [&mut with_probe, &mut without] {
+            let mut world = World::new(&[], false);
+            // Staff PCs the ledger never saw.
+            for i in 0..24 {
+                let t = Duration::from_secs(0);
+                world
+                    .host
+                    .request(&format!("staff-{i}"), Product::WindowsClient, t, t);
+            }
+            run(c, &mut world);
+            assert_eq!(c.state, State::Done);
+            let now = Duration::from_secs(200_000);
+            counts.push(world.host.current_count(Product::WindowsClient, now));
+        }
+        assert_eq!(counts[0], 27, "with the probe");
+        assert_eq!(counts[1], 29, "a blind first wave of 5 passes the target");
     }
 }

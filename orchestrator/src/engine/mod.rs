@@ -8,6 +8,7 @@ pub mod campaign;
 pub mod ledger;
 pub mod planner;
 pub mod schedule;
+pub mod spp;
 
 use serde::{Deserialize, Serialize};
 

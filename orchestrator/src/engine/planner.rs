@@ -7,7 +7,10 @@
 //! gain and no cycle starts once reported + in flight reaches the target: the count
 //! ends exactly there. A cycle activates only the families still short. Cycles go to
 //! the stations with the fewest cycles so far (then MAC order), so they spread over
-//! as many distinct stations as possible, at most `max_parallel` at once.
+//! as many distinct stations as possible, at most `max_parallel` at once; and no
+//! station starts a cycle while another still has to start one more than it has
+//! (cycles done plus the one in flight): a fast station waits for a slow one rather
+//! than running ahead, so the cycles per station differ by one at most.
 
 use std::collections::BTreeMap;
 
@@ -62,9 +65,16 @@ pub fn plan(goals: &[Goal], stations: &[Station], max_parallel: usize) -> Vec<St
     let mut need = need(goals, stations);
     let running = stations.iter().filter(|s| s.in_flight.is_some()).count();
     let mut slots = max_parallel.saturating_sub(running);
+    let started = |s: &Station| s.cycles_done + u32::from(s.in_flight.is_some());
+    let floor = stations
+        .iter()
+        .filter(|s| s.eligible)
+        .map(started)
+        .min()
+        .unwrap_or(0);
     let mut idle: Vec<&Station> = stations
         .iter()
-        .filter(|s| s.eligible && s.in_flight.is_none())
+        .filter(|s| s.eligible && s.in_flight.is_none() && s.cycles_done <= floor)
         .collect();
     idle.sort_by_key(|s| (s.cycles_done, s.mac.octets()));
     let mut starts = Vec::new();
@@ -243,6 +253,34 @@ mod tests {
         st[1].cycles_done = 1;
         let starts = plan(&goals(0, 0), &st, 1);
         assert_eq!(starts[0].mac, mac(2));
+    }
+
+    #[test]
+    fn a_fast_station_waits_until_every_other_has_started_as_many_cycles() {
+        let mut st = stations(3);
+        // Station 0 finished its second cycle; station 1 runs its second, station 2
+        // still its first.
+        st[0].cycles_done = 2;
+        st[1].cycles_done = 1;
+        st[1].in_flight = Some(vec![Family::Windows]);
+        st[2].cycles_done = 0;
+        st[2].in_flight = Some(vec![Family::Windows]);
+        assert!(
+            plan(&goals(0, 0), &st, 5).is_empty(),
+            "station 0 would run two ahead"
+        );
+        st[2].cycles_done = 1;
+        st[2].in_flight = None;
+        let starts = plan(&goals(0, 0), &st, 5);
+        let macs: Vec<MacAddr> = starts.iter().map(|s| s.mac).collect();
+        assert_eq!(macs, vec![mac(2)], "station 2 catches up first");
+        // An unreachable station holds nobody back.
+        st[2].eligible = false;
+        let starts = plan(&goals(0, 0), &st, 5);
+        assert_eq!(
+            starts.iter().map(|s| s.mac).collect::<Vec<_>>(),
+            vec![mac(0)]
+        );
     }
 
     #[test]

@@ -6,6 +6,13 @@
 //!
 //! A station that finds no KMS settings on its disk cannot activate; a station of a
 //! non-generalized image keeps its CMID across resets.
+//!
+//! The agent behaves as `netreset-agent.ps1` does: it writes the Software Protection
+//! events 12288/12289 Windows would log (as event XML, `engine::spp::render_*`) and
+//! posts them raw with its licences and session state; while the station runs it
+//! renews each activation every 7 days on the calendar clock, as a KMS client does;
+//! it says with every command poll whether a user is logged on, and refuses an
+//! unforced reboot while one is.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -21,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::firmware::BootServers;
 use super::kms_host::{KmsHost, Product};
+use crate::engine::spp;
 
 /// One simulated station.
 #[derive(Clone, Debug)]
@@ -43,7 +51,15 @@ pub struct StationSpec {
 #[derive(Debug, Default)]
 pub struct Log {
     pub activations: Vec<(MacAddr, String, String, u32)>,
+    /// Renewals of running stations: (station, family, count).
+    pub renewals: Vec<(MacAddr, String, u32)>,
     pub boots: HashMap<MacAddr, u32>,
+    /// Commands the agent refused because a user was logged on.
+    pub refused: Vec<MacAddr>,
+    /// Forced commands run with a user logged on (the user was warned).
+    pub warned: Vec<MacAddr>,
+    /// The boots a station had when its user logged on ([`School::user_after_report`]).
+    pub boots_at_logon: HashMap<MacAddr, u32>,
     /// Each completed cycle: from the wake (or reboot command) to the last report.
     pub cycles: Vec<Duration>,
 }
@@ -76,17 +92,31 @@ pub struct School {
     pub kms_down: Arc<AtomicBool>,
     /// How far the stations' clocks are off the host's, in seconds.
     pub station_clock_skew_s: Arc<AtomicI64>,
+    /// The licence channel of the image's Windows and Office ("Volume:GVLK", a KMS
+    /// client, unless a test makes it "Volume:MAK" or "Retail").
+    pub license_channel: Arc<Mutex<String>>,
+    /// Stations with a user logged on.
+    users: Arc<Mutex<std::collections::HashSet<MacAddr>>>,
+    /// Stations where a user logs on as soon as the agent has reported.
+    users_after_report: Arc<Mutex<std::collections::HashSet<MacAddr>>>,
     /// Raised by [`School::power_off`]: running stations shut down.
     power_offs: Arc<(std::sync::atomic::AtomicU64, tokio::sync::Notify)>,
 }
 
-/// What the station found on its disk after a restore.
+/// What the station found on its disk after a restore, and what its Windows did
+/// since.
 struct Windows {
     server: String,
     token: String,
     families: Vec<String>,
     kms_host: Option<String>,
     image: String,
+    /// The Application log's SPP events, as XML.
+    events: Vec<String>,
+    next_record: u64,
+    /// Per family: its CMID and the calendar time of its last request (ms).
+    activations: HashMap<String, (String, u64)>,
+    gave_up: Vec<String>,
 }
 
 impl School {
@@ -101,7 +131,34 @@ impl School {
             power_offs: Arc::default(),
             kms_down: Arc::default(),
             station_clock_skew_s: Arc::default(),
+            license_channel: Arc::new(Mutex::new("Volume:GVLK".into())),
+            users: Arc::default(),
+            users_after_report: Arc::default(),
         }
+    }
+
+    /// A user logs on at `mac` right after its agent's next activation report (a
+    /// student sits down once Windows is up); the boots it had then go into
+    /// [`Log::boots_at_logon`].
+    pub fn user_after_report(&self, mac: MacAddr) {
+        self.users_after_report
+            .lock()
+            .expect("not poisoned")
+            .insert(mac);
+    }
+
+    /// A user logs on at `mac` (`true`) or off.
+    pub fn set_user(&self, mac: MacAddr, logged_on: bool) {
+        let mut users = self.users.lock().expect("not poisoned");
+        if logged_on {
+            users.insert(mac);
+        } else {
+            users.remove(&mac);
+        }
+    }
+
+    fn user_at(&self, mac: MacAddr) -> bool {
+        self.users.lock().expect("not poisoned").contains(&mac)
     }
 
     /// Shut every running station down (the caretaker at the start of a holiday):
@@ -189,11 +246,16 @@ impl School {
                     _ = cancel.cancelled() => return,
                     w = wake.recv() => w.is_some() && !spec.dead,
                 },
-                Some(win) => tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = off => continue,
-                    cmd = self.poll(&spec, win) => cmd.as_deref() == Some("reboot"),
-                },
+                Some(_) => {
+                    let win = running.as_mut().expect("running");
+                    self.renew(&spec, win).await;
+                    let win = running.as_ref().expect("running");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = off => continue,
+                        cmd = self.poll(&spec, win) => cmd.as_deref() == Some("reboot"),
+                    }
+                }
             };
             if !boot {
                 continue;
@@ -208,9 +270,9 @@ impl School {
             let woke = std::time::Instant::now();
             let boots = self.log.lock().expect("not poisoned").boots[&spec.mac];
             match self.pxe_boot(&spec, boots).await {
-                Ok(Some(win)) => {
+                Ok(Some(mut win)) => {
                     resets += 1;
-                    self.activate(&spec, &win, resets).await;
+                    self.activate(&spec, &mut win, resets).await;
                     self.log
                         .lock()
                         .expect("not poisoned")
@@ -263,96 +325,339 @@ impl School {
         .map_err(|e| e.to_string())?
     }
 
-    /// Windows starts: SetupComplete.cmd points it at the KMS host, the agent reports.
-    async fn activate(&self, spec: &StationSpec, win: &Windows, resets: u32) {
+    /// Windows starts: the agent points each family at the KMS host and activates it
+    /// (the host answers, or, when it is down, the agent gives up), then reports.
+    async fn activate(&self, spec: &StationSpec, win: &mut Windows, resets: u32) {
         tokio::time::sleep(self.windows_boot).await;
         if win.kms_host.as_deref() != Some(self.kms_name.as_str()) {
             return; // no KMS settings injected: nothing to activate against
         }
-        for family in &win.families {
-            let product = match family.as_str() {
-                "windows" => Product::WindowsClient,
-                "office" => Product::Office,
-                _ => continue,
-            };
+        let kms_client =
+            self.license_channel.lock().expect("not poisoned").as_str() == "Volume:GVLK";
+        for family in win.families.clone() {
+            if product(&family).is_none() {
+                continue;
+            }
             let cmid = if spec.generalized {
                 format!("{}-{family}-{resets}", spec.mac)
             } else {
                 format!("{}-{family}", spec.mac)
             };
-            let cmid = cmid_guid(&cmid);
-            let now = Duration::from_millis(self.clock.now_ms());
-            let skew = self.station_clock_skew_s.load(Ordering::SeqCst);
-            let client_time = if skew >= 0 {
-                now + Duration::from_secs(skew.unsigned_abs())
+            // The agent never activates a licence that is no KMS client.
+            if kms_client {
+                self.request(spec, win, &family, &cmid_guid(&cmid), false);
+            }
+        }
+        self.report(spec, win).await;
+        if self
+            .users_after_report
+            .lock()
+            .expect("not poisoned")
+            .remove(&spec.mac)
+        {
+            let mut log = self.log.lock().expect("not poisoned");
+            let boots = log.boots.get(&spec.mac).copied().unwrap_or(0);
+            log.boots_at_logon.insert(spec.mac, boots);
+            self.set_user(spec.mac, true);
+        }
+    }
+
+    /// One KMS request of `family` with `cmid`, logged as Windows logs it: 12288,
+    /// then 12289 unless the host is down (the agent then gives up on the family).
+    fn request(
+        &self,
+        spec: &StationSpec,
+        win: &mut Windows,
+        family: &str,
+        cmid: &str,
+        renewal: bool,
+    ) {
+        let Some((product, activation_id, needed)) = product(family) else {
+            return;
+        };
+        let now_ms = self.clock.now_ms();
+        let now = Duration::from_millis(now_ms);
+        let skew = self.station_clock_skew_s.load(Ordering::SeqCst);
+        let client_time = if skew >= 0 {
+            now + Duration::from_secs(skew.unsigned_abs())
+        } else {
+            now.saturating_sub(Duration::from_secs(skew.unsigned_abs()))
+        };
+        let station_ms = client_time.as_millis() as u64;
+        let stamp = client_stamp(station_ms);
+        let down = self.kms_down.load(Ordering::SeqCst);
+        win.next_record += 1;
+        win.events.push(spp::render_request(
+            &spp::Request {
+                record_id: win.next_record,
+                time_ms: station_ms,
+                hresult: if down { 0xC004_F074 } else { 0 },
+                host: format!("{}:1688", self.kms_name),
+                cmid: cmid.to_owned(),
+                client_time: stamp.clone(),
+                activation_id: activation_id.to_owned(),
+                needed,
+            },
+            &computer(spec.mac),
+        ));
+        win.activations
+            .insert(family.to_owned(), (cmid.to_owned(), now_ms));
+        if down {
+            if !win.gave_up.iter().any(|f| f == family) {
+                win.gave_up.push(family.to_owned());
+            }
+            return;
+        }
+        let reply =
+            self.host
+                .lock()
+                .expect("not poisoned")
+                .request(cmid, product, client_time, now);
+        {
+            let mut log = self.log.lock().expect("not poisoned");
+            if renewal {
+                log.renewals
+                    .push((spec.mac, family.to_owned(), reply.count as u32));
             } else {
-                now.saturating_sub(Duration::from_secs(skew.unsigned_abs()))
-            };
-            let body = if self.kms_down.load(Ordering::SeqCst) {
-                // 12288 with no 12289: the agent reports "none" when its wait is over.
-                serde_json::json!({
-                    "station": spec.mac,
-                    "family": family,
-                    "cmid": cmid,
-                    "result": "none",
-                    "activated": false,
-                    "count": 0,
-                    "logged_in_user": false,
-                })
-            } else {
-                let reply = self.host.lock().expect("not poisoned").request(
-                    &cmid,
-                    product,
-                    client_time,
-                    now,
-                );
-                self.log.lock().expect("not poisoned").activations.push((
+                log.activations.push((
                     spec.mac,
-                    family.clone(),
-                    cmid.clone(),
+                    family.to_owned(),
+                    cmid.to_owned(),
                     reply.count as u32,
                 ));
-                serde_json::json!({
-                    "station": spec.mac,
-                    "family": family,
-                    "cmid": cmid,
-                    "result": format!("0x{:08X}", reply.result),
-                    "activated": reply.activated,
-                    "count": reply.count,
-                    "logged_in_user": false,
-                })
-            };
-            // Like the real agent, a report that does not get through is sent again.
-            let url = format!("{}/api/v1/agent/report", win.server);
-            for attempt in 1..=20 {
-                match post(&url, &win.token, &body).await {
-                    Ok(()) => break,
-                    Err(e) if attempt == 20 => {
-                        tracing::warn!(mac = %spec.mac, error = %e, image = %win.image, "simulated agent: report given up")
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+        win.next_record += 1;
+        win.events.push(spp::render_reply(
+            &spp::Reply {
+                record_id: win.next_record,
+                time_ms: station_ms,
+                hresult: if reply.result == 0xC004_F038 {
+                    0
+                } else {
+                    reply.result
+                },
+                // Microsoft's own example: a count too low is 0x0 with this flag.
+                status: if reply.result == 0xC004_F038 {
+                    0x0400_0000
+                } else {
+                    0
+                },
+                activated: reply.activated,
+                count: reply.count as u32,
+                client_time: stamp,
+            },
+            &computer(spec.mac),
+        ));
+        win.gave_up.retain(|f| f != family);
+    }
+
+    /// A KMS client renews every 7 days while it runs; the agent posts what it saw.
+    async fn renew(&self, spec: &StationSpec, win: &mut Windows) {
+        let now_ms = self.clock.now_ms();
+        let due: Vec<(String, String)> = win
+            .activations
+            .iter()
+            .filter(|(_, (_, last))| now_ms.saturating_sub(*last) >= RENEWAL_MS)
+            .map(|(f, (cmid, _))| (f.clone(), cmid.clone()))
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        for (family, cmid) in due {
+            self.request(spec, win, &family, &cmid, true);
+        }
+        self.report(spec, win).await;
+    }
+
+    /// Post the events, licences and session as the agent does; a report that does
+    /// not get through is sent again, one the server refuses (4xx) is not.
+    async fn report(&self, spec: &StationSpec, win: &Windows) {
+        let channel = self.license_channel.lock().expect("not poisoned").clone();
+        let families: Vec<&str> = win.families.iter().map(String::as_str).collect();
+        let licenses = licenses(&families, &channel);
+        let body = serde_json::json!({
+            "station": spec.mac,
+            "interactive_user": self.user_at(spec.mac),
+            "licenses": licenses,
+            "events": win.events,
+            "gave_up": win.gave_up,
+        });
+        let url = format!("{}/api/v1/agent/report", win.server);
+        for attempt in 1..=20 {
+            match post(&url, &win.token, &body).await {
+                Ok(_) => break,
+                Err((Some(status), e)) if (400..500).contains(&status) => {
+                    tracing::warn!(mac = %spec.mac, status, error = %e, "simulated agent: report refused");
+                    break;
                 }
+                Err((_, e)) if attempt == 20 => {
+                    tracing::warn!(mac = %spec.mac, error = %e, image = %win.image, "simulated agent: report given up")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
             }
         }
     }
 
-    /// One command poll; the command, if any.
+    /// One command poll, saying whether a user is logged on; the command to carry
+    /// out, if any. Like the agent, it refuses an unforced one while a user is
+    /// logged on, and tells the server what it did.
     async fn poll(&self, spec: &StationSpec, win: &Windows) -> Option<String> {
+        let user = self.user_at(spec.mac);
         let url = format!(
-            "{}/api/v1/agent/commands?station={}&wait=1",
-            win.server, spec.mac
+            "{}/api/v1/agent/commands?station={}&wait=1&interactive_user={}",
+            win.server,
+            spec.mac,
+            u8::from(user)
         );
-        match get(&url, Some(&win.token)).await {
-            Ok(text) if !text.is_empty() => serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| v["command"].as_str().map(str::to_owned)),
-            Ok(_) => None,
+        let text = match get(&url, Some(&win.token)).await {
+            Ok(text) if !text.is_empty() => text,
+            Ok(_) => return None,
             Err(_) => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                None
+                return None;
+            }
+        };
+        let cmd: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let force = cmd["force"].as_bool().unwrap_or(false);
+        let user = self.user_at(spec.mac);
+        let outcome = match (user, force) {
+            (true, false) => "refused",
+            (true, true) => "warned",
+            (false, _) => "run",
+        };
+        {
+            let mut log = self.log.lock().expect("not poisoned");
+            match outcome {
+                "refused" => log.refused.push(spec.mac),
+                "warned" => log.warned.push(spec.mac),
+                _ => {}
             }
         }
+        let result = serde_json::json!({
+            "station": spec.mac, "id": cmd["id"], "outcome": outcome,
+        });
+        let _ = post(
+            &format!("{}/api/v1/agent/command-result", win.server),
+            &win.token,
+            &result,
+        )
+        .await;
+        (outcome != "refused").then(|| cmd["command"].as_str().map(str::to_owned))?
     }
+}
+
+/// The station's computer name, as its events carry it.
+fn computer(mac: MacAddr) -> String {
+    let m = mac.octets();
+    format!("LAB-PC{:02X}{:02X}", m[4], m[5])
+}
+
+/// How often a running KMS client renews its activation (KMS.md: every 7 days).
+const RENEWAL_MS: u64 = 7 * 86_400 * 1000;
+
+/// The simulated product of a family: the model host's pool, the licence's
+/// activation id (Windows 11 Education and Office LTSC 2021 KMS clients) and the
+/// count it needs.
+fn product(family: &str) -> Option<(Product, &'static str, u32)> {
+    match family {
+        "windows" => Some((
+            Product::WindowsClient,
+            "e0c42288-980c-4788-a014-c080d2e1926e",
+            25,
+        )),
+        "office" => Some((Product::Office, "fbdb3e18-a8ef-4fb3-9183-dffd60bd0984", 5)),
+        _ => None,
+    }
+}
+
+/// The licence rows the agent reports for `families` (SoftwareLicensingProduct with
+/// a partial key) on a licence `channel`: "Volume:GVLK" is a KMS client, "Retail" a
+/// retail key, anything else a MAK.
+pub fn licenses(families: &[&str], channel: &str) -> Vec<serde_json::Value> {
+    let kind = match channel {
+        "Volume:GVLK" => "VOLUME_KMSCLIENT",
+        "Retail" => "RETAIL",
+        _ => "VOLUME_MAK",
+    };
+    families
+        .iter()
+        .filter_map(|f| product(f).map(|(_, id, _)| (f, id)))
+        .map(|(f, id)| {
+            let app = if *f == "windows" {
+                spp::WINDOWS_APP_ID
+            } else {
+                spp::OFFICE_APP_ID
+            };
+            serde_json::json!({
+                "id": id, "application_id": app, "name": format!("{f} (simulated)"),
+                "description": format!("{f}, {kind} channel"), "channel": channel,
+                "license_status": 1,
+            })
+        })
+        .collect()
+}
+
+/// A KMS request of `family` by `cmid` at `at_ms` and the host's answer (`count`,
+/// `activated`), as Windows logs them: event records `record` and `record + 1`.
+pub fn kms_events(
+    record: u64,
+    at_ms: u64,
+    family: &str,
+    cmid: &str,
+    count: u32,
+    activated: bool,
+) -> Vec<String> {
+    let (_, activation_id, needed) = product(family).expect("windows or office");
+    let stamp = client_stamp(at_ms);
+    let pc = "LAB-PC01";
+    vec![
+        spp::render_request(
+            &spp::Request {
+                record_id: record,
+                time_ms: at_ms,
+                hresult: 0,
+                host: "kms.school.example:1688".into(),
+                cmid: cmid.to_owned(),
+                client_time: stamp.clone(),
+                activation_id: activation_id.to_owned(),
+                needed,
+            },
+            pc,
+        ),
+        spp::render_reply(
+            &spp::Reply {
+                record_id: record + 1,
+                time_ms: at_ms,
+                hresult: 0,
+                status: if activated {
+                    0
+                } else {
+                    spp::STATUS_COUNT_INSUFFICIENT
+                },
+                activated,
+                count,
+                client_time: stamp,
+            },
+            pc,
+        ),
+    ]
+}
+
+/// The request time as the event's text has it ("2026/12/4 8:15", UTC here).
+fn client_stamp(unix_ms: u64) -> String {
+    let t =
+        jiff::Timestamp::from_millisecond(unix_ms as i64).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    let dt = t.to_zoned(jiff::tz::TimeZone::UTC).datetime();
+    format!(
+        "{}/{}/{} {}:{:02}:{:02}",
+        dt.year(),
+        dt.month(),
+        dt.day(),
+        dt.hour(),
+        dt.minute(),
+        dt.second()
+    )
 }
 
 /// A CMID in the form Windows reports: a GUID (hex digits and dashes).
@@ -368,7 +673,7 @@ fn cmid_guid(seed: &str) -> String {
     )
 }
 
-/// Read station.json and SetupComplete.cmd from the Windows partition (FAT on the
+/// Read station.json from the Windows partition (FAT on the
 /// simulator's sample image).
 fn read_windows(disk: &std::path::Path) -> Option<Windows> {
     let parts = images::partition::partitions(disk).ok()?;
@@ -389,13 +694,8 @@ fn read_windows(disk: &std::path::Path) -> Option<Windows> {
             continue;
         };
         let doc: serde_json::Value = serde_json::from_slice(&json).ok()?;
-        let setup = read(part, "Windows/Setup/Scripts/SetupComplete.cmd")
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
-        let kms_host = setup
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("set \"NR_KMS="))
-            .map(|v| v.trim_end_matches('"').to_owned());
+        // The agent points the licences at the host station.json names.
+        let kms_host = doc["kms_host"].as_str().map(str::to_owned);
         return Some(Windows {
             server: doc["server"].as_str()?.to_owned(),
             token: doc["token"].as_str()?.to_owned(),
@@ -406,6 +706,10 @@ fn read_windows(disk: &std::path::Path) -> Option<Windows> {
                 .collect(),
             kms_host,
             image: doc["image"].as_str().unwrap_or_default().to_owned(),
+            events: Vec::new(),
+            next_record: 1000,
+            activations: HashMap::new(),
+            gave_up: Vec::new(),
         });
     }
     None
@@ -427,7 +731,12 @@ async fn get(url: &str, token: Option<&str>) -> Result<String, String> {
     .map_err(|e| e.to_string())?
 }
 
-async fn post(url: &str, token: &str, body: &serde_json::Value) -> Result<(), String> {
+/// POST JSON; an error carries the HTTP status when there was an answer.
+async fn post(
+    url: &str,
+    token: &str,
+    body: &serde_json::Value,
+) -> Result<(), (Option<u16>, String)> {
     let (url, token, body) = (url.to_owned(), token.to_owned(), body.to_string());
     tokio::task::spawn_blocking(move || {
         ureq::post(&url)
@@ -436,8 +745,13 @@ async fn post(url: &str, token: &str, body: &serde_json::Value) -> Result<(), St
             .set("Content-Type", "application/json")
             .send_string(&body)
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| match e {
+                ureq::Error::Status(code, resp) => {
+                    (Some(code), resp.into_string().unwrap_or_default())
+                }
+                other => (None, other.to_string()),
+            })
     })
     .await
-    .map_err(|e| e.to_string())?
+    .map_err(|e| (None, e.to_string()))?
 }
