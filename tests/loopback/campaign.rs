@@ -69,6 +69,21 @@ async fn school_on(
     generalized: bool,
     clock: Clock,
 ) -> (School, CancellationToken, tempfile::TempDir) {
+    school_with(server, room_ip, n, dead, generalized, |school| {
+        school.clock = clock
+    })
+    .await
+}
+
+/// [`school`], set up by `setup` before the stations start.
+async fn school_with(
+    server: &TestServer,
+    room_ip: Ipv4Addr,
+    n: u8,
+    dead: &[u8],
+    generalized: bool,
+    setup: impl FnOnce(&mut School),
+) -> (School, CancellationToken, tempfile::TempDir) {
     let disks = tempfile::tempdir().unwrap();
     let boot = BootServers {
         dhcp: server.dhcp(),
@@ -76,7 +91,7 @@ async fn school_on(
         tftp: server.daemon.tftp_addr,
     };
     let mut school = School::new("kms.sim", boot);
-    school.clock = clock;
+    setup(&mut school);
     let specs = (0..n)
         .map(|i| {
             let disk = disks.path().join(format!("disk{i}"));
@@ -777,7 +792,12 @@ async fn a_calendar_jump_of_two_hours_mid_cycle_quarantines_nobody() {
 async fn a_host_already_counting_24_unseen_clients_ends_at_exactly_27_after_a_probe_cycle() {
     let room = Ipv4Addr::new(127, 79, 14, 1);
     let server = school_server(room, 5).await;
-    let (school, stop, _disks) = school(&server, room, 5, &[], true).await;
+    // Windows takes a while to boot, as it does: a blind first wave would have all
+    // five stations restored before the first one reports.
+    let (school, stop, _disks) = school_with(&server, room, 5, &[], true, |school| {
+        school.windows_boot = Duration::from_millis(1500)
+    })
+    .await;
     // Staff PCs netreset never saw: the ledger knows no count.
     {
         let now = Duration::from_millis(school.clock.now_ms());
