@@ -71,6 +71,17 @@ fn report(mac: &str, cmid: &str, count: u32, logged_in: bool) -> String {
 /// 2026-11-30T22:10:00Z, when the tests' stations asked the KMS host.
 const NOW_MS: u64 = 1_796_076_600_000;
 
+/// POST an agent report with `token`.
+async fn send(server: &TestServer, token: &str, body: &str) -> (u16, serde_json::Value) {
+    post_json(
+        server.daemon.http_addr,
+        "/api/v1/agent/report",
+        &bearer(token),
+        body,
+    )
+    .await
+}
+
 fn bearer(token: &str) -> String {
     format!("Authorization: Bearer {token}\r\n")
 }
@@ -134,15 +145,13 @@ async fn reports_are_recorded_once_with_the_right_token_and_a_repeated_cmid_is_f
         "nothing stored"
     );
 
-    let (status, answer) =
-        post_json(addr, path, &bearer(&token), &report(MAC, cmid, 3, false)).await;
+    let (status, answer) = send(&server, &token, &report(MAC, cmid, 3, false)).await;
     assert_eq!(
         (status, answer["recorded"].as_u64()),
         (201, Some(1)),
         "{answer}"
     );
-    let (status, answer) =
-        post_json(addr, path, &bearer(&token), &report(MAC, cmid, 3, false)).await;
+    let (status, answer) = send(&server, &token, &report(MAC, cmid, 3, false)).await;
     assert_eq!(
         (
             status,
@@ -162,7 +171,7 @@ async fn reports_are_recorded_once_with_the_right_token_and_a_repeated_cmid_is_f
     // The next reset brings a new agent token; the old one is refused, and the same
     // CMID again means the image was not generalized.
     let token2 = agent_token(&server, MAC).await;
-    let (status, _) = post_json(addr, path, &bearer(&token), &report(MAC, cmid, 3, false)).await;
+    let (status, _) = send(&server, &token, &report(MAC, cmid, 3, false)).await;
     assert_eq!(status, 401, "the previous reset's token");
     let (status, answer) =
         post_json(addr, path, &bearer(&token2), &report(MAC, cmid, 3, false)).await;
@@ -190,19 +199,11 @@ async fn reports_are_recorded_once_with_the_right_token_and_a_repeated_cmid_is_f
 #[tokio::test(flavor = "multi_thread")]
 async fn a_renewal_reaches_the_ledger_as_the_cmids_last_request() {
     let server = setup().await;
-    let addr = server.daemon.http_addr;
     let token = agent_token(&server, MAC).await;
     let cmid = "5a1b2c3d-0000-4000-8000-00000000cccc";
     let week = 7 * 86_400_000;
     let mut events = windows(100, NOW_MS - week, cmid, 26);
-    let path = "/api/v1/agent/report";
-    let (status, answer) = post_json(
-        addr,
-        path,
-        &bearer(&token),
-        &report_of(MAC, &events, false, &[]),
-    )
-    .await;
+    let (status, answer) = send(&server, &token, &report_of(MAC, &events, false, &[])).await;
     assert_eq!(
         (status, answer["recorded"].as_u64()),
         (201, Some(1)),
@@ -210,13 +211,7 @@ async fn a_renewal_reaches_the_ledger_as_the_cmids_last_request() {
     );
     // A week later Windows renews: the agent posts the whole log again.
     events.extend(windows(102, NOW_MS, cmid, 27));
-    let (status, answer) = post_json(
-        addr,
-        path,
-        &bearer(&token),
-        &report_of(MAC, &events, false, &[]),
-    )
-    .await;
+    let (status, answer) = send(&server, &token, &report_of(MAC, &events, false, &[])).await;
     assert_eq!(
         (
             status,
@@ -243,10 +238,8 @@ async fn forged_counts_and_families_not_asked_for_are_refused_and_stored_nowhere
     );
     let server = start(&extra).await;
     install_sample(server.data.path(), "lab", 1);
-    let addr = server.daemon.http_addr;
     let token = agent_token(&server, MAC).await;
     let cmid = "5a1b2c3d-0000-4000-8000-00000000dddd";
-    let path = "/api/v1/agent/report";
     let office = school::kms_events(300, NOW_MS, "office", cmid, 7, true);
     for (body, says) in [
         (report(MAC, cmid, 51, false), "50 at most"),
@@ -261,18 +254,12 @@ async fn forged_counts_and_families_not_asked_for_are_refused_and_stored_nowhere
             "10 at most",
         ),
     ] {
-        let (status, answer) = post_json(addr, path, &bearer(&token), &body).await;
+        let (status, answer) = send(&server, &token, &body).await;
         assert_eq!(status, 400, "{answer}");
         assert!(answer["error"].as_str().unwrap().contains(says), "{answer}");
     }
     // Office events of a station asked for Windows only: taken for nothing.
-    let (status, answer) = post_json(
-        addr,
-        path,
-        &bearer(&token),
-        &report_of(MAC, &office, false, &[]),
-    )
-    .await;
+    let (status, answer) = send(&server, &token, &report_of(MAC, &office, false, &[])).await;
     assert_eq!(
         (status, answer["recorded"].as_u64()),
         (201, Some(0)),
@@ -287,8 +274,7 @@ async fn forged_counts_and_families_not_asked_for_are_refused_and_stored_nowhere
         .unwrap()
         .reports()
         .is_empty());
-    let (status, answer) =
-        post_json(addr, path, &bearer(&token), &report(MAC, cmid, 50, false)).await;
+    let (status, answer) = send(&server, &token, &report(MAC, cmid, 50, false)).await;
     assert_eq!(
         (status, answer["recorded"].as_u64()),
         (201, Some(1)),

@@ -138,6 +138,18 @@ async fn finished(server: &TestServer, id: u64) -> serde_json::Value {
     }
 }
 
+/// Run a campaign started now on the first `n` stations for `families` (a JSON
+/// list) with margin 2 on image "lab"; the campaign as it ended.
+async fn campaign_to_end(server: &TestServer, n: u8, families: &str) -> serde_json::Value {
+    let body = format!(
+        r#"{{"stations": {}, "families": {families}, "margin": 2, "start": "now", "image": "lab"}}"#,
+        stations_json(n)
+    );
+    let (status, created) = campaign(server, &body).await;
+    assert_eq!(status, 201, "{created}");
+    finished(server, created["id"].as_u64().unwrap()).await
+}
+
 fn stations_json(n: u8) -> String {
     let list: Vec<String> = (0..n).map(|i| format!("\"{}\"", mac(i))).collect();
     format!("[{}]", list.join(", "))
@@ -148,13 +160,7 @@ async fn five_stations_bring_the_counts_to_exactly_27_and_7_with_even_cycles() {
     let room = Ipv4Addr::new(127, 79, 1, 1);
     let server = school_server(room, 5).await;
     let (school, stop, _disks) = school(&server, room, 5, &[], true).await;
-    let body = format!(
-        r#"{{"stations": {}, "families": ["windows", "office"], "margin": 2, "start": "now", "image": "lab"}}"#,
-        stations_json(5)
-    );
-    let (status, created) = campaign(&server, &body).await;
-    assert_eq!(status, 201, "{created}");
-    let c = finished(&server, created["id"].as_u64().unwrap()).await;
+    let c = campaign_to_end(&server, 5, r#"["windows", "office"]"#).await;
     assert_eq!(c["state"], "done", "{c}");
     assert_eq!(school.count(Product::WindowsClient), 27);
     assert_eq!(school.count(Product::Office), 7);
@@ -229,13 +235,7 @@ async fn two_stations_that_never_wake_are_unreachable_and_the_rest_finish() {
     let room = Ipv4Addr::new(127, 79, 2, 1);
     let server = school_server(room, 5).await;
     let (school, stop, _disks) = school(&server, room, 5, &[1, 3], true).await;
-    let body = format!(
-        r#"{{"stations": {}, "families": ["office"], "margin": 2, "start": "now", "image": "lab"}}"#,
-        stations_json(5)
-    );
-    let (status, created) = campaign(&server, &body).await;
-    assert_eq!(status, 201, "{created}");
-    let c = finished(&server, created["id"].as_u64().unwrap()).await;
+    let c = campaign_to_end(&server, 5, r#"["office"]"#).await;
     assert_eq!(c["state"], "done", "{c}");
     assert_eq!(school.count(Product::Office), 7);
     for s in c["stations"].as_array().unwrap() {
@@ -679,13 +679,7 @@ async fn a_60_day_term_with_weekly_renewals_plans_no_top_up_and_resets_nothing()
     let server = school_server_on(room, 30, schedule, clock.clone()).await;
     let addr = server.daemon.http_addr;
     let (school, stop, _disks) = school_on(&server, room, 30, &[], true, clock.clone()).await;
-    let body = format!(
-        r#"{{"stations": {}, "families": ["windows"], "margin": 2, "start": "now", "image": "lab"}}"#,
-        stations_json(30)
-    );
-    let (status, created) = campaign(&server, &body).await;
-    assert_eq!(status, 201, "{created}");
-    let c = finished(&server, created["id"].as_u64().unwrap()).await;
+    let c = campaign_to_end(&server, 30, r#"["windows"]"#).await;
     assert_eq!(c["state"], "done", "{c}");
     assert_eq!(school.count(Product::WindowsClient), 27);
     let boots: u32 = school.log.lock().unwrap().boots.values().sum();
@@ -729,13 +723,7 @@ async fn a_user_who_logs_on_after_the_last_report_is_never_rebooted_by_a_campaig
     let (school, stop, _disks) = school(&server, room, 5, &[], true).await;
     // A student sits down at station 2 as soon as its first cycle has reported.
     school.user_after_report(mac(2));
-    let body = format!(
-        r#"{{"stations": {}, "families": ["windows", "office"], "margin": 2, "start": "now", "image": "lab"}}"#,
-        stations_json(5)
-    );
-    let (status, created) = campaign(&server, &body).await;
-    assert_eq!(status, 201, "{created}");
-    let c = finished(&server, created["id"].as_u64().unwrap()).await;
+    let c = campaign_to_end(&server, 5, r#"["windows", "office"]"#).await;
     assert_eq!(c["state"], "done", "the others finish: {c}");
     assert_eq!(school.count(Product::WindowsClient), 27);
     assert_eq!(school.count(Product::Office), 7);
@@ -806,13 +794,7 @@ async fn a_host_already_counting_24_unseen_clients_ends_at_exactly_27_after_a_pr
             host.request(&format!("staff-{i}"), Product::WindowsClient, now, now);
         }
     }
-    let body = format!(
-        r#"{{"stations": {}, "families": ["windows"], "margin": 2, "start": "now", "image": "lab"}}"#,
-        stations_json(5)
-    );
-    let (status, created) = campaign(&server, &body).await;
-    assert_eq!(status, 201, "{created}");
-    let c = finished(&server, created["id"].as_u64().unwrap()).await;
+    let c = campaign_to_end(&server, 5, r#"["windows"]"#).await;
     assert_eq!(c["state"], "done", "{c}");
     assert_eq!(
         school.count(Product::WindowsClient),
