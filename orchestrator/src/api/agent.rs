@@ -439,7 +439,7 @@ pub async fn command_result(
             ),
         )?,
         "refused" => {
-            store.agent_seen(mac, true)?;
+            store.agent_polled(mac, Some(true))?;
             store.record(
                 mac,
                 "command-refused",
