@@ -215,33 +215,6 @@ function Get-ActivationEvents {
     $records | Sort-Object -Property RecordId
 }
 
-# The EventRecordID of the newest record in the Application log, 0 when it is empty.
-# Record ids only grow (until the log is cleared), unlike the clock, which w32time may
-# set back or forward right after boot; so "logged after the attempt began" is a
-# record id comparison, not a time one.
-function Get-NewestApplicationRecordId {
-    try {
-        $newest = Get-WinEvent -LogName 'Application' -MaxEvents 1 -ErrorAction Stop
-    } catch {
-        if ($_.FullyQualifiedErrorId -like 'NoMatchingEventsFound*') { return [long]0 }
-        throw
-    }
-    return [long]$newest.RecordId
-}
-
-# Whether a 12289 (a KMS host's reply processed) was logged after record $RecordId.
-function Test-KmsReplyAfter {
-    param([long]$RecordId)
-    $filter = @{ LogName = 'Application'; ProviderName = $SppProvider; Id = 12289 }
-    try {
-        $newest = Get-WinEvent -FilterHashtable $filter -MaxEvents 1 -ErrorAction Stop
-    } catch {
-        if ($_.FullyQualifiedErrorId -like 'NoMatchingEventsFound*') { return $false }
-        throw
-    }
-    return ([long]$newest.RecordId -gt $RecordId)
-}
-
 function Test-UserLoggedIn {
     # Win32_ComputerSystem.UserName names the console user only (a locked session
     # included); an explorer.exe process also catches Remote Desktop sessions. Unlike
@@ -452,7 +425,6 @@ function New-ActivationJobs {
                 Id        = [string]$product.ID
                 PointedAt = $false
                 Attempts  = 0
-                Baseline  = [long](-1)   # newest record id before the latest attempt
                 Delay     = 0          # seconds to wait after the latest attempt
                 Wait      = [Diagnostics.Stopwatch]::StartNew()
             }
@@ -509,43 +481,57 @@ function Get-ErrorCode {
     }
 }
 
+# Results of Activate() that mean the KMS host answered: the count is too low, the
+# clocks are apart, the host is not activated or has no key for the product. Trying
+# again changes nothing now; the daemon reads the reply's event. Anything else (no
+# host reachable 0xC004F074, not responding 0xC004F039, RPC and network errors) is
+# worth another attempt while the network comes up.
+$HostAnswered = @('0xC004F038', '0xC004F06C', '0xC004F041', '0xC004F042')
+
 # One Activate() call. It is synchronous: it returns (or throws) once the KMS exchange
-# is over or has timed out, which can take a minute when no host answers.
+# is over or has timed out, which can take a minute when no host answers. Returns
+# whether the host answered. Windows retries on its own every 2 hours and at every
+# start, so a 12289 in the log may be Windows' own: only this call's result says
+# whether this product got an answer.
 function Invoke-ActivationAttempt {
     param($Agent, $Job)
-    $Job.Baseline = Get-NewestApplicationRecordId
     $Job.Attempts = $Job.Attempts + 1
     if (-not $Job.PointedAt) { $Job.PointedAt = Set-KmsHost -Config $Agent.Config -Job $Job }
     Write-Log "$($Job.Family): activating '$($Job.Name)' ($($Job.Id)), attempt $($Job.Attempts)"
     try {
         $result = Invoke-CimMethod -InputObject $Job.Product -MethodName Activate -ErrorAction Stop
         Write-Log "$($Job.Family): Activate() returned $($result.ReturnValue)"
+        return $true
     } catch {
-        # Failures come as exceptions (0xC004F074 unreachable, 0xC004F038 count too
-        # low, ...); the events say the rest. Retried until the family's limit.
-        Write-Log "$($Job.Family): Activate() failed: $(Get-ErrorCode $_) $(Format-Short $_.Exception.Message)"
+        $code = Get-ErrorCode $_
+        Write-Log "$($Job.Family): Activate() failed: $code $(Format-Short $_.Exception.Message)"
+        return ($HostAnswered -contains $code)
     }
 }
 
 function Complete-ActivationJob {
     param($Agent, $Job)
-    Write-Log "$($Job.Family): '$($Job.Name)' has a reply from the KMS host (event 12289) after $($Job.Attempts) attempts"
+    Write-Log "$($Job.Family): '$($Job.Name)' got an answer from the KMS host after $($Job.Attempts) attempts"
     # By product id: PSCustomObjects do not compare reliably with -eq.
     $Agent.Jobs = @($Agent.Jobs | Where-Object { $_.Id -ne $Job.Id })
 }
 
-function Stop-FamilyActivation {
-    param($Agent, [string]$Family)
-    $Agent.Jobs = @($Agent.Jobs | Where-Object { $_.Family -ne $Family })
-    if ($Agent.GaveUp -notcontains $Family) {
-        $Agent.GaveUp = @($Agent.GaveUp) + $Family
-        $Agent.ReportDue = $true
+# The activation's time is out: every family still waiting is given up at once.
+function Stop-Activation {
+    param($Agent)
+    foreach ($family in @($Agent.Jobs | ForEach-Object { $_.Family } | Select-Object -Unique)) {
+        if ($Agent.GaveUp -notcontains $family) {
+            $Agent.GaveUp = @($Agent.GaveUp) + $family
+        }
+        Write-Log "${family}: no reply from the KMS host in $($ActivationLimitSeconds / 60) minutes, gave up"
     }
-    Write-Log "${Family}: no reply from the KMS host in $($ActivationLimitSeconds / 60) minutes, gave up"
+    $Agent.Jobs = @()
+    $Agent.ReportDue = $true
 }
 
-# Moves the first job one step when its wait is over: done if a reply came since its
-# latest attempt, given up when its family's time is out, else one more attempt.
+# Moves the first job one step when its wait is over: one more attempt, done when the
+# host answered it, and every job given up once the activation's time (one limit for
+# all families, from the first attempt, so the daemon hears within it) is out.
 # Returns whether it did anything (the caller then looks for events to report).
 function Step-Activation {
     param($Agent)
@@ -553,17 +539,11 @@ function Step-Activation {
     $job = $Agent.Jobs[0]
     if ($job.Wait.Elapsed.TotalSeconds -lt $job.Delay) { return $false }
 
-    if ($job.Baseline -ge 0 -and (Test-KmsReplyAfter -RecordId $job.Baseline)) {
-        Complete-ActivationJob -Agent $Agent -Job $job
-        return $true
+    if ($null -eq $Agent.ActivationClock) {
+        $Agent.ActivationClock = [Diagnostics.Stopwatch]::StartNew()
     }
-    $clock = $Agent.FamilyClocks[$job.Family]
-    if ($null -eq $clock) {
-        $clock = [Diagnostics.Stopwatch]::StartNew()
-        $Agent.FamilyClocks[$job.Family] = $clock
-    }
-    if ($clock.Elapsed.TotalSeconds -ge $ActivationLimitSeconds) {
-        Stop-FamilyActivation -Agent $Agent -Family $job.Family
+    if ($Agent.ActivationClock.Elapsed.TotalSeconds -ge $ActivationLimitSeconds) {
+        Stop-Activation -Agent $Agent
         return $true
     }
 
@@ -575,9 +555,10 @@ function Step-Activation {
         $job.Delay = [Math]::Min($job.Delay * 2, $ActivationMaxDelaySeconds)
     }
     $job.Wait.Restart()
-    Invoke-ActivationAttempt -Agent $Agent -Job $job
+    $answered = Invoke-ActivationAttempt -Agent $Agent -Job $job
+    # Lets the service write its 12288/12289 before the report reads the log.
     Start-Sleep -Seconds $EventSettleSeconds
-    if (Test-KmsReplyAfter -RecordId $job.Baseline) {
+    if ($answered) {
         Complete-ActivationJob -Agent $Agent -Job $job
         return $true
     }
@@ -718,7 +699,7 @@ function New-AgentState {
         GaveUp       = @()
         Jobs         = @()
         Planned      = $false
-        FamilyClocks = @{}
+        ActivationClock = $null
         EventClock   = [Diagnostics.Stopwatch]::StartNew()
     }
 }

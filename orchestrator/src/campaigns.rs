@@ -106,10 +106,12 @@ pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Msg>, cancel: 
             BTreeMap::new()
         }
     };
-    // Time-outs go on where the stored campaigns left them.
+    // Time-outs go on where the last run left them: at the monotonic time it last
+    // wrote, or at least the latest its campaigns hold.
     let latest = running
         .values()
         .flat_map(|r| r.campaign.stations.iter().map(|s| s.since))
+        .chain(store.mono_mark().ok().flatten())
         .max()
         .unwrap_or(0);
     store.clock().resume_mono(latest);
@@ -141,6 +143,11 @@ pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Msg>, cancel: 
         // campaigns' time-outs (an NTP step must not time out every station at once).
         let now = store.clock().now_ms() / 1000;
         let mono = store.clock().mono_s();
+        if msg.is_none() && !running.is_empty() {
+            // Written on every tick, flushed with sled's own rhythm: a restart loses
+            // at most that much of the stations' waiting.
+            let _ = store.set_mono_mark(mono);
+        }
         if msg.is_none()
             && running.is_empty()
             && last_keepalive.elapsed() >= state.campaign_settings.keepalive_check
@@ -262,7 +269,13 @@ async fn carry_out(state: &AppState, record: &Record, action: Action) -> Vec<Eve
         .map(|reset| follow.push(Event::Marked(*mac, reset.generation)))
         .map_err(|e| e.to_string()),
         Action::Wake(mac) | Action::Reboot(mac) => match store.reset(*mac) {
-            Ok(Some(r)) if r.state.active() => power_on(state, record, &action),
+            Ok(Some(r)) if r.state.active() => {
+                // The daemon may have stopped between marking and saving the mark.
+                if run.is_some_and(|s| s.generation.is_none()) {
+                    follow.push(Event::Marked(*mac, r.generation));
+                }
+                power_on(state, record, &action)
+            }
             // The cycle's restore is done: the daemon missed saying so. Nothing to
             // boot again.
             Ok(Some(r))
@@ -360,19 +373,15 @@ fn power_on(state: &AppState, record: &Record, action: &Action) -> Result<(), St
     let store = state.policy.store();
     match action {
         Action::Wake(mac) => wake(state, *mac),
-        Action::Reboot(mac)
-            if store
-                .station(*mac)
-                .ok()
-                .flatten()
-                .is_some_and(|s| s.logged_in) =>
-        {
-            // Never reboot a station with a user at it: it drops out as in-use. The
-            // agent says so with every command poll, so this is at most a poll old,
-            // and the agent itself refuses an unforced reboot with a user logged on.
+        Action::Reboot(mac) if !session_free(store, *mac) => {
+            // Never reboot a station with a user at it, or one whose agent has not
+            // said lately that nobody is: it is in use until its agent says
+            // otherwise. The agent says so with every command poll, and itself
+            // refuses an unforced reboot with a user logged on.
             state.campaigns.station(*mac, Event::InUse(*mac));
             Err(format!(
-                "{mac} is in use (a user is logged in): not rebooted"
+                "{mac} is in use (its agent says a user is logged on, or has not said for {} s that nobody is): not rebooted",
+                SESSION_FRESH_MS / 1000
             ))
         }
         Action::Reboot(mac) => store
@@ -388,6 +397,22 @@ fn power_on(state: &AppState, record: &Record, action: &Action) -> Result<(), St
             .map_err(|e| e.to_string()),
         _ => Ok(()),
     }
+}
+
+/// How recent the agent's word on its session must be for a campaign to reboot the
+/// station: two long polls (55 s each) and some slack.
+const SESSION_FRESH_MS: u64 = 180_000;
+
+/// Whether the agent of `mac` said within [`SESSION_FRESH_MS`] that nobody is logged
+/// on. An agent from before session reports never says so: its station is not
+/// rebooted by a campaign.
+fn session_free(store: &crate::store::Store, mac: MacAddr) -> bool {
+    let now = store.clock().now_ms();
+    store.station(mac).ok().flatten().is_some_and(|s| {
+        !s.logged_in
+            && s.logged_in_at
+                .is_some_and(|t| now.saturating_sub(t) < SESSION_FRESH_MS)
+    })
 }
 
 fn wake(state: &AppState, mac: MacAddr) -> Result<(), String> {

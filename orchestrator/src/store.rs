@@ -238,6 +238,9 @@ pub struct Store {
     clock: Clock,
 }
 
+/// The key, in the default tree, of the campaign runner's monotonic time.
+const MONO_MARK: &[u8] = b"mono-mark";
+
 /// The ledger key of an entry: its station, family, CMID and cycle. 0xff first, so
 /// these keys sort after the ids rows had before entries were merged.
 fn ledger_key(entry: &crate::engine::ledger::Report) -> Vec<u8> {
@@ -574,6 +577,21 @@ impl Store {
             }
         }
         Ok(None)
+    }
+
+    /// The monotonic time the campaign runner last noted (seconds), if any.
+    pub fn mono_mark(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .db
+            .get(MONO_MARK)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_be_bytes))
+    }
+
+    /// Note the runner's monotonic time; not flushed (sled flushes it within 500 ms).
+    pub fn set_mono_mark(&self, s: u64) -> Result<(), StoreError> {
+        self.db.insert(MONO_MARK, &s.to_be_bytes())?;
+        Ok(())
     }
 
     /// A number never handed out before by this store.

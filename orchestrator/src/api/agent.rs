@@ -37,6 +37,9 @@ const POLL: Duration = Duration::from_secs(55);
 /// 200 events, and a PC has a few dozen licensed products at most.
 const MAX_EVENTS: usize = 400;
 const MAX_LICENSES: usize = 64;
+/// A deployment has one CMID per family; a rearm (`slmgr /rearm`) makes a second.
+/// More in one cycle are made up.
+const MAX_CMIDS_PER_CYCLE: usize = 2;
 /// Count insufficient: the host counted the request but does not activate yet.
 const COUNT_INSUFFICIENT: u32 = 0xC004_F038;
 
@@ -162,14 +165,16 @@ pub async fn report(
             body.licenses.len()
         )));
     }
-    let records = body
-        .events
-        .iter()
-        .enumerate()
-        .map(|(i, xml)| {
-            spp::parse(xml).map_err(|e| ApiError::BadRequest(format!("events[{i}]: {e}")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    // An event that cannot be read (a locale Windows formats oddly, a damaged log)
+    // is left out and said; the others still count. Forged counts refuse the whole.
+    let mut unreadable = Vec::new();
+    let mut records = Vec::new();
+    for (i, xml) in body.events.iter().enumerate() {
+        match spp::parse(xml) {
+            Ok(record) => records.push(record),
+            Err(e) => unreadable.push(json!({ "index": i, "error": e.to_string() })),
+        }
+    }
     if let Some(f) = body.gave_up.iter().find(|f| !agent.families.contains(f)) {
         return Err(ApiError::BadRequest(format!(
             "gave_up names {f}, which {mac} was not asked to activate"
@@ -189,23 +194,50 @@ pub async fn report(
             }
         }
     }
+    let ledger = state.policy.store().ledger()?;
+    // What goes into the ledger: the asked families' answered requests in this cycle,
+    // and renewals of CMIDs the ledger has from an earlier cycle of this station.
+    let mut entries: Vec<(&spp::Attempt, &spp::Reply, u64)> = Vec::new();
+    let mut ignored = Vec::new();
+    for a in &pairing.attempts {
+        let Some(reply) = &a.reply else { continue };
+        let cycle = if agent.families.contains(&a.family) {
+            Some(agent.generation)
+        } else {
+            ledger.cycle_of(mac, a.family, &a.cmid)
+        };
+        match cycle {
+            Some(cycle) => entries.push((a, reply, cycle)),
+            // Windows tries on its own at every start; only what netreset asked for,
+            // or activated before, is its business.
+            None if !ignored.contains(&a.family) => ignored.push(a.family),
+            None => {}
+        }
+    }
+    for family in [Family::Windows, Family::Office] {
+        let mut cmids: Vec<&str> = ledger.cmids_in_cycle(mac, family, agent.generation);
+        cmids.extend(
+            entries
+                .iter()
+                .filter(|(a, _, cycle)| a.family == family && *cycle == agent.generation)
+                .map(|(a, _, _)| a.cmid.as_str()),
+        );
+        cmids.sort_unstable();
+        cmids.dedup();
+        if cmids.len() > MAX_CMIDS_PER_CYCLE {
+            return Err(ApiError::BadRequest(format!(
+                "{} {family} CMIDs from {mac} in one deployment: a station has one (two after a rearm)",
+                cmids.len()
+            )));
+        }
+    }
 
     let store = state.policy.store();
     store.agent_seen(mac, body.interactive_user)?;
     let now_s = store.clock().now_ms() / 1000;
     let (mut new, mut renewed) = (0u32, 0u32);
     let mut duplicate_families = Vec::new();
-    let mut ignored = Vec::new();
-    for a in &pairing.attempts {
-        if !agent.families.contains(&a.family) {
-            // Windows tries on its own at every start; only what netreset asked for
-            // is its business.
-            if !ignored.contains(&a.family) {
-                ignored.push(a.family);
-            }
-            continue;
-        }
-        let Some(reply) = &a.reply else { continue };
+    for (a, reply, cycle) in entries {
         let report = Report {
             // The station's own clock, never ahead of ours.
             at: (a.requested_ms / 1000).min(now_s),
@@ -215,7 +247,7 @@ pub async fn report(
             result: outcome(reply),
             activated: reply.activated,
             count: reply.count,
-            cycle: agent.generation,
+            cycle,
             last: 0,
         };
         match store.add_report(&report)? {
@@ -236,6 +268,17 @@ pub async fn report(
                 duplicate_families.push(d.family);
             }
         }
+    }
+    if !unreadable.is_empty() {
+        store.record(
+            mac,
+            "agent-report",
+            format!(
+                "{} activation events could not be read, the first: {}",
+                unreadable.len(),
+                unreadable[0]["error"].as_str().unwrap_or_default()
+            ),
+        )?;
     }
     if !pairing.ambiguous.is_empty() {
         store.record(
@@ -270,6 +313,7 @@ pub async fn report(
                     mac,
                     Event::NotKmsClient {
                         mac,
+                        generation: agent.generation,
                         family,
                         channel,
                     },
@@ -277,11 +321,9 @@ pub async fn report(
                 continue;
             }
         }
-        let latest = pairing
-            .attempts
-            .iter()
-            .filter(|a| a.family == family)
-            .max_by_key(|a| a.requested_ms);
+        // The newest in the log's own order: the station's clock may have been
+        // stepped since.
+        let latest = pairing.attempts.iter().rfind(|a| a.family == family);
         let result = match latest {
             Some(spp::Attempt {
                 reply: Some(reply), ..
@@ -322,10 +364,10 @@ pub async fn report(
             },
         );
     }
-    // After the report: the cycle it ends is counted, then the station drops out.
-    if body.interactive_user {
-        state.campaigns.station(mac, Event::InUse(mac));
-    }
+    // After the report: the cycle it ends is counted, then the session counts.
+    state
+        .campaigns
+        .station(mac, session_event(mac, body.interactive_user));
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -334,9 +376,20 @@ pub async fn report(
             "duplicate_cmid": !duplicate_families.is_empty(),
             "ambiguous": pairing.ambiguous.len(),
             "ignored": ignored,
+            "unreadable": unreadable,
         })),
     )
         .into_response())
+}
+
+/// What a campaign hears of a station's session: a user at it takes it out until
+/// the user logs off.
+fn session_event(mac: MacAddr, user: bool) -> Event {
+    if user {
+        Event::InUse(mac)
+    } else {
+        Event::Free(mac)
+    }
 }
 
 #[derive(Deserialize)]
@@ -368,8 +421,8 @@ pub async fn commands(
     // A polling agent is a running station: campaigns reboot it rather than wake it,
     // unless it says a user is logged on.
     state.policy.store().agent_polled(mac, logged_in)?;
-    if logged_in == Some(true) {
-        state.campaigns.station(mac, Event::InUse(mac));
+    if let Some(user) = logged_in {
+        state.campaigns.station(mac, session_event(mac, user));
     }
     let wait = poll.wait.map_or(POLL, |s| Duration::from_secs(s).min(POLL));
     let deadline = tokio::time::Instant::now() + wait;

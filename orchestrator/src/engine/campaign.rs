@@ -8,7 +8,7 @@
 //! booting-os (restored, waiting for the agent's reports) → idle, or the next cycle.
 //! Failure edges: no PXE boot after the wake attempts → unreachable; a restore that
 //! fails or stalls, retried, then → quarantined; no report in time → quarantined; a
-//! logged-in user → in-use. Stations out of the campaign keep their reason, and the
+//! logged-in user → in-use, until the user logs off. Stations out of the campaign keep their reason, and the
 //! planner re-plans on the others.
 
 use std::collections::BTreeMap;
@@ -39,7 +39,9 @@ impl Default for Limits {
             wake_attempts: 3,
             restore_s: 1800,
             restore_attempts: 2,
-            report_s: 1200,
+            // Windows boots, then the agent retries activation for up to 30 minutes
+            // (the network may come up late) before it says the host did not answer.
+            report_s: 2700,
         }
     }
 }
@@ -177,14 +179,18 @@ pub enum Event {
         duplicate_cmid: bool,
     },
     /// The station's licence of `family` is no volume KMS client (MAK, retail,
-    /// subscription; `channel` as Windows names it), or it has none.
+    /// subscription; `channel` as Windows names it), or it has none; from the image
+    /// of reset `generation`.
     NotKmsClient {
         mac: MacAddr,
+        generation: u64,
         family: Family,
         channel: String,
     },
-    /// The agent says a user is logged in.
+    /// The agent says a user is logged on.
     InUse(MacAddr),
+    /// The agent says nobody is logged on (any more).
+    Free(MacAddr),
     /// The reset of the station's cycle was marked, with this generation.
     Marked(MacAddr, u64),
     Cancel,
@@ -369,10 +375,16 @@ impl Campaign {
             }
             Event::NotKmsClient {
                 mac,
+                generation,
                 family,
                 channel,
             } => {
-                if self.stations.iter().any(|s| s.mac == mac) {
+                // Only the image this campaign restored speaks for its image.
+                if self
+                    .stations
+                    .iter()
+                    .any(|s| s.mac == mac && s.generation == Some(generation))
+                {
                     self.state = State::Stopped {
                         reason: not_kms_client(&self.image, mac, family, &channel),
                     };
@@ -387,6 +399,15 @@ impl Campaign {
                         }
                         s.phase = Phase::InUse;
                         s.families.clear();
+                        s.since = now;
+                    }
+                }
+            }
+            // The user logged off: the station is back in the campaign.
+            Event::Free(mac) => {
+                if let Some(s) = self.station(mac) {
+                    if s.phase == Phase::InUse {
+                        s.phase = Phase::Idle;
                         s.since = now;
                     }
                 }
@@ -512,15 +533,16 @@ impl Campaign {
         }
         let busy = self.stations.iter().any(|s| s.phase.in_cycle());
         let left = self.stations.iter().any(|s| !s.phase.out());
-        if !busy && !left {
+        // Stations in use come back when their user logs off: the campaign waits.
+        let in_use = self.stations.iter().any(|s| s.phase == Phase::InUse);
+        if !busy && !left && !in_use {
             let count =
                 |f: fn(&Phase) -> bool| self.stations.iter().filter(|s| f(&s.phase)).count();
             self.state = State::Stopped {
                 reason: format!(
-                    "no station left to run cycles: {} unreachable, {} quarantined, {} in use",
+                    "no station left to run cycles: {} unreachable, {} quarantined",
                     count(|p| matches!(p, Phase::Unreachable { .. })),
                     count(|p| matches!(p, Phase::Quarantined { .. })),
-                    count(|p| matches!(p, Phase::InUse)),
                 ),
             };
         }
@@ -984,16 +1006,32 @@ mod tests {
     }
 
     #[test]
-    fn a_station_in_use_drops_out_and_a_campaign_with_nobody_left_stops_with_the_reason() {
+    fn a_station_in_use_waits_out_of_the_campaign_until_its_user_logs_off() {
         let stations = [(mac(0), true)];
         let mut c = Campaign::new("w", &[Family::Windows], 0, &stations, 1, Limits::default());
         c.handle(Event::Tick, 0);
         let actions = c.handle(Event::InUse(mac(0)), 1);
         assert_eq!(actions, vec![Action::CancelReset(mac(0))]);
+        assert_eq!(c.stations[0].phase, Phase::InUse);
+        assert!(c.handle(Event::Tick, 2).is_empty(), "nobody to run a cycle");
+        assert_eq!(c.state, State::Running, "it waits for the user to log off");
+        let actions = c.handle(Event::Free(mac(0)), 3);
+        assert!(actions.contains(&Action::Reboot(mac(0))), "{actions:?}");
+        assert!(matches!(c.stations[0].phase, Phase::Waking { .. }));
+    }
+
+    #[test]
+    fn a_campaign_with_every_station_unreachable_stops_with_the_reason() {
+        let stations = [(mac(0), false)];
+        let mut limits = Limits::default();
+        limits.wake_attempts = 1;
+        let mut c = Campaign::new("w", &[Family::Windows], 0, &stations, 1, limits);
+        c.handle(Event::Tick, 0);
+        c.handle(Event::Tick, 301);
         let State::Stopped { reason } = &c.state else {
             panic!("{:?}", c.state)
         };
-        assert!(reason.contains("1 in use"), "{reason}");
+        assert!(reason.contains("1 unreachable"), "{reason}");
     }
 
     #[test]
@@ -1061,9 +1099,11 @@ mod tests {
             Limits::default(),
         );
         c.handle(Event::Tick, 0);
+        mark(&mut c);
         c.handle(
             Event::NotKmsClient {
                 mac: mac(2),
+                generation: generation(&c, mac(2)),
                 family: Family::Windows,
                 channel: "Volume:MAK".into(),
             },

@@ -147,6 +147,29 @@ impl Ledger {
         self.reports.iter().find(|r| r.same_entry(report))
     }
 
+    /// The cycle in which `station` first reported `cmid` of `family`, if it did: a
+    /// later request of it is a renewal of that entry.
+    pub fn cycle_of(&self, station: MacAddr, family: Family, cmid: &str) -> Option<u64> {
+        self.reports
+            .iter()
+            .filter(|r| r.station == station && r.family == family && r.cmid == cmid)
+            .map(|r| r.cycle)
+            .min()
+    }
+
+    /// The distinct CMIDs of `family` that `station` reported in `cycle`.
+    pub fn cmids_in_cycle(&self, station: MacAddr, family: Family, cycle: u64) -> Vec<&str> {
+        let mut cmids: Vec<&str> = self
+            .reports
+            .iter()
+            .filter(|r| r.station == station && r.family == family && r.cycle == cycle)
+            .map(|r| r.cmid.as_str())
+            .collect();
+        cmids.sort_unstable();
+        cmids.dedup();
+        cmids
+    }
+
     /// The count of the newest request of `family` (0 before any); of requests in the
     /// same second, the highest.
     pub fn latest_count(&self, family: Family) -> u32 {
@@ -264,6 +287,21 @@ mod tests {
         assert_eq!((entry.at, entry.last_request()), (10 * DAY, 17 * DAY));
         assert_eq!((entry.count, entry.activated), (26, true));
         assert_eq!(ledger.latest_count(Family::Windows), 26);
+    }
+
+    #[test]
+    fn a_cmid_is_known_from_the_cycle_it_was_first_reported_in() {
+        let mut ledger = Ledger::new();
+        ledger.add(report(1, "cmid-a", 10, 3, 7));
+        ledger.add(report(1, "cmid-a", 20, 4, 9));
+        ledger.add(report(1, "cmid-b", 30, 5, 9));
+        let station = MacAddr([2, 0, 0, 0, 0, 1]);
+        assert_eq!(ledger.cycle_of(station, Family::Windows, "cmid-a"), Some(7));
+        assert_eq!(ledger.cycle_of(station, Family::Office, "cmid-a"), None);
+        assert_eq!(
+            ledger.cmids_in_cycle(station, Family::Windows, 9),
+            vec!["cmid-a", "cmid-b"]
+        );
     }
 
     #[test]

@@ -644,19 +644,19 @@ pub fn kms_events(
     ]
 }
 
-/// The request time as the event's text has it ("2026/12/4 8:15", UTC here).
+/// The request time as the event's text has it, to the minute as Windows writes it
+/// ("2026/12/4 8:15", UTC here).
 fn client_stamp(unix_ms: u64) -> String {
     let t =
         jiff::Timestamp::from_millisecond(unix_ms as i64).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
     let dt = t.to_zoned(jiff::tz::TimeZone::UTC).datetime();
     format!(
-        "{}/{}/{} {}:{:02}:{:02}",
+        "{}/{}/{} {}:{:02}",
         dt.year(),
         dt.month(),
         dt.day(),
         dt.hour(),
-        dt.minute(),
-        dt.second()
+        dt.minute()
     )
 }
 
