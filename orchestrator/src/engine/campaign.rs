@@ -1023,8 +1023,10 @@ mod tests {
     #[test]
     fn a_campaign_with_every_station_unreachable_stops_with_the_reason() {
         let stations = [(mac(0), false)];
-        let mut limits = Limits::default();
-        limits.wake_attempts = 1;
+        let limits = Limits {
+            wake_attempts: 1,
+            ..Limits::default()
+        };
         let mut c = Campaign::new("w", &[Family::Windows], 0, &stations, 1, limits);
         c.handle(Event::Tick, 0);
         c.handle(Event::Tick, 301);
