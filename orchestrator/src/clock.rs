@@ -96,6 +96,12 @@ impl Clock {
     }
 }
 
+/// Unix milliseconds as RFC 3339 UTC with milliseconds, as the API shows times.
+pub fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -254,7 +254,7 @@ pub struct Config {
     pub api: ApiConfig,
     /// Rooms by name: where their stations' Wake-on-LAN packets go.
     pub rooms: Vec<RoomConfig>,
-    pub campaigns: crate::campaigns::Settings,
+    pub campaigns: crate::engine::campaign::Settings,
     /// Overnight windows for campaigns that start in one; `None` without windows.
     pub schedule: Option<crate::engine::schedule::Schedule>,
 }
@@ -822,8 +822,8 @@ fn schedule(raw: RawSchedule) -> Result<Option<crate::engine::schedule::Schedule
     }))
 }
 
-fn campaigns(raw: RawCampaigns) -> Result<crate::campaigns::Settings, ConfigError> {
-    let defaults = crate::campaigns::Settings::default();
+fn campaigns(raw: RawCampaigns) -> Result<crate::engine::campaign::Settings, ConfigError> {
+    let defaults = crate::engine::campaign::Settings::default();
     let duration = |key: &str, value: Option<String>, default: std::time::Duration| {
         let Some(text) = value else {
             return Ok(default);
@@ -851,7 +851,7 @@ fn campaigns(raw: RawCampaigns) -> Result<crate::campaigns::Settings, ConfigErro
         Some(n) => Err(invalid(key, n.to_string(), "between 1 and 20")),
     };
     let d = &defaults.limits;
-    Ok(crate::campaigns::Settings {
+    Ok(crate::engine::campaign::Settings {
         max_parallel,
         limits: crate::engine::campaign::Limits {
             wake_s: secs(duration(

@@ -89,7 +89,7 @@ impl Daemon {
             }
         }
         let secret = Secret::load_or_create(&config.data_dir)?;
-        for missing in api::restore_env_missing(&config.restore) {
+        for missing in crate::service::resets::restore_env_missing(&config.restore) {
             warn!(file = %missing.display(), "restore environment file missing: resets are refused until it is there");
         }
         let restore = RestoreBoot {
@@ -155,7 +155,7 @@ impl Daemon {
         let token = cancel.child_token();
         tasks.spawn(async move { ("tftp", tftp.run(token).await.map_err(Into::into)) });
 
-        let (campaign_handle, campaign_rx) = crate::campaigns::Handle::new();
+        let (campaign_handle, campaign_rx) = crate::service::campaigns::Handle::new();
         let state = AppState {
             policy: policy.clone(),
             tftp_root: Arc::new(config.tftp.root.clone()),
@@ -182,7 +182,7 @@ impl Daemon {
             started: Instant::now(),
         };
         let token = cancel.child_token();
-        let runner = crate::campaigns::run(state.clone(), campaign_rx, token);
+        let runner = crate::runner::run(state.clone(), campaign_rx, token);
         tasks.spawn(async move {
             runner.await;
             ("campaigns", Ok(()))

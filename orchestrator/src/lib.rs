@@ -2,16 +2,16 @@
 //! HTTP API and the daemon that wires them to the `pxe` servers.
 
 pub mod api;
-pub mod campaigns;
 pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod engine;
-pub mod keepalive;
 pub mod policy;
 pub mod power;
 pub mod recorder;
+pub mod runner;
+pub mod service;
 pub mod sim;
 pub mod staging;
 pub mod store;

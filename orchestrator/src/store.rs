@@ -431,7 +431,7 @@ impl Store {
     }
 
     /// Every campaign, oldest first.
-    pub fn campaigns(&self) -> Result<Vec<crate::campaigns::Record>, StoreError> {
+    pub fn campaigns(&self) -> Result<Vec<crate::engine::campaign::Record>, StoreError> {
         self.campaigns
             .iter()
             .values()
@@ -439,7 +439,7 @@ impl Store {
             .collect()
     }
 
-    pub fn campaign(&self, id: u64) -> Result<Option<crate::campaigns::Record>, StoreError> {
+    pub fn campaign(&self, id: u64) -> Result<Option<crate::engine::campaign::Record>, StoreError> {
         self.campaigns
             .get(id.to_be_bytes())?
             .map(|v| decode(&format!("campaign {id}"), &v))
@@ -450,7 +450,7 @@ impl Store {
     pub fn put_campaign(
         &self,
         id: u64,
-        record: &crate::campaigns::Record,
+        record: &crate::engine::campaign::Record,
     ) -> Result<(), StoreError> {
         self.campaigns.insert(
             id.to_be_bytes(),

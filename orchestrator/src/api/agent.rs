@@ -45,7 +45,7 @@ const COUNT_INSUFFICIENT: u32 = 0xC004_F038;
 
 fn parse_mac(text: &str) -> Result<MacAddr, ApiError> {
     text.parse()
-        .map_err(|e: pxe::Error| ApiError::BadRequest(e.to_string()))
+        .map_err(|e: pxe::Error| ApiError::Invalid(e.to_string()))
 }
 
 /// Whose token it is: the reset generation it belongs to, and the families that
@@ -154,12 +154,12 @@ pub async fn report(
     payload: Result<Json<ReportBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(body) =
-        payload.map_err(|e| ApiError::BadRequest(format!("request body: {}", e.body_text())))?;
+        payload.map_err(|e| ApiError::Invalid(format!("request body: {}", e.body_text())))?;
     let mac = parse_mac(&body.station)?;
     let agent = authorized(&state, mac, &headers)?;
     // Everything is checked before anything is stored: a bad report changes nothing.
     if body.events.len() > MAX_EVENTS || body.licenses.len() > MAX_LICENSES {
-        return Err(ApiError::BadRequest(format!(
+        return Err(ApiError::Invalid(format!(
             "{} events and {} licences: at most {MAX_EVENTS} and {MAX_LICENSES}",
             body.events.len(),
             body.licenses.len()
@@ -176,7 +176,7 @@ pub async fn report(
         }
     }
     if let Some(f) = body.gave_up.iter().find(|f| !agent.families.contains(f)) {
-        return Err(ApiError::BadRequest(format!(
+        return Err(ApiError::Invalid(format!(
             "gave_up names {f}, which {mac} was not asked to activate"
         )));
     }
@@ -184,7 +184,7 @@ pub async fn report(
     for a in &pairing.attempts {
         if let Some(reply) = &a.reply {
             if reply.count > count_cap(a.family) {
-                return Err(ApiError::BadRequest(format!(
+                return Err(ApiError::Invalid(format!(
                     "{} count {} in event record {}: a KMS host reports {} at most",
                     a.family,
                     reply.count,
@@ -225,7 +225,7 @@ pub async fn report(
         cmids.sort_unstable();
         cmids.dedup();
         if cmids.len() > MAX_CMIDS_PER_CYCLE {
-            return Err(ApiError::BadRequest(format!(
+            return Err(ApiError::Invalid(format!(
                 "{} {family} CMIDs from {mac} in one deployment: a station has one (two after a rearm)",
                 cmids.len()
             )));
@@ -412,7 +412,7 @@ pub async fn commands(
         Some(0) => Some(false),
         Some(1) => Some(true),
         Some(n) => {
-            return Err(ApiError::BadRequest(format!(
+            return Err(ApiError::Invalid(format!(
                 "interactive_user={n}: expected 0 or 1"
             )))
         }
@@ -471,11 +471,11 @@ pub async fn command_result(
     payload: Result<Json<CommandResult>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(body) =
-        payload.map_err(|e| ApiError::BadRequest(format!("request body: {}", e.body_text())))?;
+        payload.map_err(|e| ApiError::Invalid(format!("request body: {}", e.body_text())))?;
     let mac = parse_mac(&body.station)?;
     authorized(&state, mac, &headers)?;
     if body.id.is_empty() || body.id.len() > 32 || !body.id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(ApiError::BadRequest(format!(
+        return Err(ApiError::Invalid(format!(
             "id {:?}: expected the command's id",
             body.id
         )));
@@ -504,7 +504,7 @@ pub async fn command_result(
             state.campaigns.station(mac, Event::InUse(mac));
         }
         other => {
-            return Err(ApiError::BadRequest(format!(
+            return Err(ApiError::Invalid(format!(
                 "outcome {other:?}: expected \"run\", \"warned\" or \"refused\""
             )))
         }
@@ -527,9 +527,9 @@ pub async fn queue(
 ) -> Result<Response, ApiError> {
     let mac = parse_mac(&mac)?;
     let Json(body) =
-        payload.map_err(|e| ApiError::BadRequest(format!("request body: {}", e.body_text())))?;
+        payload.map_err(|e| ApiError::Invalid(format!("request body: {}", e.body_text())))?;
     if !matches!(body.command.as_str(), "reboot" | "shutdown") {
-        return Err(ApiError::BadRequest(format!(
+        return Err(ApiError::Invalid(format!(
             "command {:?}: expected \"reboot\" or \"shutdown\"",
             body.command
         )));

@@ -17,7 +17,7 @@ pub async fn chunk(
 ) -> Result<Response, ApiError> {
     let id: ChunkId = id
         .parse()
-        .map_err(|e: images::Error| ApiError::BadRequest(e.to_string()))?;
+        .map_err(|e: images::Error| ApiError::Invalid(e.to_string()))?;
     let store = state.chunks.clone();
     super::immutable(&headers, id, "application/zstd", move || {
         store.get_compressed(&id).map_err(|e| match e {
@@ -48,9 +48,9 @@ pub async fn batch(
         .split(',')
         .map(|t| t.parse())
         .collect::<Result<_, images::Error>>()
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        .map_err(|e| ApiError::Invalid(e.to_string()))?;
     if ids.is_empty() || ids.len() > MAX_BATCH {
-        return Err(ApiError::BadRequest(format!(
+        return Err(ApiError::Invalid(format!(
             "{} chunk ids: a batch has 1 to {MAX_BATCH}",
             ids.len()
         )));
@@ -66,7 +66,7 @@ pub async fn batch(
             body.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
             body.extend_from_slice(&bytes);
             if body.len() as u64 > images::http::MAX_BATCH_BYTES {
-                return Err(ApiError::BadRequest(format!(
+                return Err(ApiError::Invalid(format!(
                     "the batch is larger than {} bytes: ask for fewer chunks",
                     images::http::MAX_BATCH_BYTES
                 )));

@@ -22,7 +22,7 @@ pub async fn show(State(state): State<AppState>) -> Result<Json<Value>, ApiError
         let target = family.threshold() + DEFAULT_MARGIN;
         let below = ledger
             .falls_below(family, target, now, now + u64::from(DAYS) * 86_400)
-            .map(|t| super::stations::rfc3339(t * 1000));
+            .map(|t| crate::clock::rfc3339(t * 1000));
         families.insert(
             family.name().to_owned(),
             json!({
@@ -45,20 +45,22 @@ pub async fn show(State(state): State<AppState>) -> Result<Json<Value>, ApiError
                 "campaign": r.id,
                 "families": r.families,
                 "state": r.campaign.state,
-                "window_opens": next.map(|t| super::stations::rfc3339(t.max(0) as u64 * 1000)),
-                "count_until": r.horizon.map(|h| super::stations::rfc3339(h * 1000)),
+                "window_opens": next.map(|t| crate::clock::rfc3339(t.max(0) as u64 * 1000)),
+                "count_until": r.horizon.map(|h| crate::clock::rfc3339(h * 1000)),
             })
         }
-        None => match crate::campaigns::top_up_plan(&state, now).map_err(ApiError::Internal)? {
-            Some(plan) => json!({
-                "campaign": null,
-                "families": plan.families,
-                "window_opens": super::stations::rfc3339(plan.opens.max(0) as u64 * 1000),
-                "school_day": plan.school_day.to_string(),
-                "count_until": super::stations::rfc3339(plan.horizon * 1000),
-            }),
-            None => Value::Null,
-        },
+        None => {
+            match crate::service::campaigns::top_up_plan(&state, now).map_err(ApiError::Internal)? {
+                Some(plan) => json!({
+                    "campaign": null,
+                    "families": plan.families,
+                    "window_opens": crate::clock::rfc3339(plan.opens.max(0) as u64 * 1000),
+                    "school_day": plan.school_day.to_string(),
+                    "count_until": crate::clock::rfc3339(plan.horizon * 1000),
+                }),
+                None => Value::Null,
+            }
+        }
     };
     Ok(Json(json!({
         "families": families,
@@ -69,7 +71,7 @@ pub async fn show(State(state): State<AppState>) -> Result<Json<Value>, ApiError
 }
 
 /// The top-up campaign running or waiting for its window, if any.
-fn running_top_up(state: &AppState) -> Result<Option<crate::campaigns::Record>, ApiError> {
+fn running_top_up(state: &AppState) -> Result<Option<crate::engine::campaign::Record>, ApiError> {
     Ok(state
         .policy
         .store()

@@ -10,44 +10,14 @@ mod kms;
 mod resets;
 pub(crate) mod stations;
 
-use std::sync::Arc;
-use std::time::Instant;
-
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::policy::Orchestrator;
-use crate::store::StoreError;
-
-/// What every handler shares.
-#[derive(Clone)]
-pub struct AppState {
-    pub policy: Orchestrator,
-    /// The TFTP root, also served over HTTP under `/ipxe/`.
-    pub tftp_root: Arc<std::path::PathBuf>,
-    /// Image chunks, served to restore clients under `/chunks/`.
-    pub chunks: Arc<images::ChunkStore>,
-    /// The image catalog and staged images.
-    pub images: Arc<images::Images>,
-    pub staging: Arc<crate::staging::StageSettings>,
-    /// The restore environment, served under `/restore/`.
-    pub restore: Arc<crate::config::RestoreConfig>,
-    /// Woken when a command is queued for some agent (their long polls look again).
-    pub commands_queued: Arc<tokio::sync::Notify>,
-    /// The admin token every `/api/v1` call needs but health and the stations' own.
-    pub admin: crate::tokens::AdminToken,
-    /// The campaign runner's mailbox, and its settings.
-    pub campaigns: crate::campaigns::Handle,
-    pub campaign_settings: crate::campaigns::Settings,
-    /// Rooms, for Wake-on-LAN.
-    pub rooms: Arc<Vec<crate::config::RoomConfig>>,
-    /// Overnight windows, for campaigns that start in one.
-    pub schedule: Arc<Option<crate::engine::schedule::Schedule>>,
-    pub started: Instant,
-}
+pub use crate::service::Error as ApiError;
+pub use crate::service::Services as AppState;
 
 /// Whether `path` is an admin endpoint: all of `/api/v1` but health, the agent's
 /// endpoints and the restore client's (they carry tokens of their own).
@@ -171,18 +141,6 @@ pub async fn immutable(
         .into_response())
 }
 
-pub use resets::mark as mark_reset;
-
-/// The restore environment's files that we serve and that are not there.
-pub fn restore_env_missing(restore: &crate::config::RestoreConfig) -> Vec<std::path::PathBuf> {
-    [&restore.kernel, &restore.initrd]
-        .into_iter()
-        .filter(|l| !l.starts_with("http://") && !l.starts_with("https://"))
-        .map(|l| restore.dir.join(l))
-        .filter(|p| !p.is_file())
-        .collect()
-}
-
 async fn health(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> Json<serde_json::Value> {
@@ -193,27 +151,11 @@ async fn health(
     }))
 }
 
-/// An error answer: status and a message for the admin.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Unauthorized(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("{0}")]
-    Internal(String),
-}
-
+/// Domain errors become HTTP answers here, and only here.
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,

@@ -23,13 +23,13 @@ use crate::store::{Reset, ResetState};
 
 fn parse_mac(text: &str) -> Result<MacAddr, ApiError> {
     text.parse()
-        .map_err(|e: pxe::Error| ApiError::BadRequest(e.to_string()))
+        .map_err(|e: pxe::Error| ApiError::Invalid(e.to_string()))
 }
 
 fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     payload
         .map(|Json(v)| v)
-        .map_err(|e| ApiError::BadRequest(format!("request body: {}", e.body_text())))
+        .map_err(|e| ApiError::Invalid(format!("request body: {}", e.body_text())))
 }
 
 /// What a restore report tells the station's campaign. One failure is one failure:
@@ -70,8 +70,8 @@ pub fn reset_json(r: &Reset) -> Value {
         "total_bytes": r.total_bytes,
         "stats": r.stats,
         "error": r.error,
-        "requested_at": super::stations::rfc3339(r.requested_at),
-        "updated_at": super::stations::rfc3339(r.updated_at),
+        "requested_at": crate::clock::rfc3339(r.requested_at),
+        "updated_at": crate::clock::rfc3339(r.updated_at),
     })
 }
 
@@ -92,121 +92,13 @@ pub async fn request(
     let mac = parse_mac(&mac)?;
     let req = body(payload)?;
     let profile = match &req.profile {
-        Some(p) => Some(p.parse::<Profile>().map_err(ApiError::BadRequest)?),
+        Some(p) => Some(p.parse::<Profile>().map_err(ApiError::Invalid)?),
         None => None,
     };
-    let reset = mark(&state, mac, req.image, profile, None).await?;
+    let reset = crate::service::resets::mark(&state, mac, req.image, profile, None).await?;
     let mut answer = reset_json(&reset);
     answer["station"] = json!(mac);
     Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
-}
-
-/// Stage the image and mark `mac` for a reset to it; its next PXE boot chains the
-/// restore environment. `image` and `profile` default to the station's settings;
-/// `families` (campaign cycles) narrows the KMS families the staged image activates.
-pub async fn mark(
-    state: &AppState,
-    mac: MacAddr,
-    image: Option<String>,
-    profile: Option<Profile>,
-    families: Option<Vec<crate::engine::Family>>,
-) -> Result<Reset, ApiError> {
-    let station = state.policy.store().station(mac)?;
-    let missing = super::restore_env_missing(&state.restore);
-    if !missing.is_empty() {
-        let names: Vec<String> = missing.iter().map(|p| p.display().to_string()).collect();
-        return Err(ApiError::Conflict(format!(
-            "the restore environment is not installed ({} missing): a station sent to it would fail to boot",
-            names.join(", ")
-        )));
-    }
-    let store = state.policy.store().clone();
-    let Some(station) = station else {
-        return Err(ApiError::NotFound(format!(
-            "no station {mac} in the inventory (it registers at its first PXE boot, or list it in [[inventory.stations]])"
-        )));
-    };
-    let profile = match profile {
-        Some(p) => p,
-        None if station.kms_activation => Profile::Kms,
-        None => Profile::Plain,
-    };
-    let disk = station.disk.clone().or_else(|| state.restore.disk.clone()).ok_or_else(|| {
-        ApiError::Conflict(format!(
-            "no disk to restore {mac} to: set restore.disk, or the station's disk (PUT /api/v1/stations/{mac} {{\"disk\": \"/dev/nvme0n1\"}}); netreset never guesses a disk"
-        ))
-    })?;
-    let image = image.or(station.image).ok_or_else(|| {
-        ApiError::BadRequest(format!(
-            "no image: name one, or set the image of {mac} (PUT /api/v1/stations/{mac})"
-        ))
-    })?;
-    images::check_name(&image).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let staging = match (&families, &state.staging.kms) {
-        (Some(only), Some(kms)) => {
-            let mut narrowed = (*state.staging).clone();
-            narrowed.kms = Some(crate::config::KmsConfig {
-                windows: kms.windows && only.contains(&crate::engine::Family::Windows),
-                office: kms.office && only.contains(&crate::engine::Family::Office),
-                ..kms.clone()
-            });
-            std::sync::Arc::new(narrowed)
-        }
-        _ => state.staging.clone(),
-    };
-    let (images, name) = (state.images.clone(), image.clone());
-    let chunks = state.chunks.clone();
-    let kms = staging.kms.clone();
-    let (id, _) =
-        tokio::task::spawn_blocking(move || staging.stage(&images, &chunks, &name, profile))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(|e| match e {
-                crate::staging::StageError::Images(images::Error::NoImage(n)) => {
-                    ApiError::NotFound(format!("no image named {n:?} (netreset image ls)"))
-                }
-                crate::staging::StageError::NoKms => ApiError::Conflict(e.to_string()),
-                crate::staging::StageError::Images(images::Error::BadStaged(why)) => {
-                    ApiError::Conflict(why)
-                }
-                other => ApiError::Internal(other.to_string()),
-            })?;
-    let now = state.policy.store().clock().now_ms();
-    let reset = Reset {
-        image,
-        profile: profile.to_string(),
-        staged: id.to_string(),
-        state: ResetState::Pending,
-        requested_at: now,
-        updated_at: now,
-        done_bytes: 0,
-        total_bytes: 0,
-        stats: Default::default(),
-        error: None,
-        generation: store.next_id()?,
-        // The station runs the image of its last completed reset until this one is.
-        previous_generation: match store.reset(mac)? {
-            Some(old) if old.state == ResetState::Done => Some(old.generation),
-            Some(old) => old.previous_generation,
-            None => None,
-        },
-        families: match (profile, &kms) {
-            (Profile::Kms, Some(kms)) => kms.families(),
-            _ => Vec::new(),
-        },
-        disk: Some(disk),
-    };
-    store.put_reset(mac, &reset)?;
-    store.record(
-        mac,
-        "reset-requested",
-        format!(
-            "{} ({}) staged {}",
-            reset.image, reset.profile, reset.staged
-        ),
-    )?;
-    tracing::info!(%mac, image = %reset.image, profile = %reset.profile, staged = %reset.staged, "reset requested");
-    Ok(reset)
 }
 
 #[derive(Deserialize)]
@@ -245,7 +137,7 @@ pub async fn staged_index(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id: ChunkId = id.parse().map_err(|_| {
-        ApiError::BadRequest(format!("{id:?} is not a staged image id (64 hex digits)"))
+        ApiError::Invalid(format!("{id:?} is not a staged image id (64 hex digits)"))
     })?;
     let images = state.images.clone();
     super::immutable(&headers, id, "application/octet-stream", move || {
@@ -354,7 +246,7 @@ pub async fn progress(
         "done" => ResetState::Done,
         "failed" => ResetState::Failed,
         other => {
-            return Err(ApiError::BadRequest(format!(
+            return Err(ApiError::Invalid(format!(
                 "state {other:?}: expected running, done or failed"
             )))
         }

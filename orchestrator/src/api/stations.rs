@@ -6,12 +6,8 @@ use pxe::MacAddr;
 use serde_json::{json, Value};
 
 use super::{ApiError, AppState};
+use crate::clock::rfc3339;
 use crate::store::{Event, Station};
-
-pub(crate) fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
-        .to_string()
-}
 
 fn station_json(st: &Station) -> Value {
     json!({
@@ -49,7 +45,7 @@ pub async fn show(
 ) -> Result<Json<Value>, ApiError> {
     let mac: MacAddr = mac
         .parse()
-        .map_err(|e: pxe::Error| ApiError::BadRequest(e.to_string()))?;
+        .map_err(|e: pxe::Error| ApiError::Invalid(e.to_string()))?;
     let store = state.policy.store();
     let station = store
         .station(mac)?
@@ -75,7 +71,7 @@ pub struct SettingsBody {
 
 fn label(key: &str, value: &str) -> Result<(), ApiError> {
     if value.is_empty() || value.len() > 64 || value.chars().any(char::is_control) {
-        return Err(ApiError::BadRequest(format!(
+        return Err(ApiError::Invalid(format!(
             "{key} {value:?}: 1 to 64 characters, no control characters"
         )));
     }
@@ -91,9 +87,9 @@ pub async fn update(
 ) -> Result<Json<Value>, ApiError> {
     let mac: MacAddr = mac
         .parse()
-        .map_err(|e: pxe::Error| ApiError::BadRequest(e.to_string()))?;
+        .map_err(|e: pxe::Error| ApiError::Invalid(e.to_string()))?;
     let Json(body) =
-        payload.map_err(|e| ApiError::BadRequest(format!("request body: {}", e.body_text())))?;
+        payload.map_err(|e| ApiError::Invalid(format!("request body: {}", e.body_text())))?;
     if let Some(name) = &body.name {
         label("name", name)?;
     }
@@ -101,10 +97,10 @@ pub async fn update(
         label("room", room)?;
     }
     if let Some(image) = &body.image {
-        images::check_name(image).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        images::check_name(image).map_err(|e| ApiError::Invalid(e.to_string()))?;
     }
     if let Some(disk) = &body.disk {
-        crate::config::check_disk(disk).map_err(ApiError::BadRequest)?;
+        crate::config::check_disk(disk).map_err(ApiError::Invalid)?;
     }
     let store = state.policy.store();
     if store.station(mac)?.is_none() {

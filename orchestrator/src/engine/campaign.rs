@@ -12,6 +12,7 @@
 //! planner re-plans on the others.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use pxe::MacAddr;
 use serde::{Deserialize, Serialize};
@@ -577,6 +578,47 @@ fn restore_failed(
         s.since = now;
         s.powered_on = false;
         actions.push(Action::Wake(s.mac));
+    }
+}
+
+/// A campaign as stored and shown.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: u64,
+    /// Unix milliseconds.
+    pub created_at: u64,
+    pub updated_at: u64,
+    pub families: Vec<Family>,
+    pub margin: u32,
+    /// Runs its cycles in the overnight windows only.
+    #[serde(default)]
+    pub window: bool,
+    /// A top-up: its counts are what the ledger projects for this moment (Unix
+    /// seconds), the end of the school day it must carry, not the host's count now,
+    /// which still holds CMIDs about to age out.
+    #[serde(default)]
+    pub horizon: Option<u64>,
+    pub campaign: Campaign,
+}
+
+/// Campaign settings from the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub max_parallel: usize,
+    pub limits: Limits,
+    pub tick: Duration,
+    /// How often the keep-alive looks at the ledger's projection.
+    pub keepalive_check: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            max_parallel: 5,
+            limits: Limits::default(),
+            tick: Duration::from_secs(1),
+            keepalive_check: Duration::from_secs(600),
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! agent reboots, resets), the schedule and the API build on these.
 
 pub mod campaign;
+pub mod keepalive;
 pub mod ledger;
 pub mod planner;
 pub mod schedule;

@@ -6,91 +6,14 @@
 //! goes on where they stood.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use pxe::MacAddr;
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::AppState;
-use crate::engine::campaign::{Action, Campaign, Event, Limits, State};
-use crate::engine::Family;
-
-/// A campaign as stored and shown.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Record {
-    pub id: u64,
-    /// Unix milliseconds.
-    pub created_at: u64,
-    pub updated_at: u64,
-    pub families: Vec<Family>,
-    pub margin: u32,
-    /// Runs its cycles in the overnight windows only.
-    #[serde(default)]
-    pub window: bool,
-    /// A top-up: its counts are what the ledger projects for this moment (Unix
-    /// seconds), the end of the school day it must carry, not the host's count now,
-    /// which still holds CMIDs about to age out.
-    #[serde(default)]
-    pub horizon: Option<u64>,
-    pub campaign: Campaign,
-}
-
-/// What reaches the runner.
-#[derive(Debug)]
-pub enum Msg {
-    Station(MacAddr, Event),
-    Started(u64),
-    Cancel(u64),
-}
-
-/// The runner's mailbox, shared by the API handlers.
-#[derive(Clone, Debug)]
-pub struct Handle {
-    tx: mpsc::UnboundedSender<Msg>,
-}
-
-impl Handle {
-    pub fn new() -> (Handle, mpsc::UnboundedReceiver<Msg>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (Handle { tx }, rx)
-    }
-
-    /// Tell the runner what a station did (ignored when it is in no campaign).
-    pub fn station(&self, mac: MacAddr, event: Event) {
-        let _ = self.tx.send(Msg::Station(mac, event));
-    }
-
-    pub fn started(&self, id: u64) {
-        let _ = self.tx.send(Msg::Started(id));
-    }
-
-    pub fn cancel(&self, id: u64) {
-        let _ = self.tx.send(Msg::Cancel(id));
-    }
-}
-
-/// Campaign settings from the configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Settings {
-    pub max_parallel: usize,
-    pub limits: Limits,
-    pub tick: Duration,
-    /// How often the keep-alive looks at the ledger's projection.
-    pub keepalive_check: Duration,
-}
-
-impl Default for Settings {
-    fn default() -> Settings {
-        Settings {
-            max_parallel: 5,
-            limits: Limits::default(),
-            tick: Duration::from_secs(1),
-            keepalive_check: Duration::from_secs(600),
-        }
-    }
-}
+use crate::engine::campaign::{Action, Event, Record, State};
+use crate::service::campaigns::Msg;
+use crate::service::Services as AppState;
 
 /// Run until `cancel`: load the running campaigns, then take messages and ticks.
 pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Msg>, cancel: CancellationToken) {
@@ -258,7 +181,7 @@ async fn carry_out(state: &AppState, record: &Record, action: Action) -> Vec<Eve
         .find(|s| s.mac == action_mac(&action));
     let mut follow = Vec::new();
     let result: Result<(), String> = match &action {
-        Action::Reset { mac, families } => crate::api::mark_reset(
+        Action::Reset { mac, families } => crate::service::resets::mark(
             state,
             *mac,
             Some(image),
@@ -289,7 +212,7 @@ async fn carry_out(state: &AppState, record: &Record, action: Action) -> Vec<Eve
             // cycle and marking it, or it was withdrawn): mark it before the boot.
             _ => {
                 let families = run.map(|s| s.families.clone()).unwrap_or_default();
-                match crate::api::mark_reset(
+                match crate::service::resets::mark(
                     state,
                     *mac,
                     Some(image),
@@ -438,43 +361,14 @@ fn wake(state: &AppState, mac: MacAddr) -> Result<(), String> {
 
 /// Plan a top-up campaign when the keep-alive says one is due; what happened, for
 /// the log.
-/// The families keep-alive looks after: those `[kms] families` activates.
-pub fn kept_families(state: &AppState) -> Vec<Family> {
-    let Some(kms) = &state.staging.kms else {
-        return Vec::new();
-    };
-    [Family::Windows, Family::Office]
-        .into_iter()
-        .filter(|f| kms.families().contains(&f.name().to_owned()))
-        .collect()
-}
-
-/// The top-up keep-alive calls for at `now`, if any (see `crate::keepalive`).
-pub fn top_up_plan(state: &AppState, now: u64) -> Result<Option<crate::keepalive::TopUp>, String> {
-    let Some(schedule) = state.schedule.as_ref().as_ref() else {
-        return Ok(None);
-    };
-    let ledger = state
-        .policy
-        .store()
-        .ledger()
-        .map_err(|e| format!("cannot read the KMS ledger: {e}"))?;
-    Ok(crate::keepalive::plan(
-        &ledger,
-        schedule,
-        &kept_families(state),
-        now,
-    ))
-}
-
 async fn keepalive(state: &AppState, now: u64) -> String {
-    let plan = match top_up_plan(state, now) {
+    let plan = match crate::service::campaigns::top_up_plan(state, now) {
         Ok(Some(plan)) => plan,
         Ok(None) => return String::new(),
         Err(e) => return e,
     };
     let due = &plan.families;
-    let opens = crate::api::stations::rfc3339(plan.opens.max(0) as u64 * 1000);
+    let opens = crate::clock::rfc3339(plan.opens.max(0) as u64 * 1000);
     if !plan.next_window {
         return format!(
             "a top-up of {due:?} is planned for the window at {opens}, the last before school on {}",
@@ -493,15 +387,15 @@ async fn keepalive(state: &AppState, now: u64) -> String {
     if flagged.is_empty() {
         return format!("a top-up of {due:?} is due, but no station has KMS activation on");
     }
-    let body = crate::api::campaigns::CreateBody {
+    let body = crate::service::campaigns::CreateBody {
         room: None,
         stations: Some(flagged),
         families: due.clone(),
-        margin: Some(crate::keepalive::MARGIN),
+        margin: Some(crate::engine::keepalive::MARGIN),
         start: "window".into(),
         image: None,
     };
-    match crate::api::campaigns::start_campaign(state, body, Some(plan.horizon)).await {
+    match crate::service::campaigns::start(state, body, Some(plan.horizon)).await {
         Ok(id) => format!(
             "top-up campaign {id} for {due:?} planned for the window at {opens}, before school on {}",
             plan.school_day
