@@ -37,6 +37,8 @@ pub struct Daemon {
     policy: Orchestrator,
     cancel: CancellationToken,
     tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
+    /// `data_dir` is ours while we run.
+    _lock: crate::lock::DataLock,
 }
 
 impl Daemon {
@@ -62,6 +64,11 @@ impl Daemon {
         })?;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+        let lock = crate::lock::DataLock::acquire(
+            &config.data_dir,
+            "netreset serve",
+            crate::lock::Access::Shared,
+        )?;
         let store = Store::open(
             &config.data_dir.join("store"),
             config.inventory.events_per_station,
@@ -205,6 +212,7 @@ impl Daemon {
             policy,
             cancel,
             tasks,
+            _lock: lock,
         })
     }
 

@@ -53,6 +53,19 @@ pub enum ImageCommand {
 pub fn run(config: &Path, command: ImageCommand) -> anyhow::Result<()> {
     let config = Config::load(config)?;
     let dir = &config.data_dir;
+    // What adds to data_dir shares it with a running server; what deletes needs it
+    // alone, and is refused (never waits) while anyone else holds it.
+    use orchestrator::lock::{Access, DataLock};
+    let writes = match &command {
+        ImageCommand::Import { .. } => Some(("netreset image import", Access::Shared)),
+        ImageCommand::Stage { .. } => Some(("netreset image stage", Access::Shared)),
+        ImageCommand::Rm { .. } => Some(("netreset image rm", Access::Exclusive)),
+        ImageCommand::Gc => Some(("netreset image gc", Access::Exclusive)),
+        ImageCommand::Ls | ImageCommand::Verify { .. } => None,
+    };
+    let _lock = writes
+        .map(|(what, access)| DataLock::acquire(dir, what, access))
+        .transpose()?;
     let store = ChunkStore::open(dir)?;
     let images = Images::open(dir)?;
     match command {

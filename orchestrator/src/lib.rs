@@ -7,6 +7,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod engine;
+pub mod lock;
 pub mod policy;
 pub mod power;
 pub mod recorder;

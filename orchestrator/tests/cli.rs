@@ -64,26 +64,7 @@ fn serve_stops_cleanly_on_sigterm_and_keeps_its_store() {
         dir.path(),
         "[[inventory.stations]]\nmac = \"52:54:00:00:99:01\"\nname = \"pc1\"\n",
     );
-    let mut child = Command::new(NETRESET)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait for the "netreset running" line rather than sleeping.
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let line = lines
-            .next()
-            .expect("netreset exited before it was running")
-            .unwrap();
-        if line.contains("netreset running") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "netreset did not start");
-    }
+    let mut child = serve(&config);
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -107,6 +88,62 @@ fn serve_stops_cleanly_on_sigterm_and_keeps_its_store() {
     assert_eq!(
         store.station(mac).unwrap().unwrap().name.as_deref(),
         Some("pc1")
+    );
+}
+
+/// Start `netreset serve` and wait for its "netreset running" line (no sleeps).
+fn serve(config: &std::path::Path) -> std::process::Child {
+    let mut child = Command::new(NETRESET)
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = lines
+            .next()
+            .expect("netreset exited before it was running")
+            .unwrap();
+        if line.contains("netreset running") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "netreset did not start");
+    }
+    // Keep reading: a closed pipe would make its next log line fail.
+    std::thread::spawn(move || lines.for_each(drop));
+    child
+}
+
+#[test]
+fn image_gc_beside_a_running_serve_is_refused_naming_the_holder_and_an_import_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let mut child = serve(&config);
+    let out = netreset(&config, &["gc"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("is in use by netreset serve (pid {})", child.id())),
+        "{err}"
+    );
+    let out = netreset(&config, &["ls"]);
+    assert!(out.status.success(), "ls only reads: {out:?}");
+    let raw = dir.path().join("disk.raw");
+    std::fs::write(&raw, vec![7u8; 1 << 20]).unwrap();
+    let out = netreset(&config, &["import", raw.to_str().unwrap(), "--name", "new"]);
+    assert!(
+        out.status.success(),
+        "an import only adds, beside the server: {out:?}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = netreset(&config, &["gc"]);
+    assert!(
+        out.status.success(),
+        "the lock went with the process: {out:?}"
     );
 }
 
