@@ -464,10 +464,12 @@ impl Store {
     /// it did. A restore under way is left to finish (a half-written disk would not
     /// boot).
     pub fn remove_reset_if_pending(&self, mac: MacAddr) -> Result<bool, StoreError> {
-        match self.reset(mac)? {
-            Some(r) if r.state == ResetState::Pending => self.remove_reset(mac),
-            _ => Ok(false),
-        }
+        self.change_reset(mac, |current| {
+            Ok::<_, StoreError>(match current {
+                Some(r) if r.state == ResetState::Pending => (None, true),
+                other => (other, false),
+            })
+        })
     }
 
     /// Every activation report, oldest first.
@@ -615,6 +617,34 @@ impl Store {
         )?;
         self.resets.flush()?;
         Ok(())
+    }
+
+    /// Change the reset of `mac` in one step: `change` sees the reset as it is and
+    /// says what it becomes (`None`: removed) and what to return, or refuses. When
+    /// another writer came in between, `change` runs again on what that one wrote,
+    /// so no change is lost or made on a state that is gone.
+    pub fn change_reset<T, E: From<StoreError>>(
+        &self,
+        mac: MacAddr,
+        mut change: impl FnMut(Option<Reset>) -> Result<(Option<Reset>, T), E>,
+    ) -> Result<T, E> {
+        loop {
+            let old = self.resets.get(mac.octets()).map_err(StoreError::from)?;
+            let current = match &old {
+                Some(bytes) => Some(decode(&mac.to_string(), bytes)?),
+                None => None,
+            };
+            let (new, out) = change(current)?;
+            let new = new.map(|r| serde_json::to_vec(&r).expect("reset serializes"));
+            let swapped = self
+                .resets
+                .compare_and_swap(mac.octets(), old, new)
+                .map_err(StoreError::from)?;
+            if swapped.is_ok() {
+                self.resets.flush().map_err(StoreError::from)?;
+                return Ok(out);
+            }
+        }
     }
 
     /// Forget the reset of `mac`; returns whether there was one.

@@ -684,3 +684,72 @@ async fn a_failure_the_restore_environment_reports_fails_the_reset_with_the_log_
         .contains("forged"));
     server.daemon.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_progress_reports_and_a_cancel_never_leave_a_reset_no_request_wrote() {
+    let (server, _image, _args, _disks) = marked().await;
+    let addr = server.daemon.http_addr;
+    let progress = format!("/api/v1/stations/{MAC}/restore-progress");
+    for round in 0..20u64 {
+        if round > 0 {
+            reset(&server, "plain").await;
+        }
+        let (_, args) = script(&server).await;
+        let auth = format!("Authorization: Bearer {}\r\n", args["token"]);
+        let mut posts = Vec::new();
+        let mut cancel = None;
+        for i in 0..40u64 {
+            if i == 20 {
+                cancel = Some(tokio::spawn(async move {
+                    http_send(
+                        addr,
+                        "DELETE",
+                        &format!("/api/v1/stations/{MAC}/reset?force=true"),
+                        "",
+                        b"",
+                    )
+                    .await
+                    .0
+                }));
+            }
+            let (progress, auth, body) = (
+                progress.clone(),
+                auth.clone(),
+                format!(
+                    r#"{{"state": "running", "image": "{}", "done_bytes": {}, "total_bytes": 1000}}"#,
+                    args["image"],
+                    round * 100 + i
+                ),
+            );
+            posts.push(tokio::spawn(async move {
+                post_json(addr, &progress, &auth, &body).await.0
+            }));
+        }
+        let statuses: Vec<u16> = futures_join(posts).await;
+        let cancelled = cancel.expect("spawned").await.unwrap();
+        assert_eq!(
+            cancelled, 200,
+            "round {round}: a forced cancel of an active reset"
+        );
+        // Every report either landed before the cancel or was refused after it:
+        // none brings the reset back.
+        assert!(
+            statuses.iter().all(|s| *s == 200 || *s == 401),
+            "round {round}: {statuses:?}"
+        );
+        assert!(
+            station(&server).await["reset"].is_null(),
+            "round {round}: a report resurrected the cancelled reset ({statuses:?})"
+        );
+    }
+    server.daemon.shutdown().await.unwrap();
+}
+
+/// Wait for every task; their results in order.
+async fn futures_join(tasks: Vec<tokio::task::JoinHandle<u16>>) -> Vec<u16> {
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}

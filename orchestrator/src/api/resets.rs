@@ -114,7 +114,7 @@ pub async fn cancel(
 ) -> Result<Json<Value>, ApiError> {
     let mac = parse_mac(&mac)?;
     let store = state.policy.store();
-    match store.reset(mac)? {
+    let staged = store.change_reset(mac, |current| match current {
         Some(r) if r.state == ResetState::Restoring && !query.force => {
             Err(ApiError::Conflict(format!(
                 "{mac} is restoring ({:.0} %): its disk is half written and would not boot. \
@@ -122,13 +122,11 @@ pub async fn cancel(
                 r.done_bytes as f64 * 100.0 / r.total_bytes.max(1) as f64
             )))
         }
-        Some(r) if r.state.active() => {
-            store.remove_reset(mac)?;
-            store.record(mac, "reset-cancelled", r.staged)?;
-            Ok(Json(json!({ "station": mac, "cancelled": true })))
-        }
+        Some(r) if r.state.active() => Ok((None, r.staged)),
         _ => Err(ApiError::NotFound(format!("no reset under way for {mac}"))),
-    }
+    })?;
+    store.record(mac, "reset-cancelled", staged)?;
+    Ok(Json(json!({ "station": mac, "cancelled": true })))
 }
 
 pub async fn staged_index(
@@ -233,14 +231,8 @@ pub async fn progress(
     payload: Result<Json<ProgressReport>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let mac = parse_mac(&mac)?;
-    let mut reset = authorized(&state, mac, &headers, true)?;
+    let token_of = authorized(&state, mac, &headers, true)?;
     let report = body(payload)?;
-    if report.image != reset.staged {
-        return Err(ApiError::Conflict(format!(
-            "the report is for staged image {}, the station is being reset to {}",
-            report.image, reset.staged
-        )));
-    }
     let next = match report.state.as_str() {
         "running" => ResetState::Restoring,
         "done" => ResetState::Done,
@@ -251,25 +243,13 @@ pub async fn progress(
             )))
         }
     };
-    if reset.state == ResetState::Done && next == ResetState::Done {
-        // A rerun after a completed restore (say, killed after its report) is fine.
-        return Ok(Json(reset_json(&reset)));
-    }
-    if reset.state == ResetState::Done {
-        return Err(ApiError::Conflict(format!(
-            "the reset of {mac} to {} is complete already",
-            reset.staged
-        )));
-    }
-    let previous = reset.state;
-    reset.state = next;
-    reset.updated_at = state.policy.store().clock().now_ms();
-    reset.done_bytes = report.done_bytes.unwrap_or(reset.done_bytes);
-    reset.total_bytes = report.total_bytes.unwrap_or(reset.total_bytes);
+    let now = state.policy.store().clock().now_ms();
     // The end of a log says the most: the last 2000 characters are kept.
-    reset.error = report.error.map(|e| {
+    let error = report.error.map(|e| {
         let chars: Vec<char> = e.chars().collect();
-        chars[chars.len().saturating_sub(2000)..].iter().collect()
+        chars[chars.len().saturating_sub(2000)..]
+            .iter()
+            .collect::<String>()
     });
     let figures: serde_json::Map<String, Value> = report
         .figures
@@ -277,11 +257,50 @@ pub async fn progress(
         .filter(|(_, v)| v.is_number())
         .take(32)
         .collect();
-    if !figures.is_empty() {
-        reset.stats = figures;
-    }
+    // Read, checked and written in one step: a cancel or another report in between
+    // is seen, never overwritten.
+    let changed = state.policy.store().change_reset(mac, |current| {
+        let Some(mut reset) = current else {
+            return Err(ApiError::Unauthorized(format!(
+                "no reset was asked for {mac} (cancelled?)"
+            )));
+        };
+        if reset.generation != token_of.generation {
+            return Err(ApiError::Unauthorized(
+                "the restore token is not one issued for this station and its current reset".into(),
+            ));
+        }
+        if report.image != reset.staged {
+            return Err(ApiError::Conflict(format!(
+                "the report is for staged image {}, the station is being reset to {}",
+                report.image, reset.staged
+            )));
+        }
+        if reset.state == ResetState::Done && next == ResetState::Done {
+            // A rerun after a completed restore (say, killed after its report) is fine.
+            return Ok((Some(reset.clone()), (reset, None)));
+        }
+        if reset.state == ResetState::Done {
+            return Err(ApiError::Conflict(format!(
+                "the reset of {mac} to {} is complete already",
+                reset.staged
+            )));
+        }
+        let previous = reset.state;
+        reset.state = next;
+        reset.updated_at = now;
+        reset.done_bytes = report.done_bytes.unwrap_or(reset.done_bytes);
+        reset.total_bytes = report.total_bytes.unwrap_or(reset.total_bytes);
+        reset.error = error.clone();
+        if !figures.is_empty() {
+            reset.stats = figures.clone();
+        }
+        Ok((Some(reset.clone()), (reset, Some(previous))))
+    })?;
+    let (reset, Some(previous)) = changed else {
+        return Ok(Json(reset_json(&changed.0)));
+    };
     let store = state.policy.store();
-    store.put_reset(mac, &reset)?;
     if next == ResetState::Done {
         store.set_agent_generation(mac, reset.generation, &reset.families)?;
     }
