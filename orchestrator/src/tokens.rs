@@ -2,7 +2,7 @@
 //! 32 random bytes made at first start, mode 0600), so nothing per token is stored:
 //!
 //! - the agent token of a station: keyed BLAKE3 of its MAC and of the reset it came
-//!   with (the "HMAC of the MAC under a server secret" of DESIGN.md §7), injected
+//!   with (an HMAC of the MAC under a server secret), injected
 //!   through station.json; each reset makes a new one, so a token read off a disk is
 //!   worthless after the next reset;
 //! - a per-restore token: `{expiry}.{mac of station, staged image and expiry}`,

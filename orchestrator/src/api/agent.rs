@@ -25,11 +25,11 @@ use pxe::MacAddr;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, AppState};
+use super::{parse_mac, ApiError, AppState};
 use crate::engine::campaign::Event;
 use crate::engine::ledger::{Added, Report};
 use crate::engine::spp::{self, Channel};
-use crate::engine::Family;
+use crate::engine::{Family, COUNT_INSUFFICIENT};
 
 /// How long a command poll waits before it answers 204 (the agent times out at 70 s).
 const POLL: Duration = Duration::from_secs(55);
@@ -40,13 +40,6 @@ const MAX_LICENSES: usize = 64;
 /// A deployment has one CMID per family; a rearm (`slmgr /rearm`) makes a second.
 /// More in one cycle are made up.
 const MAX_CMIDS_PER_CYCLE: usize = 2;
-/// Count insufficient: the host counted the request but does not activate yet.
-const COUNT_INSUFFICIENT: u32 = 0xC004_F038;
-
-fn parse_mac(text: &str) -> Result<MacAddr, ApiError> {
-    text.parse()
-        .map_err(|e: pxe::Error| ApiError::Invalid(e.to_string()))
-}
 
 /// Whose token it is: the reset generation it belongs to, and the families that
 /// reset's agent was asked to activate.
@@ -128,7 +121,7 @@ pub struct ReportBody {
 }
 
 /// The most a KMS host ever reports for `family`: its table holds twice the highest
-/// threshold (KMS.md), 50 for Windows and 10 for Office.
+/// threshold (docs/kms.md), 50 for Windows and 10 for Office.
 fn count_cap(family: Family) -> u32 {
     match family {
         Family::Windows => 2 * Family::Windows.threshold(),
@@ -153,8 +146,7 @@ pub async fn report(
     headers: HeaderMap,
     payload: Result<Json<ReportBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(body) =
-        payload.map_err(|e| ApiError::Invalid(format!("request body: {}", e.body_text())))?;
+    let body = super::body(payload)?;
     let mac = parse_mac(&body.station)?;
     let agent = authorized(&state, mac, &headers)?;
     // Everything is checked before anything is stored: a bad report changes nothing.
@@ -470,8 +462,7 @@ pub async fn command_result(
     headers: HeaderMap,
     payload: Result<Json<CommandResult>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(body) =
-        payload.map_err(|e| ApiError::Invalid(format!("request body: {}", e.body_text())))?;
+    let body = super::body(payload)?;
     let mac = parse_mac(&body.station)?;
     authorized(&state, mac, &headers)?;
     if body.id.is_empty() || body.id.len() > 32 || !body.id.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -526,8 +517,7 @@ pub async fn queue(
     payload: Result<Json<CommandBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let mac = parse_mac(&mac)?;
-    let Json(body) =
-        payload.map_err(|e| ApiError::Invalid(format!("request body: {}", e.body_text())))?;
+    let body = super::body(payload)?;
     if !matches!(body.command.as_str(), "reboot" | "shutdown") {
         return Err(ApiError::Invalid(format!(
             "command {:?}: expected \"reboot\" or \"shutdown\"",

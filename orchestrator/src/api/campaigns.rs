@@ -18,8 +18,7 @@ pub async fn create(
     State(state): State<AppState>,
     payload: Result<Json<CreateBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(body) =
-        payload.map_err(|e| ApiError::Invalid(format!("request body: {}", e.body_text())))?;
+    let body = super::body(payload)?;
     let id = crate::service::campaigns::start(&state, body, None).await?;
     Ok((StatusCode::CREATED, Json(json!({ "id": id }))).into_response())
 }

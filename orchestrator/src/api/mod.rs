@@ -151,6 +151,21 @@ async fn health(
     }))
 }
 
+/// A MAC from a path or a body, or a 400 that says why not.
+fn parse_mac(text: &str) -> Result<pxe::MacAddr, ApiError> {
+    text.parse()
+        .map_err(|e: pxe::Error| ApiError::Invalid(e.to_string()))
+}
+
+/// A JSON body, or a 400 that says what is wrong with it.
+fn body<T>(
+    payload: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, ApiError> {
+    payload
+        .map(|Json(v)| v)
+        .map_err(|e| ApiError::Invalid(format!("request body: {}", e.body_text())))
+}
+
 /// Domain errors become HTTP answers here, and only here.
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {

@@ -18,19 +18,8 @@ use pxe::MacAddr;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{ApiError, AppState};
+use super::{body, parse_mac, ApiError, AppState};
 use crate::store::{Reset, ResetState};
-
-fn parse_mac(text: &str) -> Result<MacAddr, ApiError> {
-    text.parse()
-        .map_err(|e: pxe::Error| ApiError::Invalid(e.to_string()))
-}
-
-fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    payload
-        .map(|Json(v)| v)
-        .map_err(|e| ApiError::Invalid(format!("request body: {}", e.body_text())))
-}
 
 /// What a restore report tells the station's campaign. One failure is one failure:
 /// the restore environment reports it again, with the end of its log, after the

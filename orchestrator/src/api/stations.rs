@@ -2,7 +2,6 @@
 
 use axum::extract::{Path, State};
 use axum::Json;
-use pxe::MacAddr;
 use serde_json::{json, Value};
 
 use super::{ApiError, AppState};
@@ -43,9 +42,7 @@ pub async fn show(
     State(state): State<AppState>,
     Path(mac): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let mac: MacAddr = mac
-        .parse()
-        .map_err(|e: pxe::Error| ApiError::Invalid(e.to_string()))?;
+    let mac = super::parse_mac(&mac)?;
     let store = state.policy.store();
     let station = store
         .station(mac)?
@@ -85,11 +82,8 @@ pub async fn update(
     Path(mac): Path<String>,
     payload: Result<Json<SettingsBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let mac: MacAddr = mac
-        .parse()
-        .map_err(|e: pxe::Error| ApiError::Invalid(e.to_string()))?;
-    let Json(body) =
-        payload.map_err(|e| ApiError::Invalid(format!("request body: {}", e.body_text())))?;
+    let mac = super::parse_mac(&mac)?;
+    let body = super::body(payload)?;
     if let Some(name) = &body.name {
         label("name", name)?;
     }

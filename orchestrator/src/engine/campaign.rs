@@ -2,7 +2,7 @@
 //! at PXE, a restore's progress, an agent's report), actions out (reset and wake a
 //! station, reboot it through its agent, cancel its reset). Pure and deterministic:
 //! the runner persists the campaign after every event, before it carries out the
-//! actions, so a restarted daemon resumes where it stopped (DESIGN.md §6).
+//! actions, so a restarted daemon resumes where it stopped (ARCHITECTURE.md, invariants).
 //!
 //! Station lifecycle: idle → waking (WoL sent or reboot queued) → pxe → restoring →
 //! booting-os (restored, waiting for the agent's reports) → idle, or the next cycle.
@@ -18,7 +18,7 @@ use pxe::MacAddr;
 use serde::{Deserialize, Serialize};
 
 use super::planner::{self, Goal};
-use super::Family;
+use super::{Family, COUNT_INSUFFICIENT};
 
 /// Seconds and attempts before a stage counts as failed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,8 +124,6 @@ pub struct Campaign {
     pub probing: Vec<Family>,
 }
 
-/// Count insufficient: the host counted the request.
-const COUNT_INSUFFICIENT: u32 = 0xC004_F038;
 /// Cycles in a row a family's activation may fail before the campaign stops: each
 /// one is a whole reset, and the same cause fails the next one too.
 pub const FAILED_IN_A_ROW: u32 = 3;

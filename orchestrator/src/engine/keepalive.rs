@@ -12,8 +12,7 @@ use crate::engine::ledger::Ledger;
 use crate::engine::schedule::Schedule;
 use crate::engine::Family;
 
-/// The result a station gets while the count is short.
-pub const COUNT_INSUFFICIENT: u32 = 0xC004_F038;
+pub use super::COUNT_INSUFFICIENT;
 /// The margin a top-up aims for above the threshold.
 pub const MARGIN: u32 = 2;
 /// How recent a 0xC004F038 must be to call for a top-up.

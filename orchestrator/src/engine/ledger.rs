@@ -3,7 +3,7 @@
 //! and the last request and the last result. It gives the count a family last
 //! reported, finds a duplicate CMID (an image captured without `sysprep
 //! /generalize`), and projects the count forward: a CMID ages out of the KMS host's
-//! count 30 days after its **last** request (KMS.md). A client renews every 7 days
+//! count 30 days after its **last** request (docs/kms.md). A client renews every 7 days
 //! while it runs, so a station in use stays counted; only its renewals reaching the
 //! ledger keep the projection from dropping it.
 //!

@@ -13,6 +13,10 @@ pub mod spp;
 
 use serde::{Deserialize, Serialize};
 
+/// 0xC004F038, count insufficient: the host answered and counted the request, but
+/// its count is below the client's threshold (docs/kms.md).
+pub const COUNT_INSUFFICIENT: u32 = 0xC004_F038;
+
 /// A KMS count a campaign drives: Windows (client and server share the host's count)
 /// or Office (a count of its own).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -24,7 +28,7 @@ pub enum Family {
 
 impl Family {
     /// The count the KMS host needs before it activates this family's clients
-    /// (KMS.md: Windows client 25, Office 5).
+    /// (docs/kms.md: Windows client 25, Office 5).
     pub fn threshold(self) -> u32 {
         match self {
             Family::Windows => 25,

@@ -88,7 +88,7 @@ pub async fn start(state: &Services, body: CreateBody, horizon: Option<u64>) -> 
             "margin {margin}: expected 0 to {MAX_MARGIN}"
         )));
     }
-    // The KMS host's Office table holds 10 CMIDs (KMS.md): a higher target is never
+    // The KMS host's Office table holds 10 CMIDs (docs/kms.md): a higher target is never
     // reached.
     if body.families.contains(&Family::Office) && Family::Office.threshold() + margin > OFFICE_TABLE
     {

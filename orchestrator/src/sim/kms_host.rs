@@ -1,4 +1,4 @@
-//! The simulated KMS host of KMS.md: a test double of the school's KMS host behind the
+//! The simulated KMS host of docs/kms.md: a test double of the school's KMS host behind the
 //! simulated stations. netreset never speaks the KMS protocol; this models only what a
 //! station sees in event 12289 (result, count, activated) and how the host counts.
 //!
@@ -9,8 +9,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-/// Count insufficient.
-pub const COUNT_INSUFFICIENT: u32 = 0xC004_F038;
+pub use crate::engine::COUNT_INSUFFICIENT;
 /// Client and host clocks more than 4 hours apart.
 pub const CLOCK_SKEW: u32 = 0xC004_F06C;
 

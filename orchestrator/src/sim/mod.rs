@@ -1,5 +1,5 @@
 //! The simulator behind the demo and the campaign tests: the simulated KMS host of
-//! KMS.md, and a virtual school whose stations wake, boot, restore, activate and
+//! docs/kms.md, and a virtual school whose stations wake, boot, restore, activate and
 //! report over loopback.
 
 pub mod firmware;

@@ -432,13 +432,13 @@ impl School {
             &spp::Reply {
                 record_id: win.next_record,
                 time_ms: station_ms,
-                hresult: if reply.result == 0xC004_F038 {
+                hresult: if reply.result == crate::engine::COUNT_INSUFFICIENT {
                     0
                 } else {
                     reply.result
                 },
                 // Microsoft's own example: a count too low is 0x0 with this flag.
-                status: if reply.result == 0xC004_F038 {
+                status: if reply.result == crate::engine::COUNT_INSUFFICIENT {
                     0x0400_0000
                 } else {
                     0
@@ -553,7 +553,7 @@ fn computer(mac: MacAddr) -> String {
     format!("LAB-PC{:02X}{:02X}", m[4], m[5])
 }
 
-/// How often a running KMS client renews its activation (KMS.md: every 7 days).
+/// How often a running KMS client renews its activation (docs/kms.md: every 7 days).
 const RENEWAL_MS: u64 = 7 * 86_400 * 1000;
 
 /// The simulated product of a family: the model host's pool, the licence's
