@@ -3,6 +3,7 @@
 //! plan) and the runner's mailbox. Typed errors ([`Error`]); no HTTP here: `api`
 //! maps the errors to status codes, and only `daemon` sees `api`.
 
+pub mod agent;
 pub mod campaigns;
 pub mod resets;
 
