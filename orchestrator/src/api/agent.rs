@@ -16,25 +16,17 @@ use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{parse_mac, ApiError, AppState};
+use super::{bearer, parse_mac, ApiError, AppState};
 use crate::service::agent::{self, CommandBody, CommandResult, ReportBody};
 
 /// How long a command poll waits before it answers 204 (the agent times out at 70 s).
 const POLL: Duration = Duration::from_secs(55);
-
-/// The bearer token of the request, if it has one.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-}
 
 pub async fn report(
     State(state): State<AppState>,

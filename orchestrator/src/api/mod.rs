@@ -157,6 +157,14 @@ fn parse_mac(text: &str) -> Result<pxe::MacAddr, ApiError> {
         .map_err(|e: pxe::Error| ApiError::Invalid(e.to_string()))
 }
 
+/// The bearer token of the request, if it has one.
+fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
 /// A JSON body, or a 400 that says what is wrong with it.
 fn body<T>(
     payload: Result<Json<T>, axum::extract::rejection::JsonRejection>,
