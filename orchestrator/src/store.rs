@@ -217,6 +217,14 @@ pub struct Command {
     pub queued_at: u64,
 }
 
+impl Command {
+    /// As the station's events show it: `reboot (00000000000000a1, forced)`.
+    pub fn describe(&self) -> String {
+        let forced = if self.force { ", forced" } else { "" };
+        format!("{} ({}{forced})", self.command, self.id)
+    }
+}
+
 /// The inventory.
 #[derive(Clone)]
 pub struct Store {

@@ -74,17 +74,7 @@ pub async fn commands(
         let queued = state.commands_queued.notified();
         tokio::pin!(queued);
         queued.as_mut().enable();
-        if let Some(cmd) = state.policy.store().take_command(mac)? {
-            state.policy.store().record(
-                mac,
-                "command-sent",
-                format!(
-                    "{} ({}{})",
-                    cmd.command,
-                    cmd.id,
-                    if cmd.force { ", forced" } else { "" }
-                ),
-            )?;
+        if let Some(cmd) = agent::take_command(&state, mac)? {
             return Ok(
                 Json(json!({ "command": cmd.command, "id": cmd.id, "force": cmd.force }))
                     .into_response(),

@@ -446,16 +446,17 @@ pub fn queue_command(state: &Services, mac: MacAddr, body: &CommandBody) -> Resu
         )));
     }
     let cmd = store.queue_command(mac, &body.command, body.force)?;
-    store.record(
-        mac,
-        "command-queued",
-        format!(
-            "{} ({}{})",
-            cmd.command,
-            cmd.id,
-            if cmd.force { ", forced" } else { "" }
-        ),
-    )?;
+    store.record(mac, "command-queued", cmd.describe())?;
     state.commands_queued.notify_waiters();
     Ok(cmd)
+}
+
+/// The oldest command queued for `mac`, handed out once.
+pub fn take_command(state: &Services, mac: MacAddr) -> Result<Option<Command>, Error> {
+    let store = state.policy.store();
+    let Some(cmd) = store.take_command(mac)? else {
+        return Ok(None);
+    };
+    store.record(mac, "command-sent", cmd.describe())?;
+    Ok(Some(cmd))
 }
