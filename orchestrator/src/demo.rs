@@ -284,8 +284,7 @@ fn campaign_span(c: &serde_json::Value) -> f64 {
 
 fn rand_u64() -> u64 {
     let mut b = [0u8; 8];
-    let _ = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+    let _ = getrandom::fill(&mut b);
     u64::from_le_bytes(b) ^ u64::from(std::process::id())
 }
 

@@ -45,9 +45,8 @@ impl Secret {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut key = [0u8; 32];
-                std::fs::File::open("/dev/urandom")
-                    .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut key))
-                    .context("reading /dev/urandom")?;
+                getrandom::fill(&mut key)
+                    .map_err(|e| anyhow::anyhow!("no random bytes from the system: {e}"))?;
                 let tmp = data_dir.join(".secret.tmp");
                 let mut out = std::fs::OpenOptions::new()
                     .write(true)
@@ -154,9 +153,8 @@ impl AdminToken {
             ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut raw = [0u8; 32];
-                std::fs::File::open("/dev/urandom")
-                    .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut raw))
-                    .context("reading /dev/urandom")?;
+                getrandom::fill(&mut raw)
+                    .map_err(|e| anyhow::anyhow!("no random bytes from the system: {e}"))?;
                 let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
                 if let Some(dir) = path.parent() {
                     std::fs::create_dir_all(dir)
