@@ -241,8 +241,10 @@ pub struct Store {
     /// whether a MAC is known, and a read lock is cheaper than a sled lookup. Every
     /// station write goes through [`Store::update`], which keeps it in step.
     known: Arc<RwLock<HashSet<MacAddr>>>,
-    /// Held while a ledger entry is read, merged and written back.
-    ledger_writer: Arc<std::sync::Mutex<()>>,
+    /// The ledger, decoded once at open and kept in step by [`Store::add_report`]
+    /// (the only writer): a report does not decode every entry again. Its lock is
+    /// also held while an entry is merged and written back.
+    ledger_mem: Arc<std::sync::Mutex<crate::engine::ledger::Ledger>>,
     clock: Clock,
 }
 
@@ -276,18 +278,25 @@ impl Store {
                 known.insert(MacAddr(octets));
             }
         }
+        let ledger = db.open_tree("ledger")?;
+        let mut ledger_mem = crate::engine::ledger::Ledger::new();
+        for value in ledger.iter().values() {
+            // Duplicates were recorded on purpose; here only the reports matter. Rows
+            // of one entry (from before entries had a key of their own) merge.
+            let _ = ledger_mem.add(decode("ledger", &value?)?);
+        }
         Ok(Store {
             stations,
             resets: db.open_tree("resets")?,
             campaigns: db.open_tree("campaigns")?,
-            ledger: db.open_tree("ledger")?,
+            ledger,
             commands: db.open_tree("commands")?,
             events: db.open_tree("events")?,
             by_ip: db.open_tree("by_ip")?,
             db,
             events_per_station,
             known: Arc::new(RwLock::new(known)),
-            ledger_writer: Arc::default(),
+            ledger_mem: Arc::new(std::sync::Mutex::new(ledger_mem)),
             clock: Clock::system(),
         })
     }
@@ -482,14 +491,7 @@ impl Store {
 
     /// Every activation report, oldest first.
     pub fn ledger(&self) -> Result<crate::engine::ledger::Ledger, StoreError> {
-        let mut ledger = crate::engine::ledger::Ledger::new();
-        for value in self.ledger.iter().values() {
-            let report = decode("ledger", &value?)?;
-            // Duplicates were recorded on purpose; here only the reports matter. Rows
-            // of one entry (from before entries had a key of their own) merge.
-            let _ = ledger.add(report);
-        }
-        Ok(ledger)
+        Ok(self.ledger_mem.lock().expect("not poisoned").clone())
     }
 
     /// Record a KMS request: a new entry, or a renewal of one (its last request
@@ -500,18 +502,20 @@ impl Store {
     ) -> Result<crate::engine::ledger::Added, StoreError> {
         use crate::engine::ledger::Added;
         // One writer at a time: a renewal is read, merged and written back.
-        let _one = self.ledger_writer.lock().expect("not poisoned");
-        let mut ledger = self.ledger()?;
-        let added = ledger.add(report.clone());
+        let mut ledger = self.ledger_mem.lock().expect("not poisoned");
+        let mut next = ledger.clone();
+        let added = next.add(report.clone());
         if added == Added::Known {
             return Ok(added);
         }
-        let entry = ledger.entry(report).expect("the entry was just added");
+        let entry = next.entry(report).expect("the entry was just added");
         self.ledger.insert(
             ledger_key(entry),
             serde_json::to_vec(entry).expect("report serializes"),
         )?;
         self.ledger.flush()?;
+        // Only what reached the disk is in memory.
+        *ledger = next;
         Ok(added)
     }
 
@@ -791,6 +795,20 @@ mod tests {
             };
             store.configure(MAC, &settings).unwrap();
             store.record(MAC, "dhcp-offer", "undionly.kpxe").unwrap();
+            let report = crate::engine::ledger::Report {
+                at: 10,
+                station: MAC,
+                family: crate::engine::Family::Windows,
+                cmid: "cmid-a".into(),
+                result: 0,
+                activated: true,
+                count: 26,
+                cycle: 3,
+                last: 0,
+            };
+            store.add_report(&report).unwrap();
+            let renewal = crate::engine::ledger::Report { at: 20, ..report };
+            store.add_report(&renewal).unwrap();
             store.flush().unwrap();
         }
         // sled's flusher thread lets go of the file lock a moment after the drop.
@@ -810,5 +828,12 @@ mod tests {
             Some("pc01")
         );
         assert_eq!(store.events(MAC).unwrap().len(), 1);
+        let ledger = store.ledger().unwrap();
+        assert_eq!(
+            ledger.reports().len(),
+            1,
+            "the entry and its renewal, merged"
+        );
+        assert_eq!(ledger.reports()[0].last_request(), 20);
     }
 }
