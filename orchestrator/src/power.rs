@@ -8,10 +8,20 @@ use pxe::MacAddr;
 
 use crate::config::RoomConfig;
 
+/// A magic packet that could not be sent.
+#[derive(Debug, thiserror::Error)]
+#[error("Wake-on-LAN for {mac} to {to} (room {room}): {source}")]
+pub struct WakeError {
+    pub mac: MacAddr,
+    pub to: String,
+    pub room: String,
+    pub source: std::io::Error,
+}
+
 /// Send a magic packet for `mac` into `room`: UDP port 9 of its broadcast address,
 /// through wol-rs. A simulated room on another port gets the same packet from a
 /// socket of our own (wol-rs always sends to port 9).
-pub fn wake(mac: MacAddr, room: &RoomConfig) -> Result<(), String> {
+pub fn wake(mac: MacAddr, room: &RoomConfig) -> Result<(), WakeError> {
     let sent = if room.wol_port == 9 {
         wol::send_wol(
             wol::MacAddr(mac.octets()),
@@ -21,11 +31,11 @@ pub fn wake(mac: MacAddr, room: &RoomConfig) -> Result<(), String> {
     } else {
         send_magic(mac, room)
     };
-    sent.map_err(|e| {
-        format!(
-            "Wake-on-LAN for {mac} to {}:{} (room {}): {e}",
-            room.wol_broadcast, room.wol_port, room.name
-        )
+    sent.map_err(|source| WakeError {
+        mac,
+        to: format!("{}:{}", room.wol_broadcast, room.wol_port),
+        room: room.name.clone(),
+        source,
     })
 }
 

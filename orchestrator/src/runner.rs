@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::campaign::{Action, Event, Record, State};
 use crate::service::campaigns::Msg;
-use crate::service::Services as AppState;
+use crate::service::{Error as ServiceError, Services as AppState};
 
 /// Run until `cancel`: load the running campaigns, then take messages and ticks.
 pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Msg>, cancel: CancellationToken) {
@@ -180,7 +180,7 @@ async fn carry_out(state: &AppState, record: &Record, action: Action) -> Vec<Eve
         .iter()
         .find(|s| s.mac == action_mac(&action));
     let mut follow = Vec::new();
-    let result: Result<(), String> = match &action {
+    let result: Result<(), ServiceError> = match &action {
         Action::Reset { mac, families } => crate::service::resets::mark(
             state,
             *mac,
@@ -189,8 +189,7 @@ async fn carry_out(state: &AppState, record: &Record, action: Action) -> Vec<Eve
             Some(families.clone()),
         )
         .await
-        .map(|reset| follow.push(Event::Marked(*mac, reset.generation)))
-        .map_err(|e| e.to_string()),
+        .map(|reset| follow.push(Event::Marked(*mac, reset.generation))),
         Action::Wake(mac) | Action::Reboot(mac) => match store.reset(*mac) {
             Ok(Some(r)) if r.state.active() => {
                 // The daemon may have stopped between marking and saving the mark.
@@ -225,16 +224,17 @@ async fn carry_out(state: &AppState, record: &Record, action: Action) -> Vec<Eve
                         follow.push(Event::Marked(*mac, reset.generation));
                         power_on(state, record, &action)
                     }
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err(e),
                 }
             }
         },
         Action::CancelReset(mac) => store
             .remove_reset_if_pending(*mac)
             .map(|_| ())
-            .map_err(|e| e.to_string()),
+            .map_err(ServiceError::from),
     };
-    if let Err(why) = result {
+    if let Err(e) = result {
+        let why = e.to_string();
         let mac = action_mac(&action);
         tracing::warn!(campaign = record.id, ?action, %why, "campaign action failed");
         let _ = store.record(mac, "campaign-action-failed", why.clone());
@@ -292,7 +292,7 @@ fn recover(state: &AppState, record: &Record, mac: MacAddr) -> Vec<Event> {
 }
 
 /// Wake the station, or reboot it through its agent.
-fn power_on(state: &AppState, record: &Record, action: &Action) -> Result<(), String> {
+fn power_on(state: &AppState, record: &Record, action: &Action) -> Result<(), ServiceError> {
     let store = state.policy.store();
     match action {
         Action::Wake(mac) => wake(state, *mac),
@@ -302,10 +302,10 @@ fn power_on(state: &AppState, record: &Record, action: &Action) -> Result<(), St
             // otherwise. The agent says so with every command poll, and itself
             // refuses an unforced reboot with a user logged on.
             state.campaigns.station(*mac, Event::InUse(*mac));
-            Err(format!(
+            Err(ServiceError::Conflict(format!(
                 "{mac} is in use (its agent says a user is logged on, or has not said for {} s that nobody is): not rebooted",
                 SESSION_FRESH_MS / 1000
-            ))
+            )))
         }
         Action::Reboot(mac) => store
             .queue_command(*mac, "reboot", false)
@@ -317,7 +317,7 @@ fn power_on(state: &AppState, record: &Record, action: &Action) -> Result<(), St
                 );
                 state.commands_queued.notify_waiters();
             })
-            .map_err(|e| e.to_string()),
+            .map_err(ServiceError::from),
         _ => Ok(()),
     }
 }
@@ -338,17 +338,13 @@ fn session_free(store: &crate::store::Store, mac: MacAddr) -> bool {
     })
 }
 
-fn wake(state: &AppState, mac: MacAddr) -> Result<(), String> {
-    let station = state
-        .policy
-        .store()
-        .station(mac)
-        .map_err(|e| e.to_string())?;
+fn wake(state: &AppState, mac: MacAddr) -> Result<(), ServiceError> {
+    let station = state.policy.store().station(mac)?;
     let room_name = station.as_ref().and_then(|s| s.room.clone());
     let room = crate::power::room(&state.rooms, room_name.as_deref()).ok_or_else(|| {
-        format!(
+        ServiceError::Conflict(format!(
             "{mac} has no room with a wol_broadcast address ([[rooms]] in the configuration, room {room_name:?})"
-        )
+        ))
     })?;
     crate::power::wake(mac, room)?;
     let _ = state.policy.store().record(
@@ -365,7 +361,7 @@ async fn keepalive(state: &AppState, now: u64) -> String {
     let plan = match crate::service::campaigns::top_up_plan(state, now) {
         Ok(Some(plan)) => plan,
         Ok(None) => return String::new(),
-        Err(e) => return e,
+        Err(e) => return format!("cannot plan the keep-alive: {e}"),
     };
     let due = &plan.families;
     let opens = crate::clock::rfc3339(plan.opens.max(0) as u64 * 1000);

@@ -49,18 +49,16 @@ pub async fn show(State(state): State<AppState>) -> Result<Json<Value>, ApiError
                 "count_until": r.horizon.map(|h| crate::clock::rfc3339(h * 1000)),
             })
         }
-        None => {
-            match crate::service::campaigns::top_up_plan(&state, now).map_err(ApiError::Internal)? {
-                Some(plan) => json!({
-                    "campaign": null,
-                    "families": plan.families,
-                    "window_opens": crate::clock::rfc3339(plan.opens.max(0) as u64 * 1000),
-                    "school_day": plan.school_day.to_string(),
-                    "count_until": crate::clock::rfc3339(plan.horizon * 1000),
-                }),
-                None => Value::Null,
-            }
-        }
+        None => match crate::service::campaigns::top_up_plan(&state, now)? {
+            Some(plan) => json!({
+                "campaign": null,
+                "families": plan.families,
+                "window_opens": crate::clock::rfc3339(plan.opens.max(0) as u64 * 1000),
+                "school_day": plan.school_day.to_string(),
+                "count_until": crate::clock::rfc3339(plan.horizon * 1000),
+            }),
+            None => Value::Null,
+        },
     };
     Ok(Json(json!({
         "families": families,

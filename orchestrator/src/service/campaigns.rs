@@ -295,19 +295,15 @@ pub fn kept_families(state: &Services) -> Vec<Family> {
         .collect()
 }
 
-/// The top-up keep-alive calls for at `now`, if any (see `crate::keepalive`).
+/// The top-up keep-alive calls for at `now`, if any (see `engine::keepalive`).
 pub fn top_up_plan(
     state: &Services,
     now: u64,
-) -> Result<Option<crate::engine::keepalive::TopUp>, String> {
+) -> Result<Option<crate::engine::keepalive::TopUp>, Error> {
     let Some(schedule) = state.schedule.as_ref().as_ref() else {
         return Ok(None);
     };
-    let ledger = state
-        .policy
-        .store()
-        .ledger()
-        .map_err(|e| format!("cannot read the KMS ledger: {e}"))?;
+    let ledger = state.policy.store().ledger()?;
     Ok(crate::engine::keepalive::plan(
         &ledger,
         schedule,

@@ -58,6 +58,8 @@ pub enum Error {
     Conflict(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Wake(#[from] crate::power::WakeError),
     #[error("{0}")]
     Internal(String),
 }
