@@ -22,7 +22,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{bearer, parse_mac, ApiError, AppState};
+use super::{bearer, blocking, parse_mac, ApiError, AppState};
 use crate::service::agent::{self, CommandBody, CommandResult, ReportBody};
 
 /// How long a command poll waits before it answers 204 (the agent times out at 70 s).
@@ -35,8 +35,12 @@ pub async fn report(
 ) -> Result<Response, ApiError> {
     let body = super::body(payload)?;
     let mac = parse_mac(&body.station)?;
-    let agent = agent::authorize(&state, mac, bearer(&headers))?;
-    let answer = agent::report(&state, mac, &agent, body)?;
+    let token = bearer(&headers).map(str::to_owned);
+    let answer = blocking(&state, move |state| {
+        let agent = agent::authorize(state, mac, token.as_deref())?;
+        agent::report(state, mac, &agent, body)
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
@@ -65,8 +69,12 @@ pub async fn commands(
             )))
         }
     };
-    agent::authorize(&state, mac, bearer(&headers))?;
-    agent::polled(&state, mac, logged_in)?;
+    let token = bearer(&headers).map(str::to_owned);
+    blocking(&state, move |state| {
+        agent::authorize(state, mac, token.as_deref())?;
+        agent::polled(state, mac, logged_in)
+    })
+    .await?;
     let wait = poll.wait.map_or(POLL, |s| Duration::from_secs(s).min(POLL));
     let deadline = tokio::time::Instant::now() + wait;
     loop {
@@ -74,7 +82,7 @@ pub async fn commands(
         let queued = state.commands_queued.notified();
         tokio::pin!(queued);
         queued.as_mut().enable();
-        if let Some(cmd) = agent::take_command(&state, mac)? {
+        if let Some(cmd) = blocking(&state, move |state| agent::take_command(state, mac)).await? {
             return Ok(
                 Json(json!({ "command": cmd.command, "id": cmd.id, "force": cmd.force }))
                     .into_response(),
@@ -94,8 +102,13 @@ pub async fn command_result(
 ) -> Result<Response, ApiError> {
     let body = super::body(payload)?;
     let mac = parse_mac(&body.station)?;
-    agent::authorize(&state, mac, bearer(&headers))?;
-    agent::command_result(&state, mac, &body)?;
+    let token = bearer(&headers).map(str::to_owned);
+    let body = blocking(&state, move |state| {
+        agent::authorize(state, mac, token.as_deref())?;
+        agent::command_result(state, mac, &body)?;
+        Ok(body)
+    })
+    .await?;
     Ok(Json(json!({ "station": mac, "id": body.id, "outcome": body.outcome })).into_response())
 }
 
@@ -106,7 +119,7 @@ pub async fn queue(
 ) -> Result<Response, ApiError> {
     let mac = parse_mac(&mac)?;
     let body = super::body(payload)?;
-    let cmd = agent::queue_command(&state, mac, &body)?;
+    let cmd = blocking(&state, move |state| agent::queue_command(state, mac, &body)).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "station": mac, "id": cmd.id, "command": cmd.command, "force": cmd.force })),

@@ -157,6 +157,18 @@ fn parse_mac(text: &str) -> Result<pxe::MacAddr, ApiError> {
         .map_err(|e: pxe::Error| ApiError::Invalid(e.to_string()))
 }
 
+/// Run a domain operation on a blocking thread: its sled writes flush to disk, which
+/// must not stall the tokio workers that serve long polls and boot scripts.
+async fn blocking<T: Send + 'static>(
+    state: &AppState,
+    op: impl FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || op(&state))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+}
+
 /// The bearer token of the request, if it has one.
 fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
     headers

@@ -17,7 +17,7 @@ use images::{ChunkId, Profile};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{bearer, body, parse_mac, ApiError, AppState};
+use super::{bearer, blocking, body, parse_mac, ApiError, AppState};
 use crate::service::resets::{self, ProgressReport};
 use crate::store::Reset;
 
@@ -82,7 +82,7 @@ pub async fn cancel(
     axum::extract::Query(query): axum::extract::Query<CancelQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let mac = parse_mac(&mac)?;
-    resets::cancel(&state, mac, query.force)?;
+    blocking(&state, move |state| resets::cancel(state, mac, query.force)).await?;
     Ok(Json(json!({ "station": mac, "cancelled": true })))
 }
 
@@ -140,8 +140,13 @@ pub async fn progress(
     payload: Result<Json<ProgressReport>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let mac = parse_mac(&mac)?;
-    let token_of = resets::authorize(&state, mac, bearer(&headers), true)?;
-    let reset = resets::progress(&state, mac, &token_of, body(payload)?)?;
+    let report = body(payload)?;
+    let token = bearer(&headers).map(str::to_owned);
+    let reset = blocking(&state, move |state| {
+        let token_of = resets::authorize(state, mac, token.as_deref(), true)?;
+        resets::progress(state, mac, &token_of, report)
+    })
+    .await?;
     Ok(Json(reset_json(&reset)))
 }
 

@@ -96,21 +96,24 @@ pub async fn update(
     if let Some(disk) = &body.disk {
         crate::config::check_disk(disk).map_err(ApiError::Invalid)?;
     }
-    let store = state.policy.store();
-    if store.station(mac)?.is_none() {
-        return Err(ApiError::NotFound(format!(
-            "no station {mac} (stations register at their first PXE boot, or in [[inventory.stations]])"
-        )));
-    }
-    let station = store.configure(
-        mac,
-        &crate::store::Settings {
-            name: body.name,
-            room: body.room,
-            image: body.image,
-            kms_activation: body.kms_activation,
-            disk: body.disk,
-        },
-    )?;
+    let station = super::blocking(&state, move |state| {
+        let store = state.policy.store();
+        if store.station(mac)?.is_none() {
+            return Err(ApiError::NotFound(format!(
+                "no station {mac} (stations register at their first PXE boot, or in [[inventory.stations]])"
+            )));
+        }
+        Ok(store.configure(
+            mac,
+            &crate::store::Settings {
+                name: body.name,
+                room: body.room,
+                image: body.image,
+                kms_activation: body.kms_activation,
+                disk: body.disk,
+            },
+        )?)
+    })
+    .await?;
     Ok(Json(station_json(&station)))
 }
