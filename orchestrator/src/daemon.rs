@@ -14,12 +14,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::api::{self, AppState};
+use crate::boot::policy::{Orchestrator, RestoreBoot};
+use crate::boot::tokens::Secret;
 use crate::clock::Clock;
 use crate::config::{Config, DhcpMode};
-use crate::policy::{Orchestrator, RestoreBoot};
 use crate::staging::StageSettings;
 use crate::store::Store;
-use crate::tokens::Secret;
 
 /// How long servers may take to finish what they are doing at shutdown.
 const DRAIN: Duration = Duration::from_secs(5);
@@ -181,7 +181,7 @@ impl Daemon {
             staging: Arc::new(StageSettings::from_config(&config)),
             restore: Arc::new(config.restore.clone()),
             commands_queued: Arc::new(tokio::sync::Notify::new()),
-            admin: crate::tokens::AdminToken::load(&config.api)?,
+            admin: crate::boot::tokens::AdminToken::load(&config.api)?,
             campaigns: campaign_handle,
             campaign_settings: config.campaigns.clone(),
             rooms: Arc::new(config.rooms.clone()),

@@ -2,21 +2,19 @@
 //! HTTP API and the daemon that wires them to the `pxe` servers.
 
 pub mod api;
+pub mod boot;
 pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod engine;
 pub mod lock;
-pub mod policy;
 pub mod power;
-pub mod recorder;
 pub mod runner;
 pub mod service;
 pub mod sim;
 pub mod staging;
 pub mod store;
-pub mod tokens;
 
 pub use config::Config;
 pub use daemon::Daemon;

@@ -10,7 +10,7 @@ pub mod resets;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::policy::Orchestrator;
+use crate::boot::policy::Orchestrator;
 use crate::store::StoreError;
 
 /// What the domain operations share: the boot policy and its store, images,
@@ -30,7 +30,7 @@ pub struct Services {
     /// Woken when a command is queued for some agent (their long polls look again).
     pub commands_queued: Arc<tokio::sync::Notify>,
     /// The admin token every `/api/v1` call needs but health and the stations' own.
-    pub admin: crate::tokens::AdminToken,
+    pub admin: crate::boot::tokens::AdminToken,
     /// The campaign runner's mailbox, and its settings.
     pub campaigns: campaigns::Handle,
     pub campaign_settings: crate::engine::campaign::Settings,

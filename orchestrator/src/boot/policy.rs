@@ -11,10 +11,10 @@ use pxe::{
 };
 use tracing::{debug, warn};
 
+use crate::boot::recorder::Recorder;
+use crate::boot::tokens::Secret;
 use crate::config::{BootConfig, InventoryConfig, UnknownMode};
-use crate::recorder::Recorder;
 use crate::store::{Sighting, Store};
-use crate::tokens::Secret;
 
 /// What the boot script of a station being reset chains: the restore environment,
 /// with `netreset.*` arguments `netreset-restore` takes.
