@@ -279,12 +279,7 @@ impl Store {
             }
         }
         let ledger = db.open_tree("ledger")?;
-        let mut ledger_mem = crate::engine::ledger::Ledger::new();
-        for value in ledger.iter().values() {
-            // Duplicates were recorded on purpose; here only the reports matter. Rows
-            // of one entry (from before entries had a key of their own) merge.
-            let _ = ledger_mem.add(decode("ledger", &value?)?);
-        }
+        let ledger_mem = Store::load_ledger(&ledger)?;
         Ok(Store {
             stations,
             resets: db.open_tree("resets")?,
@@ -299,6 +294,17 @@ impl Store {
             ledger_mem: Arc::new(std::sync::Mutex::new(ledger_mem)),
             clock: Clock::system(),
         })
+    }
+
+    /// Every ledger row, decoded. Duplicates were recorded on purpose; here only the
+    /// reports matter. Rows of one entry (from before entries had a key of their
+    /// own) merge.
+    fn load_ledger(tree: &sled::Tree) -> Result<crate::engine::ledger::Ledger, StoreError> {
+        let mut ledger = crate::engine::ledger::Ledger::new();
+        for value in tree.iter().values() {
+            let _ = ledger.add(decode("ledger", &value?)?);
+        }
+        Ok(ledger)
     }
 
     /// The same store on `clock` (the simulator's), for every time it writes.
@@ -503,19 +509,23 @@ impl Store {
         use crate::engine::ledger::Added;
         // One writer at a time: a renewal is read, merged and written back.
         let mut ledger = self.ledger_mem.lock().expect("not poisoned");
-        let mut next = ledger.clone();
-        let added = next.add(report.clone());
+        let added = ledger.add(report.clone());
         if added == Added::Known {
             return Ok(added);
         }
-        let entry = next.entry(report).expect("the entry was just added");
-        self.ledger.insert(
-            ledger_key(entry),
-            serde_json::to_vec(entry).expect("report serializes"),
-        )?;
-        self.ledger.flush()?;
-        // Only what reached the disk is in memory.
-        *ledger = next;
+        let entry = ledger.entry(report).expect("the entry was just added");
+        let written = self
+            .ledger
+            .insert(
+                ledger_key(entry),
+                serde_json::to_vec(entry).expect("report serializes"),
+            )
+            .and_then(|_| self.ledger.flush());
+        if let Err(e) = written {
+            // Memory holds only what reached the disk: read it back.
+            *ledger = Self::load_ledger(&self.ledger)?;
+            return Err(e.into());
+        }
         Ok(added)
     }
 

@@ -372,7 +372,7 @@ impl School {
         cmid: &str,
         renewal: bool,
     ) {
-        let Some((product, activation_id, needed)) = product(family) else {
+        let Some((product, _, _)) = product(family) else {
             return;
         };
         let now_ms = self.clock.now_ms();
@@ -384,22 +384,17 @@ impl School {
             now.saturating_sub(Duration::from_secs(skew.unsigned_abs()))
         };
         let station_ms = client_time.as_millis() as u64;
-        let stamp = client_stamp(station_ms);
         let down = self.kms_down.load(Ordering::SeqCst);
+        let event = Logged {
+            at_ms: station_ms,
+            family,
+            cmid,
+            host: &self.kms_name,
+            pc: &computer(spec.mac),
+        };
         win.next_record += 1;
-        win.events.push(spp::render_request(
-            &spp::Request {
-                record_id: win.next_record,
-                time_ms: station_ms,
-                hresult: if down { 0xC004_F074 } else { 0 },
-                host: format!("{}:1688", self.kms_name),
-                cmid: cmid.to_owned(),
-                client_time: stamp.clone(),
-                activation_id: activation_id.to_owned(),
-                needed,
-            },
-            &computer(spec.mac),
-        ));
+        win.events
+            .push(event.request(win.next_record, if down { 0xC004_F074 } else { 0 }));
         win.activations
             .insert(family.to_owned(), (cmid.to_owned(), now_ms));
         if down {
@@ -428,26 +423,11 @@ impl School {
             }
         }
         win.next_record += 1;
-        win.events.push(spp::render_reply(
-            &spp::Reply {
-                record_id: win.next_record,
-                time_ms: station_ms,
-                hresult: if reply.result == crate::engine::COUNT_INSUFFICIENT {
-                    0
-                } else {
-                    reply.result
-                },
-                // Microsoft's own example: a count too low is 0x0 with this flag.
-                status: if reply.result == crate::engine::COUNT_INSUFFICIENT {
-                    0x0400_0000
-                } else {
-                    0
-                },
-                activated: reply.activated,
-                count: reply.count as u32,
-                client_time: stamp,
-            },
-            &computer(spec.mac),
+        win.events.push(event.reply(
+            win.next_record,
+            reply.result,
+            reply.count as u32,
+            reply.activated,
         ));
         win.gave_up.retain(|f| f != family);
     }
@@ -608,40 +588,74 @@ pub fn kms_events(
     count: u32,
     activated: bool,
 ) -> Vec<String> {
-    let (_, activation_id, needed) = product(family).expect("windows or office");
-    let stamp = client_stamp(at_ms);
-    let pc = "LAB-PC01";
+    let event = Logged {
+        at_ms,
+        family,
+        cmid,
+        host: "kms.school.example",
+        pc: "LAB-PC01",
+    };
+    let result = if activated {
+        0
+    } else {
+        crate::engine::COUNT_INSUFFICIENT
+    };
     vec![
+        event.request(record, 0),
+        event.reply(record + 1, result, count, activated),
+    ]
+}
+
+/// One KMS request as a station's Application log holds it.
+struct Logged<'a> {
+    /// The station's clock when it asked.
+    at_ms: u64,
+    family: &'a str,
+    cmid: &'a str,
+    host: &'a str,
+    pc: &'a str,
+}
+
+impl Logged<'_> {
+    /// Event 12288, with the result of sending it.
+    fn request(&self, record: u64, hresult: u32) -> String {
+        let (_, activation_id, needed) = product(self.family).expect("windows or office");
         spp::render_request(
             &spp::Request {
                 record_id: record,
-                time_ms: at_ms,
-                hresult: 0,
-                host: "kms.school.example:1688".into(),
-                cmid: cmid.to_owned(),
-                client_time: stamp.clone(),
+                time_ms: self.at_ms,
+                hresult,
+                host: format!("{}:1688", self.host),
+                cmid: self.cmid.to_owned(),
+                client_time: client_stamp(self.at_ms),
                 activation_id: activation_id.to_owned(),
                 needed,
             },
-            pc,
-        ),
+            self.pc,
+        )
+    }
+
+    /// Event 12289 for the host's `result`. As in Microsoft's own example, a count
+    /// too low is logged as 0x0 with the count-insufficient flag, not as 0xC004F038.
+    fn reply(&self, record: u64, result: u32, count: u32, activated: bool) -> String {
+        let short = result == crate::engine::COUNT_INSUFFICIENT;
         spp::render_reply(
             &spp::Reply {
-                record_id: record + 1,
-                time_ms: at_ms,
-                hresult: 0,
-                status: if activated {
-                    0
-                } else {
+                record_id: record,
+                time_ms: self.at_ms,
+                hresult: if short { 0 } else { result },
+                status: if short {
                     spp::STATUS_COUNT_INSUFFICIENT
+                } else {
+                    0
                 },
                 activated,
                 count,
-                client_time: stamp,
+                client_time: client_stamp(self.at_ms),
             },
-            pc,
-        ),
-    ]
+            self.pc,
+        )
+    }
 }
 
 /// The request time as the event's text has it, to the minute as Windows writes it
