@@ -370,7 +370,7 @@ pub struct StationConfig {
 /// (`/dev/` and then letters, digits and `/_.:-`, as in `/dev/nvme0n1`; not a udev
 /// link), or `serial:` and the disk's serial number (letters, digits, `_.-`), which
 /// stays the same when a PC with two disks names them the other way round.
-pub fn check_disk(disk: &str) -> Result<(), String> {
+pub fn check_disk(key: &str, disk: &str) -> Result<(), ConfigError> {
     if let Some(serial) = disk.strip_prefix("serial:") {
         let ok = (1..=64).contains(&serial.len())
             && serial
@@ -379,14 +379,18 @@ pub fn check_disk(disk: &str) -> Result<(), String> {
         return if ok {
             Ok(())
         } else {
-            Err(format!(
-                "disk {disk:?}: serial: and the disk's serial number (letters, digits, _.-)"
+            Err(invalid(
+                key,
+                disk,
+                "serial: and the disk's serial number (letters, digits, _.-)",
             ))
         };
     }
     if disk.starts_with("/dev/disk/") {
-        return Err(format!(
-            "disk {disk:?}: the restore environment has no udev, so /dev/disk/ links do not exist there; use the kernel's name (/dev/nvme0n1) or serial:NUMBER"
+        return Err(invalid(
+            key,
+            disk,
+            "the restore environment has no udev, so /dev/disk/ links do not exist there; use the kernel's name (/dev/nvme0n1) or serial:NUMBER",
         ));
     }
     let ok = disk.len() <= 128
@@ -402,8 +406,10 @@ pub fn check_disk(disk: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "disk {disk:?}: a device path such as /dev/nvme0n1 or /dev/sda, or serial:NUMBER"
+        Err(invalid(
+            key,
+            disk,
+            "a device path such as /dev/nvme0n1 or /dev/sda, or serial:NUMBER",
         ))
     }
 }
@@ -571,8 +577,7 @@ impl Config {
                 })?;
             }
             if let Some(disk) = &st.disk {
-                check_disk(disk)
-                    .map_err(|e| invalid(format!("inventory.stations[{i}].disk"), disk, e))?;
+                check_disk(&format!("inventory.stations[{i}].disk"), disk)?;
             }
             stations.push(StationConfig {
                 mac,
@@ -942,7 +947,7 @@ fn restore(raw: RawRestore, dir: PathBuf) -> Result<RestoreConfig, ConfigError> 
             )
         })?;
     if let Some(disk) = &raw.disk {
-        check_disk(disk).map_err(|e| invalid("restore.disk", disk, e))?;
+        check_disk("restore.disk", disk)?;
     }
     if let Some(mbit) = raw.max_mbit {
         if !(1..=100_000).contains(&mbit) {
@@ -1254,7 +1259,7 @@ mod tests {
             "serial:S64ANS0R123456",
             "serial:WD-WX12A3456789",
         ] {
-            assert_eq!(check_disk(good), Ok(()), "{good}");
+            assert!(check_disk("disk", good).is_ok(), "{good}");
         }
         for bad in [
             "sda",
@@ -1267,7 +1272,11 @@ mod tests {
             "serial:a b",
             "serial:$(reboot)",
         ] {
-            assert!(check_disk(bad).is_err(), "{bad}");
+            let err = check_disk("restore.disk", bad).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("restore.disk = {bad:?}: ")),
+                "{err}"
+            );
         }
     }
 

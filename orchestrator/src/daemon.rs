@@ -190,8 +190,10 @@ impl Daemon {
         };
         let token = cancel.child_token();
         let runner = crate::runner::run(state.clone(), campaign_rx, token);
-        tasks.spawn(async move {
-            runner.await;
+        // On a thread of its own: its store writes and staging block.
+        let runtime = tokio::runtime::Handle::current();
+        tasks.spawn_blocking(move || {
+            runtime.block_on(runner);
             ("campaigns", Ok(()))
         });
         let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();

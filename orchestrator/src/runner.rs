@@ -16,6 +16,9 @@ use crate::service::campaigns::Msg;
 use crate::service::{Error as ServiceError, Services as AppState};
 
 /// Run until `cancel`: load the running campaigns, then take messages and ticks.
+/// The runner reads and writes the store and stages images between its awaits: run
+/// it on a thread of its own (`daemon` drives it with `Handle::block_on` on a
+/// blocking thread), never on the async workers.
 pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Msg>, cancel: CancellationToken) {
     let store = state.policy.store().clone();
     let mut running: BTreeMap<u64, Record> = match store.campaigns() {
@@ -76,7 +79,7 @@ pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Msg>, cancel: 
             && last_keepalive.elapsed() >= state.campaign_settings.keepalive_check
         {
             last_keepalive = tokio::time::Instant::now();
-            let said = keepalive(&state, now).await;
+            let said = keepalive(&state, now);
             if !said.is_empty() && said != keepalive_said {
                 tracing::info!(what = %said, "keep-alive");
             }
@@ -152,7 +155,7 @@ pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Msg>, cancel: 
             }
             let record = record.clone();
             for action in actions {
-                let follow = carry_out(&state, &record, action).await;
+                let follow = carry_out(&state, &record, action);
                 work.extend(follow.into_iter().map(|e| (id, e)));
             }
             if record.campaign.state != State::Running {
@@ -171,7 +174,7 @@ pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Msg>, cancel: 
 
 /// Carry out one action; the events it leads to (the reset's generation, a failure)
 /// go back into the campaign at once.
-async fn carry_out(state: &AppState, record: &Record, action: Action) -> Vec<Event> {
+fn carry_out(state: &AppState, record: &Record, action: Action) -> Vec<Event> {
     let store = state.policy.store();
     let image = record.campaign.image.clone();
     let run = record
@@ -188,7 +191,6 @@ async fn carry_out(state: &AppState, record: &Record, action: Action) -> Vec<Eve
             Some(images::Profile::Kms),
             Some(families.clone()),
         )
-        .await
         .map(|reset| follow.push(Event::Marked(*mac, reset.generation))),
         Action::Wake(mac) | Action::Reboot(mac) => match store.reset(*mac) {
             Ok(Some(r)) if r.state.active() => {
@@ -217,9 +219,7 @@ async fn carry_out(state: &AppState, record: &Record, action: Action) -> Vec<Eve
                     Some(image),
                     Some(images::Profile::Kms),
                     Some(families),
-                )
-                .await
-                {
+                ) {
                     Ok(reset) => {
                         follow.push(Event::Marked(*mac, reset.generation));
                         power_on(state, record, &action)
@@ -357,7 +357,7 @@ fn wake(state: &AppState, mac: MacAddr) -> Result<(), ServiceError> {
 
 /// Plan a top-up campaign when the keep-alive says one is due; what happened, for
 /// the log.
-async fn keepalive(state: &AppState, now: u64) -> String {
+fn keepalive(state: &AppState, now: u64) -> String {
     let plan = match crate::service::campaigns::top_up_plan(state, now) {
         Ok(Some(plan)) => plan,
         Ok(None) => return String::new(),
@@ -391,7 +391,7 @@ async fn keepalive(state: &AppState, now: u64) -> String {
         start: "window".into(),
         image: None,
     };
-    match crate::service::campaigns::start(state, body, Some(plan.horizon)).await {
+    match crate::service::campaigns::start(state, body, Some(plan.horizon)) {
         Ok(id) => format!(
             "top-up campaign {id} for {due:?} planned for the window at {opens}, before school on {}",
             plan.school_day

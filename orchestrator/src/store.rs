@@ -75,8 +75,10 @@ pub struct Station {
     pub disk: Option<String>,
 }
 
-/// The admin's settings of a station; `None` leaves a setting as it is.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The admin's settings of a station (the body of `PUT /api/v1/stations/{mac}`);
+/// `None` leaves a setting as it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Settings {
     pub name: Option<String>,
     pub room: Option<String>,

@@ -670,9 +670,13 @@ async fn a_failure_the_restore_environment_reports_fails_the_reset_with_the_log_
         "{error}"
     );
     assert!(error.len() <= 2000, "the tail only: {} chars", error.len());
-    // A wrong token reports nothing.
+    // A wrong token reports nothing: the real one with its last character changed
+    // (to another character whatever it was, so the forgery is never the token).
     let mut forged = options(&args, Path::new("/nonexistent"));
-    forged.token = format!("{}0", &forged.token[..forged.token.len() - 1]);
+    let (head, last) = forged.token.split_at(forged.token.len() - 1);
+    let other = if last == "0" { '1' } else { '0' };
+    forged.token = format!("{head}{other}");
+    assert_ne!(forged.token, args["token"]);
     let refused =
         tokio::task::spawn_blocking(move || images::client::report_failure(&forged, "forged"))
             .await

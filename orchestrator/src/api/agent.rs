@@ -14,33 +14,27 @@
 
 use std::time::Duration;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{bearer, blocking, parse_mac, ApiError, AppState};
+use super::extract::{Bearer, Body, Mac};
+use super::{blocking, ApiError, AppState};
 use crate::service::agent::{self, CommandBody, CommandResult, ReportBody};
+use crate::store::Command;
 
 /// How long a command poll waits before it answers 204 (the agent times out at 70 s).
 const POLL: Duration = Duration::from_secs(55);
 
 pub async fn report(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    payload: Result<Json<ReportBody>, JsonRejection>,
+    Bearer(token): Bearer,
+    Body(body): Body<ReportBody>,
 ) -> Result<Response, ApiError> {
-    let body = super::body(payload)?;
-    let mac = parse_mac(&body.station)?;
-    let token = bearer(&headers).map(str::to_owned);
-    let answer = blocking(&state, move |state| {
-        let agent = agent::authorize(state, mac, token.as_deref())?;
-        agent::report(state, mac, &agent, body)
-    })
-    .await?;
+    let answer = blocking(&state, move |s| agent::report(s, token.as_deref(), body)).await?;
     Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
@@ -55,24 +49,12 @@ pub struct Poll {
 
 pub async fn commands(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Bearer(token): Bearer,
     Query(poll): Query<Poll>,
 ) -> Result<Response, ApiError> {
-    let mac = parse_mac(&poll.station)?;
-    let logged_in = match poll.interactive_user {
-        None => None,
-        Some(0) => Some(false),
-        Some(1) => Some(true),
-        Some(n) => {
-            return Err(ApiError::Invalid(format!(
-                "interactive_user={n}: expected 0 or 1"
-            )))
-        }
-    };
-    let token = bearer(&headers).map(str::to_owned);
-    blocking(&state, move |state| {
-        agent::authorize(state, mac, token.as_deref())?;
-        agent::polled(state, mac, logged_in)
+    let (station, user) = (poll.station, poll.interactive_user);
+    let mac = blocking(&state, move |s| {
+        agent::polled(s, token.as_deref(), &station, user)
     })
     .await?;
     let wait = poll.wait.map_or(POLL, |s| Duration::from_secs(s).min(POLL));
@@ -82,11 +64,8 @@ pub async fn commands(
         let queued = state.commands_queued.notified();
         tokio::pin!(queued);
         queued.as_mut().enable();
-        if let Some(cmd) = blocking(&state, move |state| agent::take_command(state, mac)).await? {
-            return Ok(
-                Json(json!({ "command": cmd.command, "id": cmd.id, "force": cmd.force }))
-                    .into_response(),
-            );
+        if let Some(cmd) = blocking(&state, move |s| agent::take_command(s, mac)).await? {
+            return Ok(command_json(&cmd).into_response());
         }
         tokio::select! {
             _ = &mut queued => {}
@@ -95,18 +74,17 @@ pub async fn commands(
     }
 }
 
+fn command_json(cmd: &Command) -> Json<serde_json::Value> {
+    Json(json!({ "command": cmd.command, "id": cmd.id, "force": cmd.force }))
+}
+
 pub async fn command_result(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    payload: Result<Json<CommandResult>, JsonRejection>,
+    Bearer(token): Bearer,
+    Body(body): Body<CommandResult>,
 ) -> Result<Response, ApiError> {
-    let body = super::body(payload)?;
-    let mac = parse_mac(&body.station)?;
-    let token = bearer(&headers).map(str::to_owned);
-    let body = blocking(&state, move |state| {
-        agent::authorize(state, mac, token.as_deref())?;
-        agent::command_result(state, mac, &body)?;
-        Ok(body)
+    let (mac, body) = blocking(&state, move |s| {
+        agent::command_result(s, token.as_deref(), &body).map(|mac| (mac, body))
     })
     .await?;
     Ok(Json(json!({ "station": mac, "id": body.id, "outcome": body.outcome })).into_response())
@@ -114,15 +92,11 @@ pub async fn command_result(
 
 pub async fn queue(
     State(state): State<AppState>,
-    Path(mac): Path<String>,
-    payload: Result<Json<CommandBody>, JsonRejection>,
+    Mac(mac): Mac,
+    Body(body): Body<CommandBody>,
 ) -> Result<Response, ApiError> {
-    let mac = parse_mac(&mac)?;
-    let body = super::body(payload)?;
-    let cmd = blocking(&state, move |state| agent::queue_command(state, mac, &body)).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "station": mac, "id": cmd.id, "command": cmd.command, "force": cmd.force })),
-    )
-        .into_response())
+    let cmd = blocking(&state, move |s| agent::queue_command(s, mac, &body)).await?;
+    let mut answer = command_json(&cmd);
+    answer["station"] = json!(mac);
+    Ok((StatusCode::ACCEPTED, answer).into_response())
 }

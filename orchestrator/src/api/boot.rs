@@ -1,4 +1,4 @@
-//! `GET /boot/{mac}.ipxe`: the iPXE script for a station -> policy -> `pxe::ipxe::render`.
+//! `GET /boot/{mac}.ipxe`: the iPXE script for a station (`service::boot`).
 //! `GET /ipxe/{file}`: the iPXE binaries, for UEFI HTTP boot. Neither needs a token.
 //! The one secret a script carries is the per-restore token of a station being reset:
 //! good for that station, its staged image and `[restore] token_ttl` only. (It lets
@@ -10,38 +10,18 @@ use std::net::SocketAddr;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::header;
 use axum::response::IntoResponse;
-use pxe::ipxe::{render, LocalBoot};
-use pxe::{BootPolicy, BootStep, Firmware, MacAddr};
 
-use super::{ApiError, AppState};
+use super::{blocking, ApiError, AppState};
 
 pub async fn script(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(file): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let mac: MacAddr = file
-        .strip_suffix(".ipxe")
-        .ok_or_else(|| ApiError::NotFound(format!("{file:?}: scripts are named {{mac}}.ipxe")))?
-        .parse()
-        .map_err(|e: pxe::Error| ApiError::NotFound(e.to_string()))?;
-    let policy = &state.policy;
-    let machine = policy.machine(mac);
-    let decision = policy.decide(&machine, BootStep::Script);
-    // sanboot --drive 0x80 is a BIOS disk number; UEFI firmware boots its next boot
-    // option after `exit`.
-    let local = match machine.firmware {
-        Firmware::Bios => policy.boot().local,
-        _ => LocalBoot::Exit,
-    };
-    let text = render(mac, &decision, local).map_err(|e| ApiError::Internal(e.to_string()))?;
-    policy.script_served(mac, peer.ip(), &decision);
-    if matches!(decision, pxe::BootDecision::Chain(_)) {
-        state
-            .campaigns
-            .station(mac, crate::engine::campaign::Event::PxeSeen(mac));
-    }
-    tracing::info!(%mac, %peer, "script served");
+    let text = blocking(&state, move |s| {
+        crate::service::boot::script(s, &file, peer.ip())
+    })
+    .await?;
     Ok((
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8"),

@@ -2,24 +2,23 @@
 //! start, image?}` -> 201 `{id}`; `GET /api/v1/campaigns[/{id}]`; `DELETE
 //! /api/v1/campaigns/{id}` (cancel: no new cycles).
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::{ApiError, AppState};
-use crate::engine::campaign::{Phase, Record, State as CampaignState};
+use super::extract::Body;
+use super::{blocking, ApiError, AppState};
+use crate::engine::campaign::{Phase, Record};
 use crate::engine::Family;
-use crate::service::campaigns::CreateBody;
+use crate::service::campaigns::{self, CreateBody};
 
 pub async fn create(
     State(state): State<AppState>,
-    payload: Result<Json<CreateBody>, JsonRejection>,
+    Body(body): Body<CreateBody>,
 ) -> Result<Response, ApiError> {
-    let body = super::body(payload)?;
-    let id = crate::service::campaigns::start(&state, body, None).await?;
+    let id = blocking(&state, move |s| campaigns::start(s, body, None)).await?;
     Ok((StatusCode::CREATED, Json(json!({ "id": id }))).into_response())
 }
 
@@ -71,41 +70,22 @@ fn record_json(r: &Record) -> Value {
 }
 
 pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let all = state.policy.store().campaigns()?;
-    Ok(Json(Value::Array(all.iter().map(record_json).collect())))
-}
-
-fn parse_id(text: &str) -> Result<u64, ApiError> {
-    text.parse()
-        .map_err(|_| ApiError::Invalid(format!("{text:?} is not a campaign id")))
-}
-
-/// The campaign `id` of the path.
-fn load(state: &AppState, id: &str) -> Result<Record, ApiError> {
-    let id = parse_id(id)?;
-    state
-        .policy
-        .store()
-        .campaign(id)?
-        .ok_or_else(|| ApiError::NotFound(format!("no campaign {id}")))
+    let all = blocking(&state, campaigns::list).await?;
+    Ok(Json(all.iter().map(record_json).collect()))
 }
 
 pub async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(record_json(&load(&state, &id)?)))
+    let record = blocking(&state, move |s| campaigns::get(s, &id)).await?;
+    Ok(Json(record_json(&record)))
 }
 
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let record = load(&state, &id)?;
-    let id = record.id;
-    if record.campaign.state != CampaignState::Running {
-        return Err(ApiError::Conflict(format!("campaign {id} is not running")));
-    }
-    state.campaigns.cancel(id);
+    let id = blocking(&state, move |s| campaigns::cancel(s, &id)).await?;
     Ok(Json(json!({ "id": id, "cancelling": true })))
 }

@@ -4,11 +4,12 @@
 
 mod agent;
 mod boot;
-pub(crate) mod campaigns;
+mod campaigns;
 mod chunks;
+mod extract;
 mod kms;
 mod resets;
-pub(crate) mod stations;
+mod stations;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -37,11 +38,7 @@ async fn admin_auth(
     next: axum::middleware::Next,
 ) -> Response {
     if needs_admin(request.uri().path()) {
-        let offered = request
-            .headers()
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+        let offered = bearer(request.headers());
         if !offered.is_some_and(|t| state.admin.matches(t)) {
             let why = match offered {
                 None => "the admin token is needed: Authorization: Bearer <token> (api.token, or the file api.token_file / data_dir/admin-token)",
@@ -151,14 +148,9 @@ async fn health(
     }))
 }
 
-/// A MAC from a path or a body, or a 400 that says why not.
-fn parse_mac(text: &str) -> Result<pxe::MacAddr, ApiError> {
-    text.parse()
-        .map_err(|e: pxe::Error| ApiError::Invalid(e.to_string()))
-}
-
-/// Run a domain operation on a blocking thread: its sled writes flush to disk, which
-/// must not stall the tokio workers that serve long polls and boot scripts.
+/// Run a domain operation on a blocking thread: every service call reads or writes
+/// sled (and its writes flush to disk), which must not stall the tokio workers that
+/// serve long polls, chunks and boot scripts.
 async fn blocking<T: Send + 'static>(
     state: &AppState,
     op: impl FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
@@ -177,15 +169,6 @@ fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
         .and_then(|v| v.strip_prefix("Bearer "))
 }
 
-/// A JSON body, or a 400 that says what is wrong with it.
-fn body<T>(
-    payload: Result<Json<T>, axum::extract::rejection::JsonRejection>,
-) -> Result<T, ApiError> {
-    payload
-        .map(|Json(v)| v)
-        .map_err(|e| ApiError::Invalid(format!("request body: {}", e.body_text())))
-}
-
 /// Domain errors become HTTP answers here, and only here.
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -193,7 +176,7 @@ impl IntoResponse for ApiError {
             ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::Refused(_) => StatusCode::CONFLICT,
             ApiError::Store(_) | ApiError::Wake(_) | ApiError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }

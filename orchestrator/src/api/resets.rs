@@ -8,8 +8,7 @@
 //!   `POST /api/v1/stations/{mac}/restore-progress`: the restore client's calls, with
 //!   the per-restore token from its kernel command line.
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -17,7 +16,8 @@ use images::{ChunkId, Profile};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{bearer, blocking, body, parse_mac, ApiError, AppState};
+use super::extract::{Bearer, Body, Mac};
+use super::{blocking, ApiError, AppState};
 use crate::service::resets::{self, ProgressReport};
 use crate::store::Reset;
 
@@ -55,16 +55,17 @@ pub struct ResetRequest {
 
 pub async fn request(
     State(state): State<AppState>,
-    Path(mac): Path<String>,
-    payload: Result<Json<ResetRequest>, JsonRejection>,
+    Mac(mac): Mac,
+    Body(req): Body<ResetRequest>,
 ) -> Result<Response, ApiError> {
-    let mac = parse_mac(&mac)?;
-    let req = body(payload)?;
     let profile = match &req.profile {
         Some(p) => Some(p.parse::<Profile>().map_err(ApiError::Invalid)?),
         None => None,
     };
-    let reset = crate::service::resets::mark(&state, mac, req.image, profile, None).await?;
+    let reset = blocking(&state, move |s| {
+        resets::mark(s, mac, req.image, profile, None)
+    })
+    .await?;
     let mut answer = reset_json(&reset);
     answer["station"] = json!(mac);
     Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
@@ -78,11 +79,10 @@ pub struct CancelQuery {
 
 pub async fn cancel(
     State(state): State<AppState>,
-    Path(mac): Path<String>,
-    axum::extract::Query(query): axum::extract::Query<CancelQuery>,
+    Mac(mac): Mac,
+    Query(query): Query<CancelQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let mac = parse_mac(&mac)?;
-    blocking(&state, move |state| resets::cancel(state, mac, query.force)).await?;
+    blocking(&state, move |s| resets::cancel(s, mac, query.force)).await?;
     Ok(Json(json!({ "station": mac, "cancelled": true })))
 }
 
@@ -104,47 +104,26 @@ pub async fn staged_index(
     .await
 }
 
-/// The reset of `mac`, when `headers` carry a valid restore token for it. With
-/// `expired_ok`, a genuine token past its expiry is accepted while the reset it was
-/// issued for is still under way: a restore of a large disk over a slow link may
-/// outlive the token it started with, and must still be able to report.
 pub async fn station_json(
     State(state): State<AppState>,
-    Path(mac): Path<String>,
-    headers: HeaderMap,
+    Mac(mac): Mac,
+    Bearer(token): Bearer,
 ) -> Result<Json<Value>, ApiError> {
-    let mac = parse_mac(&mac)?;
-    let reset = resets::authorize(&state, mac, bearer(&headers), false)?;
-    let restore = state.policy.restore();
-    let mut doc = json!({
-        "server": restore.server_url,
-        "station": mac,
-        "token": restore.secret.agent_token(mac, reset.generation),
-        "image": reset.staged,
-        "base": reset.image,
-        "profile": reset.profile,
-        "families": reset.families,
-    });
-    // The agent points the licences it activates at the school's KMS host.
-    if let (false, Some(kms)) = (reset.families.is_empty(), &state.staging.kms) {
-        doc["kms_host"] = json!(kms.host);
-        doc["kms_port"] = json!(kms.port);
-    }
+    let doc = blocking(&state, move |s| {
+        resets::station_json(s, mac, token.as_deref())
+    })
+    .await?;
     Ok(Json(doc))
 }
 
 pub async fn progress(
     State(state): State<AppState>,
-    Path(mac): Path<String>,
-    headers: HeaderMap,
-    payload: Result<Json<ProgressReport>, JsonRejection>,
+    Mac(mac): Mac,
+    Bearer(token): Bearer,
+    Body(report): Body<ProgressReport>,
 ) -> Result<Json<Value>, ApiError> {
-    let mac = parse_mac(&mac)?;
-    let report = body(payload)?;
-    let token = bearer(&headers).map(str::to_owned);
-    let reset = blocking(&state, move |state| {
-        let token_of = resets::authorize(state, mac, token.as_deref(), true)?;
-        resets::progress(state, mac, &token_of, report)
+    let reset = blocking(&state, move |s| {
+        resets::progress(s, mac, token.as_deref(), report)
     })
     .await?;
     Ok(Json(reset_json(&reset)))

@@ -17,6 +17,23 @@ use serde::{Deserialize, Serialize};
 /// its count is below the client's threshold (docs/kms.md).
 pub const COUNT_INSUFFICIENT: u32 = 0xC004_F038;
 
+/// Why the engine refuses a plan. Each message is for the admin.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// Microsoft counts computers: a family needs its threshold of registered
+    /// stations before a campaign for it can reach the count.
+    #[error(
+        "only {registered} stations with {family} are registered, and the KMS host activates \
+         {family} only once {threshold} distinct computers have asked. KMS is for sites with at \
+         least {threshold}; smaller ones use MAK keys or Active Directory-based activation"
+    )]
+    TooFewStations {
+        family: Family,
+        registered: usize,
+        threshold: usize,
+    },
+}
+
 /// A KMS count a campaign drives: Windows (client and server share the host's count)
 /// or Office (a count of its own).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -104,16 +104,16 @@ pub fn plan(goals: &[Goal], stations: &[Station], max_parallel: usize) -> Vec<St
 
 /// The guard: a family needs at least its threshold of registered stations, since
 /// Microsoft counts computers; a campaign for it is refused with the reason.
-pub fn guard(family: Family, registered: usize) -> Result<(), String> {
+pub fn guard(family: Family, registered: usize) -> Result<(), super::Error> {
     let threshold = family.threshold() as usize;
     if registered >= threshold {
         return Ok(());
     }
-    Err(format!(
-        "only {registered} stations with {family} are registered, and the KMS host activates \
-         {family} only once {threshold} distinct computers have asked. KMS is for sites with at \
-         least {threshold}; smaller ones use MAK keys or Active Directory-based activation"
-    ))
+    Err(super::Error::TooFewStations {
+        family,
+        registered,
+        threshold,
+    })
 }
 
 /// The least time a campaign can take: ceil(need / min(stations, max_parallel))
@@ -285,7 +285,7 @@ mod tests {
 
     #[test]
     fn too_few_registered_stations_refuse_the_family_with_the_reason() {
-        let err = guard(Family::Windows, 24).unwrap_err();
+        let err = guard(Family::Windows, 24).unwrap_err().to_string();
         assert!(
             err.contains("only 24") && err.contains("25") && err.contains("MAK"),
             "{err}"

@@ -30,7 +30,7 @@ pub struct Agent {
 
 /// Check the agent token of `mac`: the one its current reset injected, or, until that
 /// reset is done, the one of the image the station still runs.
-pub fn authorize(state: &Services, mac: MacAddr, token: Option<&str>) -> Result<Agent, Error> {
+fn authorize(state: &Services, mac: MacAddr, token: Option<&str>) -> Result<Agent, Error> {
     let token = token.ok_or_else(|| {
         Error::Unauthorized("the agent token is needed (Authorization: Bearer ...)".into())
     })?;
@@ -117,16 +117,13 @@ fn outcome(reply: &spp::Reply) -> u32 {
     }
 }
 
-/// Take an agent's report: parse and pair its events, refuse forged counts and
-/// made-up CMIDs before anything is stored, record the answered requests in the
-/// ledger (new entries and renewals), and tell the campaign what it needs. The
-/// answer says what was recorded, renewed, ignored and unreadable.
-pub fn report(
-    state: &Services,
-    mac: MacAddr,
-    agent: &Agent,
-    body: ReportBody,
-) -> Result<Value, Error> {
+/// Take an agent's report, sent with `token`: parse and pair its events, refuse
+/// forged counts and made-up CMIDs before anything is stored, record the answered
+/// requests in the ledger (new entries and renewals), and tell the campaign what it
+/// needs. The answer says what was recorded, renewed, ignored and unreadable.
+pub fn report(state: &Services, token: Option<&str>, body: ReportBody) -> Result<Value, Error> {
+    let mac = super::parse_mac(&body.station)?;
+    let agent = &authorize(state, mac, token)?;
     // Everything is checked before anything is stored: a bad report changes nothing.
     if body.events.len() > MAX_EVENTS || body.licenses.len() > MAX_LICENSES {
         return Err(Error::Invalid(format!(
@@ -358,14 +355,32 @@ fn session_event(mac: MacAddr, user: bool) -> Event {
     }
 }
 
-/// A command poll: a sign of life (campaigns reboot a polling station rather than
-/// wake it), and, when the agent said, whether a user is logged on.
-pub fn polled(state: &Services, mac: MacAddr, logged_in: Option<bool>) -> Result<(), Error> {
+/// A command poll of `station`'s agent, with `token`: a sign of life (campaigns
+/// reboot a polling station rather than wake it), and, when the agent said
+/// (`interactive_user` 1 or 0), whether a user is logged on.
+pub fn polled(
+    state: &Services,
+    token: Option<&str>,
+    station: &str,
+    interactive_user: Option<u8>,
+) -> Result<MacAddr, Error> {
+    let mac = super::parse_mac(station)?;
+    let logged_in = match interactive_user {
+        None => None,
+        Some(0) => Some(false),
+        Some(1) => Some(true),
+        Some(n) => {
+            return Err(Error::Invalid(format!(
+                "interactive_user={n}: expected 0 or 1"
+            )))
+        }
+    };
+    authorize(state, mac, token)?;
     state.policy.store().agent_polled(mac, logged_in)?;
     if let Some(user) = logged_in {
         state.campaigns.station(mac, session_event(mac, user));
     }
-    Ok(())
+    Ok(mac)
 }
 
 #[derive(Deserialize)]
@@ -378,8 +393,15 @@ pub struct CommandResult {
 
 /// What the agent did with command `id`: `run`, `warned` (forced, with a user
 /// logged on: the user was warned and the restart follows a minute later) or
-/// `refused` (a user is logged on and the command was not forced).
-pub fn command_result(state: &Services, mac: MacAddr, body: &CommandResult) -> Result<(), Error> {
+/// `refused` (a user is logged on and the command was not forced). `token` is the
+/// agent's.
+pub fn command_result(
+    state: &Services,
+    token: Option<&str>,
+    body: &CommandResult,
+) -> Result<MacAddr, Error> {
+    let mac = super::parse_mac(&body.station)?;
+    authorize(state, mac, token)?;
     if body.id.is_empty() || body.id.len() > 32 || !body.id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Error::Invalid(format!(
             "id {:?}: expected the command's id",
@@ -415,7 +437,7 @@ pub fn command_result(state: &Services, mac: MacAddr, body: &CommandResult) -> R
             )))
         }
     }
-    Ok(())
+    Ok(mac)
 }
 
 #[derive(Deserialize)]

@@ -13,7 +13,6 @@ use crate::engine::{planner, Family};
 const MAX_MARGIN: u32 = 10;
 /// The most Office CMIDs a KMS host keeps (twice its threshold).
 const OFFICE_TABLE: u32 = 10;
-static CREATING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// A station whose agent reported or polled this recently is taken as running: it is
 /// rebooted through its agent rather than woken.
 const AGENT_FRESH_MS: u64 = 10 * 60 * 1000;
@@ -42,12 +41,16 @@ pub enum Msg {
 #[derive(Clone, Debug)]
 pub struct Handle {
     tx: mpsc::UnboundedSender<Msg>,
+    /// Held while a campaign is created: the check that no station is in two
+    /// campaigns and the save must not interleave.
+    creating: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl Handle {
     pub fn new() -> (Handle, mpsc::UnboundedReceiver<Msg>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Handle { tx }, rx)
+        let creating = Default::default();
+        (Handle { tx, creating }, rx)
     }
 
     /// Tell the runner what a station did (ignored when it is in no campaign).
@@ -66,7 +69,7 @@ impl Handle {
 
 /// Check a campaign request, save the campaign and hand it to the runner. A top-up
 /// passes its `horizon`: its counts are the ledger's projection for then.
-pub async fn start(state: &Services, body: CreateBody, horizon: Option<u64>) -> Result<u64, Error> {
+pub fn start(state: &Services, body: CreateBody, horizon: Option<u64>) -> Result<u64, Error> {
     let window = match body.start.as_str() {
         "now" => false,
         "window" if state.schedule.is_none() => {
@@ -97,9 +100,13 @@ pub async fn start(state: &Services, body: CreateBody, horizon: Option<u64>) -> 
             OFFICE_TABLE - Family::Office.threshold()
         )));
     }
-    // One creation at a time: the check that no station is in two campaigns and the
-    // save must not interleave.
-    let _creating = CREATING.lock().await;
+    // One creation at a time (a poisoned lock guards nothing half done: the save is
+    // the last step).
+    let _creating = state
+        .campaigns
+        .creating
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let mut families = body.families.clone();
     families.sort();
     families.dedup();
@@ -144,9 +151,7 @@ pub async fn start(state: &Services, body: CreateBody, horizon: Option<u64>) -> 
         (None, Some(macs)) => {
             let mut out = Vec::new();
             for text in macs {
-                let mac: MacAddr = text
-                    .parse()
-                    .map_err(|e: pxe::Error| Error::Invalid(e.to_string()))?;
+                let mac = super::parse_mac(text)?;
                 let st = all
                     .iter()
                     .find(|s| s.mac == mac)
@@ -163,7 +168,7 @@ pub async fn start(state: &Services, body: CreateBody, horizon: Option<u64>) -> 
     };
     // The guard: Microsoft counts computers.
     for f in &families {
-        planner::guard(*f, all.len()).map_err(Error::Conflict)?;
+        planner::guard(*f, all.len())?;
     }
     let image = match &body.image {
         Some(i) => i.clone(),
@@ -282,6 +287,36 @@ pub async fn start(state: &Services, body: CreateBody, horizon: Option<u64>) -> 
         "campaign created"
     );
     Ok(id)
+}
+
+pub fn list(state: &Services) -> Result<Vec<Record>, Error> {
+    Ok(state.policy.store().campaigns()?)
+}
+
+/// The campaign `id` (as the request gave it).
+pub fn get(state: &Services, id: &str) -> Result<Record, Error> {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| Error::Invalid(format!("{id:?} is not a campaign id")))?;
+    state
+        .policy
+        .store()
+        .campaign(id)?
+        .ok_or_else(|| Error::NotFound(format!("no campaign {id}")))
+}
+
+/// Ask the runner to cancel campaign `id`: no new cycles start, the ones under way
+/// are let finish or withdrawn.
+pub fn cancel(state: &Services, id: &str) -> Result<u64, Error> {
+    let record = get(state, id)?;
+    if record.campaign.state != CampaignState::Running {
+        return Err(Error::Conflict(format!(
+            "campaign {} is not running",
+            record.id
+        )));
+    }
+    state.campaigns.cancel(record.id);
+    Ok(record.id)
 }
 
 /// The families keep-alive looks after: those `[kms] families` activates.

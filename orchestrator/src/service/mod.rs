@@ -4,8 +4,11 @@
 //! maps the errors to status codes, and only `daemon` sees `api`.
 
 pub mod agent;
+pub mod boot;
 pub mod campaigns;
+pub mod kms;
 pub mod resets;
+pub mod stations;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -41,6 +44,12 @@ pub struct Services {
     pub started: Instant,
 }
 
+/// A station's MAC address from a request, or [`Error::Invalid`] saying why not.
+pub fn parse_mac(text: &str) -> Result<pxe::MacAddr, Error> {
+    text.parse()
+        .map_err(|e: pxe::Error| Error::Invalid(e.to_string()))
+}
+
 /// Why a domain operation was refused or failed. Each message is for the admin.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -56,6 +65,9 @@ pub enum Error {
     /// environment, a campaign already running).
     #[error("{0}")]
     Conflict(String),
+    /// The engine refuses the plan (too few stations for a family).
+    #[error(transparent)]
+    Refused(#[from] crate::engine::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]

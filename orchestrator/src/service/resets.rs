@@ -1,10 +1,11 @@
 //! Resets: stage an image for a station and mark it, so its next PXE boot chains the
-//! restore environment.
+//! restore environment; the restore client's calls (station.json, progress) and
+//! cancels.
 
 use images::Profile;
 use pxe::MacAddr;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::{Error, Services};
 use crate::store::{Reset, ResetState};
@@ -12,7 +13,8 @@ use crate::store::{Reset, ResetState};
 /// Stage the image and mark `mac` for a reset to it; its next PXE boot chains the
 /// restore environment. `image` and `profile` default to the station's settings;
 /// `families` (campaign cycles) narrows the KMS families the staged image activates.
-pub async fn mark(
+/// Staging reads and writes the image store: call this off the async workers.
+pub fn mark(
     state: &Services,
     mac: MacAddr,
     image: Option<String>,
@@ -62,23 +64,19 @@ pub async fn mark(
         }
         _ => state.staging.clone(),
     };
-    let (images, name) = (state.images.clone(), image.clone());
-    let chunks = state.chunks.clone();
     let kms = staging.kms.clone();
-    let (id, _) =
-        tokio::task::spawn_blocking(move || staging.stage(&images, &chunks, &name, profile))
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))?
-            .map_err(|e| match e {
-                crate::staging::StageError::Images(images::Error::NoImage(n)) => {
-                    Error::NotFound(format!("no image named {n:?} (netreset image ls)"))
-                }
-                crate::staging::StageError::NoKms => Error::Conflict(e.to_string()),
-                crate::staging::StageError::Images(images::Error::BadStaged(why)) => {
-                    Error::Conflict(why)
-                }
-                other => Error::Internal(other.to_string()),
-            })?;
+    let (id, _) = staging
+        .stage(&state.images, &state.chunks, &image, profile)
+        .map_err(|e| match e {
+            crate::staging::StageError::Images(images::Error::NoImage(n)) => {
+                Error::NotFound(format!("no image named {n:?} (netreset image ls)"))
+            }
+            crate::staging::StageError::NoKms => Error::Conflict(e.to_string()),
+            crate::staging::StageError::Images(images::Error::BadStaged(why)) => {
+                Error::Conflict(why)
+            }
+            other => Error::Internal(other.to_string()),
+        })?;
     let now = state.policy.store().clock().now_ms();
     let reset = Reset {
         image,
@@ -163,15 +161,16 @@ pub struct ProgressReport {
     figures: serde_json::Map<String, Value>,
 }
 
-/// Take a restore client's report on the reset its token is for (`token_of`): read,
-/// checked and written in one step, then the station's event, the running image's
-/// agent token on `done`, and the campaign's event.
+/// Take a restore client's report, sent with `token`, on the reset that token is
+/// for: read, checked and written in one step, then the station's event, the running
+/// image's agent token on `done`, and the campaign's event.
 pub fn progress(
     state: &Services,
     mac: MacAddr,
-    token_of: &Reset,
+    token: Option<&str>,
     report: ProgressReport,
 ) -> Result<Reset, Error> {
+    let token_of = authorize(state, mac, token, true)?;
     let next = match report.state.as_str() {
         "running" => ResetState::Restoring,
         "done" => ResetState::Done,
@@ -276,8 +275,9 @@ fn summary(r: &Reset) -> String {
 /// `GET /restore/{file}`: the restore environment's kernel and initrd, streamed with
 /// Content-Length (iPXE shows progress and fails cleanly on a short read).
 /// The reset whose restore token `token` is (an expired one still reports on an
-/// active reset when `expired_ok`).
-pub fn authorize(
+/// active reset when `expired_ok`: a restore of a large disk over a slow link may
+/// outlive the token it started with, and must still be able to report).
+fn authorize(
     state: &Services,
     mac: MacAddr,
     token: Option<&str>,
@@ -304,6 +304,29 @@ pub fn authorize(
         }
         Some(_) => Ok(reset),
     }
+}
+
+/// station.json, for the restore client holding `token`: the server, the station's
+/// agent token for this reset, the staged image and base, the profile and the
+/// families, and, with families to activate, the school's KMS host.
+pub fn station_json(state: &Services, mac: MacAddr, token: Option<&str>) -> Result<Value, Error> {
+    let reset = authorize(state, mac, token, false)?;
+    let restore = state.policy.restore();
+    let mut doc = json!({
+        "server": restore.server_url,
+        "station": mac,
+        "token": restore.secret.agent_token(mac, reset.generation),
+        "image": reset.staged,
+        "base": reset.image,
+        "profile": reset.profile,
+        "families": reset.families,
+    });
+    // The agent points the licences it activates at the school's KMS host.
+    if let (false, Some(kms)) = (reset.families.is_empty(), &state.staging.kms) {
+        doc["kms_host"] = json!(kms.host);
+        doc["kms_port"] = json!(kms.port);
+    }
+    Ok(doc)
 }
 
 /// Cancel the reset of `mac` while it is pending or failed; one mid-restore only

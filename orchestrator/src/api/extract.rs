@@ -1,0 +1,49 @@
+//! What handlers take from a request, each failing with a clear [`ApiError`]: the
+//! station's MAC from the path, the bearer token, a JSON body.
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
+use axum::Json;
+use serde::de::DeserializeOwned;
+
+use super::ApiError;
+
+/// The station of a `/api/v1/stations/{mac}/...` path; a 400 when it is not a MAC.
+pub struct Mac(pub pxe::MacAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for Mac {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(text) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::Invalid(e.body_text()))?;
+        crate::service::parse_mac(&text).map(Mac)
+    }
+}
+
+/// The `Authorization: Bearer` token of the request, if it carries one; the service
+/// that needs it says what is missing.
+pub struct Bearer(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Bearer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Bearer(super::bearer(&parts.headers).map(str::to_owned)))
+    }
+}
+
+/// A JSON body, or a 400 that says what is wrong with it.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        Json::<T>::from_request(req, state)
+            .await
+            .map(|Json(v)| Body(v))
+            .map_err(|e| ApiError::Invalid(format!("request body: {}", e.body_text())))
+    }
+}
