@@ -96,15 +96,75 @@ impl Clock {
     }
 }
 
-/// Unix milliseconds as RFC 3339 UTC with milliseconds, as the API shows times.
+/// Unix milliseconds as RFC 3339 UTC with milliseconds, as the API shows times
+/// (`2026-12-18T21:00:00.000Z`).
 pub fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
-        .to_string()
+    let ms = i64::try_from(ms).unwrap_or(i64::MAX);
+    let at = jiff::Timestamp::from_millisecond(ms).unwrap_or(jiff::Timestamp::MAX);
+    format!("{at:.3}")
+}
+
+/// A duration as the configuration writes it: `100ms`, `5m`, `4h`, `1h 30m`, `2d`
+/// (a day is 24 hours here), or ISO 8601 (`PT4H`). Months and years, which have no
+/// fixed length, and negative durations are not durations here (`None`; the caller
+/// says what it expects).
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let span: jiff::Span = text.parse().ok()?;
+    let signed = span
+        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .ok()?;
+    std::time::Duration::try_from(signed).ok()
+}
+
+/// A duration as a person writes it: `4h`, `1h 30m`, `500ms`.
+pub fn friendly(d: std::time::Duration) -> String {
+    match jiff::SignedDuration::try_from(d) {
+        Ok(d) => format!("{d:#}"),
+        Err(_) => format!("{} s", d.as_secs()),
+    }
+}
+
+/// RFC 3339 text as Unix milliseconds, if it is a time.
+pub fn parse_rfc3339(text: &str) -> Option<u64> {
+    let at: jiff::Timestamp = text.parse().ok()?;
+    u64::try_from(at.as_millisecond()).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_times_are_rfc3339_utc_with_milliseconds_and_read_back() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_797_627_600_123), "2026-12-18T21:00:00.123Z");
+        assert_eq!(
+            parse_rfc3339("2026-12-18T21:00:00.123Z"),
+            Some(1_797_627_600_123)
+        );
+        assert_eq!(parse_rfc3339("yesterday"), None);
+    }
+
+    #[test]
+    fn configured_durations_read_as_written_and_months_or_negatives_are_refused() {
+        use std::time::Duration;
+        for (text, want) in [
+            ("100ms", Duration::from_millis(100)),
+            ("5m", Duration::from_secs(300)),
+            ("4h", Duration::from_secs(4 * 3600)),
+            ("1h 30m", Duration::from_secs(5400)),
+            ("2d", Duration::from_secs(2 * 86_400)),
+            ("7 days", Duration::from_secs(7 * 86_400)),
+            ("PT4H", Duration::from_secs(4 * 3600)),
+        ] {
+            assert_eq!(parse_duration(text), Some(want), "{text}");
+        }
+        for bad in ["", "4", "1mo", "-5m", "soon"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+        assert_eq!(friendly(Duration::from_secs(4 * 3600)), "4h");
+        assert_eq!(friendly(Duration::from_secs(5400)), "1h 30m");
+    }
 
     #[test]
     fn the_system_clock_says_the_system_time() {

@@ -3,10 +3,10 @@
 
 pub mod api;
 pub mod boot;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
-pub mod demo;
 pub mod engine;
 pub mod lock;
 pub mod power;

@@ -299,7 +299,7 @@ fn authorize(
         Some(expires) if state.policy.store().clock().now_ms() / 1000 >= expires && !(expired_ok && reset.state.active()) => {
             Err(Error::Unauthorized(format!(
                 "the restore token expired (tokens last [restore] token_ttl = {}); PXE-boot the station again for a new one",
-                humantime::format_duration(restore.token_ttl)
+                crate::clock::friendly(restore.token_ttl)
             )))
         }
         Some(_) => Ok(reset),

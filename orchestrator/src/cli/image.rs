@@ -10,7 +10,7 @@ use clap::Subcommand;
 use images::{ChunkStore, Images};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use orchestrator::Config;
+use crate::Config;
 
 /// Default chunk size: 64 KiB, from the delta benchmark (BENCHMARKS.md): the only
 /// size measured that fetched fewer bytes than casync for scattered 1 MiB changes,
@@ -55,7 +55,7 @@ pub fn run(config: &Path, command: ImageCommand) -> anyhow::Result<()> {
     let dir = &config.data_dir;
     // What adds to data_dir shares it with a running server; what deletes needs it
     // alone, and is refused (never waits) while anyone else holds it.
-    use orchestrator::lock::{Access, DataLock};
+    use crate::lock::{Access, DataLock};
     let writes = match &command {
         ImageCommand::Import { .. } => Some(("netreset image import", Access::Shared)),
         ImageCommand::Stage { .. } => Some(("netreset image stage", Access::Shared)),
@@ -75,7 +75,7 @@ pub fn run(config: &Path, command: ImageCommand) -> anyhow::Result<()> {
             chunk_size,
         } => import(&store, &images, &file, &name, chunk_size),
         ImageCommand::Stage { name, profile } => {
-            let settings = orchestrator::staging::StageSettings::from_config(&config);
+            let settings = crate::staging::StageSettings::from_config(&config);
             let (id, staged) = settings.stage(&images, &store, &name, profile)?;
             eprintln!(
                 "staged {name} ({profile}): {} files injected; restore clients fetch /images/{id}/index",

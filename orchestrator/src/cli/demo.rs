@@ -275,9 +275,8 @@ pub async fn run(json: bool, windows_boot: Duration) -> anyhow::Result<()> {
 fn campaign_span(c: &serde_json::Value) -> f64 {
     let at = |k: &str| {
         c[k].as_str()
-            .and_then(|t| humantime::parse_rfc3339(t).ok())
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0.0, |d| d.as_secs_f64())
+            .and_then(crate::clock::parse_rfc3339)
+            .map_or(0.0, |ms| ms as f64 / 1000.0)
     };
     (at("updated_at") - at("created_at")).max(0.0)
 }

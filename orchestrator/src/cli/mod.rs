@@ -1,0 +1,129 @@
+//! The `netreset` command line: `serve`, `demo`, `check-config` and `image`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::{Config, Daemon};
+use tracing_subscriber::EnvFilter;
+
+pub mod demo;
+mod image;
+
+#[derive(Parser)]
+#[command(
+    name = "netreset",
+    version,
+    about = "Network reset and KMS activation for school lab PCs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: ProxyDHCP, TFTP and HTTP.
+    Serve {
+        /// Configuration file.
+        #[arg(long, short, default_value = "/etc/netreset/netreset.toml")]
+        config: PathBuf,
+    },
+    /// Run a KMS campaign on a simulated school, on loopback: no root, no setup.
+    Demo {
+        /// Print the summary as one JSON line.
+        #[arg(long)]
+        json: bool,
+        /// Milliseconds a simulated station takes to boot Windows and activate after
+        /// each restore (real ones take minutes).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+        windows_boot_ms: u64,
+    },
+    /// Validate a configuration file; names the bad key and value.
+    CheckConfig {
+        /// Configuration file.
+        file: PathBuf,
+    },
+    /// Disk images in the chunk store under data_dir.
+    Image {
+        /// Configuration file (for data_dir).
+        #[arg(long, short, default_value = "/etc/netreset/netreset.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: image::ImageCommand,
+    },
+}
+
+/// Parse the command line and run the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The demo draws progress bars; the daemon's own log would break them up.
+    let default_level = match cli.command {
+        Command::Demo { .. } => "warn",
+        _ => "info",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Demo {
+            json,
+            windows_boot_ms,
+        } => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| {
+                rt.block_on(demo::run(
+                    json,
+                    std::time::Duration::from_millis(windows_boot_ms),
+                ))
+            }),
+        Command::Serve { config } => serve(&config),
+        Command::Image { config, command } => image::run(&config, command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netreset: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(file)?;
+    println!(
+        "{}: ok (dhcp {:?}, tftp root {}, http {})",
+        file.display(),
+        config.dhcp.mode,
+        config.tftp.root.display(),
+        config.http_listen
+    );
+    Ok(())
+}
+
+fn serve(file: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(file)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        // The handlers go in before the daemon says it is running: a SIGTERM right
+        // after that line must stop it cleanly, not kill it.
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let daemon = Daemon::start(config).await?;
+        // SIGTERM (systemd) or SIGINT (Ctrl-C).
+        daemon
+            .run_until(async move {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            })
+            .await
+    })
+}

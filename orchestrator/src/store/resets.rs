@@ -1,0 +1,147 @@
+//! Resets: one per station (key: its MAC), each change a compare-and-swap
+//! ([`Store::change_reset`]) and flushed before the boot decision that depends on it.
+
+use pxe::MacAddr;
+use serde::{Deserialize, Serialize};
+
+use super::{decode, Store, StoreError};
+
+/// Where a station's reset stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResetState {
+    /// Marked; the next PXE boot chains the restore environment.
+    Pending,
+    /// The restore environment reported progress.
+    Restoring,
+    /// Completed; the station boots its local disk again.
+    Done,
+    /// The restore failed; the next PXE boot tries again.
+    Failed,
+}
+
+impl ResetState {
+    /// Whether the station's PXE boot goes to the restore environment.
+    pub fn active(self) -> bool {
+        !matches!(self, ResetState::Done)
+    }
+}
+
+/// A station's reset to a staged image, and how far its restore got.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reset {
+    /// The base image's name and the profile it was staged with.
+    pub image: String,
+    pub profile: String,
+    /// The staged image id.
+    pub staged: String,
+    pub state: ResetState,
+    /// Unix milliseconds.
+    pub requested_at: u64,
+    pub updated_at: u64,
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    /// The restore client's last figures (chunks_in_place, bytes_fetched, ...).
+    #[serde(default)]
+    pub stats: serde_json::Map<String, serde_json::Value>,
+    pub error: Option<String>,
+    /// The KMS families the staged image activates (empty for a plain reset), as
+    /// they were when the reset was asked for: the agent reports these.
+    #[serde(default)]
+    pub families: Vec<String>,
+    /// Unique per reset (the store's id sequence): the agent token is derived from it.
+    #[serde(default)]
+    pub generation: u64,
+    /// The generation of the image the station runs until this reset is done: its
+    /// agent keeps its token (to be told to reboot) until then.
+    #[serde(default)]
+    pub previous_generation: Option<u64>,
+    /// The disk the restore environment writes, passed as `netreset.disk=`.
+    #[serde(default)]
+    pub disk: Option<String>,
+}
+
+impl Reset {
+    /// What a restore token for this reset is bound to: the staged image and the
+    /// reset's generation, so a token of an earlier reset to the same staged image
+    /// is worthless.
+    pub fn token_scope(&self) -> String {
+        format!("{}#{}", self.staged, self.generation)
+    }
+
+    /// The resets whose agent tokens are good now: this one, and until it is done,
+    /// the one before it.
+    pub fn agent_generations(&self) -> impl Iterator<Item = u64> + '_ {
+        std::iter::once(self.generation).chain(
+            self.previous_generation
+                .filter(|_| self.state != ResetState::Done),
+        )
+    }
+}
+
+impl Store {
+    /// The reset of `mac`, if one was ever asked for.
+    pub fn reset(&self, mac: MacAddr) -> Result<Option<Reset>, StoreError> {
+        self.resets
+            .get(mac.octets())?
+            .map(|v| decode(&mac.to_string(), &v))
+            .transpose()
+    }
+
+    /// Write the reset of `mac`, durably: the next boot decision depends on it.
+    pub fn put_reset(&self, mac: MacAddr, reset: &Reset) -> Result<(), StoreError> {
+        self.resets.insert(
+            mac.octets(),
+            serde_json::to_vec(reset).expect("reset serializes"),
+        )?;
+        self.resets.flush()?;
+        Ok(())
+    }
+
+    /// Change the reset of `mac` in one step: `change` sees the reset as it is and
+    /// says what it becomes (`None`: removed) and what to return, or refuses. When
+    /// another writer came in between, `change` runs again on what that one wrote,
+    /// so no change is lost or made on a state that is gone.
+    pub fn change_reset<T, E: From<StoreError>>(
+        &self,
+        mac: MacAddr,
+        mut change: impl FnMut(Option<Reset>) -> Result<(Option<Reset>, T), E>,
+    ) -> Result<T, E> {
+        loop {
+            let old = self.resets.get(mac.octets()).map_err(StoreError::from)?;
+            let current = match &old {
+                Some(bytes) => Some(decode(&mac.to_string(), bytes)?),
+                None => None,
+            };
+            let (new, out) = change(current)?;
+            let new = new.map(|r| serde_json::to_vec(&r).expect("reset serializes"));
+            let swapped = self
+                .resets
+                .compare_and_swap(mac.octets(), old, new)
+                .map_err(StoreError::from)?;
+            if swapped.is_ok() {
+                self.resets.flush().map_err(StoreError::from)?;
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Forget the reset of `mac`; returns whether there was one.
+    pub fn remove_reset(&self, mac: MacAddr) -> Result<bool, StoreError> {
+        let had = self.resets.remove(mac.octets())?.is_some();
+        self.resets.flush()?;
+        Ok(had)
+    }
+
+    /// Forget the reset of `mac` when its restore has not started; returns whether
+    /// it did. A restore under way is left to finish (a half-written disk would not
+    /// boot).
+    pub fn remove_reset_if_pending(&self, mac: MacAddr) -> Result<bool, StoreError> {
+        self.change_reset(mac, |current| {
+            Ok::<_, StoreError>(match current {
+                Some(r) if r.state == ResetState::Pending => (None, true),
+                other => (other, false),
+            })
+        })
+    }
+}
