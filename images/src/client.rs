@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use pxe::MacAddr;
+
 use crate::http::Client;
 use crate::{inject, partition, ChunkId, Error, RestoreStats, Target};
 
@@ -48,14 +50,18 @@ pub struct Outcome {
 }
 
 /// The staged image id and the station's MAC of `opts`, checked.
-fn identify(opts: &Options) -> Result<(ChunkId, String), Error> {
+fn identify(opts: &Options) -> Result<(ChunkId, MacAddr), Error> {
     let id: ChunkId = opts.image.parse().map_err(|_| {
         Error::Usage(format!(
             "--image {:?} is not a staged image id (64 hex digits)",
             opts.image
         ))
     })?;
-    Ok((id, check_mac(&opts.station)?))
+    let mac = opts
+        .station
+        .parse()
+        .map_err(|e: pxe::Error| Error::Usage(format!("--station {:?}: {e}", opts.station)))?;
+    Ok((id, mac))
 }
 
 /// Run a restore; `log` gets the console lines (start, progress every second, end).
@@ -100,7 +106,7 @@ fn restore(
     args: &Options,
     client: &Client,
     id: &ChunkId,
-    mac: &str,
+    mac: &MacAddr,
     started: Instant,
     log: &(dyn Fn(&str) + Sync),
 ) -> Result<Outcome, Error> {
@@ -216,18 +222,34 @@ fn progress_body(id: &ChunkId, done: u64, total: u64, s: &RestoreStats) -> serde
     body
 }
 
-/// A MAC as aa:bb:cc:dd:ee:ff (lowercase), the form the orchestrator's URLs use.
-pub fn check_mac(s: &str) -> Result<String, Error> {
-    let parts: Vec<&str> = s.split([':', '-']).collect();
-    let ok = parts.len() == 6
-        && parts
-            .iter()
-            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
-    if ok {
-        Ok(parts.join(":").to_ascii_lowercase())
-    } else {
-        Err(Error::Usage(format!(
-            "--station {s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"
-        )))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(station: &str) -> Options {
+        Options {
+            server: "http://127.0.0.1:1".into(),
+            station: station.into(),
+            token: "t".into(),
+            image: "ab".repeat(32),
+            disk: PathBuf::from("/nonexistent"),
+            parallel: 1,
+            max_mbit: None,
+            retry_for: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn the_station_is_read_as_the_orchestrator_reads_a_mac_and_a_bad_one_is_a_usage_error() {
+        for form in ["52:54:00:AB:CD:EF", "52-54-00-ab-cd-ef", "525400abcdef"] {
+            let (_, mac) = identify(&options(form)).unwrap();
+            assert_eq!(mac.to_string(), "52:54:00:ab:cd:ef", "{form}");
+        }
+        for bad in ["52:54-00:ab:cd:ef", "52:54:00:ab:cd", "../../etc", ""] {
+            match identify(&options(bad)) {
+                Err(Error::Usage(why)) => assert!(why.contains("--station"), "{why}"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
     }
 }

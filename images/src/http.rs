@@ -99,7 +99,7 @@ impl Client {
     }
 
     /// The station's station.json, as the orchestrator renders it for this restore.
-    pub fn station_json(&self, mac: &str) -> Result<Vec<u8>, Error> {
+    pub fn station_json(&self, mac: &pxe::MacAddr) -> Result<Vec<u8>, Error> {
         let url = format!("{}/api/v1/stations/{mac}/station.json", self.base);
         self.request("GET", &url, None, 64 << 10, Retry::Patiently)
             .map_err(|f| f.error)
@@ -107,7 +107,12 @@ impl Client {
 
     /// Tell the orchestrator how the restore goes: once for a progress report
     /// (`last` false), patiently for the final one.
-    pub fn report(&self, mac: &str, body: &serde_json::Value, last: bool) -> Result<(), Error> {
+    pub fn report(
+        &self,
+        mac: &pxe::MacAddr,
+        body: &serde_json::Value,
+        last: bool,
+    ) -> Result<(), Error> {
         let url = format!("{}/api/v1/stations/{mac}/restore-progress", self.base);
         let retry = if last { Retry::Patiently } else { Retry::Once };
         self.request("POST", &url, Some(body.to_string()), 64 << 10, retry)

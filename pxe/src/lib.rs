@@ -5,13 +5,19 @@
 //! ("boot the local disk", "chain this kernel", "stay silent") is asked of one trait,
 //! [`BootPolicy`], which the orchestrator implements. The servers may ask it several
 //! times per boot attempt, once per step.
+//!
+//! Without its default feature `servers`, the crate is only what every netreset
+//! crate shares: [`MacAddr`], the policy's types and the script renderer.
 
+#[cfg(feature = "servers")]
 pub mod dhcp;
 mod error;
 pub mod ipxe;
 mod mac;
 mod policy;
+#[cfg(feature = "servers")]
 pub mod tftp;
+#[cfg(feature = "servers")]
 mod workers;
 
 pub use error::Error;
