@@ -1,8 +1,8 @@
-//! Power: Wake-on-LAN (wol-rs) to the station's room broadcast address, and reboots
-//! through the station's agent (a queued command, see `api::agent`). Campaigns resend
+//! Power: Wake-on-LAN (the `wol` crate) to the station's room broadcast address, and reboots
+//! through the station's agent (a queued command, see `service::agent`). Campaigns resend
 //! a wake when the station does not PXE-boot in time.
 
-use std::net::IpAddr;
+use std::net::Ipv4Addr;
 
 use pxe::MacAddr;
 
@@ -18,42 +18,23 @@ pub struct WakeError {
     pub source: std::io::Error,
 }
 
-/// Send a magic packet for `mac` into `room`: UDP port 9 of its broadcast address,
-/// through wol-rs. A simulated room on another port gets the same packet from a
-/// socket of our own (wol-rs always sends to port 9).
+/// Send a magic packet for `mac` into `room`: to its broadcast address and port
+/// (9 in a real room), from its source address when it names one, through the `wol`
+/// crate on a socket of ours.
 pub fn wake(mac: MacAddr, room: &RoomConfig) -> Result<(), WakeError> {
-    let sent = if room.wol_port == 9 {
-        wol::send_wol(
-            wol::MacAddr(mac.octets()),
-            Some(IpAddr::V4(room.wol_broadcast)),
-            room.wol_source.map(IpAddr::V4),
-        )
-    } else {
-        send_magic(mac, room)
-    };
+    use wol::SendMagicPacket;
+    let to = (room.wol_broadcast, room.wol_port);
+    let sent = std::net::UdpSocket::bind((room.wol_source.unwrap_or(Ipv4Addr::UNSPECIFIED), 0))
+        .and_then(|socket| {
+            socket.set_broadcast(true)?;
+            socket.send_magic_packet(wol::MacAddress::new(mac.octets()), None, to)
+        });
     sent.map_err(|source| WakeError {
         mac,
         to: format!("{}:{}", room.wol_broadcast, room.wol_port),
         room: room.name.clone(),
         source,
     })
-}
-
-/// The magic packet: six 0xff, then the MAC sixteen times.
-pub fn magic_packet(mac: MacAddr) -> [u8; 102] {
-    let mut packet = [0xffu8; 102];
-    for i in 0..16 {
-        packet[6 + i * 6..12 + i * 6].copy_from_slice(&mac.octets());
-    }
-    packet
-}
-
-fn send_magic(mac: MacAddr, room: &RoomConfig) -> std::io::Result<()> {
-    let source = room.wol_source.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
-    let socket = std::net::UdpSocket::bind((source, 0))?;
-    socket.set_broadcast(true)?;
-    socket.send_to(&magic_packet(mac), (room.wol_broadcast, room.wol_port))?;
-    Ok(())
 }
 
 /// The room of a station, by name, from the configuration.
@@ -65,13 +46,22 @@ pub fn room<'a>(rooms: &'a [RoomConfig], name: Option<&str>) -> Option<&'a RoomC
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::{Ipv4Addr, UdpSocket};
+    use std::net::UdpSocket;
     use std::time::Duration;
+
+    /// Six 0xff, then the MAC sixteen times.
+    fn magic_packet(mac: MacAddr) -> Vec<u8> {
+        let mut packet = vec![0xff; 6];
+        for _ in 0..16 {
+            packet.extend_from_slice(&mac.octets());
+        }
+        packet
+    }
 
     #[test]
     fn a_magic_packet_reaches_the_rooms_address_on_port_9() {
-        // A room of its own on loopback. Port 9 needs root (or CAP_NET_BIND_SERVICE):
-        // CI runs as root and tests wol-rs's path; elsewhere only our own sender's.
+        // A room of its own on loopback. Port 9 needs root (or CAP_NET_BIND_SERVICE)
+        // to listen on: CI runs as root; elsewhere only the other port is tested.
         let room_ip = Ipv4Addr::new(127, 77, 0, 9);
         let room = RoomConfig {
             name: "101".into(),
@@ -91,12 +81,12 @@ mod tests {
                 assert_eq!(
                     &buf[..n],
                     &magic_packet(mac)[..],
-                    "wol-rs sent the magic packet"
+                    "the magic packet on port 9"
                 );
             }
             Err(e) => {
                 assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
-                eprintln!("not root: wol-rs's port 9 is tested in CI, not here");
+                eprintln!("not root: port 9 is tested in CI, not here");
             }
         }
         // A simulated room on another port gets the same packet.

@@ -13,13 +13,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::campaign::{Action, Event, Record, State};
 use crate::service::campaigns::Msg;
-use crate::service::{Error as ServiceError, Services as AppState};
+use crate::service::{Error as ServiceError, Services};
 
 /// Run until `cancel`: load the running campaigns, then take messages and ticks.
 /// The runner reads and writes the store and stages images between its awaits: run
 /// it on a thread of its own (`daemon` drives it with `Handle::block_on` on a
 /// blocking thread), never on the async workers.
-pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Msg>, cancel: CancellationToken) {
+pub async fn run(state: Services, mut rx: mpsc::UnboundedReceiver<Msg>, cancel: CancellationToken) {
     let store = state.policy.store().clone();
     let mut running: BTreeMap<u64, Record> = match store.campaigns() {
         Ok(all) => all
@@ -174,7 +174,7 @@ pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Msg>, cancel: 
 
 /// Carry out one action; the events it leads to (the reset's generation, a failure)
 /// go back into the campaign at once.
-fn carry_out(state: &AppState, record: &Record, action: Action) -> Vec<Event> {
+fn carry_out(state: &Services, record: &Record, action: Action) -> Vec<Event> {
     let store = state.policy.store();
     let image = record.campaign.image.clone();
     let run = record
@@ -259,7 +259,7 @@ fn action_mac(action: &Action) -> MacAddr {
 /// The events a station's current cycle missed: when its marked reset is done, the
 /// restore's end and the reports its agent sent since (the ledger has them, by the
 /// reset generation of their token).
-fn recover(state: &AppState, record: &Record, mac: MacAddr) -> Vec<Event> {
+fn recover(state: &Services, record: &Record, mac: MacAddr) -> Vec<Event> {
     let Some(run) = record.campaign.stations.iter().find(|s| s.mac == mac) else {
         return Vec::new();
     };
@@ -292,7 +292,7 @@ fn recover(state: &AppState, record: &Record, mac: MacAddr) -> Vec<Event> {
 }
 
 /// Wake the station, or reboot it through its agent.
-fn power_on(state: &AppState, record: &Record, action: &Action) -> Result<(), ServiceError> {
+fn power_on(state: &Services, record: &Record, action: &Action) -> Result<(), ServiceError> {
     let store = state.policy.store();
     match action {
         Action::Wake(mac) => wake(state, *mac),
@@ -338,7 +338,7 @@ fn session_free(store: &crate::store::Store, mac: MacAddr) -> bool {
     })
 }
 
-fn wake(state: &AppState, mac: MacAddr) -> Result<(), ServiceError> {
+fn wake(state: &Services, mac: MacAddr) -> Result<(), ServiceError> {
     let station = state.policy.store().station(mac)?;
     let room_name = station.as_ref().and_then(|s| s.room.clone());
     let room = crate::power::room(&state.rooms, room_name.as_deref()).ok_or_else(|| {
@@ -357,7 +357,7 @@ fn wake(state: &AppState, mac: MacAddr) -> Result<(), ServiceError> {
 
 /// Plan a top-up campaign when the keep-alive says one is due; what happened, for
 /// the log.
-fn keepalive(state: &AppState, now: u64) -> String {
+fn keepalive(state: &Services, now: u64) -> String {
     let plan = match crate::service::campaigns::top_up_plan(state, now) {
         Ok(Some(plan)) => plan,
         Ok(None) => return String::new(),

@@ -3,7 +3,7 @@
 //! script, restore with the real restore client, read the injected KMS settings from
 //! their disk, activate against the simulated KMS host and report through the agent
 //! API. The rooms listen off port 9 (a simulated room's `wol_port`), so no root is
-//! needed; wol-rs's port-9 path is tested in `orchestrator::power`.
+//! needed; the port-9 path is tested in `orchestrator::power`.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
