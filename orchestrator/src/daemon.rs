@@ -76,16 +76,7 @@ impl Daemon {
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?
         .with_clock(clock);
         for st in &config.inventory.stations {
-            store.configure(
-                st.mac,
-                &crate::store::Settings {
-                    name: st.name.clone(),
-                    room: st.room.clone(),
-                    image: st.image.clone(),
-                    kms_activation: st.kms_activation,
-                    disk: st.disk.clone(),
-                },
-            )?;
+            store.configure(st.mac, &st.settings)?;
         }
         for (key, name) in [
             ("boot.bios", &config.boot.bios),

@@ -18,12 +18,11 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
 use serde_json::json;
 
 use super::extract::{Bearer, Body, Mac};
 use super::{blocking, ApiError, AppState};
-use crate::service::agent::{self, CommandBody, CommandResult, ReportBody};
+use crate::service::agent::{self, CommandBody, CommandResult, Poll, ReportBody};
 use crate::store::Command;
 
 /// How long a command poll waits before it answers 204 (the agent times out at 70 s).
@@ -38,26 +37,13 @@ pub async fn report(
     Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
-#[derive(Deserialize)]
-pub struct Poll {
-    station: String,
-    /// Seconds to wait for a command, at most (and by default) 55.
-    wait: Option<u64>,
-    /// 1 while an interactive user is logged on, 0 when none is.
-    interactive_user: Option<u8>,
-}
-
 pub async fn commands(
     State(state): State<AppState>,
     Bearer(token): Bearer,
     Query(poll): Query<Poll>,
 ) -> Result<Response, ApiError> {
-    let (station, user) = (poll.station, poll.interactive_user);
-    let mac = blocking(&state, move |s| {
-        agent::polled(s, token.as_deref(), &station, user)
-    })
-    .await?;
     let wait = poll.wait.map_or(POLL, |s| Duration::from_secs(s).min(POLL));
+    let mac = blocking(&state, move |s| agent::polled(s, token.as_deref(), &poll)).await?;
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         // Listen before looking, so a command queued in between is not missed.

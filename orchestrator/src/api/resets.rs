@@ -12,13 +12,13 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use images::{ChunkId, Profile};
+use images::ChunkId;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::extract::{Bearer, Body, Mac};
 use super::{blocking, ApiError, AppState};
-use crate::service::resets::{self, ProgressReport};
+use crate::service::resets::{self, ProgressReport, ResetRequest};
 use crate::store::Reset;
 
 /// The reset as the API shows it.
@@ -44,28 +44,12 @@ pub fn reset_json(r: &Reset) -> Value {
     })
 }
 
-/// `{"image"?, "profile"?}`: by default the station's own image, and the kms
-/// profile when the station has KMS activation on.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ResetRequest {
-    image: Option<String>,
-    profile: Option<String>,
-}
-
 pub async fn request(
     State(state): State<AppState>,
     Mac(mac): Mac,
     Body(req): Body<ResetRequest>,
 ) -> Result<Response, ApiError> {
-    let profile = match &req.profile {
-        Some(p) => Some(p.parse::<Profile>().map_err(ApiError::Invalid)?),
-        None => None,
-    };
-    let reset = blocking(&state, move |s| {
-        resets::mark(s, mac, req.image, profile, None)
-    })
-    .await?;
+    let reset = blocking(&state, move |s| resets::request(s, mac, req)).await?;
     let mut answer = reset_json(&reset);
     answer["station"] = json!(mac);
     Ok((StatusCode::ACCEPTED, Json(answer)).into_response())

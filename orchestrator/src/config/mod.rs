@@ -166,14 +166,12 @@ pub struct InventoryConfig {
     pub stations: Vec<StationConfig>,
 }
 
+/// A station of `[[inventory.stations]]`: its MAC and the settings the daemon
+/// writes into the store at start (what it leaves out is kept as the admin set it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StationConfig {
     pub mac: MacAddr,
-    pub name: Option<String>,
-    pub room: Option<String>,
-    pub image: Option<String>,
-    pub kms_activation: Option<bool>,
-    pub disk: Option<String>,
+    pub settings: crate::store::Settings,
 }
 
 impl Config {
@@ -343,11 +341,13 @@ impl Config {
             }
             stations.push(StationConfig {
                 mac,
-                name: st.name,
-                room: st.room,
-                image: st.image,
-                kms_activation: st.kms_activation,
-                disk: st.disk,
+                settings: crate::store::Settings {
+                    name: st.name,
+                    room: st.room,
+                    image: st.image,
+                    kms_activation: st.kms_activation,
+                    disk: st.disk,
+                },
             });
         }
         let inventory = InventoryConfig {

@@ -355,17 +355,22 @@ fn session_event(mac: MacAddr, user: bool) -> Event {
     }
 }
 
-/// A command poll of `station`'s agent, with `token`: a sign of life (campaigns
-/// reboot a polling station rather than wake it), and, when the agent said
-/// (`interactive_user` 1 or 0), whether a user is logged on.
-pub fn polled(
-    state: &Services,
-    token: Option<&str>,
-    station: &str,
+/// `GET /api/v1/agent/commands?station=MAC&wait=S&interactive_user=0|1`.
+#[derive(Deserialize)]
+pub struct Poll {
+    station: String,
+    /// Seconds to wait for a command, at most (and by default) 55.
+    pub wait: Option<u64>,
+    /// 1 while an interactive user is logged on, 0 when none is.
     interactive_user: Option<u8>,
-) -> Result<MacAddr, Error> {
-    let mac = super::parse_mac(station)?;
-    let logged_in = match interactive_user {
+}
+
+/// A command poll, with the agent's `token`: a sign of life (campaigns reboot a
+/// polling station rather than wake it), and, when the agent said, whether a user is
+/// logged on.
+pub fn polled(state: &Services, token: Option<&str>, poll: &Poll) -> Result<MacAddr, Error> {
+    let mac = super::parse_mac(&poll.station)?;
+    let logged_in = match poll.interactive_user {
         None => None,
         Some(0) => Some(false),
         Some(1) => Some(true),

@@ -10,6 +10,24 @@ use serde_json::{json, Value};
 use super::{Error, Services};
 use crate::store::{Reset, ResetState};
 
+/// `POST /api/v1/stations/{mac}/reset` `{"image"?, "profile"?}`: by default the
+/// station's own image, and the kms profile when the station has KMS activation on.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResetRequest {
+    image: Option<String>,
+    profile: Option<String>,
+}
+
+/// An admin's reset of `mac`: [`mark`] with what the request names.
+pub fn request(state: &Services, mac: MacAddr, req: ResetRequest) -> Result<Reset, Error> {
+    let profile = match &req.profile {
+        Some(p) => Some(p.parse::<Profile>().map_err(Error::Invalid)?),
+        None => None,
+    };
+    mark(state, mac, req.image, profile, None)
+}
+
 /// Stage the image and mark `mac` for a reset to it; its next PXE boot chains the
 /// restore environment. `image` and `profile` default to the station's settings;
 /// `families` (campaign cycles) narrows the KMS families the staged image activates.

@@ -2,7 +2,7 @@
 
 use crate::engine::campaign::Record;
 
-use super::{decode, Store, StoreError};
+use super::{decode, get, put_durably, Store, StoreError};
 
 impl Store {
     /// Every campaign, oldest first.
@@ -15,19 +15,13 @@ impl Store {
     }
 
     pub fn campaign(&self, id: u64) -> Result<Option<Record>, StoreError> {
-        self.campaigns
-            .get(id.to_be_bytes())?
-            .map(|v| decode(&format!("campaign {id}"), &v))
-            .transpose()
+        get(&self.campaigns, id.to_be_bytes(), || {
+            format!("campaign {id}")
+        })
     }
 
     /// Write a campaign, durably: the runner acts on it only after this.
     pub fn put_campaign(&self, id: u64, record: &Record) -> Result<(), StoreError> {
-        self.campaigns.insert(
-            id.to_be_bytes(),
-            serde_json::to_vec(record).expect("campaign serializes"),
-        )?;
-        self.campaigns.flush()?;
-        Ok(())
+        put_durably(&self.campaigns, id.to_be_bytes(), record)
     }
 }

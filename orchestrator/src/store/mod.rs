@@ -134,6 +134,29 @@ impl Store {
     }
 }
 
+/// The record under `key` in `tree`, decoded; `what` names it in an error.
+fn get<T: for<'de> Deserialize<'de>>(
+    tree: &sled::Tree,
+    key: impl AsRef<[u8]>,
+    what: impl FnOnce() -> String,
+) -> Result<Option<T>, StoreError> {
+    tree.get(key)?.map(|v| decode(&what(), &v)).transpose()
+}
+
+/// Write `value` under `key` in `tree` and flush it: what is done next depends on it.
+fn put_durably<T: Serialize>(
+    tree: &sled::Tree,
+    key: impl AsRef<[u8]>,
+    value: &T,
+) -> Result<(), StoreError> {
+    tree.insert(
+        key.as_ref(),
+        serde_json::to_vec(value).expect("records serialize"),
+    )?;
+    tree.flush()?;
+    Ok(())
+}
+
 fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
         key: key.to_owned(),

@@ -4,7 +4,7 @@
 use pxe::MacAddr;
 use serde::{Deserialize, Serialize};
 
-use super::{decode, Store, StoreError};
+use super::{decode, get, put_durably, Store, StoreError};
 
 /// Where a station's reset stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,20 +82,12 @@ impl Reset {
 impl Store {
     /// The reset of `mac`, if one was ever asked for.
     pub fn reset(&self, mac: MacAddr) -> Result<Option<Reset>, StoreError> {
-        self.resets
-            .get(mac.octets())?
-            .map(|v| decode(&mac.to_string(), &v))
-            .transpose()
+        get(&self.resets, mac.octets(), || mac.to_string())
     }
 
     /// Write the reset of `mac`, durably: the next boot decision depends on it.
     pub fn put_reset(&self, mac: MacAddr, reset: &Reset) -> Result<(), StoreError> {
-        self.resets.insert(
-            mac.octets(),
-            serde_json::to_vec(reset).expect("reset serializes"),
-        )?;
-        self.resets.flush()?;
-        Ok(())
+        put_durably(&self.resets, mac.octets(), reset)
     }
 
     /// Change the reset of `mac` in one step: `change` sees the reset as it is and

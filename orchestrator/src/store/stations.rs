@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use pxe::{Arch, Firmware, MacAddr};
 use serde::{Deserialize, Serialize};
 
-use super::{decode, label, Store, StoreError};
+use super::{decode, get, label, Store, StoreError};
 
 /// One station as the inventory knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,10 +108,7 @@ pub struct Sighting {
 impl Store {
     /// One station, if known.
     pub fn station(&self, mac: MacAddr) -> Result<Option<Station>, StoreError> {
-        self.stations
-            .get(mac.octets())?
-            .map(|v| decode(&mac.to_string(), &v))
-            .transpose()
+        get(&self.stations, mac.octets(), || mac.to_string())
     }
 
     /// Whether the inventory has `mac` (a read error counts as unknown). Cheap: the
