@@ -96,7 +96,7 @@ pub fn mark(
             other => Error::Internal(other.to_string()),
         })?;
     let now = state.policy.store().clock().now_ms();
-    let reset = Reset {
+    let mut reset = Reset {
         image,
         profile: profile.to_string(),
         staged: id.to_string(),
@@ -108,19 +108,24 @@ pub fn mark(
         stats: Default::default(),
         error: None,
         generation: store.next_id()?,
-        // The station runs the image of its last completed reset until this one is.
-        previous_generation: match store.reset(mac)? {
-            Some(old) if old.state == ResetState::Done => Some(old.generation),
-            Some(old) => old.previous_generation,
-            None => None,
-        },
+        previous_generation: None,
         families: match (profile, &kms) {
             (Profile::Kms, Some(kms)) => kms.families(),
             _ => Vec::new(),
         },
         disk: Some(disk),
     };
-    store.put_reset(mac, &reset)?;
+    // Written in one step with what it replaces: the station runs the image of its
+    // last completed reset until this one is, also when that restore finished just
+    // now.
+    let reset = store.change_reset(mac, |old| {
+        reset.previous_generation = match old {
+            Some(old) if old.state == ResetState::Done => Some(old.generation),
+            Some(old) => old.previous_generation,
+            None => None,
+        };
+        Ok::<_, Error>((Some(reset.clone()), reset.clone()))
+    })?;
     store.record(
         mac,
         "reset-requested",

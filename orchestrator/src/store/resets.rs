@@ -1,10 +1,10 @@
-//! Resets: one per station (key: its MAC), each change a compare-and-swap
+//! Resets: one per station (key: its MAC), every change a compare-and-swap
 //! ([`Store::change_reset`]) and flushed before the boot decision that depends on it.
 
 use pxe::MacAddr;
 use serde::{Deserialize, Serialize};
 
-use super::{decode, get, put_durably, Store, StoreError};
+use super::{decode, get, Store, StoreError};
 
 /// Where a station's reset stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,11 +85,6 @@ impl Store {
         get(&self.resets, mac.octets(), || mac.to_string())
     }
 
-    /// Write the reset of `mac`, durably: the next boot decision depends on it.
-    pub fn put_reset(&self, mac: MacAddr, reset: &Reset) -> Result<(), StoreError> {
-        put_durably(&self.resets, mac.octets(), reset)
-    }
-
     /// Change the reset of `mac` in one step: `change` sees the reset as it is and
     /// says what it becomes (`None`: removed) and what to return, or refuses. When
     /// another writer came in between, `change` runs again on what that one wrote,
@@ -116,13 +111,6 @@ impl Store {
                 return Ok(out);
             }
         }
-    }
-
-    /// Forget the reset of `mac`; returns whether there was one.
-    pub fn remove_reset(&self, mac: MacAddr) -> Result<bool, StoreError> {
-        let had = self.resets.remove(mac.octets())?.is_some();
-        self.resets.flush()?;
-        Ok(had)
     }
 
     /// Forget the reset of `mac` when its restore has not started; returns whether
