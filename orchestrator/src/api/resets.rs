@@ -80,10 +80,7 @@ pub async fn staged_index(
     })?;
     let images = state.images.clone();
     super::immutable(&headers, id, "application/octet-stream", move || {
-        images.staged_bytes(&id).map_err(|e| match e {
-            images::Error::NoImage(_) => ApiError::NotFound(format!("no staged image {id}")),
-            other => ApiError::Internal(other.to_string()),
-        })
+        resets::staged(&images, &id)
     })
     .await
 }

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod boot;
 pub mod campaigns;
+pub mod chunks;
 pub mod kms;
 pub mod resets;
 pub mod stations;

@@ -329,6 +329,14 @@ fn authorize(
     }
 }
 
+/// Staged image `id`, encoded as restore clients fetch it.
+pub fn staged(images: &images::Images, id: &images::ChunkId) -> Result<Vec<u8>, Error> {
+    images.staged_bytes(id).map_err(|e| match e {
+        images::Error::NoImage(_) => Error::NotFound(format!("no staged image {id}")),
+        other => Error::Internal(other.to_string()),
+    })
+}
+
 /// station.json, for the restore client holding `token`: the server, the station's
 /// agent token for this reset, the staged image and base, the profile and the
 /// families, and, with families to activate, the school's KMS host.
