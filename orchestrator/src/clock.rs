@@ -116,11 +116,18 @@ pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
     std::time::Duration::try_from(signed).ok()
 }
 
-/// A duration as a person writes it: `4h`, `1h 30m`, `500ms`.
+/// A duration as a person writes it, in days (of 24 h) and smaller units: `4h`,
+/// `1h 30m`, `7d`, `500ms`.
 pub fn friendly(d: std::time::Duration) -> String {
-    match jiff::SignedDuration::try_from(d) {
-        Ok(d) => format!("{d:#}"),
-        Err(_) => format!("{} s", d.as_secs()),
+    let Ok(signed) = jiff::SignedDuration::try_from(d) else {
+        return format!("{} s", d.as_secs());
+    };
+    let in_days = jiff::SpanRound::new()
+        .largest(jiff::Unit::Day)
+        .days_are_24_hours();
+    match jiff::Span::try_from(signed).and_then(|span| span.round(in_days)) {
+        Ok(span) => format!("{span:#}"),
+        Err(_) => format!("{signed:#}"),
     }
 }
 
@@ -164,6 +171,7 @@ mod tests {
         }
         assert_eq!(friendly(Duration::from_secs(4 * 3600)), "4h");
         assert_eq!(friendly(Duration::from_secs(5400)), "1h 30m");
+        assert_eq!(friendly(Duration::from_secs(7 * 86_400)), "7d");
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub struct Daemon {
     policy: Orchestrator,
     cancel: CancellationToken,
     tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
+    /// Cancelled when the campaign runner's thread has returned: a blocking thread
+    /// cannot be aborted, so shutdown waits for it before the last flush.
+    runner_stopped: CancellationToken,
     /// `data_dir` is ours while we run.
     _lock: crate::lock::DataLock,
 }
@@ -183,7 +186,10 @@ impl Daemon {
         let runner = crate::runner::run(state.clone(), campaign_rx, token);
         // On a thread of its own: its store writes and staging block.
         let runtime = tokio::runtime::Handle::current();
+        let runner_stopped = CancellationToken::new();
+        let stopping = runner_stopped.clone().drop_guard();
         tasks.spawn_blocking(move || {
+            let _stopped = stopping; // fires when the runner returns or panics
             runtime.block_on(runner);
             ("campaigns", Ok(()))
         });
@@ -205,6 +211,7 @@ impl Daemon {
             policy,
             cancel,
             tasks,
+            runner_stopped,
             _lock: lock,
         })
     }
@@ -239,6 +246,14 @@ impl Daemon {
     /// Stop every server, wait for them (at most a few seconds), flush the store.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.cancel.cancel();
+        // The runner stops before its next step (what it saved is carried out after a
+        // restart); one under way, such as staging an image, is let finish.
+        if tokio::time::timeout(RUNNER_DRAIN, self.runner_stopped.cancelled())
+            .await
+            .is_err()
+        {
+            warn!("the campaign runner did not stop within {RUNNER_DRAIN:?}");
+        }
         let drained = tokio::time::timeout(DRAIN, async {
             while let Some(joined) = self.tasks.join_next().await {
                 if let Ok((name, Err(e))) = joined {
@@ -258,6 +273,9 @@ impl Daemon {
         Ok(())
     }
 }
+
+/// How long shutdown waits for the campaign runner to finish its current step.
+const RUNNER_DRAIN: Duration = Duration::from_secs(60);
 
 impl Drop for Daemon {
     /// A daemon dropped without [`Daemon::shutdown`] (a failed test, an early return)

@@ -1,8 +1,8 @@
-//! Power: Wake-on-LAN (the `wol` crate) to the station's room broadcast address, and reboots
+//! Power: Wake-on-LAN to the station's room broadcast address, and reboots
 //! through the station's agent (a queued command, see `service::agent`). Campaigns resend
 //! a wake when the station does not PXE-boot in time.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, UdpSocket};
 
 use pxe::MacAddr;
 
@@ -19,22 +19,32 @@ pub struct WakeError {
 }
 
 /// Send a magic packet for `mac` into `room`: to its broadcast address and port
-/// (9 in a real room), from its source address when it names one, through the `wol`
-/// crate on a socket of ours.
+/// (9 in a real room, another on a simulated one), from its source address when it
+/// names one. One path of our own, for a reason: wol-rs sends to port 9 only (a
+/// simulated room without root listens elsewhere), the `wol` crate that takes a port
+/// is EUPL-1.2 (copyleft, against this project's MIT OR Apache-2.0), and
+/// wake-on-lan 0.2 builds the packet with `mem::uninitialized`.
 pub fn wake(mac: MacAddr, room: &RoomConfig) -> Result<(), WakeError> {
-    use wol::SendMagicPacket;
-    let to = (room.wol_broadcast, room.wol_port);
-    let sent = std::net::UdpSocket::bind((room.wol_source.unwrap_or(Ipv4Addr::UNSPECIFIED), 0))
-        .and_then(|socket| {
-            socket.set_broadcast(true)?;
-            socket.send_magic_packet(wol::MacAddress::new(mac.octets()), None, to)
-        });
-    sent.map_err(|source| WakeError {
+    let source = room.wol_source.unwrap_or(Ipv4Addr::UNSPECIFIED);
+    let sent = UdpSocket::bind((source, 0)).and_then(|socket| {
+        socket.set_broadcast(true)?;
+        socket.send_to(&magic_packet(mac), (room.wol_broadcast, room.wol_port))
+    });
+    sent.map(drop).map_err(|source| WakeError {
         mac,
         to: format!("{}:{}", room.wol_broadcast, room.wol_port),
         room: room.name.clone(),
         source,
     })
+}
+
+/// The magic packet: six 0xff, then the MAC sixteen times.
+pub fn magic_packet(mac: MacAddr) -> [u8; 102] {
+    let mut packet = [0xffu8; 102];
+    for copy in packet[6..].chunks_exact_mut(6) {
+        copy.copy_from_slice(&mac.octets());
+    }
+    packet
 }
 
 /// The room of a station, by name, from the configuration.
@@ -46,11 +56,10 @@ pub fn room<'a>(rooms: &'a [RoomConfig], name: Option<&str>) -> Option<&'a RoomC
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::UdpSocket;
     use std::time::Duration;
 
-    /// Six 0xff, then the MAC sixteen times.
-    fn magic_packet(mac: MacAddr) -> Vec<u8> {
+    /// The packet as the Wake-on-LAN spec (AMD's Magic Packet) has it, spelled out.
+    fn expected(mac: MacAddr) -> Vec<u8> {
         let mut packet = vec![0xff; 6];
         for _ in 0..16 {
             packet.extend_from_slice(&mac.octets());
@@ -78,11 +87,7 @@ mod tests {
                     .unwrap();
                 wake(mac, &room).unwrap();
                 let (n, _) = listener.recv_from(&mut buf).unwrap();
-                assert_eq!(
-                    &buf[..n],
-                    &magic_packet(mac)[..],
-                    "the magic packet on port 9"
-                );
+                assert_eq!(&buf[..n], &expected(mac)[..], "the magic packet on port 9");
             }
             Err(e) => {
                 assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
@@ -100,7 +105,7 @@ mod tests {
         };
         wake(mac, &sim).unwrap();
         let (n, _) = other.recv_from(&mut buf).unwrap();
-        assert_eq!(&buf[..n], &magic_packet(mac)[..]);
+        assert_eq!(&buf[..n], &expected(mac)[..]);
         let rooms = [room];
         assert_eq!(super::room(&rooms, Some("101")).unwrap().name, "101");
         assert!(super::room(&rooms, Some("102")).is_none());

@@ -107,6 +107,11 @@ pub async fn run(state: Services, mut rx: mpsc::UnboundedReceiver<Msg>, cancel: 
             }
         }
         while let Some((id, event)) = work.pop_front() {
+            if cancel.is_cancelled() {
+                // Stopping: what is saved is carried out after a restart, as after
+                // a crash between saving a step and acting on it.
+                return;
+            }
             let Some(record) = running.get_mut(&id) else {
                 continue;
             };
@@ -155,6 +160,9 @@ pub async fn run(state: Services, mut rx: mpsc::UnboundedReceiver<Msg>, cancel: 
             }
             let record = record.clone();
             for action in actions {
+                if cancel.is_cancelled() {
+                    return;
+                }
                 let follow = carry_out(&state, &record, action);
                 work.extend(follow.into_iter().map(|e| (id, e)));
             }
