@@ -29,6 +29,7 @@ async fn agent_token(server: &TestServer, mac: &str) -> String {
     )
     .await;
     assert_eq!(status, 202, "{body}");
+    dhcp_seen(server, mac, std::net::Ipv4Addr::LOCALHOST).await;
     let (_, script) = http_get(addr, &format!("/boot/{mac}.ipxe")).await;
     let token = script
         .split_whitespace()

@@ -260,3 +260,29 @@ async fn bad_mac_and_unknown_station_get_clear_http_errors() {
     assert_eq!(health["status"], "ok");
     server.daemon.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_script_fetch_neither_registers_a_station_nor_moves_its_address() {
+    let server = start("[[inventory.stations]]\nmac = \"52:54:00:00:0a:07\"\n").await;
+    let addr = server.daemon.http_addr;
+    let station = Ipv4Addr::new(127, 91, 0, 7);
+    dhcp_seen(&server, "52:54:00:00:0a:07", station).await;
+    let (st, _) = station_with_events(addr, "52:54:00:00:0a:07", 1).await;
+    assert_eq!(st["ip"], "127.91.0.7", "DHCP records the address");
+    // A student asks for the known station's script and for an unknown one's.
+    let student = Ipv4Addr::new(127, 0, 0, 9);
+    let (status, _) = http_get_from(addr, student, "/boot/52:54:00:00:0a:07.ipxe").await;
+    assert_eq!(status, 200);
+    let (status, _) = http_get_from(addr, student, "/boot/52:54:00:00:0a:08.ipxe").await;
+    assert_eq!(status, 200);
+    // Once the script event of the known station is written, so is anything the
+    // unknown one's request wrote (events are written in order).
+    let (st, _) = station_with_events(addr, "52:54:00:00:0a:07", 2).await;
+    assert_eq!(
+        st["ip"], "127.91.0.7",
+        "a script fetch does not move it: {st}"
+    );
+    let (status, _) = get_json(addr, "/api/v1/stations/52:54:00:00:0a:08").await;
+    assert_eq!(status, 404, "a script fetch registers nobody");
+    server.daemon.shutdown().await.unwrap();
+}

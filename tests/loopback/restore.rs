@@ -3,6 +3,7 @@
 //! the same code as `netreset-restore`) resets a file-backed disk through the daemon's
 //! HTTP API, reports, and the station boots its local disk again.
 
+use std::net::Ipv4Addr;
 use std::path::Path;
 
 use images::client::{run, Options, Outcome};
@@ -96,6 +97,7 @@ async fn reset(server: &TestServer, profile: &str) -> String {
 
 /// The station's boot script, and the `netreset.*` arguments in it.
 async fn script(server: &TestServer) -> (String, std::collections::HashMap<String, String>) {
+    dhcp_seen(server, MAC, Ipv4Addr::LOCALHOST).await;
     let (status, text) = http_get(server.daemon.http_addr, &format!("/boot/{MAC}.ipxe")).await;
     assert_eq!(status, 200, "{text}");
     let args = text
@@ -756,4 +758,125 @@ async fn futures_join(tasks: Vec<tokio::task::JoinHandle<u16>>) -> Vec<u16> {
         out.push(t.await.unwrap());
     }
     out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_token_goes_only_to_the_address_dhcp_saw_for_the_station() {
+    let server = start(&inventory()).await;
+    import(server.data.path(), &image_bytes());
+    reset(&server, "plain").await;
+    let (station, student) = (Ipv4Addr::new(127, 91, 0, 5), Ipv4Addr::new(127, 0, 0, 9));
+    let path = format!("/boot/{MAC}.ipxe");
+    let addr = server.daemon.http_addr;
+    // Before DHCP saw the station, nobody gets a token, not even from its address.
+    let (status, text) = http_get_from(addr, station, &path).await;
+    assert_eq!(status, 200);
+    assert!(!text.contains("netreset.token"), "{text}");
+    // A student writes the station's address into a packet of their own: it does
+    // not count as the station's.
+    let forger = PxeClient::new(student, [0x52, 0x54, 0, 0, 0, 9]).await;
+    let mut forged = <dhcproto::v4::Message as dhcproto::Decodable>::decode(
+        &mut dhcproto::Decoder::new(&forger.packet(
+            dhcproto::v4::MessageType::Request,
+            9,
+            Some("PXEClient:Arch:00000:UNDI:002001"),
+            0,
+            &[],
+        )),
+    )
+    .unwrap();
+    forged.set_chaddr(&MAC.parse::<pxe::MacAddr>().unwrap().octets());
+    forged.set_ciaddr(station);
+    let mut bytes = Vec::new();
+    dhcproto::Encodable::encode(&forged, &mut dhcproto::Encoder::new(&mut bytes)).unwrap();
+    forger.send(&bytes, server.pxe()).await;
+    let _ = forger.recv(std::time::Duration::from_secs(2)).await;
+    let (_, text) = http_get_from(addr, station, &path).await;
+    assert!(
+        !text.contains("netreset.token"),
+        "a forged ciaddr binds nothing: {text}"
+    );
+    // DHCP sees the station at its address: its script carries the token there, and
+    // the same script asked for from the student's address carries none.
+    dhcp_seen(&server, MAC, station).await;
+    let (_, text) = http_get_from(addr, student, &path).await;
+    assert!(!text.contains("netreset.token"), "{text}");
+    assert!(
+        text.contains("exit"),
+        "the student's script boots the disk: {text}"
+    );
+    let (_, text) = http_get_from(addr, station, &path).await;
+    assert!(text.contains("netreset.token="), "{text}");
+    // The withheld attempt is an event that names both addresses.
+    let detail = eventually(|| async {
+        let (_, st) = get_json(addr, &format!("/api/v1/stations/{MAC}")).await;
+        st["events"].as_array()?.iter().find_map(|e| {
+            let d = e["detail"].as_str()?;
+            (e["kind"] == "script-withheld" && d.contains("127.91.0.5") && d.contains("127.0.0.9"))
+                .then(|| d.to_owned())
+        })
+    })
+    .await;
+    assert!(
+        detail.starts_with("restore token withheld: DHCP saw"),
+        "{detail}"
+    );
+    server.daemon.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_calls_are_taken_from_the_restoring_address_only_and_end_with_the_restore() {
+    let (server, _image, args, _dir) = marked().await;
+    let addr = server.daemon.http_addr;
+    let auth = format!("Authorization: Bearer {}\r\n", args["token"]);
+    let json_path = format!("/api/v1/stations/{MAC}/station.json");
+    let progress = format!("/api/v1/stations/{MAC}/restore-progress");
+    let report = |state: &str| {
+        format!(
+            r#"{{"state": "{state}", "image": "{}", "done_bytes": 1, "total_bytes": 2}}"#,
+            args["image"]
+        )
+    };
+    let (station, student) = (Ipv4Addr::new(127, 91, 0, 5), Ipv4Addr::new(127, 0, 0, 9));
+    // The first call with the token binds the restore to its address.
+    let (status, _, _) = http_send_from(addr, station, "GET", &json_path, &auth, b"").await;
+    assert_eq!(status, 200);
+    // The token from anywhere else gets nothing and changes nothing.
+    let (status, _, body) = http_send_from(addr, student, "GET", &json_path, &auth, b"").await;
+    assert_eq!(status, 401, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("runs from 127.91.0.5"));
+    let (status, _, _) = http_send_from(
+        addr,
+        student,
+        "POST",
+        &progress,
+        &json_header(&auth),
+        report("done").as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (_, st) = get_json(addr, &format!("/api/v1/stations/{MAC}")).await;
+    assert_eq!(st["reset"]["state"], "pending", "{st}");
+    // From the restoring address: done, and then the token has ended for station.json
+    // (a repeated done, from a rerun killed after its report, is still fine).
+    for _ in 0..2 {
+        let (status, _, body) = http_send_from(
+            addr,
+            station,
+            "POST",
+            &progress,
+            &json_header(&auth),
+            report("done").as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+    let (status, _, body) = http_send_from(addr, station, "GET", &json_path, &auth, b"").await;
+    assert_eq!(status, 401);
+    assert!(String::from_utf8_lossy(&body).contains("ended"));
+    server.daemon.shutdown().await.unwrap();
+}
+
+fn json_header(auth: &str) -> String {
+    format!("{auth}Content-Type: application/json\r\n")
 }

@@ -9,7 +9,7 @@ use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 use orchestrator::clock::Clock;
 use orchestrator::{Config, Daemon};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::UdpSocket;
 
 /// The admin token of every test daemon. Requests of these helpers carry it unless
 /// they carry an Authorization header of their own, or `NO_AUTH`.
@@ -170,6 +170,36 @@ pub fn boot_file(reply: &Message) -> String {
         .unwrap_or_default()
 }
 
+/// Let the daemon's boot server see station `mac` at `ip`, as iPXE's DHCP would tell
+/// it: a REQUEST to port 4011 with ciaddr `ip`, sent from `ip`, answered. Its boot
+/// script then carries a restore token when asked for from `ip`.
+pub async fn dhcp_seen(server: &TestServer, mac: &str, ip: Ipv4Addr) {
+    let mac: pxe::MacAddr = mac.parse().unwrap();
+    let client = PxeClient::new(ip, mac.octets()).await;
+    let mut request = Message::decode(&mut Decoder::new(&client.packet(
+        MessageType::Request,
+        0x5eed,
+        Some("PXEClient:Arch:00000:UNDI:002001"),
+        0,
+        &[],
+    )))
+    .unwrap();
+    request.set_ciaddr(ip);
+    let mut bytes = Vec::new();
+    request.encode(&mut Encoder::new(&mut bytes)).unwrap();
+    client.send(&bytes, server.pxe()).await;
+    assert!(
+        client.recv(Duration::from_secs(5)).await.is_some(),
+        "the boot server answered {mac} at {ip}"
+    );
+}
+
+/// A GET from source address `from`, with no Authorization: status and body as text.
+pub async fn http_get_from(addr: SocketAddr, from: Ipv4Addr, path: &str) -> (u16, String) {
+    let (status, _, body) = http_send_from(addr, from, "GET", path, NO_AUTH, b"").await;
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
 /// A plain HTTP/1.1 GET: status and body as text.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let (status, body) = http_get_bytes(addr, path).await;
@@ -197,7 +227,21 @@ pub async fn http_send(
     extra: &str,
     body: &[u8],
 ) -> (u16, String, Vec<u8>) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
+    http_send_from(addr, Ipv4Addr::LOCALHOST, method, path, extra, body).await
+}
+
+/// [`http_send`] from source address `from` (a station's, or a student's).
+pub async fn http_send_from(
+    addr: SocketAddr,
+    from: Ipv4Addr,
+    method: &str,
+    path: &str,
+    extra: &str,
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((from, 0))).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
     let extra = if extra.contains(NO_AUTH) {
         extra.replace(NO_AUTH, "")
     } else if extra.to_ascii_lowercase().contains("authorization:") {

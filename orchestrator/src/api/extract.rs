@@ -1,5 +1,5 @@
 //! What handlers take from a request, each failing with a clear [`ApiError`]: the
-//! station's MAC from the path, the bearer token, a JSON body.
+//! station's MAC from the path, the bearer token, the peer's address, a JSON body.
 
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
@@ -31,6 +31,25 @@ impl<S: Send + Sync> FromRequestParts<S> for Bearer {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         Ok(Bearer(super::bearer(&parts.headers).map(str::to_owned)))
+    }
+}
+
+/// The IPv4 address the request comes from (also when it reached a dual-stack
+/// socket), if it has one.
+pub struct Peer(pub Option<std::net::Ipv4Addr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .and_then(|info| match info.0.ip() {
+                std::net::IpAddr::V4(v4) => Some(v4),
+                std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+            });
+        Ok(Peer(peer))
     }
 }
 

@@ -16,7 +16,7 @@ use images::ChunkId;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::extract::{Bearer, Body, Mac};
+use super::extract::{Bearer, Body, Mac, Peer};
 use super::{blocking, ApiError, AppState};
 use crate::service::resets::{self, ProgressReport, ResetRequest};
 use crate::store::Reset;
@@ -87,11 +87,12 @@ pub async fn staged_index(
 
 pub async fn station_json(
     State(state): State<AppState>,
+    Peer(from): Peer,
     Mac(mac): Mac,
     Bearer(token): Bearer,
 ) -> Result<Json<Value>, ApiError> {
     let doc = blocking(&state, move |s| {
-        resets::station_json(s, mac, token.as_deref())
+        resets::station_json(s, mac, token.as_deref(), from)
     })
     .await?;
     Ok(Json(doc))
@@ -99,12 +100,13 @@ pub async fn station_json(
 
 pub async fn progress(
     State(state): State<AppState>,
+    Peer(from): Peer,
     Mac(mac): Mac,
     Bearer(token): Bearer,
     Body(report): Body<ProgressReport>,
 ) -> Result<Json<Value>, ApiError> {
     let reset = blocking(&state, move |s| {
-        resets::progress(s, mac, token.as_deref(), report)
+        resets::progress(s, mac, token.as_deref(), from, report)
     })
     .await?;
     Ok(Json(reset_json(&reset)))

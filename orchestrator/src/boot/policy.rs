@@ -1,9 +1,13 @@
 //! The orchestrator's [`BootPolicy`]: what each station boots, and the record of every
 //! step it takes. A station marked for reset chains the restore environment with a
-//! fresh per-restore token; every other station boots its local disk.
+//! fresh per-restore token, but only when it asks for its script from the address
+//! DHCP saw it use in this boot (or the kernel's ARP table says is its own): a student
+//! on the LAN who asks for another station's script gets no token. Every other
+//! station boots its local disk.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pxe::{
@@ -41,7 +45,16 @@ pub struct Orchestrator {
     boot: Arc<BootConfig>,
     inventory: Arc<InventoryConfig>,
     restore: Arc<RestoreBoot>,
+    /// Where DHCP last saw each known station, and when (calendar ms): its script
+    /// must come from there to carry a restore token. In memory and synchronous (the
+    /// script follows the DHCP answer within milliseconds); one entry per station of
+    /// the inventory at most.
+    seen: Arc<Mutex<HashMap<MacAddr, (Ipv4Addr, u64)>>>,
 }
+
+/// How long after DHCP saw a station's address its script may come from there: one
+/// boot, from iPXE's DHCP to its script, takes seconds.
+const BOOT_WINDOW_MS: u64 = 10 * 60 * 1000;
 
 impl Orchestrator {
     pub fn new(
@@ -56,6 +69,7 @@ impl Orchestrator {
             boot: Arc::new(boot),
             inventory: Arc::new(inventory),
             restore: Arc::new(restore),
+            seen: Arc::default(),
         }
     }
 
@@ -64,9 +78,56 @@ impl Orchestrator {
         &self.restore
     }
 
-    /// The chain to the restore environment, when `mac` has a reset under way. Each
-    /// call mints a new token, valid for `restore.token_ttl`.
-    fn restore_target(&self, mac: MacAddr) -> Option<ChainTarget> {
+    /// Note that DHCP saw known station `mac` at `ip` (an address the packet came
+    /// from or was relayed for). An address the kernel's ARP table gives another MAC
+    /// is not noted: that packet was written by someone else.
+    fn saw_address(&self, mac: MacAddr, ip: Ipv4Addr) {
+        if !self.store.contains(mac) || arp_mac(ip).is_some_and(|other| other != mac) {
+            return;
+        }
+        let now = self.store.clock().now_ms();
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(mac, (ip, now));
+    }
+
+    /// Whether a script asked for from `peer` goes to station `mac`: DHCP saw `mac`
+    /// there in this boot, or the kernel's ARP table says `peer` is `mac` (a station
+    /// that took its address from the school's server and never told us). `Err` says
+    /// why not.
+    fn bound(&self, mac: MacAddr, peer: Option<Ipv4Addr>) -> Result<(), String> {
+        let Some(peer) = peer else {
+            return Err("the request has no IPv4 address".into());
+        };
+        let arp = arp_mac(peer);
+        if let Some(other) = arp.filter(|other| *other != mac) {
+            return Err(format!("{peer} is {other} in the ARP table"));
+        }
+        let seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&mac)
+            .copied();
+        let now = self.store.clock().now_ms();
+        match seen {
+            Some((ip, at)) if ip == peer && now.saturating_sub(at) <= BOOT_WINDOW_MS => Ok(()),
+            _ if arp == Some(mac) => Ok(()),
+            Some((ip, _)) if ip != peer => Err(format!("DHCP saw {mac} at {ip}, not {peer}")),
+            Some(_) => Err(format!(
+                "DHCP saw {mac} at {peer} more than {} minutes ago",
+                BOOT_WINDOW_MS / 60_000
+            )),
+            None => Err(format!("DHCP has not seen {mac} in this boot")),
+        }
+    }
+
+    /// The chain to the restore environment, when `machine` has a reset under way and
+    /// asks from its own address. Each call mints a new token, valid for
+    /// `restore.token_ttl`.
+    fn restore_target(&self, machine: &Machine) -> Option<ChainTarget> {
+        let mac = machine.mac;
         let reset = match self.store.reset(mac) {
             Ok(Some(r)) if r.state.active() => r,
             Ok(_) => return None,
@@ -75,6 +136,16 @@ impl Orchestrator {
                 return None;
             }
         };
+        if let Err(why) = self.bound(mac, machine.ip) {
+            warn!(%mac, %why, "a reset is pending, but the script request is not the station's: no restore token");
+            let detail = format!("restore token withheld: {why}");
+            self.recorder.submit(move |store| {
+                if let Err(e) = store.record(mac, "script-withheld", detail) {
+                    warn!(%mac, error = %e, "cannot record boot event");
+                }
+            });
+            return None;
+        }
         let r = &self.restore;
         let expires = self.store.clock().now_ms() / 1000 + r.token_ttl.as_secs();
         let token = r.secret.restore_token(mac, &reset.token_scope(), expires);
@@ -146,20 +217,15 @@ impl Orchestrator {
         }
     }
 
-    /// Record that `mac` fetched its script from `peer`.
+    /// Record that `mac` fetched its script from `peer`. Only DHCP registers a
+    /// station or moves its recorded address: anyone can ask for any script.
     pub fn script_served(&self, mac: MacAddr, peer: IpAddr, decision: &BootDecision) {
-        let sighting = Sighting {
-            ip: ipv4(peer),
-            ..Sighting::default()
-        };
         let what = match decision {
             BootDecision::Ignore => "local-disk (unknown station, not registered)".to_owned(),
-            BootDecision::LocalDisk => "local-disk".to_owned(),
-            BootDecision::Chain(t) => format!("chain {}", t.kernel),
+            BootDecision::LocalDisk => format!("local-disk (from {peer})"),
+            BootDecision::Chain(t) => format!("chain {} (from {peer})", t.kernel),
         };
-        // A station the policy ignores is not registered by asking for a script.
-        let create = *decision != BootDecision::Ignore;
-        self.sighted(mac, sighting, create, "script", what);
+        self.sighted(mac, Sighting::default(), false, "script", what);
     }
 
     fn sighted(
@@ -204,6 +270,14 @@ fn tftp_mac(store: &Store, ip: Ipv4Addr) -> Option<MacAddr> {
     // A UEFI client that took its address from the school's server and loaded the
     // file named in our offer never told us its address; the kernel's ARP table has
     // it, since the TFTP exchange just happened.
+    arp_mac(ip)
+}
+
+/// The MAC the kernel's ARP table has for `ip` (none on loopback).
+fn arp_mac(ip: Ipv4Addr) -> Option<MacAddr> {
+    if ip.is_loopback() {
+        return None;
+    }
     let table = std::fs::read_to_string("/proc/net/arp").ok()?;
     arp_lookup(&table, ip)
 }
@@ -228,7 +302,7 @@ impl BootPolicy for Orchestrator {
         // The DHCP steps only decide whether to answer (every answer loads iPXE);
         // what iPXE boots is decided when it asks for the script.
         if step == BootStep::Script {
-            if let Some(target) = self.restore_target(machine.mac) {
+            if let Some(target) = self.restore_target(machine) {
                 return BootDecision::Chain(target);
             }
         }
@@ -240,6 +314,9 @@ impl BootPolicy for Orchestrator {
             Observation::DhcpOffer {
                 machine, boot_file, ..
             } => {
+                if let Some(ip) = machine.ip {
+                    self.saw_address(machine.mac, ip);
+                }
                 self.sighted(
                     machine.mac,
                     sighting(&machine),
@@ -251,6 +328,9 @@ impl BootPolicy for Orchestrator {
             Observation::Pxe4011 {
                 machine, boot_file, ..
             } => {
+                if let Some(ip) = machine.ip {
+                    self.saw_address(machine.mac, ip);
+                }
                 self.sighted(machine.mac, sighting(&machine), true, "pxe-4011", boot_file);
             }
             Observation::Tftp { peer, file, size } => {
@@ -265,12 +345,13 @@ impl BootPolicy for Orchestrator {
 }
 
 impl Orchestrator {
+    /// TFTP knows only addresses: its events go to the station at that address, and
+    /// register nobody.
     fn tftp_event(&self, peer: IpAddr, kind: &'static str, detail: String) {
         let ip = ipv4(peer);
-        let create = self.inventory.register_unknown;
         self.recorder
             .submit(move |store| match ip.and_then(|ip| tftp_mac(store, ip)) {
-                Some(mac) => record(store, mac, &Sighting::default(), create, kind, detail),
+                Some(mac) => record(store, mac, &Sighting::default(), false, kind, detail),
                 None => debug!(%peer, kind, detail, "tftp peer has no known MAC"),
             });
     }

@@ -2,6 +2,8 @@
 //! restore environment; the restore client's calls (station.json, progress) and
 //! cancels.
 
+use std::net::Ipv4Addr;
+
 use images::Profile;
 use pxe::MacAddr;
 use serde::Deserialize;
@@ -114,6 +116,7 @@ pub fn mark(
             _ => Vec::new(),
         },
         disk: Some(disk),
+        restoring_from: None,
     };
     // Written in one step with what it replaces: the station runs the image of its
     // last completed reset until this one is, also when that restore finished just
@@ -191,6 +194,7 @@ pub fn progress(
     state: &Services,
     mac: MacAddr,
     token: Option<&str>,
+    from: Option<Ipv4Addr>,
     report: ProgressReport,
 ) -> Result<Reset, Error> {
     let token_of = authorize(state, mac, token, true)?;
@@ -237,6 +241,7 @@ pub fn progress(
                 report.image, reset.staged
             )));
         }
+        restoring_from(&mut reset, from)?;
         if reset.state == ResetState::Done && next == ResetState::Done {
             // A rerun after a completed restore (say, killed after its report) is fine.
             return Ok((Some(reset.clone()), (reset, None)));
@@ -340,8 +345,29 @@ pub fn staged(images: &images::Images, id: &images::ChunkId) -> Result<Vec<u8>, 
 /// station.json, for the restore client holding `token`: the server, the station's
 /// agent token for this reset, the staged image and base, the profile and the
 /// families, and, with families to activate, the school's KMS host.
-pub fn station_json(state: &Services, mac: MacAddr, token: Option<&str>) -> Result<Value, Error> {
-    let reset = authorize(state, mac, token, false)?;
+pub fn station_json(
+    state: &Services,
+    mac: MacAddr,
+    token: Option<&str>,
+    from: Option<Ipv4Addr>,
+) -> Result<Value, Error> {
+    let token_of = authorize(state, mac, token, false)?;
+    // Handed to the restoring address only (the first to use the token), and not
+    // once the restore is done: the token ends with it.
+    let reset = state.policy.store().change_reset(mac, |current| {
+        let Some(mut reset) = current.filter(|r| r.generation == token_of.generation) else {
+            return Err(Error::Unauthorized(format!(
+                "no reset under way for {mac} (cancelled?)"
+            )));
+        };
+        if reset.state == ResetState::Done {
+            return Err(Error::Unauthorized(format!(
+                "the reset of {mac} is done: its restore token has ended"
+            )));
+        }
+        restoring_from(&mut reset, from)?;
+        Ok((Some(reset.clone()), reset))
+    })?;
     let restore = state.policy.restore();
     let mut doc = json!({
         "server": restore.server_url,
@@ -358,6 +384,26 @@ pub fn station_json(state: &Services, mac: MacAddr, token: Option<&str>) -> Resu
         doc["kms_port"] = json!(kms.port);
     }
     Ok(doc)
+}
+
+/// Bind `reset` to the address its restore runs from (the first one), or refuse a
+/// call from another: the restore token was for the station, not for the LAN.
+fn restoring_from(reset: &mut Reset, from: Option<Ipv4Addr>) -> Result<(), Error> {
+    let Some(from) = from else {
+        return Err(Error::Unauthorized(
+            "restore calls come over IPv4 from the station".into(),
+        ));
+    };
+    match reset.restoring_from {
+        None => {
+            reset.restoring_from = Some(from);
+            Ok(())
+        }
+        Some(ip) if ip == from => Ok(()),
+        Some(ip) => Err(Error::Unauthorized(format!(
+            "this restore runs from {ip}: its calls are taken from there only, not from {from}"
+        ))),
+    }
 }
 
 /// Cancel the reset of `mac` while it is pending or failed; one mid-restore only
@@ -400,6 +446,7 @@ mod tests {
             generation: 1,
             previous_generation: None,
             disk: Some("/dev/sdz".into()),
+            restoring_from: None,
         };
         let first = campaign_event(mac, ResetState::Restoring, ResetState::Failed, &reset);
         assert_eq!(

@@ -12,6 +12,7 @@ use std::time::Duration;
 use dhcproto::v4::{Architecture, DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 use pxe::MacAddr;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
 
 /// Where the daemon's boot servers listen.
@@ -179,6 +180,50 @@ fn file_of(reply: &Message) -> String {
         .map(|s| s.trim_end_matches('\0').to_owned())
         .unwrap_or_default()
 }
+
+/// The script at `url`, fetched as iPXE does: an HTTP/1.1 GET from the station's own
+/// address `ip` (the daemon hands a restore token only to the address DHCP saw).
+pub async fn fetch_script(url: &str, ip: Ipv4Addr) -> Result<String, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url:?}: iPXE here fetches http:// only"))?;
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let server: SocketAddr = host
+        .parse()
+        .map_err(|e| format!("{url:?}: the server is not an address: {e}"))?;
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| format!("HTTP socket: {e}"))?;
+    socket
+        .bind(SocketAddr::from((ip, 0)))
+        .map_err(|e| format!("HTTP bind {ip}: {e}"))?;
+    let fetch = async {
+        let mut stream = socket.connect(server).await?;
+        let path = if path.is_empty() { "/" } else { path };
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        stream
+            .take(MAX_SCRIPT as u64 + 4096)
+            .read_to_end(&mut raw)
+            .await?;
+        Ok::<_, std::io::Error>(raw)
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(10), fetch)
+        .await
+        .map_err(|_| format!("{url}: no answer in 10 s"))?
+        .map_err(|e| format!("{url}: {e}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("{url}: not an HTTP answer"))?;
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    if status != "200" {
+        return Err(format!("{url}: HTTP {status}"));
+    }
+    Ok(body.to_owned())
+}
+
+/// The largest script iPXE here reads.
+const MAX_SCRIPT: usize = 64 << 10;
 
 /// Read `name` over TFTP as a PXE ROM does: octet mode, blksize and tsize asked for.
 pub async fn tftp_get(server: SocketAddr, ip: Ipv4Addr, name: &str) -> Result<Vec<u8>, String> {

@@ -296,7 +296,7 @@ impl School {
         let m = spec.mac.octets();
         let xid = u32::from_be_bytes([m[3], m[4], m[5], 0]) ^ (boots << 1);
         let booted = super::firmware::boot(&self.boot, spec.mac, spec.ip, xid).await?;
-        let script = get(&booted.script_url, None).await?;
+        let script = super::firmware::fetch_script(&booted.script_url, spec.ip).await?;
         let args: HashMap<String, String> = script
             .split_whitespace()
             .filter_map(|w| w.strip_prefix("netreset."))

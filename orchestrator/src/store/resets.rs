@@ -59,6 +59,10 @@ pub struct Reset {
     /// The disk the restore environment writes, passed as `netreset.disk=`.
     #[serde(default)]
     pub disk: Option<String>,
+    /// The address the restore runs from: the first that used this reset's restore
+    /// token; station.json and progress reports are taken from there only.
+    #[serde(default)]
+    pub restoring_from: Option<std::net::Ipv4Addr>,
 }
 
 impl Reset {

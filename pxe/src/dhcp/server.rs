@@ -6,7 +6,7 @@
 //! wakes exactly one blocked reader per datagram. With async tasks every waiting task
 //! was woken for every packet, which measurably lengthened the tail of a burst.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
 use dhcproto::{Encodable, Encoder};
@@ -153,13 +153,23 @@ fn answer(
     settings: &DhcpSettings,
     policy: &dyn BootPolicy,
 ) -> Option<(Vec<u8>, SocketAddr)> {
-    let request = match classify(bytes, listener, settings.server_ip) {
+    let mut request = match classify(bytes, listener, settings.server_ip) {
         Ok(r) => r,
         Err(skip) => {
             debug!(%from, ?listener, reason = %skip, "ignored packet");
             return None;
         }
     };
+    // An address the packet claims (ciaddr, option 50) is the station's only when the
+    // packet comes from it, from no address yet, or through a relay (from giaddr):
+    // anyone can write another station's address into a packet of their own.
+    if let (Some(ip), IpAddr::V4(src)) = (request.machine.ip, from.ip()) {
+        let giaddr = request.message.giaddr();
+        if !src.is_unspecified() && src != ip && (giaddr.is_unspecified() || src != giaddr) {
+            debug!(%from, claimed = %ip, "address claimed from another address: not the station's");
+            request.machine.ip = None;
+        }
+    }
     let xid = request.message.xid();
     let span = info_span!("dhcp", mac = %request.machine.mac, xid = format_args!("{xid:08x}"));
     let _enter = span.enter();
