@@ -77,6 +77,7 @@ impl Daemon {
             config.inventory.events_per_station,
         )
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?
+        .with_max_unknown(config.inventory.max_unknown)
         .with_clock(clock);
         for st in &config.inventory.stations {
             store.configure(st.mac, &st.settings)?;

@@ -286,3 +286,68 @@ async fn a_script_fetch_neither_registers_a_station_nor_moves_its_address() {
     assert_eq!(status, 404, "a script fetch registers nobody");
     server.daemon.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn unknown_stations_past_max_unknown_are_answered_not_stored_and_never_count_for_the_guard() {
+    let server = start(
+        "[inventory]\nmax_unknown = 40\n\
+         [[inventory.stations]]\nmac = \"52:54:00:00:0b:01\"\n\
+         [[inventory.stations]]\nmac = \"52:54:00:00:0b:02\"\n\
+         [kms]\nhost = \"kms.school.example\"\nfamilies = [\"windows\"]\n",
+    )
+    .await;
+    let addr = server.daemon.http_addr;
+    // 60 made-up stations send a DISCOVER each: every one is answered.
+    let mut answered = 0;
+    for i in 0..60u8 {
+        let laptop = PxeClient::new(Ipv4Addr::new(127, 0, 11, 1), [2, 0, 0, 0, 0x0b, i]).await;
+        let discover = laptop.packet(
+            MessageType::Discover,
+            u32::from(i),
+            Some("PXEClient"),
+            0,
+            &[],
+        );
+        laptop.send(&discover, server.dhcp()).await;
+        answered += usize::from(laptop.recv(WAIT).await.is_some());
+    }
+    assert_eq!(answered, 60, "past the cap they are still answered");
+    // Sightings are written in order: once a listed station's offer is recorded, so
+    // is everything the 60 wrote. 40 of them are stored, beside the 2 listed.
+    let listed = PxeClient::new(Ipv4Addr::new(127, 0, 11, 2), [0x52, 0x54, 0, 0, 0x0b, 1]).await;
+    listed
+        .send(
+            &listed.packet(MessageType::Discover, 99, Some("PXEClient"), 0, &[]),
+            server.dhcp(),
+        )
+        .await;
+    assert!(listed.recv(WAIT).await.is_some());
+    station_with_events(addr, "52:54:00:00:0b:01", 1).await;
+    let (_, list) = get_json(addr, "/api/v1/stations").await;
+    assert_eq!(list.as_array().unwrap().len(), 42);
+    let (_, list) = get_json(addr, "/api/v1/stations").await;
+    let confirmed = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["confirmed"] == true)
+        .count();
+    assert_eq!(confirmed, 2);
+    // 42 registered, but only 2 confirmed: the KMS guard refuses Windows.
+    let (status, answer) = post_json(
+        addr,
+        "/api/v1/campaigns",
+        "",
+        r#"{"stations": ["52:54:00:00:0b:01", "52:54:00:00:0b:02"], "families": ["windows"], "start": "now", "image": "lab"}"#,
+    )
+    .await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("only 2 stations with windows are confirmed"),
+        "{answer}"
+    );
+    server.daemon.shutdown().await.unwrap();
+}

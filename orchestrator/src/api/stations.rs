@@ -25,6 +25,7 @@ fn station_json(st: &Station) -> Value {
         "kms_activation": st.kms_activation,
         "disk": st.disk,
         "in_use": st.logged_in,
+        "confirmed": st.confirmed,
         "last_report": st.last_report.map(rfc3339),
     })
 }

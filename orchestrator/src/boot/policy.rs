@@ -50,7 +50,49 @@ pub struct Orchestrator {
     /// script follows the DHCP answer within milliseconds); one entry per station of
     /// the inventory at most.
     seen: Arc<Mutex<HashMap<MacAddr, (Ipv4Addr, u64)>>>,
+    /// New stations registered from DHCP, at most this fast: a flood of made-up MACs
+    /// is answered, not stored.
+    registrations: Arc<Mutex<RateLimit>>,
 }
+
+/// A token bucket: `burst` at once, then `per_s` a second.
+#[derive(Debug)]
+struct RateLimit {
+    tokens: f64,
+    per_s: f64,
+    burst: f64,
+    at: std::time::Instant,
+}
+
+impl RateLimit {
+    fn new(per_s: f64, burst: f64) -> RateLimit {
+        RateLimit {
+            tokens: burst,
+            per_s,
+            burst,
+            at: std::time::Instant::now(),
+        }
+    }
+
+    /// Whether one more may go at `now`; takes a token when it may.
+    fn allow(&mut self, now: std::time::Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_s).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// New stations registered a second at most (after a first `REGISTER_BURST`): a
+/// school's rooms powering on at 8:00 register within a minute; a flood does not fill
+/// the store.
+const REGISTER_PER_S: f64 = 50.0;
+const REGISTER_BURST: f64 = 500.0;
 
 /// How long after DHCP saw a station's address its script may come from there: one
 /// boot, from iPXE's DHCP to its script, takes seconds.
@@ -70,6 +112,7 @@ impl Orchestrator {
             inventory: Arc::new(inventory),
             restore: Arc::new(restore),
             seen: Arc::default(),
+            registrations: Arc::new(Mutex::new(RateLimit::new(REGISTER_PER_S, REGISTER_BURST))),
         }
     }
 
@@ -236,7 +279,14 @@ impl Orchestrator {
         kind: &'static str,
         detail: String,
     ) {
-        let create = create && self.inventory.register_unknown;
+        let create = create
+            && self.inventory.register_unknown
+            && (self.store.contains(mac)
+                || self
+                    .registrations
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .allow(std::time::Instant::now()));
         self.recorder
             .submit(move |store| record(store, mac, &sighting, create, kind, detail));
     }
@@ -377,6 +427,21 @@ fn sighting(machine: &Machine) -> Sighting {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registrations_come_in_a_burst_then_at_the_rate() {
+        let start = std::time::Instant::now();
+        let mut limit = RateLimit::new(50.0, 500.0);
+        limit.at = start;
+        let burst = (0..600).filter(|_| limit.allow(start)).count();
+        assert_eq!(burst, 500, "the burst, then nothing at the same instant");
+        let later = start + Duration::from_secs(2);
+        let refilled = (0..600).filter(|_| limit.allow(later)).count();
+        assert_eq!(refilled, 100, "two seconds at 50 a second");
+        let much_later = later + Duration::from_secs(3600);
+        let capped = (0..600).filter(|_| limit.allow(much_later)).count();
+        assert_eq!(capped, 500, "an hour of quiet refills the burst, no more");
+    }
 
     #[test]
     fn arp_table_lookup_finds_complete_entries_only() {

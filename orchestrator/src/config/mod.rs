@@ -162,6 +162,8 @@ pub struct BootConfig {
 #[derive(Clone, Debug)]
 pub struct InventoryConfig {
     pub register_unknown: bool,
+    /// The most stations kept that registered by themselves from DHCP.
+    pub max_unknown: usize,
     pub events_per_station: usize,
     pub stations: Vec<StationConfig>,
 }
@@ -317,6 +319,17 @@ impl Config {
                 "must be between 1 and 10000",
             ));
         }
+        let max_unknown = raw
+            .inventory
+            .max_unknown
+            .unwrap_or(crate::store::DEFAULT_MAX_UNKNOWN);
+        if max_unknown > 1_000_000 {
+            return Err(invalid(
+                "inventory.max_unknown",
+                max_unknown.to_string(),
+                "must be between 0 and 1000000",
+            ));
+        }
         let mut stations = Vec::with_capacity(raw.inventory.stations.len());
         for (i, st) in raw.inventory.stations.into_iter().enumerate() {
             let key = format!("inventory.stations[{i}].mac");
@@ -352,6 +365,7 @@ impl Config {
         }
         let inventory = InventoryConfig {
             register_unknown: raw.inventory.register_unknown.unwrap_or(true),
+            max_unknown,
             events_per_station,
             stations,
         };
@@ -610,6 +624,11 @@ mod tests {
                 "[inventory]\nevents_per_station = 0\n",
                 "inventory.events_per_station",
                 "0",
+            ),
+            (
+                "[inventory]\nmax_unknown = 2000000\n",
+                "inventory.max_unknown",
+                "2000000",
             ),
         ];
         for (extra, key, value) in cases {

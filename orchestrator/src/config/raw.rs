@@ -156,6 +156,7 @@ pub struct RawBoot {
 #[serde(deny_unknown_fields)]
 pub struct RawInventory {
     pub register_unknown: Option<bool>,
+    pub max_unknown: Option<usize>,
     pub events_per_station: Option<usize>,
     #[serde(default)]
     pub stations: Vec<RawStation>,

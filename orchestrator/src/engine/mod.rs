@@ -23,8 +23,10 @@ pub enum Error {
     /// Microsoft counts computers: a family needs its threshold of registered
     /// stations before a campaign for it can reach the count.
     #[error(
-        "only {registered} stations with {family} are registered, and the KMS host activates \
-         {family} only once {threshold} distinct computers have asked. KMS is for sites with at \
+        "only {registered} stations with {family} are confirmed (listed in [[inventory.stations]] \
+         or set with PUT /api/v1/stations/{{mac}}; stations that registered by themselves from \
+         DHCP do not count), and the KMS host activates {family} only once {threshold} distinct \
+         computers have asked. KMS is for sites with at \
          least {threshold}; smaller ones use MAK keys or Active Directory-based activation"
     )]
     TooFewStations {

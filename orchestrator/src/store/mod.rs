@@ -12,7 +12,7 @@ mod ledger;
 mod resets;
 mod stations;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
@@ -50,16 +50,26 @@ pub struct Store {
     events: sled::Tree,
     by_ip: sled::Tree,
     events_per_station: usize,
-    /// The keys of `stations`, in memory: the DHCP hot path asks for every packet
-    /// whether a MAC is known, and a read lock is cheaper than a sled lookup. Every
-    /// station write goes through [`Store::update`], which keeps it in step.
-    known: Arc<RwLock<HashSet<MacAddr>>>,
+    /// The keys of `stations`, in memory, each with whether the admin confirmed the
+    /// station: the DHCP hot path asks for every packet whether a MAC is known, and
+    /// a read lock is cheaper than a sled lookup. Every station write goes through
+    /// [`Store::update`], which keeps it in step.
+    known: Arc<RwLock<HashMap<MacAddr, bool>>>,
+    /// How many stations registered by themselves (from DHCP) the store keeps at
+    /// most (`inventory.max_unknown`); past it, new ones are answered, not stored.
+    max_unknown: usize,
+    /// When the store last warned that it is full (Unix ms), so it says so once a
+    /// minute.
+    full_warned: Arc<std::sync::atomic::AtomicU64>,
     /// The ledger, decoded once at open and kept in step by [`Store::add_report`]
     /// (the only writer): a report does not decode every entry again. Its lock is
     /// also held while an entry is merged and written back.
     ledger_mem: Arc<std::sync::Mutex<crate::engine::ledger::Ledger>>,
     clock: Clock,
 }
+
+/// `inventory.max_unknown` by default.
+pub const DEFAULT_MAX_UNKNOWN: usize = 2_000;
 
 /// The key, in the default tree, of the campaign runner's monotonic time.
 const MONO_MARK: &[u8] = b"mono-mark";
@@ -72,10 +82,16 @@ impl Store {
             .flush_every_ms(Some(500))
             .open()?;
         let stations = db.open_tree("stations")?;
-        let mut known = HashSet::new();
-        for key in stations.iter().keys() {
-            if let Ok(octets) = <[u8; 6]>::try_from(key?.as_ref()) {
-                known.insert(MacAddr(octets));
+        let mut known = HashMap::new();
+        for entry in stations.iter() {
+            let (key, value) = entry?;
+            if let Ok(octets) = <[u8; 6]>::try_from(key.as_ref()) {
+                // A record that does not decode is replaced at its next write; until
+                // then it counts as a station nobody confirmed.
+                let confirmed = serde_json::from_slice::<Station>(&value)
+                    .map(|st| st.confirmed)
+                    .unwrap_or(false);
+                known.insert(MacAddr(octets), confirmed);
             }
         }
         let ledger = db.open_tree("ledger")?;
@@ -91,9 +107,17 @@ impl Store {
             db,
             events_per_station,
             known: Arc::new(RwLock::new(known)),
+            max_unknown: DEFAULT_MAX_UNKNOWN,
+            full_warned: Arc::default(),
             ledger_mem: Arc::new(std::sync::Mutex::new(ledger_mem)),
             clock: Clock::system(),
         })
+    }
+
+    /// The same store keeping at most `n` stations that registered by themselves.
+    pub fn with_max_unknown(mut self, n: usize) -> Store {
+        self.max_unknown = n;
+        self
     }
 
     /// The same store on `clock` (the simulator's), for every time it writes.

@@ -56,6 +56,11 @@ pub struct Station {
     /// `restore.disk`. netreset never guesses a disk.
     #[serde(default)]
     pub disk: Option<String>,
+    /// The admin vouched for it: listed in `[[inventory.stations]]` or set with
+    /// `PUT /api/v1/stations/{mac}`. Only confirmed stations count toward the KMS
+    /// guard; one that registered by itself from DHCP could be anyone's laptop.
+    #[serde(default)]
+    pub confirmed: bool,
 }
 
 /// The admin's settings of a station (the body of `PUT /api/v1/stations/{mac}`);
@@ -92,6 +97,7 @@ impl Station {
             agent_families: Vec::new(),
             kms_activation: false,
             disk: None,
+            confirmed: false,
         }
     }
 }
@@ -117,7 +123,17 @@ impl Store {
         self.known
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(&mac)
+            .contains_key(&mac)
+    }
+
+    /// How many known stations the admin has not confirmed.
+    fn unconfirmed(&self) -> usize {
+        self.known
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|confirmed| !**confirmed)
+            .count()
     }
 
     /// All stations, in MAC order.
@@ -133,8 +149,10 @@ impl Store {
 
     /// Add a station or change its settings (from the configuration's inventory at
     /// start, or `PUT /api/v1/stations/{mac}`); what `settings` leaves `None` is kept.
+    /// The station is confirmed from then on.
     pub fn configure(&self, mac: MacAddr, settings: &Settings) -> Result<Station, StoreError> {
         self.update(mac, |st| {
+            st.confirmed = true;
             if let Some(name) = &settings.name {
                 st.name = Some(name.clone());
             }
@@ -162,8 +180,14 @@ impl Store {
         sighting: &Sighting,
         create: bool,
     ) -> Result<Option<Station>, StoreError> {
-        if !create && !self.contains(mac) {
-            return Ok(None);
+        if !self.contains(mac) {
+            if !create {
+                return Ok(None);
+            }
+            if self.unconfirmed() >= self.max_unknown {
+                self.warn_full();
+                return Ok(None);
+            }
         }
         let now = self.clock.now_ms();
         let station = self.update(mac, |st| {
@@ -260,10 +284,29 @@ impl Store {
             tracing::warn!(%mac, error = %e, "replaced a corrupt station record");
         }
         let bytes = new.expect("update_and_fetch with Some returns Some");
+        let station: Station = decode(&mac.to_string(), &bytes)?;
         self.known
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(mac);
-        decode(&mac.to_string(), &bytes)
+            .insert(mac, station.confirmed);
+        Ok(station)
+    }
+
+    /// Say, at most once a minute, that unknown stations are no longer stored.
+    fn warn_full(&self) {
+        use std::sync::atomic::Ordering;
+        let now = self.clock.now_ms();
+        let last = self.full_warned.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 60_000
+            && self
+                .full_warned
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                max_unknown = self.max_unknown,
+                "inventory.max_unknown stations registered by themselves: new ones are answered but not stored (confirm real ones in [[inventory.stations]] or with PUT)"
+            );
+        }
     }
 }
