@@ -122,6 +122,7 @@ impl Daemon {
                     interface: config.dhcp.interface.clone(),
                     server_ip: need_ip()?,
                     broadcast: config.dhcp.broadcast,
+                    relays: config.dhcp.relays.clone(),
                     files: BootFiles {
                         bios: config.boot.bios.clone(),
                         uefi_x64: config.boot.uefi_x64.clone(),
@@ -149,6 +150,7 @@ impl Daemon {
                 listen: config.tftp.listen,
                 root: config.tftp.root.clone(),
                 mtu,
+                max_per_client: config.tftp.max_per_client,
             },
             shared,
         )

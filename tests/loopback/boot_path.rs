@@ -351,3 +351,66 @@ async fn unknown_stations_past_max_unknown_are_answered_not_stored_and_never_cou
     );
     server.daemon.shutdown().await.unwrap();
 }
+
+/// `packet` with its giaddr, or its magic cookie, changed.
+fn altered(packet: &[u8], giaddr: Option<Ipv4Addr>, cookie: Option<[u8; 4]>) -> Vec<u8> {
+    use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+    let mut msg = dhcproto::v4::Message::decode(&mut Decoder::new(packet)).unwrap();
+    if let Some(giaddr) = giaddr {
+        msg.set_giaddr(giaddr);
+    }
+    let mut bytes = Vec::new();
+    msg.encode(&mut Encoder::new(&mut bytes)).unwrap();
+    if let Some(cookie) = cookie {
+        bytes[236..240].copy_from_slice(&cookie);
+    }
+    bytes
+}
+
+#[tokio::test]
+async fn a_discover_without_the_magic_cookie_gets_no_offer() {
+    let server = start("").await;
+    let client = PxeClient::new(Ipv4Addr::new(127, 0, 12, 1), [0x52, 0x54, 0, 0, 12, 1]).await;
+    let discover = client.packet(MessageType::Discover, 1, Some("PXEClient"), 0, &[]);
+    client
+        .send(&altered(&discover, None, Some(*b"BOOT")), server.dhcp())
+        .await;
+    assert!(
+        client.recv(Duration::from_millis(500)).await.is_none(),
+        "no cookie, no offer"
+    );
+    client.send(&discover, server.dhcp()).await;
+    assert!(
+        client.recv(WAIT).await.is_some(),
+        "the same packet with its cookie"
+    );
+    server.daemon.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_giaddr_is_honoured_only_from_a_configured_relay() {
+    let giaddr = Ipv4Addr::new(127, 0, 12, 66);
+    let client_ip = Ipv4Addr::new(127, 0, 12, 2);
+    // No relays configured: the giaddr of anyone is ignored and the client is
+    // answered where it asked from (not at giaddr:67, which a student could name).
+    let server = start("").await;
+    let client = PxeClient::new(client_ip, [0x52, 0x54, 0, 0, 12, 2]).await;
+    let discover = client.packet(MessageType::Discover, 2, Some("PXEClient"), 0, &[]);
+    client
+        .send(&altered(&discover, Some(giaddr), None), server.dhcp())
+        .await;
+    assert!(client.recv(WAIT).await.is_some(), "answered locally");
+    server.daemon.shutdown().await.unwrap();
+    // The sender is a configured relay: the answer goes to the relay (giaddr:67),
+    // not back to the sender's port.
+    let server = start(&format!("dhcp.relays = [\"{client_ip}\"]\n")).await;
+    let client = PxeClient::new(client_ip, [0x52, 0x54, 0, 0, 12, 2]).await;
+    client
+        .send(&altered(&discover, Some(giaddr), None), server.dhcp())
+        .await;
+    assert!(
+        client.recv(Duration::from_millis(500)).await.is_none(),
+        "relayed: answered through the relay"
+    );
+    server.daemon.shutdown().await.unwrap();
+}

@@ -57,10 +57,21 @@ pub async fn start_on(data: tempfile::TempDir, extra: &str, clock: Clock) -> Tes
         fake_binary("snponly.efi", 200_001),
     )
     .unwrap();
+    // `dhcp.KEY = VALUE` lines of `extra` go into the [dhcp] table below.
+    let dhcp_extra: String = extra
+        .lines()
+        .filter_map(|l| l.strip_prefix("dhcp."))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let extra: String = extra
+        .lines()
+        .filter(|l| !l.starts_with("dhcp."))
+        .map(|l| format!("{l}\n"))
+        .collect();
     let text = format!(
         "data_dir = \"{data}\"\n\
          [http]\nlisten = \"127.0.0.1:0\"\n\
-         [dhcp]\nserver_ip = \"127.0.0.1\"\nlisten = \"127.0.0.1:0\"\npxe_listen = \"127.0.0.1:0\"\nbroadcast = \"127.0.0.1:9\"\n\
+         [dhcp]\nserver_ip = \"127.0.0.1\"\nlisten = \"127.0.0.1:0\"\npxe_listen = \"127.0.0.1:0\"\nbroadcast = \"127.0.0.1:9\"\n{dhcp_extra}\
          [tftp]\nlisten = \"127.0.0.1:0\"\nroot = \"{root}\"\nmtu = 1500\n\
          {restore}[api]\ntoken = \"{ADMIN_TOKEN}\"\n{extra}",
         data = data.path().display(),

@@ -161,3 +161,56 @@ async fn tftp_netascii_sends_cr_lf_line_ends_and_unknown_modes_get_an_error() {
     }
     server.daemon.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn one_address_holding_transfers_gets_four_and_everyone_else_is_still_served() {
+    let server = start("").await;
+    let tftp = server.daemon.tftp_addr;
+    // A laptop asks ten times from ten ports and acknowledges nothing.
+    let laptop = Ipv4Addr::new(127, 0, 0, 9);
+    let mut answers = Vec::new();
+    let mut sockets = Vec::new();
+    for _ in 0..10 {
+        let socket = tokio::net::UdpSocket::bind((laptop, 0)).await.unwrap();
+        socket
+            .send_to(b"\x00\x01undionly.kpxe\x00octet\x00", tftp)
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 2048];
+        let (n, _) = tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            socket.recv_from(&mut buf),
+        )
+        .await
+        .expect("every request is answered")
+        .unwrap();
+        answers.push(buf[..n].to_vec());
+        sockets.push(socket);
+    }
+    let data = answers.iter().filter(|a| a[..2] == [0, 3]).count();
+    let refused: Vec<String> = answers
+        .iter()
+        .filter(|a| a[..2] == [0, 5])
+        .map(|a| String::from_utf8_lossy(&a[4..a.len() - 1]).into_owned())
+        .collect();
+    assert_eq!(data, 4, "four transfers for one address");
+    assert_eq!(refused.len(), 6);
+    assert!(
+        refused
+            .iter()
+            .all(|r| r.contains("too many transfers from this address")),
+        "{refused:?}"
+    );
+    // A station elsewhere on the LAN gets its boot file meanwhile.
+    assert_eq!(
+        tftp_get(
+            tftp,
+            Ipv4Addr::new(127, 91, 0, 5),
+            b"undionly.kpxe",
+            Some(1432)
+        )
+        .await,
+        TftpResult::Data(fake_binary("undionly.kpxe", 70_000))
+    );
+    server.daemon.shutdown().await.unwrap();
+}

@@ -141,6 +141,8 @@ pub struct DhcpConfig {
     pub listen: SocketAddr,
     pub pxe_listen: SocketAddr,
     pub broadcast: SocketAddrV4,
+    /// DHCP relay agents (ip helper-address) whose giaddr is honoured.
+    pub relays: Vec<Ipv4Addr>,
 }
 
 #[derive(Clone, Debug)]
@@ -148,6 +150,8 @@ pub struct TftpConfig {
     pub listen: SocketAddr,
     pub root: PathBuf,
     pub mtu: Option<u32>,
+    /// Transfers one client address may run at once.
+    pub max_per_client: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -252,6 +256,13 @@ impl Config {
                     return Err(invalid("dhcp.broadcast", v6.to_string(), "DHCP is IPv4"))
                 }
             },
+            relays: raw
+                .dhcp
+                .relays
+                .iter()
+                .enumerate()
+                .map(|(i, text)| ipv4(&format!("dhcp.relays[{i}]"), text))
+                .collect::<Result<_, _>>()?,
         };
         if mode == DhcpMode::Proxy
             && dhcp.interface.is_none()
@@ -289,6 +300,16 @@ impl Config {
             )?,
             root,
             mtu: raw.tftp.mtu,
+            max_per_client: match raw.tftp.max_per_client.unwrap_or(4) {
+                n @ 1..=64 => n,
+                n => {
+                    return Err(invalid(
+                        "tftp.max_per_client",
+                        n.to_string(),
+                        "must be between 1 and 64",
+                    ))
+                }
+            },
         };
 
         let boot = BootConfig {

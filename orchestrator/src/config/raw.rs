@@ -132,6 +132,8 @@ pub struct RawDhcp {
     pub listen: Option<String>,
     pub pxe_listen: Option<String>,
     pub broadcast: Option<String>,
+    #[serde(default)]
+    pub relays: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -140,6 +142,7 @@ pub struct RawTftp {
     pub listen: Option<String>,
     pub root: Option<String>,
     pub mtu: Option<u32>,
+    pub max_per_client: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

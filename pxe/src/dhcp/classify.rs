@@ -64,12 +64,19 @@ pub enum Skip {
     NotPxe,
     #[error("REQUEST is addressed to DHCP server {0}, not to us")]
     OtherServer(Ipv4Addr),
+    #[error("no DHCP magic cookie (99.130.83.99) after the BOOTP header")]
+    NoMagicCookie,
 }
 
 /// Decode and classify one packet received on `listener`. `server_ip` is our own
 /// address, used to tell REQUESTs meant for us from the client's REQUEST to the
 /// school's DHCP server.
 pub fn classify(bytes: &[u8], listener: Listener, server_ip: Ipv4Addr) -> Result<Request, Skip> {
+    // RFC 2131 §3: the options field starts with the magic cookie. A packet without
+    // it is plain BOOTP or garbage, whatever a lenient decoder makes of it.
+    if bytes.len() >= 240 && bytes[236..240] != [99, 130, 83, 99] {
+        return Err(Skip::NoMagicCookie);
+    }
     check_option_lengths(bytes).map_err(Skip::Malformed)?;
     let message =
         Message::decode(&mut Decoder::new(bytes)).map_err(|e| Skip::Malformed(e.to_string()))?;

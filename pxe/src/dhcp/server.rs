@@ -36,6 +36,9 @@ pub struct DhcpSettings {
     pub broadcast: SocketAddrV4,
     /// Boot files and URLs to hand out.
     pub files: BootFiles,
+    /// The relay agents whose giaddr is honoured (answers go back through them);
+    /// from anyone else a giaddr is ignored and the client is answered here.
+    pub relays: Vec<Ipv4Addr>,
 }
 
 /// A bound ProxyDHCP server, ready to [`run`](DhcpServer::run).
@@ -160,6 +163,16 @@ fn answer(
             return None;
         }
     };
+    // A giaddr counts only from a relay agent we were told of: anyone else could
+    // send our answers to an address of their choosing.
+    let giaddr = request.message.giaddr();
+    if !giaddr.is_unspecified() {
+        let relayed = matches!(from.ip(), IpAddr::V4(src) if settings.relays.contains(&src));
+        if !relayed {
+            debug!(%from, %giaddr, "giaddr from a sender that is not in dhcp.relays: answered locally");
+            request.message.set_giaddr(Ipv4Addr::UNSPECIFIED);
+        }
+    }
     // An address the packet claims (ciaddr, option 50) is the station's only when the
     // packet comes from it, from no address yet, or through a relay (from giaddr):
     // anyone can write another station's address into a packet of their own.

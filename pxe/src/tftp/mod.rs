@@ -48,6 +48,10 @@ pub enum Refusal {
     NotFound,
     #[error("not a regular file")]
     NotAFile,
+    /// The file is there but cannot be opened now (out of file descriptors, an I/O
+    /// error): said as what it is, not as "no such file".
+    #[error("cannot open the file: {0}")]
+    Unavailable(String),
 }
 
 /// Check that a file name stays inside the root: relative, no `..`, no control
@@ -106,6 +110,9 @@ pub struct TftpSettings {
     pub root: PathBuf,
     /// MTU of the lab interface; blksize is clamped to fit it.
     pub mtu: u32,
+    /// Transfers one client address may run at once (a PXE ROM needs one; EDK2 two
+    /// in a row): one laptop cannot take every slot.
+    pub max_per_client: usize,
 }
 
 /// Files up to this size are served from memory: a classroom fetching the same iPXE
@@ -141,6 +148,14 @@ impl FileCache {
             self.total -= old.len() as u64;
         }
         Ok(bytes)
+    }
+}
+
+/// Why a file that resolved could not be served.
+fn open_refusal(e: std::io::Error) -> Refusal {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => Refusal::NotFound,
+        _ => Refusal::Unavailable(e.to_string()),
     }
 }
 
@@ -211,6 +226,7 @@ impl TftpServer {
             policy: self.policy,
             cache: Arc::new(Mutex::new(FileCache::default())),
             active: Arc::new(Mutex::new(HashSet::new())),
+            max_per_client: self.settings.max_per_client.max(1),
             limits,
             cancel: cancel.clone(),
         };
@@ -228,6 +244,7 @@ struct Listener {
     cache: Arc<Mutex<FileCache>>,
     /// Peers with a transfer running: a retransmitted RRQ must not start a second one.
     active: Arc<Mutex<HashSet<SocketAddr>>>,
+    max_per_client: usize,
     limits: Limits,
     cancel: CancellationToken,
 }
@@ -288,6 +305,7 @@ impl Listener {
             });
             let code = match reason {
                 Refusal::NotFound | Refusal::NotAFile => ErrorCode::FileNotFound,
+                Refusal::Unavailable(_) => ErrorCode::NotDefined,
                 _ => ErrorCode::AccessViolation,
             };
             self.reply_error(peer, code, &reason.to_string());
@@ -319,6 +337,15 @@ impl Listener {
             if active.len() >= MAX_TRANSFERS {
                 warn!(%peer, %file, "tftp: too many transfers");
                 return self.reply_error(peer, ErrorCode::NotDefined, "server busy, try again");
+            }
+            let from_peer = active.iter().filter(|a| a.ip() == peer.ip()).count();
+            if from_peer >= self.max_per_client {
+                warn!(%peer, %file, from_peer, "tftp: too many transfers from one address");
+                return self.reply_error(
+                    peer,
+                    ErrorCode::NotDefined,
+                    "too many transfers from this address, try again",
+                );
             }
             active.insert(peer);
         }
@@ -377,8 +404,8 @@ impl Listener {
 
     /// The file at `path`, from the cache when it is small enough.
     fn open(&self, path: &Path) -> Result<Source, Refusal> {
-        let file = std::fs::File::open(path).map_err(|_| Refusal::NotFound)?;
-        let meta = file.metadata().map_err(|_| Refusal::NotFound)?;
+        let file = std::fs::File::open(path).map_err(open_refusal)?;
+        let meta = file.metadata().map_err(open_refusal)?;
         if meta.len() > CACHE_FILE_MAX {
             return Ok(Source::File {
                 file,
@@ -389,7 +416,7 @@ impl Listener {
         cache
             .get(path, &meta)
             .map(Source::Memory)
-            .map_err(|_| Refusal::NotFound)
+            .map_err(open_refusal)
     }
 
     fn reply_error(&self, peer: SocketAddr, code: ErrorCode, message: &str) {

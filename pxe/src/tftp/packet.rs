@@ -127,6 +127,9 @@ pub struct Limits {
     pub default_timeout: Duration,
 }
 
+/// The longest retransmission timeout a client may ask for, in seconds.
+pub const MAX_TIMEOUT_S: u64 = 5;
+
 /// Negotiate the options a client asked for. Unknown or malformed options are left
 /// out of the OACK, which RFC 2347 allows; the client then uses the defaults.
 pub fn negotiate(options: &[(String, String)], size: u64, limits: Limits) -> Negotiated {
@@ -136,7 +139,13 @@ pub fn negotiate(options: &[(String, String)], size: u64, limits: Limits) -> Neg
         timeout: limits.default_timeout,
         acknowledged: Vec::new(),
     };
+    let mut seen: Vec<&str> = Vec::new();
     for (name, value) in options {
+        // One value per option: a repeated one is ignored, never echoed twice.
+        if seen.contains(&name.as_str()) {
+            continue;
+        }
+        seen.push(name);
         let number = value.trim().parse::<u64>().ok();
         match (name.as_str(), number) {
             ("blksize", Some(v)) if v >= 8 => {
@@ -145,7 +154,10 @@ pub fn negotiate(options: &[(String, String)], size: u64, limits: Limits) -> Neg
                 n.acknowledged.push((name.clone(), granted.to_string()));
             }
             ("tsize", Some(0)) => n.acknowledged.push((name.clone(), size.to_string())),
-            ("timeout", Some(v)) if (1..=255).contains(&v) => {
+            // RFC 2349 lets a client pick up to 255 s; a slot then lives minutes per
+            // lost ACK. Longer than MAX_TIMEOUT_S is not acknowledged (the default
+            // applies), which the RFC allows.
+            ("timeout", Some(v)) if (1..=MAX_TIMEOUT_S).contains(&v) => {
                 n.timeout = Duration::from_secs(v);
                 n.acknowledged.push((name.clone(), v.to_string()));
             }
@@ -219,6 +231,45 @@ mod tests {
             p.push(0);
         }
         p
+    }
+
+    #[test]
+    fn a_repeated_option_is_acknowledged_once_with_its_first_value() {
+        let options = [
+            ("blksize".to_owned(), "1024".to_owned()),
+            ("blksize".to_owned(), "1400".to_owned()),
+            ("tsize".to_owned(), "0".to_owned()),
+            ("tsize".to_owned(), "0".to_owned()),
+        ];
+        let n = negotiate(&options, 70_000, LIMITS);
+        assert_eq!(n.block_size, 1024);
+        assert_eq!(
+            n.acknowledged,
+            [
+                ("blksize".to_owned(), "1024".to_owned()),
+                ("tsize".to_owned(), "70000".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_client_timeout_above_five_seconds_is_not_acknowledged() {
+        let ask = |v: &str| negotiate(&[("timeout".to_owned(), v.to_owned())], 1, LIMITS);
+        let n = ask("5");
+        assert_eq!(
+            (n.timeout, n.acknowledged.len()),
+            (Duration::from_secs(5), 1)
+        );
+        let n = ask("255");
+        assert_eq!(
+            (n.timeout, n.acknowledged.len()),
+            (LIMITS.default_timeout, 0)
+        );
+        let n = ask("0");
+        assert_eq!(
+            (n.timeout, n.acknowledged.len()),
+            (LIMITS.default_timeout, 0)
+        );
     }
 
     #[test]

@@ -59,9 +59,15 @@ pub enum TransferError {
     TimedOut(u32),
     #[error("server is stopping")]
     Cancelled,
+    #[error("the transfer took longer than {} s", MAX_TRANSFER.as_secs())]
+    Deadline,
     #[error("{0}")]
     Io(#[from] io::Error),
 }
+
+/// The longest a transfer may take, however slowly its client acknowledges: a slot
+/// is not held for ever.
+pub const MAX_TRANSFER: Duration = Duration::from_secs(300);
 
 /// Send `source` to the peer `socket` is connected to. Returns the bytes sent.
 pub fn send(
@@ -87,7 +93,11 @@ pub fn send(
     let blocks = source.size() / n.block_size as u64 + 1;
     let mut packet = Vec::with_capacity(4 + n.block_size);
     let mut base = 1u64; // first unacknowledged block
+    let deadline = Instant::now() + MAX_TRANSFER;
     while base <= blocks {
+        if Instant::now() > deadline {
+            return Err(TransferError::Deadline);
+        }
         let end = (base + u64::from(n.window)).min(blocks + 1); // one past the window
         let acked = exchange(
             socket,
