@@ -196,12 +196,11 @@ impl Daemon {
             runtime.block_on(runner);
             ("campaigns", Ok(()))
         });
-        let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let app = api::router(state);
         let token = cancel.child_token();
+        let limits = config.http_limits;
         tasks.spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(token.cancelled_owned())
-                .await;
+            let served = crate::http::serve(listener, app, limits, token).await;
             ("http", served.map_err(Into::into))
         });
         info!(%http_addr, %public_url, "netreset running");

@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod http;
 pub mod lock;
 pub mod power;
 pub mod runner;

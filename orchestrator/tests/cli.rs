@@ -93,9 +93,16 @@ fn serve_stops_cleanly_on_sigterm_and_keeps_its_store() {
 
 /// Start `netreset serve` and wait for its "netreset running" line (no sleeps).
 fn serve(config: &std::path::Path) -> std::process::Child {
-    let mut child = Command::new(NETRESET)
-        .args(["serve", "--config"])
-        .arg(config)
+    serve_with(
+        Command::new(NETRESET)
+            .args(["serve", "--config"])
+            .arg(config),
+    )
+}
+
+/// Start `command` (a `netreset serve`) and wait for its "netreset running" line.
+fn serve_with(command: &mut Command) -> std::process::Child {
+    let mut child = command
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
@@ -286,4 +293,121 @@ fn the_demo_runs_a_campaign_to_exactly_27_and_7_and_prints_one_json_line() {
     assert_eq!(summary["cycles"], 27);
     assert_eq!(summary["distinct_stations"], 5);
     assert!(summary["seconds"].as_f64().unwrap() > 0.0);
+}
+
+/// A port free on 127.0.0.1 just now, for TCP (`udp` false) or UDP.
+fn free_port(udp: bool) -> u16 {
+    if udp {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    } else {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+}
+
+/// A GET with a deadline: the status, or why there was none.
+fn get_within(addr: std::net::SocketAddr, path: &str, within: Duration) -> Result<u16, String> {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, within).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(within)).unwrap();
+    stream.set_write_timeout(Some(within)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).map_err(|e| e.to_string())?;
+    String::from_utf8_lossy(&head[9..12])
+        .parse()
+        .map_err(|e| format!("{e}"))
+}
+
+#[test]
+fn with_1100_idle_connections_held_open_health_scripts_and_tftp_answer_within_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, tftp) = (free_port(false), free_port(true));
+    let config = write_config(
+        dir.path(),
+        "[[inventory.stations]]\nmac = \"52:54:00:00:99:02\"\n",
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{http}\""),
+            1,
+        )
+        .replace(
+            "[tftp]\nlisten = \"127.0.0.1:0\"",
+            &format!("[tftp]\nlisten = \"127.0.0.1:{tftp}\""),
+        );
+    std::fs::write(&config, text).unwrap();
+    std::fs::write(dir.path().join("tftp/undionly.kpxe"), vec![7u8; 70_000]).unwrap();
+    // As systemd starts a service without LimitNOFILE: 1024 open files (soft).
+    let mut child = serve_with(Command::new("bash").arg("-c").arg(format!(
+        "ulimit -Sn 1024 && exec {NETRESET} serve --config {}",
+        config.display()
+    )));
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
+    // A laptop at 127.0.0.9 opens 1,100 connections and sends nothing.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let held = runtime.block_on(async {
+        let mut connecting = tokio::task::JoinSet::new();
+        for _ in 0..1100 {
+            connecting.spawn(async move {
+                let socket = tokio::net::TcpSocket::new_v4().ok()?;
+                socket.bind("127.0.0.9:0".parse().unwrap()).ok()?;
+                // A server out of descriptors stops accepting: the connect then hangs.
+                tokio::time::timeout(Duration::from_secs(3), socket.connect(addr))
+                    .await
+                    .ok()?
+                    .ok()
+            });
+        }
+        let mut held = Vec::new();
+        while let Some(joined) = connecting.join_next().await {
+            held.extend(joined.unwrap());
+        }
+        held
+    });
+    assert!(
+        held.len() >= 1000,
+        "the laptop connected {} times",
+        held.len()
+    );
+    // Everyone else is still served within a second.
+    let second = Duration::from_secs(1);
+    assert_eq!(get_within(addr, "/api/v1/health", second), Ok(200));
+    assert_eq!(
+        get_within(addr, "/boot/52:54:00:00:99:02.ipxe", second),
+        Ok(200)
+    );
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(second)).unwrap();
+    udp.send_to(b"\x00\x01undionly.kpxe\x00octet\x00", ("127.0.0.1", tftp))
+        .unwrap();
+    let mut buf = [0u8; 600];
+    let (n, _) = udp
+        .recv_from(&mut buf)
+        .expect("TFTP answers within a second");
+    assert_eq!(
+        &buf[..2],
+        &[0, 3],
+        "DATA, not {:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    drop(held);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
 }

@@ -48,3 +48,25 @@ async fn admin_endpoints_need_the_admin_token_and_change_nothing_without_it() {
     );
     server.daemon.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_body_past_the_limit_gets_413_and_changes_nothing() {
+    let server = start("[[inventory.stations]]\nmac = \"02:00:00:00:00:52\"\n").await;
+    let big = format!(r#"{{"name": "{}"}}"#, "x".repeat(3 << 20));
+    let (status, _, body) = http_send(
+        server.daemon.http_addr,
+        "PUT",
+        "/api/v1/stations/02:00:00:00:00:52",
+        "Content-Type: application/json\r\n",
+        big.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+    let (_, st) = get_json(
+        server.daemon.http_addr,
+        "/api/v1/stations/02:00:00:00:00:52",
+    )
+    .await;
+    assert!(st["name"].is_null(), "{st}");
+    server.daemon.shutdown().await.unwrap();
+}

@@ -53,16 +53,26 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
     }
 }
 
-/// A JSON body, or a 400 that says what is wrong with it.
+/// A JSON body, or a 400 that says what is wrong with it (413 past the body limit).
 pub struct Body<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
-    type Rejection = ApiError;
+    type Rejection = axum::response::Response;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        use axum::response::IntoResponse;
         Json::<T>::from_request(req, state)
             .await
             .map(|Json(v)| Body(v))
-            .map_err(|e| ApiError::Invalid(format!("request body: {}", e.body_text())))
+            .map_err(|e| {
+                let why = format!("request body: {}", e.body_text());
+                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    // Read no further than the limit (2 MiB), and say so.
+                    let body = axum::Json(serde_json::json!({ "error": why }));
+                    (axum::http::StatusCode::PAYLOAD_TOO_LARGE, body).into_response()
+                } else {
+                    ApiError::Invalid(why).into_response()
+                }
+            })
     }
 }

@@ -37,6 +37,24 @@ async fn admin_auth(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    // A connection of the admin reserve (the server is at its connection cap) serves
+    // the admin API and health only, with the admin token.
+    if request.extensions().get::<crate::http::Reserve>().is_some() {
+        let path = request.uri().path();
+        let admin = bearer(request.headers()).is_some_and(|t| state.admin.matches(t));
+        if !(path == "/api/v1/health" || (needs_admin(path) && admin)) {
+            let mut answer = (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "error": "the server is at its connection limit; try again" })),
+            )
+                .into_response();
+            answer.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("5"),
+            );
+            return answer;
+        }
+    }
     if needs_admin(request.uri().path()) {
         let offered = bearer(request.headers());
         if !offered.is_some_and(|t| state.admin.matches(t)) {

@@ -108,6 +108,7 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
 
 fn serve(file: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(file)?;
+    raise_fd_limit();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         // The handlers go in before the daemon says it is running: a SIGTERM right
@@ -126,4 +127,29 @@ fn serve(file: &std::path::Path) -> anyhow::Result<()> {
             })
             .await
     })
+}
+
+/// Raise the soft limit of open files to the hard one: the default soft limit (1024)
+/// is below what a fleet's long polls and a classroom's boot burst need, and at it
+/// accept and open fail for everybody. The unit sets `LimitNOFILE`; this covers a
+/// daemon started by hand.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct we pass.
+    #[allow(unsafe_code)]
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
+            let before = limit.rlim_cur;
+            limit.rlim_cur = limit.rlim_max;
+            before == limit.rlim_max || libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+        }
+    };
+    if raised {
+        tracing::info!(open_files = limit.rlim_cur, "open file limit");
+    } else {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot raise the open file limit");
+    }
 }

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
-use super::raw::{RawCampaigns, RawKms, RawRestore, RawSchedule};
+use super::raw::{RawCampaigns, RawHttp, RawKms, RawRestore, RawSchedule};
 use super::{invalid, ConfigError, KmsConfig, RestoreConfig};
 
 /// Whether `disk` names a disk for the restore environment: the kernel's name
@@ -368,4 +368,32 @@ pub(super) fn boot_name(key: &str, name: String) -> Result<String, ConfigError> 
             format!("not a file name under tftp.root ({why})"),
         )),
     }
+}
+
+/// `[http]` limits: `max_connections` (default 4096: a fleet's agents each hold a
+/// long poll), `max_per_client` (64), `header_timeout` (10s).
+pub(super) fn http_limits(raw: &RawHttp) -> Result<crate::http::Limits, ConfigError> {
+    let count = |key: &str, value: Option<usize>, default: usize, max: usize| match value {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(n) => Err(invalid(
+            key,
+            n.to_string(),
+            format!("must be between 1 and {max}"),
+        )),
+    };
+    let header_timeout = match &raw.header_timeout {
+        None => std::time::Duration::from_secs(10),
+        Some(text) => crate::clock::parse_duration(text)
+            .filter(|d| {
+                (std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(300))
+                    .contains(d)
+            })
+            .ok_or_else(|| invalid("http.header_timeout", text, "a duration between 1s and 5m"))?,
+    };
+    Ok(crate::http::Limits {
+        max_connections: count("http.max_connections", raw.max_connections, 4096, 1_000_000)?,
+        max_per_client: count("http.max_per_client", raw.max_per_client, 64, 100_000)?,
+        header_timeout,
+    })
 }

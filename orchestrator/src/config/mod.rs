@@ -12,7 +12,7 @@ use pxe::ipxe::LocalBoot;
 use pxe::MacAddr;
 
 pub use check::check_disk;
-use check::{addr, boot_name, campaigns, ipv4, kms, public_url, restore, schedule};
+use check::{addr, boot_name, campaigns, http_limits, ipv4, kms, public_url, restore, schedule};
 pub use raw::*;
 
 /// A configuration error, with the key and the value at fault.
@@ -52,6 +52,8 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// Base URL stations use to reach us; `None` until the server address is known.
     pub public_url: Option<String>,
+    /// Connection limits and the header timeout of the HTTP server.
+    pub http_limits: crate::http::Limits,
     pub dhcp: DhcpConfig,
     pub tftp: TftpConfig,
     pub boot: BootConfig,
@@ -209,6 +211,7 @@ impl Config {
             "http.listen",
             raw.http.listen.as_deref().unwrap_or("0.0.0.0:8080"),
         )?;
+        let http_limits = http_limits(&raw.http)?;
         let public_url = match raw.http.public_url {
             Some(url) => Some(public_url(&url)?),
             None => None,
@@ -472,6 +475,7 @@ impl Config {
             data_dir,
             http_listen,
             public_url,
+            http_limits,
             dhcp,
             tftp,
             boot,

@@ -121,6 +121,9 @@ pub struct RawRestore {
 pub struct RawHttp {
     pub listen: Option<String>,
     pub public_url: Option<String>,
+    pub max_connections: Option<usize>,
+    pub max_per_client: Option<usize>,
+    pub header_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
