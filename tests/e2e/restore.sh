@@ -32,7 +32,10 @@ data_dir = "$T/data"
 listen = "127.0.0.1:$PORT"
 public_url = "$URL"
 [dhcp]
-mode = "off"
+server_ip = "127.0.0.1"
+listen = "127.0.0.1:$PORT"
+pxe_listen = "127.0.0.1:$((PORT + 1))"
+broadcast = "127.0.0.1:9"
 [api]
 token = "$E2E_ADMIN_TOKEN"
 [restore]
@@ -59,12 +62,19 @@ daemon=$!
 defer "kill $daemon; wait $daemon"
 wait_for 10 "the daemon" curl --max-time 30 -sf "$URL/api/v1/health"
 
+# script MAC: the station's boot script, fetched as the station does: its DHCP seen
+# first at the address the script is then asked from (else no restore token in it).
+script() {
+  python3 "$E2E_ROOT/tests/e2e/dhcp_seen.py" "$1" 127.0.0.1 127.0.0.1 "$((PORT + 1))" ||
+    fail "the boot server did not answer $1"
+  curl --max-time 30 -sf "$URL/boot/$1.ipxe"
+}
 # reset MAC PROFILE: mark the station, print the restore arguments of its boot script.
 reset() {
   api -X POST -H 'Content-Type: application/json' \
     -d "{\"image\": \"win11\", \"profile\": \"$2\"}" "$URL/api/v1/stations/$1/reset" >/dev/null ||
     fail "reset of $1 refused"
-  curl --max-time 30 -sf "$URL/boot/$1.ipxe" | tr ' ' '\n' | sed -n 's/^netreset\.\([a-z]*\)=/\1 /p'
+  script "$1" | tr ' ' '\n' | sed -n 's/^netreset\.\([a-z]*\)=/\1 /p'
 }
 args() { # ARGFILE: netreset-restore options from the boot script's arguments
   local k v out=()
@@ -93,7 +103,7 @@ EOF
 check_disk "$T/disk.img"
 state=$(api "$URL/api/v1/stations/$MAC" | python3 -c 'import json,sys; print(json.load(sys.stdin)["reset"]["state"])')
 [ "$state" = done ] || fail "the reset is $state after the restore, not done"
-curl --max-time 30 -sf "$URL/boot/$MAC.ipxe" | grep -q '^kernel' && fail "the station still chains the restore after done"
+script "$MAC" | grep -q '^kernel' && fail "the station still chains the restore after done"
 log "ok: blank disk restored, injected files read back with mtools and ntfs-3g"
 
 # --- 2. killed with -9 at about 30 %, then rerun -------------------------------------------
@@ -129,7 +139,7 @@ striped_image "$T/big.img" 2
   fail "import big: $(cat "$T/import-big.log")"
 api -X POST -H 'Content-Type: application/json' -d '{"image": "big", "profile": "plain"}' \
   "$URL/api/v1/stations/$MAC/reset" >/dev/null || fail "reset to big refused"
-curl --max-time 30 -sf "$URL/boot/$MAC.ipxe" | tr ' ' '\n' | sed -n 's/^netreset\.\([a-z]*\)=/\1 /p' > "$T/args3"
+script "$MAC" | tr ' ' '\n' | sed -n 's/^netreset\.\([a-z]*\)=/\1 /p' > "$T/args3"
 cp --sparse=always "$T/big.img" "$T/station.img"
 chunk=$("$NETRESET" image --config "$T/netreset.toml" ls | awk '$1 == "big" {print $7}')
 changed=$(python3 - "$T/station.img" "$((chunk * 1024))" <<'EOF'
@@ -155,7 +165,7 @@ python3 -c "import sys; sys.exit(0 if $fetched <= 1.1 * $changed else 1)" ||
   fail "fetched $fetched bytes for $changed bytes of changed chunks (limit 1.1x)"
 api -X POST -H 'Content-Type: application/json' -d '{"image": "big", "profile": "plain"}' \
   "$URL/api/v1/stations/$MAC/reset" >/dev/null
-curl --max-time 30 -sf "$URL/boot/$MAC.ipxe" | tr ' ' '\n' | sed -n 's/^netreset\.\([a-z]*\)=/\1 /p' > "$T/args4"
+script "$MAC" | tr ' ' '\n' | sed -n 's/^netreset\.\([a-z]*\)=/\1 /p' > "$T/args4"
 # shellcheck disable=SC2046
 "$RESTORE" $(args "$T/args4") --disk "$T/station.img" --json > "$T/restore4.json" 2> "$T/restore4.log" ||
   fail "unchanged restore: $(tail -3 "$T/restore4.log")"
