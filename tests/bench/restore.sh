@@ -61,7 +61,10 @@ data_dir = "$W/data"
 listen = "0.0.0.0:8080"
 public_url = "http://10.80.0.1:8080"
 [dhcp]
-mode = "off"
+server_ip = "127.0.0.1"
+listen = "127.0.0.1:8067"
+pxe_listen = "127.0.0.1:8068"
+broadcast = "127.0.0.1:9"
 [api]
 token = "$E2E_ADMIN_TOKEN"
 [tftp]
@@ -112,6 +115,8 @@ netreset_run() {
   if [ "$kind" = delta ]; then cp --sparse=always "$W/station.img" "$W/out.img"; else truncate -s 4G "$W/out.img"; fi
   S curl -sf -H "Authorization: Bearer $E2E_ADMIN_TOKEN" -X POST -H 'Content-Type: application/json' -d "{\"image\": \"img-$cs\", \"profile\": \"plain\"}" \
     "http://127.0.0.1:8080/api/v1/stations/$MAC/reset" > /dev/null || fail "reset refused"
+  # The station's DHCP first: a restore token goes only to the address it saw.
+  S python3 "$E2E_ROOT/tests/e2e/dhcp_seen.py" "$MAC" 127.0.0.1 127.0.0.1 8068 || fail "no boot server answer"
   args=$(S curl -sf "http://127.0.0.1:8080/boot/$MAC.ipxe" | tr ' ' '\n' | sed -n 's/^netreset\.\([a-z]*\)=\(.*\)/--\1 \2/p' | grep -v '^--server' | tr '\n' ' ')
   # shellcheck disable=SC2086
   measure "$link" "$RESTORE" --server "http://$h:8080" $args --disk "$W/out.img" --parallel 4
