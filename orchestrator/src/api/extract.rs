@@ -45,10 +45,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
         let peer = parts
             .extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .and_then(|info| match info.0.ip() {
-                std::net::IpAddr::V4(v4) => Some(v4),
-                std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped(),
-            });
+            .and_then(|info| crate::boot::policy::ipv4(info.0.ip()));
         Ok(Peer(peer))
     }
 }

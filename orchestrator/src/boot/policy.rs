@@ -408,7 +408,7 @@ impl Orchestrator {
 }
 
 /// The IPv4 address of a peer (also when it reached a dual-stack socket).
-fn ipv4(peer: IpAddr) -> Option<Ipv4Addr> {
+pub fn ipv4(peer: IpAddr) -> Option<Ipv4Addr> {
     match peer {
         IpAddr::V4(v4) => Some(v4),
         IpAddr::V6(v6) => v6.to_ipv4_mapped(),

@@ -19,10 +19,7 @@ pub fn script(state: &Services, file: &str, peer: IpAddr) -> Result<String, Erro
     let policy = &state.policy;
     let mut machine = policy.machine(mac);
     // The address the request comes from: a restore token goes only to the station's.
-    machine.ip = match peer {
-        IpAddr::V4(v4) => Some(v4),
-        IpAddr::V6(v6) => v6.to_ipv4_mapped(),
-    };
+    machine.ip = crate::boot::policy::ipv4(peer);
     let decision = policy.decide(&machine, BootStep::Script);
     // sanboot --drive 0x80 is a BIOS disk number; UEFI firmware boots its next boot
     // option after `exit`.
