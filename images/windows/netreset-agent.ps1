@@ -272,7 +272,8 @@ function Invoke-Api {
 # 'failed' (no attempt got through).
 function Send-Report {
     param($Config, [string]$Body, [string]$What)
-    $uri = "$($Config.Server)/api/v1/agent/report"
+    # ?station= lets the server check the token before it reads the body.
+    $uri = '{0}/api/v1/agent/report?station={1}' -f $Config.Server, [uri]::EscapeDataString($Config.Station)
     $delay = $ReportFirstDelaySeconds
     $failure = ''
     for ($attempt = 1; $attempt -le $ReportAttempts; $attempt++) {
@@ -581,7 +582,7 @@ function Read-LastCommandId {
 function Send-CommandResult {
     param($Config, [string]$Id, [string]$Outcome)
     $body = ConvertTo-Json -Compress -InputObject ([ordered]@{ station = $Config.Station; id = $Id; outcome = $Outcome })
-    $uri = "$($Config.Server)/api/v1/agent/command-result"
+    $uri = '{0}/api/v1/agent/command-result?station={1}' -f $Config.Server, [uri]::EscapeDataString($Config.Station)
     for ($attempt = 1; $attempt -le 2; $attempt++) {
         try {
             $response = Invoke-Api -Config $Config -Method 'POST' -Uri $uri -Body $body -TimeoutSec $CommandResultTimeoutSeconds

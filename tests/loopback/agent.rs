@@ -76,15 +76,49 @@ const NOW_MS: u64 = 1_796_076_600_000;
 async fn send(server: &TestServer, token: &str, body: &str) -> (u16, serde_json::Value) {
     post_json(
         server.daemon.http_addr,
-        "/api/v1/agent/report",
+        &report_path(MAC),
         &bearer(token),
         body,
     )
     .await
 }
 
+/// Where an agent posts its reports.
+fn report_path(station: &str) -> String {
+    format!("/api/v1/agent/report?station={station}")
+}
+
 fn bearer(token: &str) -> String {
     format!("Authorization: Bearer {token}\r\n")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_tokens_are_checked_before_the_body_is_read() {
+    let server = setup().await;
+    let addr = server.daemon.http_addr;
+    let token = agent_token(&server, MAC).await;
+    let result = format!("/api/v1/agent/command-result?station={MAC}");
+    let garbage = "{".repeat(100_000);
+    for (path, auth, want) in [
+        // No token, or another station's: 401, whatever the body is.
+        (report_path(MAC), String::new(), 401),
+        (report_path(OTHER), bearer(&token), 401),
+        (result.clone(), bearer("0.1"), 401),
+        // The token alone does not say whose it is.
+        ("/api/v1/agent/report".to_owned(), bearer(&token), 400),
+        // The right token: now the body is read, and it is not JSON.
+        (report_path(MAC), bearer(&token), 400),
+    ] {
+        let (status, answer) = post_json(addr, &path, &auth, &garbage).await;
+        assert_eq!(status, want, "{path} {auth:?}: {answer}");
+        if want == 401 {
+            assert!(
+                !answer.to_string().contains("request body"),
+                "refused for its token, not its body: {answer}"
+            );
+        }
+    }
+    server.daemon.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -94,7 +128,7 @@ async fn reports_are_recorded_once_with_the_right_token_and_a_repeated_cmid_is_f
     let token = agent_token(&server, MAC).await;
     let other = agent_token(&server, OTHER).await;
     let cmid = "5a1b2c3d-0000-4000-8000-00000000aaaa";
-    let path = "/api/v1/agent/report";
+    let path = &report_path(MAC);
 
     for (auth, body, want) in [
         (String::new(), report(MAC, cmid, 3, false), 401),
@@ -107,6 +141,8 @@ async fn reports_are_recorded_once_with_the_right_token_and_a_repeated_cmid_is_f
             r#"{"station": "02:00:00:00:00:41", "extra": 1}"#.to_owned(),
             400,
         ),
+        // The body must be about the station of the request.
+        (bearer(&token), report(OTHER, cmid, 3, false), 400),
     ] {
         let (status, answer) = post_json(addr, path, &auth, &body).await;
         assert_eq!(status, want, "{auth:?} {body}: {answer}");
@@ -393,7 +429,7 @@ async fn a_queued_command_reaches_the_waiting_poll_once_and_in_use_stations_need
         "the forced command reaches the agent with force"
     );
     // The agent says what it did.
-    let result = "/api/v1/agent/command-result";
+    let result = &format!("/api/v1/agent/command-result?station={MAC}");
     for (body, want) in [
         (
             format!(

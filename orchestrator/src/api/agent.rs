@@ -2,13 +2,15 @@
 //! token of station.json (the station's current reset); the work is in
 //! `service::agent`:
 //!
-//! - `POST /api/v1/agent/report`: what the agent saw, raw: the Software Protection
+//! Each carries `?station=MAC`, so that the token is checked before a body is read.
+//!
+//! - `POST /api/v1/agent/report?station=MAC`: what the agent saw, raw: the Software Protection
 //!   events 12288/12289 as XML, the licences, whether a user is logged on, and the
 //!   families it gave up activating;
 //! - `GET /api/v1/agent/commands?station=MAC&interactive_user=0|1`: a long poll for
 //!   `reboot` / `shutdown`, which also says whether a user is logged on; 204 after
 //!   about a minute with nothing to do;
-//! - `POST /api/v1/agent/command-result`: what the agent did with a command.
+//! - `POST /api/v1/agent/command-result?station=MAC`: what the agent did with a command.
 //!
 //! Admins queue commands with `POST /api/v1/stations/{mac}/command`.
 
@@ -20,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::extract::{Bearer, Body, Mac};
+use super::extract::{AgentToken, Body, Mac};
 use super::{blocking, ApiError, AppState};
 use crate::service::agent::{self, CommandBody, CommandResult, Poll, ReportBody};
 use crate::store::Command;
@@ -28,22 +30,24 @@ use crate::store::Command;
 /// How long a command poll waits before it answers 204 (the agent times out at 70 s).
 const POLL: Duration = Duration::from_secs(55);
 
+// The token is checked (`AgentToken`) before the body is read (`Body`).
 pub async fn report(
     State(state): State<AppState>,
-    Bearer(token): Bearer,
+    AgentToken(agent): AgentToken,
     Body(body): Body<ReportBody>,
 ) -> Result<Response, ApiError> {
-    let answer = blocking(&state, move |s| agent::report(s, token.as_deref(), body)).await?;
+    let answer = blocking(&state, move |s| agent::report(s, &agent, body)).await?;
     Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
 pub async fn commands(
     State(state): State<AppState>,
-    Bearer(token): Bearer,
+    AgentToken(agent): AgentToken,
     Query(poll): Query<Poll>,
 ) -> Result<Response, ApiError> {
     let wait = poll.wait.map_or(POLL, |s| Duration::from_secs(s).min(POLL));
-    let mac = blocking(&state, move |s| agent::polled(s, token.as_deref(), &poll)).await?;
+    let mac = agent.mac;
+    blocking(&state, move |s| agent::polled(s, &agent, &poll)).await?;
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         // Listen before looking, so a command queued in between is not missed.
@@ -66,11 +70,12 @@ fn command_json(cmd: &Command) -> Json<serde_json::Value> {
 
 pub async fn command_result(
     State(state): State<AppState>,
-    Bearer(token): Bearer,
+    AgentToken(agent): AgentToken,
     Body(body): Body<CommandResult>,
 ) -> Result<Response, ApiError> {
-    let (mac, body) = blocking(&state, move |s| {
-        agent::command_result(s, token.as_deref(), &body).map(|mac| (mac, body))
+    let mac = agent.mac;
+    let body = blocking(&state, move |s| {
+        agent::command_result(s, &agent, &body).map(|()| body)
     })
     .await?;
     Ok(Json(json!({ "station": mac, "id": body.id, "outcome": body.outcome })).into_response())

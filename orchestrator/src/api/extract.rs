@@ -1,7 +1,7 @@
 //! What handlers take from a request, each failing with a clear [`ApiError`]: the
 //! station's MAC from the path, the bearer token, the peer's address, a JSON body.
 
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::Json;
 use serde::de::DeserializeOwned;
@@ -31,6 +31,36 @@ impl<S: Send + Sync> FromRequestParts<S> for Bearer {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         Ok(Bearer(super::bearer(&parts.headers).map(str::to_owned)))
+    }
+}
+
+/// An agent whose token was checked: the `?station=MAC` of the request and its
+/// bearer token, looked up before any body is read (a 400 without a station, a 401
+/// for a token that is not the station's).
+pub struct AgentToken(pub crate::service::agent::Agent);
+
+impl FromRequestParts<super::AppState> for AgentToken {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &super::AppState,
+    ) -> Result<Self, ApiError> {
+        #[derive(serde::Deserialize)]
+        struct Station {
+            station: Option<String>,
+        }
+        let Query(Station { station }) = Query::<Station>::try_from_uri(&parts.uri)
+            .map_err(|e| ApiError::Invalid(e.body_text()))?;
+        let station = station.ok_or_else(|| {
+            ApiError::Invalid("?station=MAC is needed: the station whose agent this is".into())
+        })?;
+        let token = super::bearer(&parts.headers).map(str::to_owned);
+        super::blocking(state, move |s| {
+            crate::service::agent::authorize(s, &station, token.as_deref())
+        })
+        .await
+        .map(AgentToken)
     }
 }
 

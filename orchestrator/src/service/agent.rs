@@ -21,16 +21,19 @@ const MAX_LICENSES: usize = 64;
 /// More in one cycle are made up.
 const MAX_CMIDS_PER_CYCLE: usize = 2;
 
-/// Whose token it is: the reset generation it belongs to, and the families that
-/// reset's agent was asked to activate.
+/// Whose token it is: the station, the reset generation the token belongs to, and
+/// the families that reset's agent was asked to activate.
 pub struct Agent {
+    pub mac: MacAddr,
     pub generation: u64,
     pub families: Vec<Family>,
 }
 
-/// Check the agent token of `mac`: the one its current reset injected, or, until that
-/// reset is done, the one of the image the station still runs.
-fn authorize(state: &Services, mac: MacAddr, token: Option<&str>) -> Result<Agent, Error> {
+/// Check the agent token of `station` (the `?station=` of the request, so that the
+/// token is checked before the body is read): the one its current reset injected,
+/// or, until that reset is done, the one of the image the station still runs.
+pub fn authorize(state: &Services, station: &str, token: Option<&str>) -> Result<Agent, Error> {
+    let mac = super::parse_mac(station)?;
     let token = token.ok_or_else(|| {
         Error::Unauthorized("the agent token is needed (Authorization: Bearer ...)".into())
     })?;
@@ -68,6 +71,7 @@ fn authorize(state: &Services, mac: MacAddr, token: Option<&str>) -> Result<Agen
             Error::Unauthorized(format!("not the agent token of {mac}'s current reset"))
         })?;
     Ok(Agent {
+        mac,
         generation,
         families: families
             .iter()
@@ -83,7 +87,9 @@ fn authorize(state: &Services, mac: MacAddr, token: Option<&str>) -> Result<Agen
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReportBody {
-    pub station: String,
+    /// The station, if the body says (it must be the `?station=` of the request).
+    #[serde(default)]
+    pub station: Option<String>,
     #[serde(default)]
     interactive_user: bool,
     #[serde(default)]
@@ -117,14 +123,28 @@ fn outcome(reply: &spp::Reply) -> u32 {
     }
 }
 
-/// Take an agent's report, sent with `token`: parse and pair its events, refuse
-/// forged counts and made-up CMIDs before anything is stored, record the answered
-/// requests in the ledger (new entries and renewals), and tell the campaign what it
-/// needs. The answer says what was recorded, renewed, ignored and unreadable.
-pub fn report(state: &Services, token: Option<&str>, body: ReportBody) -> Result<Value, Error> {
-    let mac = super::parse_mac(&body.station)?;
-    let agent = &authorize(state, mac, token)?;
-    // Everything is checked before anything is stored: a bad report changes nothing.
+/// The station a body names, when it names one, must be the token's.
+fn same_station(agent: &Agent, station: Option<&str>) -> Result<(), Error> {
+    match station.map(super::parse_mac).transpose()? {
+        Some(mac) if mac != agent.mac => Err(Error::Invalid(format!(
+            "the body is about {mac}, the request (?station=) about {}",
+            agent.mac
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A report as far as it can be read without the store: its events parsed (those
+/// that cannot be, with why) and paired with requests.
+pub struct ReadReport {
+    pub unreadable: Vec<Value>,
+    pub pairing: spp::Pairing,
+}
+
+/// Read `body`, from a station asked to activate `asked`: refuse too many events or
+/// licences, a family given up that was not asked for, and counts above what a KMS
+/// host reports. Pure: the fuzzer runs it on hostile bodies.
+pub fn read_report(body: &ReportBody, asked: &[Family]) -> Result<ReadReport, Error> {
     if body.events.len() > MAX_EVENTS || body.licenses.len() > MAX_LICENSES {
         return Err(Error::Invalid(format!(
             "{} events and {} licences: at most {MAX_EVENTS} and {MAX_LICENSES}",
@@ -142,9 +162,9 @@ pub fn report(state: &Services, token: Option<&str>, body: ReportBody) -> Result
             Err(e) => unreadable.push(json!({ "index": i, "error": e.to_string() })),
         }
     }
-    if let Some(f) = body.gave_up.iter().find(|f| !agent.families.contains(f)) {
+    if let Some(f) = body.gave_up.iter().find(|f| !asked.contains(f)) {
         return Err(Error::Invalid(format!(
-            "gave_up names {f}, which {mac} was not asked to activate"
+            "gave_up names {f}, which this station was not asked to activate"
         )));
     }
     let pairing = spp::pair(&records, &body.licenses);
@@ -161,6 +181,25 @@ pub fn report(state: &Services, token: Option<&str>, body: ReportBody) -> Result
             }
         }
     }
+    Ok(ReadReport {
+        unreadable,
+        pairing,
+    })
+}
+
+/// Take a report of `agent` (whose token was checked before the body was read):
+/// read it, refuse forged counts and made-up CMIDs before anything is stored,
+/// record the answered requests in the ledger (new entries and renewals), and tell
+/// the campaign what it needs. The answer says what was recorded, renewed, ignored
+/// and unreadable.
+pub fn report(state: &Services, agent: &Agent, body: ReportBody) -> Result<Value, Error> {
+    same_station(agent, body.station.as_deref())?;
+    let mac = agent.mac;
+    // Everything is checked before anything is stored: a bad report changes nothing.
+    let ReadReport {
+        unreadable,
+        pairing,
+    } = read_report(&body, &agent.families)?;
     let ledger = state.policy.store().ledger()?;
     // What goes into the ledger: the asked families' answered requests in this cycle,
     // and renewals of CMIDs the ledger has from an earlier cycle of this station.
@@ -358,18 +397,16 @@ fn session_event(mac: MacAddr, user: bool) -> Event {
 /// `GET /api/v1/agent/commands?station=MAC&wait=S&interactive_user=0|1`.
 #[derive(Deserialize)]
 pub struct Poll {
-    station: String,
     /// Seconds to wait for a command, at most (and by default) 55.
     pub wait: Option<u64>,
     /// 1 while an interactive user is logged on, 0 when none is.
     interactive_user: Option<u8>,
 }
 
-/// A command poll, with the agent's `token`: a sign of life (campaigns reboot a
-/// polling station rather than wake it), and, when the agent said, whether a user is
-/// logged on.
-pub fn polled(state: &Services, token: Option<&str>, poll: &Poll) -> Result<MacAddr, Error> {
-    let mac = super::parse_mac(&poll.station)?;
+/// A command poll of `agent`: a sign of life (campaigns reboot a polling station
+/// rather than wake it), and, when the agent said, whether a user is logged on.
+pub fn polled(state: &Services, agent: &Agent, poll: &Poll) -> Result<(), Error> {
+    let mac = agent.mac;
     let logged_in = match poll.interactive_user {
         None => None,
         Some(0) => Some(false),
@@ -380,33 +417,29 @@ pub fn polled(state: &Services, token: Option<&str>, poll: &Poll) -> Result<MacA
             )))
         }
     };
-    authorize(state, mac, token)?;
     state.policy.store().agent_polled(mac, logged_in)?;
     if let Some(user) = logged_in {
         state.campaigns.station(mac, session_event(mac, user));
     }
-    Ok(mac)
+    Ok(())
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CommandResult {
-    pub station: String,
+    /// The station, if the body says (it must be the `?station=` of the request).
+    #[serde(default)]
+    pub station: Option<String>,
     pub id: String,
     pub outcome: String,
 }
 
 /// What the agent did with command `id`: `run`, `warned` (forced, with a user
 /// logged on: the user was warned and the restart follows a minute later) or
-/// `refused` (a user is logged on and the command was not forced). `token` is the
-/// agent's.
-pub fn command_result(
-    state: &Services,
-    token: Option<&str>,
-    body: &CommandResult,
-) -> Result<MacAddr, Error> {
-    let mac = super::parse_mac(&body.station)?;
-    authorize(state, mac, token)?;
+/// `refused` (a user is logged on and the command was not forced), from `agent`.
+pub fn command_result(state: &Services, agent: &Agent, body: &CommandResult) -> Result<(), Error> {
+    same_station(agent, body.station.as_deref())?;
+    let mac = agent.mac;
     if body.id.is_empty() || body.id.len() > 32 || !body.id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Error::Invalid(format!(
             "id {:?}: expected the command's id",
@@ -442,7 +475,7 @@ pub fn command_result(
             )))
         }
     }
-    Ok(mac)
+    Ok(())
 }
 
 #[derive(Deserialize)]

@@ -463,7 +463,7 @@ impl School {
             "events": win.events,
             "gave_up": win.gave_up,
         });
-        let url = format!("{}/api/v1/agent/report", win.server);
+        let url = format!("{}/api/v1/agent/report?station={}", win.server, spec.mac);
         for attempt in 1..=20 {
             match post(&url, &win.token, &body).await {
                 Ok(_) => break,
@@ -518,7 +518,10 @@ impl School {
             "station": spec.mac, "id": cmd["id"], "outcome": outcome,
         });
         let _ = post(
-            &format!("{}/api/v1/agent/command-result", win.server),
+            &format!(
+                "{}/api/v1/agent/command-result?station={}",
+                win.server, spec.mac
+            ),
             &win.token,
             &result,
         )
