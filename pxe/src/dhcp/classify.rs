@@ -166,9 +166,31 @@ pub fn classify(bytes: &[u8], listener: Listener, server_ip: Ipv4Addr) -> Result
     })
 }
 
-/// Reject options whose length the decoder trusts blindly. dhcproto only
-/// `debug_assert!`s the lengths of a few fixed-size options, so a hostile packet would
-/// abort a debug build and be misread by a release one; we drop it instead.
+/// The length an option must have for dhcproto 0.15 to read it as sent: its decoder
+/// reads fixed-size options (and the fixed head of a few others) from the packet's
+/// stream whatever their length byte says, so a wrong length misreads every option
+/// after it, and for some it panics (`debug_assert!`, or `len - 1` of a zero length).
+/// From its `decode_inner`; options it reads with their length are not here.
+fn required_length(code: u8) -> Option<(usize, bool)> {
+    // (length, whether more is allowed)
+    let exact = |n| Some((n, false));
+    match code {
+        19 | 20 | 23 | 27 | 29 | 30 | 31 | 34 | 36 | 37 | 39 | 46 | 52 | 53 | 116 | 156 | 157 => {
+            exact(1)
+        }
+        13 | 22 | 26 | 57 | 93 => exact(2),
+        2 | 24 | 35 | 38 | 51 | 58 | 59 | 91 | 106 | 152..=155 => exact(4),
+        80 => exact(0),         // rapid commit
+        94 => exact(3),         // client network interface identifier
+        81 => Some((3, true)),  // client FQDN: flags, two rcodes, then the name
+        151 => Some((1, true)), // bulk leasequery status: a code, then a message
+        _ => None,
+    }
+}
+
+/// Reject options whose length the decoder would not honour (see
+/// [`required_length`]): a hostile packet would abort a debug build and be misread
+/// by a release one; we drop it instead. Found by fuzzing (fuzz/, target `dhcp`).
 fn check_option_lengths(bytes: &[u8]) -> Result<(), String> {
     const OPTIONS_START: usize = 240;
     if bytes.len() < OPTIONS_START {
@@ -201,12 +223,10 @@ fn check_option_lengths(bytes: &[u8]) -> Result<(), String> {
             (Some((a, total)), Some((b, len))) if a == b => current = Some((a, total + len)),
             (prev, next) => {
                 if let Some((code, len)) = prev {
-                    let ok = match code {
-                        80 => len == 0,        // rapid commit
-                        81 => len >= 3,        // client FQDN
-                        94 => len == 3,        // client network interface identifier
-                        151..=154 => len == 4, // bulk leasequery times
-                        _ => true,
+                    let ok = match required_length(code) {
+                        Some((want, false)) => len == want,
+                        Some((least, true)) => len >= least,
+                        None => true,
                     };
                     if !ok {
                         return Err(format!("option {code} has length {len}"));
@@ -536,5 +556,41 @@ mod tests {
             ),
             "rapid commit with a body"
         );
+    }
+
+    #[test]
+    fn fixed_size_options_of_another_length_are_dropped_not_misread() {
+        // Found by `cargo fuzz run dhcp` in its first 10 s: option 155 (a bulk
+        // leasequery time) with length 0 tripped dhcproto's `debug_assert!`.
+        let found = include_bytes!("fuzz-crash-option-155.bin");
+        assert!(matches!(
+            classify(found, Listener::Dhcp, US),
+            Err(Skip::Malformed(_))
+        ));
+        let good = discover(&pxe(7));
+        assert!(classify(&good, Listener::Dhcp, US).is_ok());
+        for code in 1..=254u8 {
+            let Some((want, more)) = required_length(code) else {
+                continue;
+            };
+            for len in [0usize, 1, 2, 3, 4, 5, 8] {
+                if len == want || (more && len > want) {
+                    continue;
+                }
+                // The first option: a misread one would shift all the others.
+                let mut bytes = good[..240].to_vec();
+                bytes.extend([code, len as u8]);
+                bytes.extend(std::iter::repeat_n(0x41, len));
+                bytes.extend([250, 0]); // another option, so that no two concatenate
+                bytes.extend(&good[240..]);
+                assert!(
+                    matches!(
+                        classify(&bytes, Listener::Dhcp, US),
+                        Err(Skip::Malformed(_))
+                    ),
+                    "option {code} of length {len}"
+                );
+            }
+        }
     }
 }

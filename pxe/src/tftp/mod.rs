@@ -14,7 +14,7 @@
 //! against atftpd with 50 concurrent windowed downloads it reached 0.88x. See
 //! BENCHMARKS.md.)
 
-mod packet;
+pub mod packet;
 mod transfer;
 
 use std::collections::HashSet;

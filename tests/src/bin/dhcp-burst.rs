@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use netreset_tests::{discover, in_own_network_namespace, xid};
+
 fn main() -> Result<(), String> {
     let mut server: Option<SocketAddr> = None;
     let mut bind: Option<SocketAddr> = None;
@@ -117,61 +119,6 @@ fn precise_sleeps() {
     unsafe {
         libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
     }
-}
-
-/// Whether this process runs in a network namespace made with `ip netns add` (one
-/// of the bind mounts under /run/netns), and not in the host's.
-fn in_own_network_namespace() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(own) = std::fs::read_link("/proc/self/ns/net") else {
-        return false;
-    };
-    // "net:[4026532246]" -> 4026532246
-    let Some(inode) = own
-        .to_str()
-        .and_then(|s| s.strip_prefix("net:["))
-        .and_then(|s| s.strip_suffix(']'))
-        .and_then(|s| s.parse::<u64>().ok())
-    else {
-        return false;
-    };
-    std::fs::read_dir("/run/netns")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|entry| entry.metadata().map(|m| m.ino() == inode).unwrap_or(false))
-}
-
-fn xid(i: u32) -> u32 {
-    0x4e52_0000 ^ i
-}
-
-/// A PXE DISCOVER as a BIOS PXE ROM sends it: broadcast flag, option 53, 57, 60, 93,
-/// 94, 97, 55.
-fn discover(i: u32, arch: u16) -> Vec<u8> {
-    let mut p = vec![0u8; 240];
-    p[0] = 1; // BOOTREQUEST
-    p[1] = 1; // Ethernet
-    p[2] = 6;
-    p[4..8].copy_from_slice(&xid(i).to_be_bytes());
-    p[10] = 0x80; // broadcast flag
-    let mac = [0x02, 0x4e, 0x52, (i >> 16) as u8, (i >> 8) as u8, i as u8];
-    p[28..34].copy_from_slice(&mac);
-    p[236..240].copy_from_slice(&[99, 130, 83, 99]);
-    p.extend_from_slice(&[53, 1, 1]);
-    p.extend_from_slice(&[57, 2, 0x05, 0xc0]);
-    let class = format!("PXEClient:Arch:{arch:05}:UNDI:002001");
-    p.push(60);
-    p.push(class.len() as u8);
-    p.extend_from_slice(class.as_bytes());
-    p.extend_from_slice(&[93, 2, (arch >> 8) as u8, arch as u8]);
-    p.extend_from_slice(&[94, 3, 1, 2, 1]);
-    p.extend_from_slice(&[97, 17, 0]);
-    p.extend_from_slice(&[0x4e; 10]);
-    p.extend_from_slice(&mac);
-    p.extend_from_slice(&[55, 6, 1, 3, 43, 60, 66, 67]);
-    p.push(255);
-    p
 }
 
 fn receive(

@@ -1,0 +1,84 @@
+//! Writes the seeds that need netreset's own encoders into fuzz/seeds/: an image
+//! index, staged images, and an agent report with real Software Protection events.
+//! Run: cargo run --manifest-path fuzz/Cargo.toml --example seeds
+
+use images::{ChunkId, Index, KmsSettings, Profile, Staged, WindowsFs};
+use orchestrator::sim::school;
+
+fn write(dir: &str, name: &str, bytes: &[u8]) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("seeds")
+        .join(dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(name), bytes).unwrap();
+}
+
+fn main() {
+    let index = Index {
+        chunk_size: 64 << 10,
+        total_size: 5 * (64 << 10) - 100,
+        chunks: vec![
+            Some(ChunkId::of(b"a")),
+            None,
+            Some(ChunkId::of(b"b")),
+            Some(ChunkId::of(b"a")),
+            None,
+        ],
+    };
+    write("index", "index", &[&[0u8][..], &index.encode()].concat());
+    let kms = KmsSettings {
+        host: "kms.school.example".into(),
+        port: 1688,
+        windows: true,
+        office: true,
+    };
+    for (i, (profile, fs)) in [
+        (Profile::Plain, WindowsFs::None),
+        (Profile::Kms, WindowsFs::Ntfs),
+        (Profile::Kms, WindowsFs::Fat),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let staged =
+            Staged::new("lab", index.clone(), profile, Some(&kms), "NETRESET", fs).unwrap();
+        write(
+            "index",
+            &format!("staged{i}"),
+            &[&[1u8][..], &staged.encode()].concat(),
+        );
+    }
+    let mut events = school::kms_events(
+        100,
+        1_796_076_600_000,
+        "windows",
+        "5a1b2c3d-0000-4000-8000-00000000aaaa",
+        3,
+        false,
+    );
+    events.extend(school::kms_events(
+        102,
+        1_796_076_660_000,
+        "office",
+        "5a1b2c3d-0000-4000-8000-00000000bbbb",
+        5,
+        true,
+    ));
+    write(
+        "bodies",
+        "event",
+        &[&[7u8][..], events[1].as_bytes()].concat(),
+    );
+    let report = serde_json::json!({
+        "station": "02:00:00:00:00:41",
+        "interactive_user": false,
+        "licenses": school::licenses(&["windows", "office"], "VOLUME_KMSCLIENT"),
+        "events": events,
+        "gave_up": ["office"],
+    });
+    write(
+        "bodies",
+        "report",
+        &[&[0u8][..], report.to_string().as_bytes()].concat(),
+    );
+}
