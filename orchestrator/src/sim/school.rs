@@ -75,6 +75,19 @@ impl Log {
     }
 }
 
+/// How a station runs the restore client: in-process by default; a test may run it
+/// as a process of its own, to kill it (a power cut mid-restore).
+pub type RestoreClient = Arc<dyn Fn(&images::client::Options) -> Result<(), String> + Send + Sync>;
+
+/// Why a network boot did not bring Windows up.
+enum BootFailure {
+    /// Before the restore began: the firmware boots the local disk as it was.
+    Pxe(String),
+    /// The restore began and did not finish: the disk is half written and the
+    /// station is off until it is woken again.
+    Restore(String),
+}
+
 #[derive(Clone)]
 pub struct School {
     pub host: Arc<Mutex<KmsHost>>,
@@ -99,6 +112,8 @@ pub struct School {
     users: Arc<Mutex<std::collections::HashSet<MacAddr>>>,
     /// Stations where a user logs on as soon as the agent has reported.
     users_after_report: Arc<Mutex<std::collections::HashSet<MacAddr>>>,
+    /// The restore client the stations run.
+    pub restore: RestoreClient,
     /// Raised by [`School::power_off`]: running stations shut down.
     power_offs: Arc<(std::sync::atomic::AtomicU64, tokio::sync::Notify)>,
 }
@@ -134,6 +149,11 @@ impl School {
             license_channel: Arc::new(Mutex::new("Volume:GVLK".into())),
             users: Arc::default(),
             users_after_report: Arc::default(),
+            restore: Arc::new(|opts| {
+                images::client::run(opts, &|_| {})
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }),
         }
     }
 
@@ -282,8 +302,12 @@ impl School {
                 }
                 // Local disk: Windows as it was.
                 Ok(None) => {}
-                Err(e) => {
+                Err(BootFailure::Pxe(e)) => {
                     tracing::warn!(mac = %spec.mac, error = %e, "simulated station: boot failed")
+                }
+                Err(BootFailure::Restore(e)) => {
+                    tracing::warn!(mac = %spec.mac, error = %e, "simulated station: restore failed, off");
+                    running = None;
                 }
             }
         }
@@ -292,11 +316,19 @@ impl School {
     /// The network boot (DHCP, TFTP, iPXE's DHCP, its script), and when the script
     /// chains the restore environment, the restore. Returns what the restored Windows
     /// finds on its disk.
-    async fn pxe_boot(&self, spec: &StationSpec, boots: u32) -> Result<Option<Windows>, String> {
+    async fn pxe_boot(
+        &self,
+        spec: &StationSpec,
+        boots: u32,
+    ) -> Result<Option<Windows>, BootFailure> {
         let m = spec.mac.octets();
         let xid = u32::from_be_bytes([m[3], m[4], m[5], 0]) ^ (boots << 1);
-        let booted = super::firmware::boot(&self.boot, spec.mac, spec.ip, xid).await?;
-        let script = super::firmware::fetch_script(&booted.script_url, spec.ip).await?;
+        let booted = super::firmware::boot(&self.boot, spec.mac, spec.ip, xid)
+            .await
+            .map_err(BootFailure::Pxe)?;
+        let script = super::firmware::fetch_script(&booted.script_url, spec.ip)
+            .await
+            .map_err(BootFailure::Pxe)?;
         let args: HashMap<String, String> = script
             .split_whitespace()
             .filter_map(|w| w.strip_prefix("netreset."))
@@ -317,12 +349,15 @@ impl School {
             retry_for: Duration::from_secs(5),
         };
         let disk = spec.disk.clone();
+        let restore = self.restore.clone();
         tokio::task::spawn_blocking(move || -> Result<Option<Windows>, String> {
-            images::client::run(&opts, &|_| {}).map_err(|e| e.to_string())?;
+            restore(&opts)?;
             Ok(read_windows(&disk))
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+        .and_then(|r| r)
+        .map_err(BootFailure::Restore)
     }
 
     /// Windows starts: the agent points each family at the KMS host and activates it

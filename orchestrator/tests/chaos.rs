@@ -1,10 +1,18 @@
-//! The daemon killed with SIGKILL at five points of a campaign and started again on
-//! the same data: the campaign completes, no station runs a cycle twice (the KMS
-//! count rises by exactly one per activation and ends at the targets), and the ledger
-//! holds every report once.
+//! Chaos: a KMS campaign on the simulated school with the daemon killed (SIGKILL) at
+//! 20 seeded random points and started again on the same data, and the stations'
+//! restore clients, each a process of its own, killed at seeded random points (a
+//! power cut mid-restore). The campaign completes, no station runs a cycle twice (the
+//! KMS count rises by exactly one per activation and ends at the targets), the ledger
+//! holds every report once, and every disk is the image again.
+//!
+//! `CHAOS_SEED=N cargo test -p orchestrator --test chaos` replays another run; a
+//! failure names its seed.
 
+use std::io::Read;
 use std::net::{Ipv4Addr, TcpListener};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use orchestrator::sim::firmware::BootServers;
@@ -35,6 +43,121 @@ fn free_udp_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A seeded generator (PCG-style LCG): the same seed, the same kill points.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+fn seed() -> u64 {
+    std::env::var("CHAOS_SEED")
+        .ok()
+        .map(|s| s.parse().expect("CHAOS_SEED is a number"))
+        .unwrap_or(0x9e37_79b9)
+}
+
+/// Restore clients killed so far: (station, after how many ms).
+type Kills = Arc<Mutex<Vec<(String, u64)>>>;
+
+/// The stations' restore client as a process of its own (this test binary again, in
+/// [`restore_client_process`]), killed with SIGKILL after a seeded delay on about one
+/// restore in three, at most `max` times and never twice running for one station.
+fn killable_restore(
+    rng: Arc<Mutex<Rng>>,
+    kills: Kills,
+    max: usize,
+) -> orchestrator::sim::school::RestoreClient {
+    Arc::new(move |opts: &images::client::Options| {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                "restore_client_process",
+                "--nocapture",
+            ])
+            .env("CHAOS_RESTORE_SERVER", &opts.server)
+            .env("CHAOS_RESTORE_STATION", &opts.station)
+            .env("CHAOS_RESTORE_TOKEN", &opts.token)
+            .env("CHAOS_RESTORE_IMAGE", &opts.image)
+            .env("CHAOS_RESTORE_DISK", &opts.disk)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let kill_after = {
+            let mut rng = rng.lock().unwrap();
+            let mut kills = kills.lock().unwrap();
+            let killed_last = kills.last().is_some_and(|(s, _)| *s == opts.station);
+            (rng.below(3) == 0 && kills.len() < max && !killed_last).then(|| {
+                let ms = 20 + rng.below(400);
+                kills.push((opts.station.clone(), ms));
+                ms
+            })
+        };
+        if let Some(ms) = kill_after {
+            std::thread::sleep(Duration::from_millis(ms));
+            if child.try_wait().map_err(|e| e.to_string())?.is_none() {
+                child.kill().map_err(|e| e.to_string())?; // SIGKILL
+                child.wait().map_err(|e| e.to_string())?;
+                return Err(format!("restore client killed after {ms} ms"));
+            }
+            // Done before its kill point: it does not count as a kill.
+            kills.lock().unwrap().pop();
+        }
+        let status = child.wait().map_err(|e| e.to_string())?;
+        let mut log = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut log).ok();
+        status
+            .success()
+            .then_some(())
+            .ok_or_else(|| format!("restore client: {status}: {log}"))
+    })
+}
+
+/// The restore client process of [`killable_restore`]; without its environment (any
+/// ordinary test run) there is nothing to do.
+#[test]
+#[ignore = "the restore client process of the chaos test, started by it"]
+fn restore_client_process() {
+    let Ok(server) = std::env::var("CHAOS_RESTORE_SERVER") else {
+        return;
+    };
+    let var = |k: &str| std::env::var(k).unwrap();
+    let opts = images::client::Options {
+        server,
+        station: var("CHAOS_RESTORE_STATION"),
+        token: var("CHAOS_RESTORE_TOKEN"),
+        image: var("CHAOS_RESTORE_IMAGE"),
+        disk: var("CHAOS_RESTORE_DISK").into(),
+        parallel: 2,
+        max_mbit: None,
+        retry_for: Duration::from_secs(5),
+    };
+    if let Err(e) = images::client::run(&opts, &|_| {}) {
+        eprintln!("{e}");
+        std::process::exit(1);
+    }
+}
+
+/// The 64 KiB chunks where `disk` differs from `image`.
+fn differing_chunks(disk: &Path, image: &Path) -> Vec<usize> {
+    let (a, b) = (std::fs::read(disk).unwrap(), std::fs::read(image).unwrap());
+    assert_eq!(a.len(), b.len(), "{}", disk.display());
+    a.chunks(1 << 16)
+        .zip(b.chunks(1 << 16))
+        .enumerate()
+        .filter(|(_, (x, y))| x != y)
+        .map(|(i, _)| i)
+        .collect()
 }
 
 fn serve(config: &std::path::Path) -> Child {
@@ -81,7 +204,11 @@ async fn healthy(base: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_campaign_survives_five_kills_of_the_daemon_and_ends_exactly_at_the_targets() {
+async fn a_campaign_survives_20_daemon_kills_and_killed_restores_and_ends_exactly_at_the_targets() {
+    let seed = seed();
+    eprintln!("chaos seed {seed} (CHAOS_SEED={seed} replays it)");
+    let rng = Arc::new(Mutex::new(Rng(seed)));
+    let kills: Kills = Arc::default();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(data.join("restore")).unwrap();
@@ -109,7 +236,7 @@ async fn a_campaign_survives_five_kills_of_the_daemon_and_ends_exactly_at_the_ta
         "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[dhcp]\nserver_ip = \"127.0.0.1\"\nlisten = \"127.0.0.1:{dhcp}\"\npxe_listen = \"127.0.0.1:{pxe}\"\nbroadcast = \"127.0.0.1:9\"\n\
          [tftp]\nlisten = \"127.0.0.1:{tftp}\"\nroot = \"tftp\"\n[kms]\nhost = \"kms.sim\"\n[api]\ntoken = \"{TOKEN}\"\n[restore]\ndisk = \"/dev/sda\"\n\
          [[rooms]]\nname = \"lab\"\nwol_broadcast = \"{room}\"\nwol_source = \"127.0.0.1\"\nwol_port = {WOL_PORT}\n\
-         [campaigns]\ntick = \"100ms\"\nwake_timeout = \"3s\"\nwake_attempts = 5\nrestore_timeout = \"30s\"\nreport_timeout = \"30s\"\n"
+         [campaigns]\ntick = \"100ms\"\nwake_timeout = \"3s\"\nwake_attempts = 5\nrestore_timeout = \"8s\"\nrestore_attempts = 5\nreport_timeout = \"30s\"\n"
     );
     for i in 0..30u8 {
         let room = if i < 5 {
@@ -128,7 +255,7 @@ async fn a_campaign_survives_five_kills_of_the_daemon_and_ends_exactly_at_the_ta
     let mut daemon = serve(&config);
     healthy(&base).await;
     let local = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let school = School::new(
+    let mut school = School::new(
         "kms.sim",
         BootServers {
             dhcp: local(dhcp),
@@ -136,6 +263,7 @@ async fn a_campaign_survives_five_kills_of_the_daemon_and_ends_exactly_at_the_ta
             tftp: local(tftp),
         },
     );
+    school.restore = killable_restore(rng.clone(), kills.clone(), 6);
     let specs = (0..5u8)
         .map(|i| {
             let disk = dir.path().join(format!("disk{i}"));
@@ -165,13 +293,10 @@ async fn a_campaign_survives_five_kills_of_the_daemon_and_ends_exactly_at_the_ta
     .unwrap();
     let id = created["id"].as_u64().unwrap();
 
-    // Five kills at points spread over the campaign (the seed keeps them repeatable).
-    let mut x = 0x9e37_79b9u64;
-    for _ in 0..5 {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        tokio::time::sleep(Duration::from_millis(300 + (x >> 33) % 1200)).await;
+    // Twenty kills at seeded points spread over the campaign.
+    let mut points = Rng(seed ^ 0x5eed);
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100 + points.below(900))).await;
         daemon.kill().unwrap(); // SIGKILL
         daemon.wait().unwrap();
         daemon = serve(&config);
@@ -193,7 +318,13 @@ async fn a_campaign_survives_five_kills_of_the_daemon_and_ends_exactly_at_the_ta
     daemon.kill().unwrap();
     daemon.wait().unwrap();
 
-    assert_eq!(c["state"], "done", "{c}");
+    let kills = kills.lock().unwrap().clone();
+    eprintln!("seed {seed}: restore clients killed: {kills:?}");
+    assert_eq!(c["state"], "done", "seed {seed}: {c}");
+    assert!(
+        !kills.is_empty(),
+        "seed {seed}: no restore client was killed"
+    );
     let cycles: Vec<u64> = c["stations"]
         .as_array()
         .unwrap()
@@ -230,4 +361,18 @@ async fn a_campaign_survives_five_kills_of_the_daemon_and_ends_exactly_at_the_ta
     cmids.sort_unstable();
     cmids.dedup();
     assert_eq!(cmids.len(), 34);
+
+    // Every disk is the image again: the same few chunks differ on all of them, where
+    // the restore injected station.json and the KMS settings.
+    let differing: Vec<Vec<usize>> = (0..5)
+        .map(|i| differing_chunks(&dir.path().join(format!("disk{i}")), &sample))
+        .collect();
+    eprintln!(
+        "seed {seed}: chunks differing from the image on every disk: {:?}",
+        differing[0]
+    );
+    assert!(
+        differing.iter().all(|d| *d == differing[0]) && differing[0].len() <= 8,
+        "seed {seed}: chunks that differ from the image, per disk: {differing:?}"
+    );
 }
