@@ -353,16 +353,35 @@ fn with_1100_idle_connections_held_open_health_scripts_and_tftp_answer_within_a_
     std::fs::write(&config, text).unwrap();
     std::fs::write(dir.path().join("tftp/undionly.kpxe"), vec![7u8; 70_000]).unwrap();
     // As systemd starts a service without LimitNOFILE: 1024 open files (soft).
-    let mut child = serve_with(Command::new("bash").arg("-c").arg(format!(
-        "ulimit -Sn 1024 && exec {NETRESET} serve --config {}",
+    // NETRESET_UNDER_TEST runs another build (an older one, to see this fail).
+    let netreset = std::env::var("NETRESET_UNDER_TEST").unwrap_or_else(|_| NETRESET.to_owned());
+    let child = serve_with(Command::new("bash").arg("-c").arg(format!(
+        "ulimit -Sn 1024 && exec {netreset} serve --config {}",
         config.display()
     )));
+    // Killed however the test ends, so that a failure leaves no daemon behind.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = KillOnDrop(child);
     let addr: std::net::SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
-    // A laptop at 127.0.0.9 opens 1,100 connections and sends nothing.
+    // A laptop at 127.0.0.9 opens 1,100 connections and sends nothing, 100 at a
+    // time with a pause between, so that the daemon takes each wave (all at once,
+    // some would wait in the kernel's queues, which a daemon out of descriptors
+    // never empties either, but the test would not see where it stands).
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let held = runtime.block_on(async {
+    let mut held = Vec::new();
+    for _ in 0..11 {
+        held.extend(runtime.block_on(wave(addr, 100)));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    async fn wave(addr: std::net::SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
         let mut connecting = tokio::task::JoinSet::new();
-        for _ in 0..1100 {
+        for _ in 0..n {
             connecting.spawn(async move {
                 let socket = tokio::net::TcpSocket::new_v4().ok()?;
                 socket.bind("127.0.0.9:0".parse().unwrap()).ok()?;
@@ -378,12 +397,25 @@ fn with_1100_idle_connections_held_open_health_scripts_and_tftp_answer_within_a_
             held.extend(joined.unwrap());
         }
         held
-    });
+    }
     assert!(
         held.len() >= 1000,
         "the laptop connected {} times",
         held.len()
     );
+    // The connects completed in the kernel's backlog; wait until the daemon has
+    // taken all it will (its open files stop changing), so that the requests below
+    // do not slip in while it is still accepting.
+    let pid = child.0.id();
+    let fds = || std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    let (mut last, mut steady) = (fds(), 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while steady < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = fds();
+        steady = if now == last { steady + 1 } else { 0 };
+        last = now;
+    }
     // Everyone else is still served within a second.
     let second = Duration::from_secs(1);
     assert_eq!(get_within(addr, "/api/v1/health", second), Ok(200));
@@ -407,7 +439,7 @@ fn with_1100_idle_connections_held_open_health_scripts_and_tftp_answer_within_a_
     );
     drop(held);
     let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &pid.to_string()])
         .status();
-    let _ = child.wait();
+    let _ = child.0.wait();
 }
