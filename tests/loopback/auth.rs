@@ -70,3 +70,82 @@ async fn a_body_past_the_limit_gets_413_and_changes_nothing() {
     assert!(st["name"].is_null(), "{st}");
     server.daemon.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn admin_actions_are_audited_with_target_client_and_status_and_reads_are_not() {
+    let mac = "02:00:00:00:00:52";
+    let server = start(&format!("[[inventory.stations]]\nmac = \"{mac}\"\n")).await;
+    install_sample(server.data.path(), "lab", 1);
+    let addr = server.daemon.http_addr;
+    let admin = std::net::Ipv4Addr::new(127, 0, 0, 9);
+    let json = "Content-Type: application/json\r\n";
+    let send = |method: &'static str, path: String, body: &'static str| async move {
+        http_send_from(addr, admin, method, &path, json, body.as_bytes())
+            .await
+            .0
+    };
+    let station = format!("/api/v1/stations/{mac}");
+    assert_eq!(
+        send("PUT", station.clone(), r#"{"room": "lab"}"#).await,
+        200
+    );
+    assert_eq!(
+        send("POST", format!("{station}/reset"), r#"{"image": "lab"}"#).await,
+        202
+    );
+    assert_eq!(
+        send(
+            "POST",
+            format!("{station}/command"),
+            r#"{"command": "format"}"#
+        )
+        .await,
+        400
+    );
+    assert_eq!(send("DELETE", format!("{station}/reset"), "").await, 200);
+    // Reads and calls without the admin token are not admin actions.
+    let _ = http_get(addr, &station).await;
+    let (status, _, _) = http_send(
+        addr,
+        "POST",
+        &format!("{station}/reset"),
+        &format!("{NO_AUTH}{json}"),
+        br#"{"image": "lab"}"#,
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    let (status, log) = get_json(addr, "/api/v1/audit").await;
+    assert_eq!(status, 200, "{log}");
+    let entries = log["entries"].as_array().unwrap();
+    let got: Vec<(&str, &str, &str, u64)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                e["target"].as_str().unwrap(),
+                e["client"].as_str().unwrap(),
+                e["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("station-settings", mac, "127.0.0.9", 200),
+            ("reset", mac, "127.0.0.9", 202),
+            ("command", mac, "127.0.0.9", 400),
+            ("cancel-reset", mac, "127.0.0.9", 200),
+        ]
+    );
+    assert!(entries[0]["at"].as_str().unwrap().ends_with('Z'), "{log}");
+    // Paging: only what came after the last seen.
+    let last = entries[2]["seq"].as_u64().unwrap();
+    let (_, after) = get_json(addr, &format!("/api/v1/audit?since={last}")).await;
+    assert_eq!(after["entries"].as_array().unwrap().len(), 1, "{after}");
+    let (status, _) = get_json(addr, "/api/v1/audit?limit=0").await;
+    assert_eq!(status, 400);
+    let (status, _, _) = http_request(addr, "/api/v1/audit", NO_AUTH).await;
+    assert_eq!(status, 401, "the audit log is the admin's");
+    server.daemon.shutdown().await.unwrap();
+}

@@ -19,7 +19,11 @@ pub async fn create(
     Body(body): Body<CreateBody>,
 ) -> Result<Response, ApiError> {
     let id = blocking(&state, move |s| campaigns::start(s, body, None)).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "id": id }))).into_response())
+    let mut answer = (StatusCode::CREATED, Json(json!({ "id": id }))).into_response();
+    answer
+        .extensions_mut()
+        .insert(super::audit::Target(id.to_string()));
+    Ok(answer)
 }
 
 fn record_json(r: &Record) -> Value {

@@ -3,6 +3,7 @@
 //! place, [`ApiError`].
 
 mod agent;
+mod audit;
 mod boot;
 mod campaigns;
 mod chunks;
@@ -113,6 +114,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/agent/commands", get(agent::commands))
         .route("/api/v1/agent/command-result", post(agent::command_result))
+        .route("/api/v1/audit", get(audit::list))
+        // After routing (the route is known) and after admin_auth (outside it).
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::layer,
+        ))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -216,6 +223,7 @@ mod tests {
             "/api/v1/stations/52:54:00:12:34:56/reset",
             "/api/v1/stations/52:54:00:12:34:56/command",
             "/api/v1/campaigns",
+            "/api/v1/audit",
         ] {
             assert!(super::needs_admin(path), "{path}");
         }

@@ -4,6 +4,7 @@
 //! maps the errors to status codes, and only `daemon` sees `api`.
 
 pub mod agent;
+pub mod audit;
 pub mod boot;
 pub mod campaigns;
 pub mod chunks;

@@ -1,10 +1,11 @@
 //! The daemon's state in sled, one module per concern: stations (and the index
-//! from IPv4 address to MAC), events, resets, agent commands, the KMS ledger and
-//! campaigns. Keys are binary (6-octet MAC, MAC + 8-octet big-endian sequence,
+//! from IPv4 address to MAC), events, resets, agent commands, the KMS ledger,
+//! campaigns and the admins' audit log. Keys are binary (6-octet MAC, MAC + 8-octet big-endian sequence,
 //! 4-octet IPv4, big-endian ids); values are JSON. Every change of one record is one
 //! atomic sled operation (update_and_fetch, compare_and_swap, remove), and what a
 //! side effect depends on is flushed before it.
 
+mod audit;
 mod campaigns;
 mod commands;
 mod events;
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
 
+pub use audit::{Audit, AUDIT_KEEP};
 pub use commands::Command;
 pub use events::Event;
 pub use resets::{Reset, ResetState};
@@ -49,6 +51,7 @@ pub struct Store {
     commands: sled::Tree,
     events: sled::Tree,
     by_ip: sled::Tree,
+    audit: sled::Tree,
     events_per_station: usize,
     /// The keys of `stations`, in memory, each with whether the admin confirmed the
     /// station: the DHCP hot path asks for every packet whether a MAC is known, and
@@ -104,6 +107,7 @@ impl Store {
             commands: db.open_tree("commands")?,
             events: db.open_tree("events")?,
             by_ip: db.open_tree("by_ip")?,
+            audit: db.open_tree("audit")?,
             db,
             events_per_station,
             known: Arc::new(RwLock::new(known)),
