@@ -313,6 +313,16 @@ fn free_port(udp: bool) -> u16 {
 }
 
 /// A GET with a deadline: the status, or why there was none.
+/// A daemon killed however the test ends, so that a failure leaves none behind.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn get_within(addr: std::net::SocketAddr, path: &str, within: Duration) -> Result<u16, String> {
     use std::io::{Read, Write};
     let mut stream =
@@ -359,14 +369,6 @@ fn with_1100_idle_connections_held_open_health_scripts_and_tftp_answer_within_a_
         "ulimit -Sn 1024 && exec {netreset} serve --config {}",
         config.display()
     )));
-    // Killed however the test ends, so that a failure leaves no daemon behind.
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let mut child = KillOnDrop(child);
     let addr: std::net::SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
     // A laptop at 127.0.0.9 opens 1,100 connections and sends nothing, 100 at a
@@ -442,4 +444,62 @@ fn with_1100_idle_connections_held_open_health_scripts_and_tftp_answer_within_a_
         .args(["-TERM", &pid.to_string()])
         .status();
     let _ = child.0.wait();
+}
+
+#[test]
+fn under_systemd_it_says_ready_once_serving_feeds_the_watchdog_and_says_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let http = free_port(false);
+    let config = write_config(dir.path(), "");
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{http}\""),
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let socket_path = dir.path().join("notify");
+    let systemd = UnixDatagram::bind(&socket_path).unwrap();
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let child = Command::new(NETRESET)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let mut buf = [0u8; 256];
+    let mut next = || {
+        let n = systemd.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let first = next();
+    assert!(first.starts_with("READY=1\n"), "{first:?}");
+    // Ready means serving: health answers at once.
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
+    assert_eq!(
+        get_within(addr, "/api/v1/health", Duration::from_secs(1)),
+        Ok(200)
+    );
+    let started = Instant::now();
+    assert_eq!(next(), "WATCHDOG=1");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "fed at half of 400 ms"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status();
+    let stopping = loop {
+        let got = next();
+        if got != "WATCHDOG=1" {
+            break got;
+        }
+    };
+    assert_eq!(stopping, "STOPPING=1");
+    assert!(child.0.wait().unwrap().success());
 }

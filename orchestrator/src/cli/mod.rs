@@ -10,6 +10,7 @@ use tracing_subscriber::EnvFilter;
 
 pub mod demo;
 mod image;
+mod notify;
 
 #[derive(Parser)]
 #[command(
@@ -117,16 +118,52 @@ fn serve(file: &std::path::Path) -> anyhow::Result<()> {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let daemon = Daemon::start(config).await?;
+        // Every server is bound: systemd may start what comes after us.
+        let notifier = notify::Notifier::from_env().map(std::sync::Arc::new);
+        if let Some(n) = &notifier {
+            n.send("READY=1\nSTATUS=serving");
+            if let Some(every) = notify::watchdog_interval() {
+                tokio::spawn(feed_watchdog(
+                    n.clone(),
+                    daemon.policy().store().clone(),
+                    every,
+                ));
+            }
+        }
         // SIGTERM (systemd) or SIGINT (Ctrl-C).
+        let stopping = notifier.clone();
         daemon
             .run_until(async move {
                 tokio::select! {
                     _ = term.recv() => {}
                     _ = int.recv() => {}
                 }
+                if let Some(n) = stopping {
+                    n.send("STOPPING=1");
+                }
             })
             .await
     })
+}
+
+/// Feed systemd's watchdog every `every` while the store answers a read on the
+/// blocking pool (the runtime, the pool and sled alive); a daemon stuck there is
+/// restarted by systemd (`WatchdogSec` in the unit).
+async fn feed_watchdog(
+    notifier: std::sync::Arc<notify::Notifier>,
+    store: crate::store::Store,
+    every: std::time::Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.mono_mark()).await {
+            Ok(Ok(_)) => notifier.send("WATCHDOG=1"),
+            Ok(Err(e)) => tracing::error!(error = %e, "watchdog: the store does not answer"),
+            Err(e) => tracing::error!(error = %e, "watchdog: the blocking pool does not answer"),
+        }
+    }
 }
 
 /// Raise the soft limit of open files to the hard one: the default soft limit (1024)
