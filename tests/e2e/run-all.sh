@@ -15,6 +15,7 @@ tests=(
   "restore.sh"
   "vm_reset.sh bios"
   "vm_reset.sh uefi"
+  "package.sh"
 )
 limit=${E2E_LIMIT:-900}
 passed=0 failed=0 n=0
