@@ -503,3 +503,105 @@ fn under_systemd_it_says_ready_once_serving_feeds_the_watchdog_and_says_stopping
     assert_eq!(stopping, "STOPPING=1");
     assert!(child.0.wait().unwrap().success());
 }
+
+#[test]
+fn the_admin_cli_lists_sets_and_shows_stations_and_prints_the_servers_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = free_port(false);
+    let mac = "52:54:00:00:99:07";
+    let token = "cli-test-admin-token-0123456789";
+    let config = write_config(
+        dir.path(),
+        &format!("[api]\ntoken = \"{token}\"\n[[inventory.stations]]\nmac = \"{mac}\"\n"),
+    );
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{http}\""),
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let _daemon = KillOnDrop(serve(&config));
+    let url = format!("http://127.0.0.1:{http}");
+    let cli = |args: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(NETRESET)
+            .args(args)
+            .env_remove("NETRESET_URL")
+            .env_remove("NETRESET_TOKEN")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let flags = ["--url", url.as_str(), "--token", token];
+    // Server and token from flags; a table with the station.
+    let (ok, out, err) = cli(&[&["station", "ls"][..], &flags].concat(), &[]);
+    assert!(ok && out.contains(mac), "{out}{err}");
+    // From the environment.
+    let env = [("NETRESET_URL", url.as_str()), ("NETRESET_TOKEN", token)];
+    let (ok, out, err) = cli(
+        &["station", "set", mac, "--room", "lab", "--name", "pc7"],
+        &env,
+    );
+    assert!(ok && out.contains("set"), "{out}{err}");
+    // From the configuration file alone; --json prints the server's JSON.
+    let config_flag = ["--config", config.to_str().unwrap()];
+    let (ok, out, err) = cli(
+        &[&["station", "show", mac, "--json"][..], &config_flag].concat(),
+        &[],
+    );
+    assert!(ok, "{out}{err}");
+    let shown: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let st = if shown["station"].is_object() {
+        &shown["station"]
+    } else {
+        &shown
+    };
+    assert_eq!(
+        (st["room"].as_str(), st["name"].as_str()),
+        (Some("lab"), Some("pc7")),
+        "{shown}"
+    );
+    // The server's refusals, with its message and a failing exit status.
+    let (ok, _, err) = cli(
+        &[
+            "station",
+            "ls",
+            "--url",
+            &url,
+            "--token",
+            "wrong-token-0123456789",
+        ],
+        &[],
+    );
+    assert!(
+        !ok && err.contains("401") && err.contains("wrong admin token"),
+        "{err}"
+    );
+    let (ok, _, err) = cli(
+        &[&["station", "command", mac, "format"][..], &flags].concat(),
+        &[],
+    );
+    assert!(
+        !ok && err.contains("400") && err.contains("reboot"),
+        "{err}"
+    );
+    let (ok, _, err) = cli(
+        &[&["campaign", "start", "--room", "lab"][..], &flags].concat(),
+        &[],
+    );
+    assert!(!ok && err.contains("POST /api/v1/campaigns"), "{err}");
+    let (ok, out, err) = cli(&[&["kms", "--json"][..], &flags].concat(), &[]);
+    assert!(
+        ok && serde_json::from_str::<serde_json::Value>(out.trim()).is_ok(),
+        "{out}{err}"
+    );
+    let (ok, _, err) = cli(&["station", "ls", "--config", "/nonexistent.toml"], &[]);
+    assert!(!ok && err.contains("--url"), "says what is missing: {err}");
+    // The refused campaign left none behind.
+    let (ok, out, err) = cli(&[&["campaign", "ls", "--json"][..], &flags].concat(), &[]);
+    assert!(ok && out.trim() == "[]", "{out}{err}");
+}

@@ -1,4 +1,5 @@
-//! The `netreset` command line: `serve`, `demo`, `check-config` and `image`.
+//! The `netreset` command line: `serve`, `demo`, `check-config`, `image`, and the
+//! admin API's client (`station`, `campaign`, `kms`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +9,7 @@ use clap::{Parser, Subcommand};
 use crate::{Config, Daemon};
 use tracing_subscriber::EnvFilter;
 
+mod client;
 pub mod demo;
 mod image;
 mod notify;
@@ -54,6 +56,25 @@ enum Command {
         #[command(subcommand)]
         command: image::ImageCommand,
     },
+    /// Stations, through the admin API of a running server.
+    Station {
+        #[command(flatten)]
+        conn: client::Connection,
+        #[command(subcommand)]
+        command: client::StationCommand,
+    },
+    /// KMS campaigns, through the admin API.
+    Campaign {
+        #[command(flatten)]
+        conn: client::Connection,
+        #[command(subcommand)]
+        command: client::CampaignCommand,
+    },
+    /// The KMS counts, projection and next top-up, through the admin API.
+    Kms {
+        #[command(flatten)]
+        conn: client::Connection,
+    },
 }
 
 /// Parse the command line and run the command.
@@ -61,7 +82,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo draws progress bars; the daemon's own log would break them up.
     let default_level = match cli.command {
-        Command::Demo { .. } => "warn",
+        Command::Demo { .. }
+        | Command::Station { .. }
+        | Command::Campaign { .. }
+        | Command::Kms { .. } => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -85,6 +109,9 @@ pub fn main() -> ExitCode {
             }),
         Command::Serve { config } => serve(&config),
         Command::Image { config, command } => image::run(&config, command),
+        Command::Station { conn, command } => client::station(&conn, command),
+        Command::Campaign { conn, command } => client::campaign(&conn, command),
+        Command::Kms { conn } => client::kms(&conn),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
