@@ -190,33 +190,47 @@ fn required_length(code: u8) -> Option<(usize, bool)> {
 
 /// Reject options whose length the decoder would not honour (see
 /// [`required_length`]): a hostile packet would abort a debug build and be misread
-/// by a release one; we drop it instead. dhcproto decodes every instance of an
-/// option on its own (it does not join RFC 3396 long options), so every instance is
-/// checked on its own. Found by fuzzing (fuzz/, target `dhcp`).
+/// by a release one; we drop it instead. dhcproto joins consecutive instances of one
+/// option (RFC 3396) into one, but a pad between them ends it, so the lengths are
+/// judged as it reads them. Found by fuzzing (fuzz/, target `dhcp`), twice.
 fn check_option_lengths(bytes: &[u8]) -> Result<(), String> {
     const OPTIONS_START: usize = 240;
-    let mut rest = bytes.get(OPTIONS_START..).unwrap_or_default();
-    loop {
-        let code = match rest.first() {
-            None | Some(255) => return Ok(()),
-            Some(0) => {
-                rest = &rest[1..];
-                continue;
-            }
-            Some(&code) => code,
-        };
-        let len = *rest.get(1).ok_or("option without a length")? as usize;
-        if rest.len() < 2 + len {
-            return Err(format!("option {code} runs past the packet"));
-        }
-        rest = &rest[2 + len..];
+    let check = |(code, len): (u8, usize)| {
         let ok = match required_length(code) {
             Some((want, false)) => len == want,
             Some((least, true)) => len >= least,
             None => true,
         };
-        if !ok {
-            return Err(format!("option {code} has length {len}"));
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("option {code} has length {len}"))
+        }
+    };
+    let mut rest = bytes.get(OPTIONS_START..).unwrap_or_default();
+    // The option being read: its code and the length of its instances so far.
+    let mut current: Option<(u8, usize)> = None;
+    loop {
+        match rest.first() {
+            None | Some(255) => return current.map_or(Ok(()), check),
+            Some(0) => {
+                current.take().map_or(Ok(()), check)?;
+                rest = &rest[1..];
+            }
+            Some(&code) => {
+                let len = *rest.get(1).ok_or("option without a length")? as usize;
+                if rest.len() < 2 + len {
+                    return Err(format!("option {code} runs past the packet"));
+                }
+                rest = &rest[2 + len..];
+                current = match current {
+                    Some((c, total)) if c == code => Some((c, total + len)),
+                    other => {
+                        other.map_or(Ok(()), check)?;
+                        Some((code, len))
+                    }
+                };
+            }
         }
     }
 }
@@ -542,11 +556,14 @@ mod tests {
     fn fixed_size_options_of_another_length_are_dropped_not_misread() {
         // Found by `cargo fuzz run dhcp` in its first 10 s: option 155 (a bulk
         // leasequery time) with length 0 tripped dhcproto's `debug_assert!`.
-        // The second, in its first 10 minutes: option 94 as two instances of
-        // lengths that add up to 3 (dhcproto reads each on its own).
+        // The second, in its first 10 minutes: option 94 of length 0, a pad, then
+        // 94 of length 3 (the pad ends the first; it was added to the second). The
+        // third: two 94s of length 3 back to back, which dhcproto joins into one
+        // of 6.
         for found in [
             &include_bytes!("fuzz-crash-option-155.bin")[..],
             &include_bytes!("fuzz-crash-option-94-twice.bin")[..],
+            &include_bytes!("fuzz-crash-option-94-joined.bin")[..],
         ] {
             assert!(matches!(
                 classify(found, Listener::Dhcp, US),
@@ -555,6 +572,25 @@ mod tests {
         }
         let good = discover(&pxe(7));
         assert!(classify(&good, Listener::Dhcp, US).is_ok());
+        // Instances back to back are one option (RFC 3396); a pad ends one.
+        let with = |extra: &[u8]| {
+            let mut bytes = good[..240].to_vec();
+            bytes.extend(extra);
+            bytes.extend(&good[240..]);
+            classify(&bytes, Listener::Dhcp, US)
+        };
+        assert!(
+            with(&[94, 1, 1, 94, 2, 2, 1, 250, 0]).is_ok(),
+            "1 + 2 joined are 3"
+        );
+        assert!(matches!(
+            with(&[94, 1, 1, 0, 94, 2, 2, 1, 250, 0]),
+            Err(Skip::Malformed(_))
+        ));
+        assert!(matches!(
+            with(&[94, 3, 1, 2, 1, 94, 3, 1, 2, 1, 250, 0]),
+            Err(Skip::Malformed(_))
+        ));
         for code in 1..=254u8 {
             let Some((want, more)) = required_length(code) else {
                 continue;
@@ -567,7 +603,7 @@ mod tests {
                 let mut bytes = good[..240].to_vec();
                 bytes.extend([code, len as u8]);
                 bytes.extend(std::iter::repeat_n(0x41, len));
-                bytes.extend([250, 0]);
+                bytes.extend([250, 0]); // another option, so that no two join
                 bytes.extend(&good[240..]);
                 assert!(
                     matches!(
