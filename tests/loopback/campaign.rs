@@ -179,16 +179,9 @@ async fn five_stations_bring_the_counts_to_exactly_27_and_7_with_even_cycles() {
         school.log.lock().unwrap().cycles
     );
     // No cycle started after the target was reported: every activation raised a count.
-    let (windows, office) = {
-        let log = school.log.lock().unwrap();
-        (log.counts("windows"), log.counts("office"))
-    };
-    assert_eq!(
-        windows,
-        (1..=27).collect::<Vec<u32>>(),
-        "each activation raised the count by one"
-    );
-    assert_eq!(office, (1..=7).collect::<Vec<u32>>());
+    school
+        .counts_rose_one_by_one(27, 7)
+        .expect("each activation raised the count by one");
     // Every cycle went the whole network path: ProxyDHCP, 4011, TFTP, the script.
     let (_, st) = get_json(
         server.daemon.http_addr,

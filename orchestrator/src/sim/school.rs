@@ -189,6 +189,19 @@ impl School {
         notify.notify_waiters();
     }
 
+    /// Whether the host's Windows and Office counts rose by exactly one with every
+    /// request, to `windows` and `office`: no cycle ran twice, none after a target.
+    /// Else the counts after each request, to say what happened.
+    pub fn counts_rose_one_by_one(&self, windows: u32, office: u32) -> Result<(), String> {
+        let log = self.log.lock().expect("not poisoned");
+        let (w, o) = (log.counts("windows"), log.counts("office"));
+        if w == (1..=windows).collect::<Vec<u32>>() && o == (1..=office).collect::<Vec<u32>>() {
+            Ok(())
+        } else {
+            Err(format!("windows counts {w:?}, office counts {o:?}"))
+        }
+    }
+
     /// The simulated KMS host's count for `product` now.
     pub fn count(&self, product: Product) -> usize {
         let now = Duration::from_millis(self.clock.now_ms());
