@@ -70,7 +70,7 @@ type Kills = Arc<Mutex<Vec<(String, u64)>>>;
 
 /// The stations' restore client as a process of its own (this test binary again, in
 /// [`restore_client_process`]), killed with SIGKILL after a seeded delay on about one
-/// restore in three, at most `max` times and never twice running for one station.
+/// restore in three, at most `max` times and never the same station twice in a row.
 fn killable_restore(
     rng: Arc<Mutex<Rng>>,
     kills: Kills,

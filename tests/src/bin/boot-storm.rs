@@ -19,6 +19,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
@@ -102,48 +103,33 @@ fn main() -> Result<(), String> {
     let n = args.stations as usize;
     let stages: Arc<Mutex<Vec<Stage>>> =
         Arc::new(Mutex::new((0..4).map(|_| Stage::default()).collect()));
-    let served = Arc::new(Mutex::new(0u32));
-    let barrier = Arc::new(Barrier::new(n));
-    let start = Instant::now();
-    let threads: Vec<_> = (0..args.stations)
-        .map(|i| {
-            let (stages, served, barrier) = (stages.clone(), served.clone(), barrier.clone());
-            let dhcp = args.dhcp;
-            std::thread::Builder::new()
-                .stack_size(256 << 10)
-                .spawn(move || {
-                    barrier.wait();
-                    let mut times = [0f64; 4];
-                    let result = boot(i, dhcp, pxe, tftp, http, &mut times);
-                    let mut stages = stages.lock().expect("not poisoned");
-                    match result {
-                        Ok(()) => {
-                            for (s, t) in stages.iter_mut().zip(times) {
-                                s.ms.push(t);
-                            }
-                            *served.lock().expect("not poisoned") += 1;
-                        }
-                        Err((stage, why)) => {
-                            for (s, t) in stages.iter_mut().zip(times).take(stage) {
-                                s.ms.push(t);
-                            }
-                            let s = &mut stages[stage];
-                            s.failed += 1;
-                            s.first_error.get_or_insert(format!("station {i}: {why}"));
-                        }
-                    }
-                })
-                .map_err(|e| format!("thread {i}: {e}"))
-        })
-        .collect::<Result<_, _>>()?;
-    for t in threads {
-        t.join().map_err(|_| "a station thread panicked")?;
-    }
-    let seconds = start.elapsed().as_secs_f64();
+    let seconds = {
+        let stages = stages.clone();
+        every_station(
+            args.stations,
+            |_| (),
+            move |i, ()| {
+                let mut times = [0f64; 4];
+                let result = boot(i, args.dhcp, pxe, tftp, http, &mut times);
+                let mut stages = stages.lock().expect("not poisoned");
+                // A stage's time counts when the station got through it.
+                let through = result.as_ref().map_or_else(|(stage, _)| *stage, |()| 4);
+                for (s, t) in stages.iter_mut().zip(times).take(through) {
+                    s.ms.push(t);
+                }
+                if let Err((stage, why)) = result {
+                    let s = &mut stages[stage];
+                    s.failed += 1;
+                    s.first_error.get_or_insert(format!("station {i}: {why}"));
+                }
+            },
+        )?
+    };
     let stages = stages.lock().expect("not poisoned");
+    // Served: through the last stage.
     let mut out = format!(
         "{{\"stations\":{n},\"served\":{},\"seconds\":{seconds:.3}",
-        served.lock().expect("not poisoned")
+        stages[3].ms.len()
     );
     for (name, s) in STAGES.iter().zip(stages.iter()) {
         let (p50, p99, max) = percentiles(&s.ms);
@@ -355,36 +341,70 @@ fn http_get(ip: Ipv4Addr, server: SocketAddr, path: &str) -> Result<String, Stri
 fn discovers(args: &Args, count: u32) -> Result<(), String> {
     let per = count.div_ceil(args.stations);
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(count as usize)));
-    let sent = Arc::new(Mutex::new(0u32));
-    let barrier = Arc::new(Barrier::new(args.stations as usize));
+    let sent = Arc::new(AtomicU32::new(0));
+    let seconds = {
+        let (latencies, sent, dhcp) = (latencies.clone(), sent.clone(), args.dhcp);
+        every_station(
+            args.stations,
+            |i| {
+                let socket = UdpSocket::bind(SocketAddrV4::new(station_ip(i), 0)).ok()?;
+                socket
+                    .set_read_timeout(Some(Duration::from_millis(500)))
+                    .ok()?;
+                Some(socket)
+            },
+            move |i, socket| {
+                let Some(socket) = socket else { return };
+                let packet = discover(i, 0);
+                let mut buf = [0u8; 1500];
+                for _ in 0..per {
+                    let t = Instant::now();
+                    if socket.send_to(&packet, dhcp).is_err() {
+                        continue;
+                    }
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    while let Ok((len, _)) = socket.recv_from(&mut buf) {
+                        if len >= 240 && buf[4..8] == xid(i).to_be_bytes() {
+                            latencies.lock().expect("not poisoned").push(ms(t));
+                            break;
+                        }
+                    }
+                }
+            },
+        )?
+    };
+    let latencies = latencies.lock().expect("not poisoned");
+    let (p50, p99, max) = percentiles(&latencies);
+    println!(
+        "{{\"macs\":{},\"sent\":{},\"answered\":{},\"seconds\":{seconds:.3},\"p50_ms\":{p50:.2},\"p99_ms\":{p99:.2},\"max_ms\":{max:.2}}}",
+        args.stations,
+        sent.load(Ordering::Relaxed),
+        latencies.len()
+    );
+    Ok(())
+}
+
+/// Run `station(i, prepare(i))` on a thread of its own for each of `n` stations,
+/// released together once every one has prepared (a failed preparation still
+/// arrives, so nobody waits for it); the seconds from the first spawn to the last
+/// station done.
+fn every_station<P: Send + 'static>(
+    n: u32,
+    prepare: impl Fn(u32) -> P + Send + Sync + 'static,
+    station: impl Fn(u32, P) + Send + Sync + 'static,
+) -> Result<f64, String> {
+    let barrier = Arc::new(Barrier::new(n as usize));
+    let (prepare, station) = (Arc::new(prepare), Arc::new(station));
     let start = Instant::now();
-    let threads: Vec<_> = (0..args.stations)
+    let threads: Vec<_> = (0..n)
         .map(|i| {
-            let (latencies, sent, barrier, dhcp) =
-                (latencies.clone(), sent.clone(), barrier.clone(), args.dhcp);
+            let (barrier, prepare, station) = (barrier.clone(), prepare.clone(), station.clone());
             std::thread::Builder::new()
                 .stack_size(256 << 10)
                 .spawn(move || {
-                    let Ok(socket) = UdpSocket::bind(SocketAddrV4::new(station_ip(i), 0)) else {
-                        return;
-                    };
-                    let _ = socket.set_read_timeout(Some(Duration::from_millis(500)));
-                    let packet = discover(i, 0);
-                    let mut buf = [0u8; 1500];
+                    let prepared = prepare(i);
                     barrier.wait();
-                    for _ in 0..per {
-                        let t = Instant::now();
-                        if socket.send_to(&packet, dhcp).is_err() {
-                            continue;
-                        }
-                        *sent.lock().expect("not poisoned") += 1;
-                        while let Ok((len, _)) = socket.recv_from(&mut buf) {
-                            if len >= 240 && buf[4..8] == xid(i).to_be_bytes() {
-                                latencies.lock().expect("not poisoned").push(ms(t));
-                                break;
-                            }
-                        }
-                    }
+                    station(i, prepared);
                 })
                 .map_err(|e| format!("thread {i}: {e}"))
         })
@@ -392,16 +412,7 @@ fn discovers(args: &Args, count: u32) -> Result<(), String> {
     for t in threads {
         t.join().map_err(|_| "a station thread panicked")?;
     }
-    let seconds = start.elapsed().as_secs_f64();
-    let latencies = latencies.lock().expect("not poisoned");
-    let (p50, p99, max) = percentiles(&latencies);
-    println!(
-        "{{\"macs\":{},\"sent\":{},\"answered\":{},\"seconds\":{seconds:.3},\"p50_ms\":{p50:.2},\"p99_ms\":{p99:.2},\"max_ms\":{max:.2}}}",
-        args.stations,
-        sent.lock().expect("not poisoned"),
-        latencies.len()
-    );
-    Ok(())
+    Ok(start.elapsed().as_secs_f64())
 }
 
 fn percentiles(values: &[f64]) -> (f64, f64, f64) {
