@@ -184,6 +184,9 @@ impl Daemon {
             rooms: Arc::new(config.rooms.clone()),
             schedule: Arc::new(config.schedule.clone()),
             started: Instant::now(),
+            events: Arc::new(crate::service::events::Hub::new(
+                policy.store().clock().now_ms(),
+            )),
         };
         let token = cancel.child_token();
         let runner = crate::runner::run(state.clone(), campaign_rx, token);
@@ -195,6 +198,12 @@ impl Daemon {
             let _stopped = stopping; // fires when the runner returns or panics
             runtime.block_on(runner);
             ("campaigns", Ok(()))
+        });
+        let token = cancel.child_token();
+        let events = api::publish_events(state.clone(), token);
+        tasks.spawn(async move {
+            events.await;
+            ("events", Ok(()))
         });
         let app = api::router(state);
         let token = cancel.child_token();

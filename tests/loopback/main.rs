@@ -6,6 +6,8 @@ mod auth;
 mod boot_path;
 mod campaign;
 mod chunks;
+mod events;
+mod openapi;
 mod restore;
 mod support;
 mod tftp;

@@ -16,21 +16,76 @@
 
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::{IntoParams, ToSchema};
 
-use super::extract::{AgentToken, Body, Mac};
+use super::extract::{AgentToken, Body, Mac, QueryOf};
+use super::openapi::Errors;
 use super::{blocking, ApiError, AppState};
-use crate::service::agent::{self, CommandBody, CommandResult, Poll, ReportBody};
+use crate::service::agent::{self, CommandBody, CommandResult, Poll, ReportAnswer, ReportBody};
 use crate::store::Command;
+
+/// `?station=MAC`: the station whose agent calls (its token is checked before the
+/// body is read).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // only its schema: `AgentToken` reads the query
+pub struct StationQuery {
+    /// The station's MAC address.
+    station: String,
+}
+
+/// A command for a station's agent.
+#[derive(Serialize, ToSchema)]
+pub struct CommandView {
+    /// `reboot` or `shutdown`.
+    pub command: String,
+    pub id: String,
+    /// Run it even with a user logged on (after a warning).
+    pub force: bool,
+    /// The station, in the admin's answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub station: Option<String>,
+}
+
+impl CommandView {
+    fn new(cmd: &Command, station: Option<pxe::MacAddr>) -> CommandView {
+        CommandView {
+            command: cmd.command.clone(),
+            id: cmd.id.clone(),
+            force: cmd.force,
+            station: station.map(|m| m.to_string()),
+        }
+    }
+}
+
+/// What the agent did with a command, as recorded.
+#[derive(Serialize, ToSchema)]
+pub struct CommandDone {
+    pub station: String,
+    pub id: String,
+    pub outcome: String,
+}
 
 /// How long a command poll waits before it answers 204 (the agent times out at 70 s).
 const POLL: Duration = Duration::from_secs(55);
 
+/// What the agent saw: the Software Protection events, the licences, whether a user
+/// is logged on, the families it gave up on.
 // The token is checked (`AgentToken`) before the body is read (`Body`).
+#[utoipa::path(
+    post,
+    path = "/api/v1/agent/report",
+    tag = "agent",
+    params(StationQuery),
+    request_body = ReportBody,
+    security(("agent" = [])),
+    responses((status = 201, body = ReportAnswer), Errors)
+)]
 pub async fn report(
     State(state): State<AppState>,
     AgentToken(agent): AgentToken,
@@ -40,10 +95,24 @@ pub async fn report(
     Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
+/// A long poll for a command (`reboot`, `shutdown`); 204 after about a minute with
+/// nothing to do.
+#[utoipa::path(
+    get,
+    path = "/api/v1/agent/commands",
+    tag = "agent",
+    params(StationQuery, Poll),
+    security(("agent" = [])),
+    responses(
+        (status = 200, body = CommandView),
+        (status = 204, description = "Nothing to do: poll again"),
+        Errors
+    )
+)]
 pub async fn commands(
     State(state): State<AppState>,
     AgentToken(agent): AgentToken,
-    Query(poll): Query<Poll>,
+    QueryOf(poll): QueryOf<Poll>,
 ) -> Result<Response, ApiError> {
     let wait = poll.wait.map_or(POLL, |s| Duration::from_secs(s).min(POLL));
     let mac = agent.mac;
@@ -55,7 +124,7 @@ pub async fn commands(
         tokio::pin!(queued);
         queued.as_mut().enable();
         if let Some(cmd) = blocking(&state, move |s| agent::take_command(s, mac)).await? {
-            return Ok(command_json(&cmd).into_response());
+            return Ok(Json(CommandView::new(&cmd, None)).into_response());
         }
         tokio::select! {
             _ = &mut queued => {}
@@ -64,10 +133,16 @@ pub async fn commands(
     }
 }
 
-fn command_json(cmd: &Command) -> Json<serde_json::Value> {
-    Json(json!({ "command": cmd.command, "id": cmd.id, "force": cmd.force }))
-}
-
+/// What the agent did with a command: `run`, `warned` or `refused`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/agent/command-result",
+    tag = "agent",
+    params(StationQuery),
+    request_body = CommandResult,
+    security(("agent" = [])),
+    responses((status = 200, body = CommandDone), Errors)
+)]
 pub async fn command_result(
     State(state): State<AppState>,
     AgentToken(agent): AgentToken,
@@ -78,16 +153,34 @@ pub async fn command_result(
         agent::command_result(s, &agent, &body).map(|()| body)
     })
     .await?;
-    Ok(Json(json!({ "station": mac, "id": body.id, "outcome": body.outcome })).into_response())
+    Ok(Json(CommandDone {
+        station: mac.to_string(),
+        id: body.id,
+        outcome: body.outcome,
+    })
+    .into_response())
 }
 
+/// Queue `reboot` or `shutdown` for a station's agent; refused while a user is
+/// logged on, unless forced.
+#[utoipa::path(
+    post,
+    path = "/api/v1/stations/{mac}/command",
+    tag = "stations",
+    params(("mac" = String, Path, description = "The station's MAC address", example = "52:54:00:12:34:56")),
+    request_body = CommandBody,
+    security(("admin" = [])),
+    responses((status = 202, body = CommandView), Errors)
+)]
 pub async fn queue(
     State(state): State<AppState>,
     Mac(mac): Mac,
     Body(body): Body<CommandBody>,
 ) -> Result<Response, ApiError> {
     let cmd = blocking(&state, move |s| agent::queue_command(s, mac, &body)).await?;
-    let mut answer = command_json(&cmd);
-    answer["station"] = json!(mac);
-    Ok((StatusCode::ACCEPTED, answer).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(CommandView::new(&cmd, Some(mac))),
+    )
+        .into_response())
 }

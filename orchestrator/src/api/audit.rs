@@ -1,14 +1,12 @@
 //! The audit log's HTTP side: a route layer that records every admin call that
 //! changes state (after it ran, with the status it got), and `GET /api/v1/audit`.
 
-use axum::extract::{
-    ConnectInfo, FromRequestParts, MatchedPath, Query, RawPathParams, Request, State,
-};
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, RawPathParams, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::Json;
-use serde_json::Value;
 
+use super::openapi::Errors;
 use super::{blocking, ApiError, AppState};
 use crate::service::audit;
 
@@ -70,10 +68,20 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
     response
 }
 
+/// The audit log's newest entries, oldest first: every admin call that changed (or
+/// tried to change) state.
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit",
+    tag = "admin",
+    params(audit::Query),
+    security(("admin" = [])),
+    responses((status = 200, body = crate::service::views::AuditLog), Errors)
+)]
 pub async fn list(
     State(state): State<AppState>,
-    Query(query): Query<audit::Query>,
-) -> Result<Json<Value>, ApiError> {
+    super::extract::QueryOf(query): super::extract::QueryOf<audit::Query>,
+) -> Result<Json<crate::service::views::AuditLog>, ApiError> {
     Ok(Json(
         blocking(&state, move |s| audit::list(s, &query)).await?,
     ))

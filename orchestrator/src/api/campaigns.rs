@@ -6,90 +6,96 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::extract::Body;
+use super::openapi::Errors;
 use super::{blocking, ApiError, AppState};
-use crate::engine::campaign::{Phase, Record};
-use crate::engine::Family;
 use crate::service::campaigns::{self, CreateBody};
+use crate::service::views::CampaignView;
 
+/// The id of a campaign just started.
+#[derive(Serialize, ToSchema)]
+pub struct Created {
+    pub id: u64,
+}
+
+/// A campaign being cancelled: cycles under way finish, no new one starts.
+#[derive(Serialize, ToSchema)]
+pub struct Cancelling {
+    pub id: u64,
+    pub cancelling: bool,
+}
+
+/// Start a campaign on a room or on listed stations, until the families' counts
+/// reach threshold + margin.
+#[utoipa::path(
+    post,
+    path = "/api/v1/campaigns",
+    tag = "campaigns",
+    request_body = CreateBody,
+    security(("admin" = [])),
+    responses((status = 201, body = Created), Errors)
+)]
 pub async fn create(
     State(state): State<AppState>,
     Body(body): Body<CreateBody>,
 ) -> Result<Response, ApiError> {
     let id = blocking(&state, move |s| campaigns::start(s, body, None)).await?;
-    let mut answer = (StatusCode::CREATED, Json(json!({ "id": id }))).into_response();
+    let mut answer = (StatusCode::CREATED, Json(Created { id })).into_response();
     answer
         .extensions_mut()
         .insert(super::audit::Target(id.to_string()));
     Ok(answer)
 }
 
-fn record_json(r: &Record) -> Value {
-    let c = &r.campaign;
-    let in_flight = |f: Family| {
-        c.stations
-            .iter()
-            .filter(|s| s.families.contains(&f) && !matches!(s.phase, Phase::Idle))
-            .count() as u32
-    };
-    let families: serde_json::Map<String, Value> = c
-        .targets
-        .iter()
-        .map(|(f, target)| {
-            let reported = c.reported.get(f).copied().unwrap_or(0);
-            let planned = target.saturating_sub(reported + in_flight(*f));
-            (
-                f.name().to_owned(),
-                json!({ "reported": reported, "target": target, "in_flight": in_flight(*f), "planned": planned }),
-            )
-        })
-        .collect();
-    let stations: Vec<Value> = c
-        .stations
-        .iter()
-        .map(|s| {
-            let mut v = serde_json::to_value(&s.phase).expect("phase");
-            v["mac"] = json!(s.mac);
-            v["cycles_done"] = json!(s.cycles_done);
-            v["families"] = json!(s.families);
-            v
-        })
-        .collect();
-    let mut state = serde_json::to_value(&c.state).expect("state");
-    state["id"] = json!(r.id);
-    state["image"] = json!(c.image);
-    state["margin"] = json!(r.margin);
-    state["families"] = Value::Object(families);
-    state["cycles_done"] = json!(c.stations.iter().map(|s| s.cycles_done).sum::<u32>());
-    state["cycles_started"] = json!(c.cycles_started);
-    state["start"] = json!(if r.window { "window" } else { "now" });
-    state["waiting_for_window"] = json!(c.paused);
-    state["top_up_until"] = json!(r.horizon.map(|h| crate::clock::rfc3339(h * 1000)));
-    state["stations"] = Value::Array(stations);
-    state["created_at"] = json!(crate::clock::rfc3339(r.created_at));
-    state["updated_at"] = json!(crate::clock::rfc3339(r.updated_at));
-    state
-}
-
-pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// Every campaign, oldest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/campaigns",
+    tag = "campaigns",
+    security(("admin" = [])),
+    responses((status = 200, body = Vec<CampaignView>), Errors)
+)]
+pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<CampaignView>>, ApiError> {
     let all = blocking(&state, campaigns::list).await?;
-    Ok(Json(all.iter().map(record_json).collect()))
+    Ok(Json(all.iter().map(CampaignView::new).collect()))
 }
 
+/// One campaign: its counts against the targets and every station's phase.
+#[utoipa::path(
+    get,
+    path = "/api/v1/campaigns/{id}",
+    tag = "campaigns",
+    params(("id" = String, Path, description = "The campaign's id")),
+    security(("admin" = [])),
+    responses((status = 200, body = CampaignView), Errors)
+)]
 pub async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CampaignView>, ApiError> {
     let record = blocking(&state, move |s| campaigns::get(s, &id)).await?;
-    Ok(Json(record_json(&record)))
+    Ok(Json(CampaignView::new(&record)))
 }
 
+/// Cancel a campaign: cycles under way finish, no new one starts.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/campaigns/{id}",
+    tag = "campaigns",
+    params(("id" = String, Path, description = "The campaign's id")),
+    security(("admin" = [])),
+    responses((status = 200, body = Cancelling), Errors)
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Cancelling>, ApiError> {
     let id = blocking(&state, move |s| campaigns::cancel(s, &id)).await?;
-    Ok(Json(json!({ "id": id, "cancelling": true })))
+    Ok(Json(Cancelling {
+        id,
+        cancelling: true,
+    }))
 }

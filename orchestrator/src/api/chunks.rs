@@ -33,7 +33,7 @@ pub struct Batch {
 /// `GET /chunks?ids=a,b,...`: several chunks in one answer (`service::chunks::batch`).
 pub async fn batch(
     State(state): State<AppState>,
-    axum::extract::Query(query): axum::extract::Query<Batch>,
+    super::extract::QueryOf(query): super::extract::QueryOf<Batch>,
 ) -> Result<Response, ApiError> {
     let body = blocking(&state, move |s| {
         crate::service::chunks::batch(s, &query.ids)

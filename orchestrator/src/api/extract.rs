@@ -103,3 +103,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
             })
     }
 }
+
+/// The query string as `T`, or a 400 in the API's JSON error shape that says what
+/// is wrong with it.
+pub struct QueryOf<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryOf<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        Query::<T>::try_from_uri(&parts.uri)
+            .map(|Query(v)| QueryOf(v))
+            .map_err(|e| ApiError::Invalid(e.body_text()))
+    }
+}

@@ -4,10 +4,19 @@
 
 use axum::extract::State;
 use axum::Json;
-use serde_json::Value;
 
+use super::openapi::Errors;
 use super::{blocking, ApiError, AppState};
+use crate::service::kms::Overview;
 
-pub async fn show(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// The KMS counts, their targets, the 60-day projection and the next top-up.
+#[utoipa::path(
+    get,
+    path = "/api/v1/kms",
+    tag = "kms",
+    security(("admin" = [])),
+    responses((status = 200, body = Overview), Errors)
+)]
+pub async fn show(State(state): State<AppState>) -> Result<Json<Overview>, ApiError> {
     Ok(Json(blocking(&state, crate::service::kms::overview).await?))
 }

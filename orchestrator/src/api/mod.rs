@@ -7,16 +7,21 @@ mod audit;
 mod boot;
 mod campaigns;
 mod chunks;
+mod events;
 mod extract;
 mod kms;
+mod openapi;
 mod resets;
 mod stations;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
+use serde::Serialize;
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use crate::service::Error as ApiError;
 pub use crate::service::Services as AppState;
@@ -28,6 +33,7 @@ fn needs_admin(path: &str) -> bool {
         return false;
     };
     !(rest == "health"
+        || rest == "openapi.json"
         || rest.starts_with("agent/")
         || (rest.starts_with("stations/")
             && (rest.ends_with("/station.json") || rest.ends_with("/restore-progress"))))
@@ -74,8 +80,45 @@ async fn admin_auth(
     next.run(request).await
 }
 
-/// The router of the whole HTTP server.
+/// `/api/v1`: every route with its OpenAPI operation, from one list, so that the
+/// router and the document cannot differ.
+fn api_routes() -> OpenApiRouter<AppState> {
+    use utoipa::OpenApi;
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(openapi::document))
+        .routes(routes!(stations::list))
+        .routes(routes!(stations::show, stations::update))
+        .routes(routes!(resets::request, resets::cancel))
+        .routes(routes!(resets::station_json))
+        .routes(routes!(resets::progress))
+        .routes(routes!(agent::queue))
+        .routes(routes!(agent::report))
+        .routes(routes!(agent::commands))
+        .routes(routes!(agent::command_result))
+        .routes(routes!(kms::show))
+        .routes(routes!(campaigns::list, campaigns::create))
+        .routes(routes!(campaigns::show, campaigns::cancel))
+        .routes(routes!(audit::list))
+        .routes(routes!(events::stream))
+}
+
+/// The OpenAPI document of `/api/v1`, made once.
+pub fn openapi_json() -> &'static str {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| {
+        let (_, doc) = api_routes().split_for_parts();
+        doc.to_pretty_json()
+            .expect("the OpenAPI document serializes")
+    })
+}
+
+pub use events::publish as publish_events;
+
+/// The router of the whole HTTP server: `/api/v1` (documented), and the boot side:
+/// iPXE scripts and binaries, chunks and staged images, the restore environment.
 pub fn router(state: AppState) -> Router {
+    let (api, _) = api_routes().split_for_parts();
     Router::new()
         .route("/boot/{file}", get(boot::script))
         .route("/ipxe/{*file}", get(boot::binary))
@@ -83,38 +126,7 @@ pub fn router(state: AppState) -> Router {
         .route("/chunks/{id}", get(chunks::chunk))
         .route("/images/{id}/index", get(resets::staged_index))
         .route("/restore/{*file}", get(resets::restore_file))
-        .route("/api/v1/health", get(health))
-        .route("/api/v1/stations", get(stations::list))
-        .route(
-            "/api/v1/stations/{mac}",
-            get(stations::show).put(stations::update),
-        )
-        .route(
-            "/api/v1/stations/{mac}/reset",
-            post(resets::request).delete(resets::cancel),
-        )
-        .route(
-            "/api/v1/stations/{mac}/station.json",
-            get(resets::station_json),
-        )
-        .route(
-            "/api/v1/stations/{mac}/restore-progress",
-            post(resets::progress),
-        )
-        .route("/api/v1/stations/{mac}/command", post(agent::queue))
-        .route("/api/v1/agent/report", post(agent::report))
-        .route("/api/v1/kms", get(kms::show))
-        .route(
-            "/api/v1/campaigns",
-            get(campaigns::list).post(campaigns::create),
-        )
-        .route(
-            "/api/v1/campaigns/{id}",
-            get(campaigns::show).delete(campaigns::cancel),
-        )
-        .route("/api/v1/agent/commands", get(agent::commands))
-        .route("/api/v1/agent/command-result", post(agent::command_result))
-        .route("/api/v1/audit", get(audit::list))
+        .merge(api)
         // After routing (the route is known) and after admin_auth (outside it).
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -163,14 +175,28 @@ pub async fn immutable(
         .into_response())
 }
 
-async fn health(
-    axum::extract::State(state): axum::extract::State<AppState>,
-) -> Json<serde_json::Value> {
-    Json(json!({
-        "status": "ok",
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptime_s": state.started.elapsed().as_secs(),
-    }))
+/// The daemon is up.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Health {
+    /// `ok`.
+    status: &'static str,
+    version: &'static str,
+    uptime_s: u64,
+}
+
+/// Whether the daemon is up (no token needed).
+#[utoipa::path(
+    get,
+    path = "/api/v1/health",
+    tag = "admin",
+    responses((status = 200, body = Health), openapi::Errors)
+)]
+async fn health(axum::extract::State(state): axum::extract::State<AppState>) -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_s: state.started.elapsed().as_secs(),
+    })
 }
 
 /// Run a domain operation on a blocking thread: every service call reads or writes

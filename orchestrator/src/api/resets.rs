@@ -8,66 +8,74 @@
 //!   `POST /api/v1/stations/{mac}/restore-progress`: the restore client's calls, with
 //!   the per-restore token from its kernel command line.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use images::ChunkId;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
-use super::extract::{Bearer, Body, Mac, Peer};
+use super::extract::{Bearer, Body, Mac, Peer, QueryOf};
+use super::openapi::Errors;
 use super::{blocking, ApiError, AppState};
 use crate::service::resets::{self, ProgressReport, ResetRequest};
-use crate::store::Reset;
+use crate::service::views::ResetView;
 
-/// The reset as the API shows it.
-pub fn reset_json(r: &Reset) -> Value {
-    let percent = if r.total_bytes > 0 {
-        (r.done_bytes as f64 * 1000.0 / r.total_bytes as f64).round() / 10.0
-    } else {
-        0.0
-    };
-    json!({
-        "image": r.image,
-        "profile": r.profile,
-        "staged": r.staged,
-        "disk": r.disk,
-        "state": r.state,
-        "percent": percent,
-        "done_bytes": r.done_bytes,
-        "total_bytes": r.total_bytes,
-        "stats": r.stats,
-        "error": r.error,
-        "requested_at": crate::clock::rfc3339(r.requested_at),
-        "updated_at": crate::clock::rfc3339(r.updated_at),
-    })
+/// A reset cancelled.
+#[derive(Serialize, ToSchema)]
+pub struct Cancelled {
+    pub station: String,
+    pub cancelled: bool,
 }
 
+/// Reset a station: stage the image and mark it; its next PXE boot restores.
+#[utoipa::path(
+    post,
+    path = "/api/v1/stations/{mac}/reset",
+    tag = "stations",
+    params(("mac" = String, Path, description = "The station's MAC address", example = "52:54:00:12:34:56")),
+    request_body = ResetRequest,
+    security(("admin" = [])),
+    responses((status = 202, body = ResetView), Errors)
+)]
 pub async fn request(
     State(state): State<AppState>,
     Mac(mac): Mac,
     Body(req): Body<ResetRequest>,
 ) -> Result<Response, ApiError> {
     let reset = blocking(&state, move |s| resets::request(s, mac, req)).await?;
-    let mut answer = reset_json(&reset);
-    answer["station"] = json!(mac);
-    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
+    Ok((StatusCode::ACCEPTED, Json(ResetView::of(mac, &reset))).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CancelQuery {
+    /// Cancel also a restore under way (the station's next boot is its local disk).
     #[serde(default)]
     force: bool,
 }
 
+/// Cancel a station's reset.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/stations/{mac}/reset",
+    tag = "stations",
+    params(("mac" = String, Path, description = "The station's MAC address", example = "52:54:00:12:34:56"), CancelQuery),
+    security(("admin" = [])),
+    responses((status = 200, body = Cancelled), Errors)
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     Mac(mac): Mac,
-    Query(query): Query<CancelQuery>,
-) -> Result<Json<Value>, ApiError> {
+    QueryOf(query): QueryOf<CancelQuery>,
+) -> Result<Json<Cancelled>, ApiError> {
     blocking(&state, move |s| resets::cancel(s, mac, query.force)).await?;
-    Ok(Json(json!({ "station": mac, "cancelled": true })))
+    Ok(Json(Cancelled {
+        station: mac.to_string(),
+        cancelled: true,
+    }))
 }
 
 pub async fn staged_index(
@@ -85,6 +93,15 @@ pub async fn staged_index(
     .await
 }
 
+/// The restore client's instructions: the staged image, the disk, the tokens.
+#[utoipa::path(
+    get,
+    path = "/api/v1/stations/{mac}/station.json",
+    tag = "restore",
+    params(("mac" = String, Path, description = "The station's MAC address", example = "52:54:00:12:34:56")),
+    security(("restore" = [])),
+    responses((status = 200, description = "The restore client's station.json", body = Object), Errors)
+)]
 pub async fn station_json(
     State(state): State<AppState>,
     Peer(from): Peer,
@@ -98,18 +115,28 @@ pub async fn station_json(
     Ok(Json(doc))
 }
 
+/// The restore client's progress (and its end: done or failed).
+#[utoipa::path(
+    post,
+    path = "/api/v1/stations/{mac}/restore-progress",
+    tag = "restore",
+    params(("mac" = String, Path, description = "The station's MAC address", example = "52:54:00:12:34:56")),
+    request_body = ProgressReport,
+    security(("restore" = [])),
+    responses((status = 200, body = ResetView), Errors)
+)]
 pub async fn progress(
     State(state): State<AppState>,
     Peer(from): Peer,
     Mac(mac): Mac,
     Bearer(token): Bearer,
     Body(report): Body<ProgressReport>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ResetView>, ApiError> {
     let reset = blocking(&state, move |s| {
         resets::progress(s, mac, token.as_deref(), from, report)
     })
     .await?;
-    Ok(Json(reset_json(&reset)))
+    Ok(Json(ResetView::new(&reset)))
 }
 
 pub async fn restore_file(

@@ -4,7 +4,6 @@
 
 use pxe::MacAddr;
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 use super::{Error, Services};
 use crate::engine::campaign::Event;
@@ -84,7 +83,7 @@ pub fn authorize(state: &Services, station: &str, token: Option<&str>) -> Result
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReportBody {
     /// The station, if the body says (it must be the `?station=` of the request).
@@ -92,13 +91,16 @@ pub struct ReportBody {
     pub station: Option<String>,
     #[serde(default)]
     interactive_user: bool,
+    /// The Software Licensing products (`SoftwareLicensingProduct`), as the agent reads them.
     #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
     licenses: Vec<spp::License>,
     /// Raw event XML, oldest first.
     #[serde(default)]
     events: Vec<String>,
     /// Families whose activation the agent stopped retrying, with no reply.
     #[serde(default)]
+    #[schema(value_type = Vec<super::views::FamilyName>)]
     gave_up: Vec<Family>,
 }
 
@@ -137,7 +139,7 @@ fn same_station(agent: &Agent, station: Option<&str>) -> Result<(), Error> {
 /// A report as far as it can be read without the store: its events parsed (those
 /// that cannot be, with why) and paired with requests.
 pub struct ReadReport {
-    pub unreadable: Vec<Value>,
+    pub unreadable: Vec<Unreadable>,
     pub pairing: spp::Pairing,
 }
 
@@ -159,7 +161,10 @@ pub fn read_report(body: &ReportBody, asked: &[Family]) -> Result<ReadReport, Er
     for (i, xml) in body.events.iter().enumerate() {
         match spp::parse(xml) {
             Ok(record) => records.push(record),
-            Err(e) => unreadable.push(json!({ "index": i, "error": e.to_string() })),
+            Err(e) => unreadable.push(Unreadable {
+                index: i,
+                error: e.to_string(),
+            }),
         }
     }
     if let Some(f) = body.gave_up.iter().find(|f| !asked.contains(f)) {
@@ -192,7 +197,32 @@ pub fn read_report(body: &ReportBody, asked: &[Family]) -> Result<ReadReport, Er
 /// record the answered requests in the ledger (new entries and renewals), and tell
 /// the campaign what it needs. The answer says what was recorded, renewed, ignored
 /// and unreadable.
-pub fn report(state: &Services, agent: &Agent, body: ReportBody) -> Result<Value, Error> {
+/// An event of a report that could not be read, and why.
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Unreadable {
+    /// Its place in `events`.
+    pub index: usize,
+    pub error: String,
+}
+
+/// What became of a report.
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ReportAnswer {
+    /// Activations new to the ledger.
+    pub recorded: u32,
+    /// Activations of CMIDs the ledger knew (the host counts them again).
+    pub renewed: u32,
+    /// A CMID came back after a reset: the image is not generalized.
+    pub duplicate_cmid: bool,
+    /// Requests that could not be paired with one reply.
+    pub ambiguous: usize,
+    /// Families with replies that belong to no cycle of this station.
+    #[schema(value_type = Vec<super::views::FamilyName>)]
+    pub ignored: Vec<Family>,
+    pub unreadable: Vec<Unreadable>,
+}
+
+pub fn report(state: &Services, agent: &Agent, body: ReportBody) -> Result<ReportAnswer, Error> {
     same_station(agent, body.station.as_deref())?;
     let mac = agent.mac;
     // Everything is checked before anything is stored: a bad report changes nothing.
@@ -282,7 +312,7 @@ pub fn report(state: &Services, agent: &Agent, body: ReportBody) -> Result<Value
             format!(
                 "{} activation events could not be read, the first: {}",
                 unreadable.len(),
-                unreadable[0]["error"].as_str().unwrap_or_default()
+                unreadable[0].error
             ),
         )?;
     }
@@ -374,14 +404,14 @@ pub fn report(state: &Services, agent: &Agent, body: ReportBody) -> Result<Value
     state
         .campaigns
         .station(mac, session_event(mac, body.interactive_user));
-    Ok(json!({
-            "recorded": new,
-            "renewed": renewed,
-            "duplicate_cmid": !duplicate_families.is_empty(),
-            "ambiguous": pairing.ambiguous.len(),
-            "ignored": ignored,
-            "unreadable": unreadable,
-    }))
+    Ok(ReportAnswer {
+        recorded: new,
+        renewed,
+        duplicate_cmid: !duplicate_families.is_empty(),
+        ambiguous: pairing.ambiguous.len(),
+        ignored,
+        unreadable,
+    })
 }
 
 /// What a campaign hears of a station's session: a user at it takes it out until
@@ -395,7 +425,8 @@ fn session_event(mac: MacAddr, user: bool) -> Event {
 }
 
 /// `GET /api/v1/agent/commands?station=MAC&wait=S&interactive_user=0|1`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Poll {
     /// Seconds to wait for a command, at most (and by default) 55.
     pub wait: Option<u64>,
@@ -424,7 +455,7 @@ pub fn polled(state: &Services, agent: &Agent, poll: &Poll) -> Result<(), Error>
     Ok(())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommandResult {
     /// The station, if the body says (it must be the `?station=` of the request).
@@ -478,7 +509,7 @@ pub fn command_result(state: &Services, agent: &Agent, body: &CommandResult) -> 
     Ok(())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommandBody {
     pub command: String,

@@ -3,7 +3,6 @@
 //! read it with `GET /api/v1/audit`.
 
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 use super::{Error, Services};
 
@@ -24,8 +23,9 @@ pub fn record(
 }
 
 /// `GET /api/v1/audit?since=SEQ&limit=N`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct Query {
     /// Only entries after this `seq` (for polling: the last one seen).
     pub since: Option<u64>,
@@ -34,26 +34,20 @@ pub struct Query {
 }
 
 /// The newest entries, oldest first, each with its time as RFC 3339.
-pub fn list(state: &Services, query: &Query) -> Result<Value, Error> {
+pub fn list(state: &Services, query: &Query) -> Result<super::views::AuditLog, Error> {
     let limit = query.limit.unwrap_or(100);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(Error::Invalid(format!("limit={limit}: 1 to {MAX_LIMIT}")));
     }
-    let entries: Vec<Value> = state
+    let entries = state
         .policy
         .store()
         .audit_log(query.since, limit)?
-        .into_iter()
-        .map(|a| {
-            json!({
-                "seq": a.seq,
-                "at": crate::clock::rfc3339(a.at),
-                "action": a.action,
-                "target": a.target,
-                "client": a.client,
-                "status": a.status,
-            })
-        })
+        .iter()
+        .map(super::views::AuditEntry::from)
         .collect();
-    Ok(json!({ "entries": entries, "kept": crate::store::AUDIT_KEEP }))
+    Ok(super::views::AuditLog {
+        entries,
+        kept: crate::store::AUDIT_KEEP,
+    })
 }

@@ -18,13 +18,15 @@ const OFFICE_TABLE: u32 = 10;
 const AGENT_FRESH_MS: u64 = 10 * 60 * 1000;
 
 /// A campaign request, as the API takes it.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBody {
     pub room: Option<String>,
     pub stations: Option<Vec<String>>,
+    #[schema(value_type = Vec<super::views::FamilyName>)]
     pub families: Vec<Family>,
     pub margin: Option<u32>,
+    /// `now`, or `window`: its cycles run in the overnight windows only.
     pub start: String,
     pub image: Option<String>,
 }

@@ -8,9 +8,11 @@ pub mod audit;
 pub mod boot;
 pub mod campaigns;
 pub mod chunks;
+pub mod events;
 pub mod kms;
 pub mod resets;
 pub mod stations;
+pub mod views;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -44,6 +46,8 @@ pub struct Services {
     /// Overnight windows, for campaigns that start in one.
     pub schedule: Arc<Option<crate::engine::schedule::Schedule>>,
     pub started: Instant,
+    /// Live events for `GET /api/v1/events`.
+    pub events: Arc<events::Hub>,
 }
 
 /// A station's MAC address from a request, or [`Error::Invalid`] saying why not.

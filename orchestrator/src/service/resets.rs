@@ -14,7 +14,7 @@ use crate::store::{Reset, ResetState};
 
 /// `POST /api/v1/stations/{mac}/reset` `{"image"?, "profile"?}`: by default the
 /// station's own image, and the kms profile when the station has KMS activation on.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResetRequest {
     image: Option<String>,
@@ -173,7 +173,7 @@ fn campaign_event(
 }
 
 /// What the restore client reports. Unknown fields are kept as figures.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct ProgressReport {
     state: String,
     image: String,
@@ -184,6 +184,7 @@ pub struct ProgressReport {
     #[serde(default)]
     error: Option<String>,
     #[serde(flatten)]
+    #[schema(value_type = Object)]
     figures: serde_json::Map<String, Value>,
 }
 

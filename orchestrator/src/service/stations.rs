@@ -1,31 +1,62 @@
 //! The inventory as the admin sees and changes it: the stations, one with its reset
 //! and its recent events, and a station's settings.
 
+use std::collections::HashMap;
+
 use pxe::MacAddr;
 
+use super::views::{EventView, ResetView, StationDetail, StationState, StationView};
 use super::{Error, Services};
-use crate::store::{Event, Reset, Settings, Station};
+use crate::engine::campaign::{Phase, State};
+use crate::store::{Settings, Station};
+
+/// Every station with the state it shows (its phase in a running campaign, else
+/// its reset's).
+pub fn list(state: &Services) -> Result<Vec<StationView>, Error> {
+    let store = state.policy.store();
+    let phases = running_phases(state)?;
+    store
+        .stations()?
+        .iter()
+        .map(|st| view(state, st, &phases))
+        .collect()
+}
+
+/// The view of one station.
+pub fn view(
+    state: &Services,
+    st: &Station,
+    phases: &HashMap<MacAddr, Phase>,
+) -> Result<StationView, Error> {
+    let reset = state.policy.store().reset(st.mac)?;
+    let shown = StationState::of(st, phases.get(&st.mac), reset.as_ref());
+    Ok(StationView::new(st, shown, reset.as_ref()))
+}
+
+/// The phase of every station in a running campaign.
+pub fn running_phases(state: &Services) -> Result<HashMap<MacAddr, Phase>, Error> {
+    Ok(state
+        .policy
+        .store()
+        .campaigns()?
+        .into_iter()
+        .filter(|r| r.campaign.state == State::Running)
+        .flat_map(|r| r.campaign.stations.into_iter().map(|s| (s.mac, s.phase)))
+        .collect())
+}
 
 /// One station, its reset (if one was asked for) and its recent events.
-pub struct Detail {
-    pub station: Station,
-    pub reset: Option<Reset>,
-    pub events: Vec<Event>,
-}
-
-pub fn list(state: &Services) -> Result<Vec<Station>, Error> {
-    Ok(state.policy.store().stations()?)
-}
-
-pub fn show(state: &Services, mac: MacAddr) -> Result<Detail, Error> {
+pub fn show(state: &Services, mac: MacAddr) -> Result<StationDetail, Error> {
     let store = state.policy.store();
     let station = store
         .station(mac)?
         .ok_or_else(|| Error::NotFound(format!("no station {mac}")))?;
-    Ok(Detail {
-        station,
-        reset: store.reset(mac)?,
-        events: store.events(mac)?,
+    let reset = store.reset(mac)?;
+    let shown = StationState::of(&station, running_phases(state)?.get(&mac), reset.as_ref());
+    Ok(StationDetail {
+        station: StationView::new(&station, shown, reset.as_ref()),
+        reset: reset.as_ref().map(ResetView::new),
+        events: store.events(mac)?.iter().map(EventView::from).collect(),
     })
 }
 
@@ -41,7 +72,11 @@ fn label(key: &str, value: &str) -> Result<(), Error> {
 /// Change the settings of `mac` (name, room, image, kms_activation, disk); what
 /// `settings` leaves out stays as it is. Every value is checked before anything is
 /// written. The KMS flag takes effect at the station's next reset.
-pub fn configure(state: &Services, mac: MacAddr, settings: &Settings) -> Result<Station, Error> {
+pub fn configure(
+    state: &Services,
+    mac: MacAddr,
+    settings: &Settings,
+) -> Result<StationView, Error> {
     if let Some(name) = &settings.name {
         label("name", name)?;
     }
@@ -60,5 +95,6 @@ pub fn configure(state: &Services, mac: MacAddr, settings: &Settings) -> Result<
             "no station {mac} (stations register at their first PXE boot, or in [[inventory.stations]])"
         )));
     }
-    Ok(store.configure(mac, settings)?)
+    let station = store.configure(mac, settings)?;
+    view(state, &station, &running_phases(state)?)
 }

@@ -22,6 +22,8 @@ impl Store {
 
     /// Write a campaign, durably: the runner acts on it only after this.
     pub fn put_campaign(&self, id: u64, record: &Record) -> Result<(), StoreError> {
-        put_durably(&self.campaigns, id.to_be_bytes(), record)
+        put_durably(&self.campaigns, id.to_be_bytes(), record)?;
+        self.announce(super::Change::Campaign(id));
+        Ok(())
     }
 }

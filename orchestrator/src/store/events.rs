@@ -36,6 +36,7 @@ impl Store {
         };
         self.events
             .insert(key, serde_json::to_vec(&event).expect("event serializes"))?;
+        self.announce(super::Change::Event(mac, event));
         let keys: Vec<sled::IVec> = self
             .events
             .scan_prefix(mac.octets())

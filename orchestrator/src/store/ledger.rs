@@ -58,6 +58,8 @@ impl Store {
             *ledger = Self::load_ledger(&self.ledger)?;
             return Err(e.into());
         }
+        drop(ledger);
+        self.announce(super::Change::Ledger);
         Ok(added)
     }
 }

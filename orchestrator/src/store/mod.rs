@@ -9,6 +9,7 @@ mod audit;
 mod campaigns;
 mod commands;
 mod events;
+mod feed;
 mod ledger;
 mod resets;
 mod stations;
@@ -25,6 +26,7 @@ use crate::clock::Clock;
 pub use audit::{Audit, AUDIT_KEEP};
 pub use commands::Command;
 pub use events::Event;
+pub use feed::Change;
 pub use resets::{Reset, ResetState};
 pub use stations::{Settings, Sighting, Station};
 
@@ -69,6 +71,8 @@ pub struct Store {
     /// also held while an entry is merged and written back.
     ledger_mem: Arc<std::sync::Mutex<crate::engine::ledger::Ledger>>,
     clock: Clock,
+    /// Announces every write the API shows ([`Store::changes`]).
+    feed: tokio::sync::broadcast::Sender<Change>,
 }
 
 /// `inventory.max_unknown` by default.
@@ -115,6 +119,7 @@ impl Store {
             full_warned: Arc::default(),
             ledger_mem: Arc::new(std::sync::Mutex::new(ledger_mem)),
             clock: Clock::system(),
+            feed: feed::channel(),
         })
     }
 

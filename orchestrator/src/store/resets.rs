@@ -112,6 +112,7 @@ impl Store {
                 .map_err(StoreError::from)?;
             if swapped.is_ok() {
                 self.resets.flush().map_err(StoreError::from)?;
+                self.announce(super::Change::Reset(mac));
                 return Ok(out);
             }
         }

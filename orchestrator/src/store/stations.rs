@@ -65,7 +65,7 @@ pub struct Station {
 
 /// The admin's settings of a station (the body of `PUT /api/v1/stations/{mac}`);
 /// `None` leaves a setting as it is.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub name: Option<String>,
@@ -289,6 +289,7 @@ impl Store {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(mac, station.confirmed);
+        self.announce(super::Change::Station(mac));
         Ok(station)
     }
 
