@@ -113,6 +113,7 @@ impl Daemon {
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
 
+        let mut dhcp_stats = None;
         let dhcp_addrs = match config.dhcp.mode {
             DhcpMode::Off => None,
             DhcpMode::Proxy => {
@@ -134,6 +135,7 @@ impl Daemon {
                     "ProxyDHCP needs ports 67 and 4011: run as root or with CAP_NET_BIND_SERVICE and CAP_NET_RAW",
                 )?;
                 let addrs = server.local_addrs();
+                dhcp_stats = Some(server.stats());
                 let token = cancel.child_token();
                 tasks.spawn(async move { ("dhcp", server.run(token).await.map_err(Into::into)) });
                 Some(addrs)
@@ -156,6 +158,7 @@ impl Daemon {
         )
         .context("TFTP needs port 69: run as root or with CAP_NET_BIND_SERVICE")?;
         let tftp_addr = tftp.local_addr();
+        let tftp_stats = tftp.stats();
         let token = cancel.child_token();
         tasks.spawn(async move { ("tftp", tftp.run(token).await.map_err(Into::into)) });
 
@@ -184,6 +187,10 @@ impl Daemon {
             rooms: Arc::new(config.rooms.clone()),
             schedule: Arc::new(config.schedule.clone()),
             started: Instant::now(),
+            metrics: Arc::new(crate::service::metrics::Metrics::new(
+                dhcp_stats,
+                Some(tftp_stats),
+            )),
             events: Arc::new(crate::service::events::Hub::new(
                 policy.store().clock().now_ms(),
             )),

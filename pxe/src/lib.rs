@@ -16,6 +16,8 @@ pub mod ipxe;
 mod mac;
 mod policy;
 #[cfg(feature = "servers")]
+pub mod stats;
+#[cfg(feature = "servers")]
 pub mod tftp;
 #[cfg(feature = "servers")]
 mod workers;

@@ -16,7 +16,7 @@ tests=(
   "vm_reset.sh bios"
   "vm_reset.sh uefi"
   "package.sh"
-  "openapi.sh"
+  "api.sh"
 )
 limit=${E2E_LIMIT:-900}
 passed=0 failed=0 n=0

@@ -7,6 +7,7 @@ mod boot_path;
 mod campaign;
 mod chunks;
 mod events;
+mod metrics;
 mod openapi;
 mod restore;
 mod support;

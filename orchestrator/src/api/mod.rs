@@ -7,6 +7,7 @@ mod audit;
 mod boot;
 mod campaigns;
 mod chunks;
+mod dashboard;
 mod events;
 mod extract;
 mod kms;
@@ -120,6 +121,9 @@ pub use events::publish as publish_events;
 pub fn router(state: AppState) -> Router {
     let (api, _) = api_routes().split_for_parts();
     Router::new()
+        .route("/", get(dashboard::index))
+        .route("/metrics", get(metrics))
+        .route("/dashboard/{file}", get(dashboard::asset))
         .route("/boot/{file}", get(boot::script))
         .route("/ipxe/{*file}", get(boot::binary))
         .route("/chunks", get(chunks::batch))
@@ -132,12 +136,78 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             audit::layer,
         ))
+        .route_layer(axum::middleware::from_fn(route_of))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admin_auth,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_request,
+        ))
         .with_state(state)
+}
+
+/// The route template a request matched, handed out on its response.
+#[derive(Clone)]
+struct Route(String);
+
+async fn route_of(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| Route(p.as_str().to_owned()));
+    let mut response = next.run(request).await;
+    if let Some(route) = route {
+        response.extensions_mut().insert(route);
+    }
+    response
+}
+
+/// Count every request by route template (`unmatched`: refused before routing, or
+/// no such endpoint), method and status, with its time to the response head.
+async fn count_request(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let route = response
+        .extensions()
+        .get::<Route>()
+        .map_or("unmatched", |r| r.0.as_str());
+    state.metrics.http_request(
+        route,
+        method.as_str(),
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+/// `GET /metrics`: Prometheus metrics, OpenMetrics text (no token: keep the port to
+/// the school's network, like any exporter's).
+async fn metrics(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    use crate::service::metrics::{render, Format};
+    let format = Format::of_accept(
+        headers
+            .get(axum::http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok()),
+    );
+    match blocking(&state, move |s| render(s, format)).await {
+        Ok(text) => (
+            [(axum::http::header::CONTENT_TYPE, format.content_type())],
+            text,
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 /// A content-addressed answer (a chunk, a staged image): `id` is its hash, so it never

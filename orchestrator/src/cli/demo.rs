@@ -30,8 +30,10 @@ fn mac(room: usize, i: u8) -> MacAddr {
 }
 
 /// Run the demo; with `json`, the summary is one JSON line on stdout. Each simulated
-/// station takes `windows_boot` to boot Windows and activate after a restore.
-pub async fn run(json: bool, windows_boot: Duration) -> anyhow::Result<()> {
+/// station takes `windows_boot` to boot Windows and activate after a restore. With
+/// `keep_serving`, the daemon and the school go on after the summary (the dashboard
+/// stays up) until Ctrl-C or SIGTERM.
+pub async fn run(json: bool, windows_boot: Duration, keep_serving: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     let dir = tempfile::Builder::new()
         .prefix("netreset-demo-")
@@ -125,8 +127,10 @@ pub async fn run(json: bool, windows_boot: Duration) -> anyhow::Result<()> {
         .start(specs, stop.clone())
         .await
         .context("the simulated rooms' Wake-on-LAN listeners")?;
-    if !json {
+    if !json || keep_serving {
         eprintln!("netreset demo: {} stations in rooms A, B, C; {FLAGGED} in room A have KMS activation on", ROOMS.len() * PER_ROOM as usize);
+        // The token after '#' stays in the browser (a fragment is never sent).
+        eprintln!("  dashboard: {url}/#token={token}");
         eprintln!("  API while it runs: {url}/api/v1 (Authorization: Bearer {token})");
         eprintln!("  campaign: room A, windows + office, margin 2 -> targets 27 and 7");
     }
@@ -182,8 +186,6 @@ pub async fn run(json: bool, windows_boot: Duration) -> anyhow::Result<()> {
     windows.finish();
     office.finish();
     states.finish_and_clear();
-    stop.cancel();
-    daemon.shutdown().await?;
 
     let cycles: BTreeMap<String, u64> = campaign["stations"]
         .as_array()
@@ -260,6 +262,12 @@ pub async fn run(json: bool, windows_boot: Duration) -> anyhow::Result<()> {
             println!("  {mac}: {n} cycles");
         }
     }
+    if keep_serving {
+        eprintln!("  the dashboard stays up: {url}/#token={token}  (Ctrl-C ends the demo)");
+        crate::cli::stop_signal().await;
+    }
+    stop.cancel();
+    daemon.shutdown().await?;
     if campaign["state"] != "done" {
         bail!(
             "the campaign ended {}: {}",

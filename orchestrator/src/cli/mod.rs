@@ -42,6 +42,14 @@ enum Command {
         /// each restore (real ones take minutes).
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000))]
         windows_boot_ms: u64,
+        /// End once the campaign is done (in a terminal the demo keeps serving the
+        /// dashboard until Ctrl-C; --json ends at once too).
+        #[arg(long, conflicts_with = "serve")]
+        exit: bool,
+        /// Keep serving the dashboard after the campaign until Ctrl-C or SIGTERM, also
+        /// when not run in a terminal (for browser tests).
+        #[arg(long)]
+        serve: bool,
     },
     /// Validate a configuration file; names the bad key and value.
     CheckConfig {
@@ -99,14 +107,21 @@ pub fn main() -> ExitCode {
         Command::Demo {
             json,
             windows_boot_ms,
-        } => tokio::runtime::Runtime::new()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| {
-                rt.block_on(demo::run(
-                    json,
-                    std::time::Duration::from_millis(windows_boot_ms),
-                ))
-            }),
+            exit,
+            serve,
+        } => {
+            use std::io::IsTerminal;
+            let keep_serving = serve || (!exit && !json && std::io::stderr().is_terminal());
+            tokio::runtime::Runtime::new()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| {
+                    rt.block_on(demo::run(
+                        json,
+                        std::time::Duration::from_millis(windows_boot_ms),
+                        keep_serving,
+                    ))
+                })
+        }
         Command::Serve { config } => serve(&config),
         Command::Image { config, command } => image::run(&config, command),
         Command::Station { conn, command } => client::station(&conn, command),
@@ -215,5 +230,20 @@ fn raise_fd_limit() {
         tracing::info!(open_files = limit.rlim_cur, "open file limit");
     } else {
         tracing::warn!(error = %std::io::Error::last_os_error(), "cannot raise the open file limit");
+    }
+}
+
+/// Resolves at SIGTERM or SIGINT (Ctrl-C); at once if the handlers cannot be set.
+pub(crate) async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
     }
 }

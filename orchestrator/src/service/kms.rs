@@ -13,7 +13,7 @@ use super::{Error, Services};
 use crate::engine::Family;
 
 const DAYS: u32 = 60;
-const DEFAULT_MARGIN: u32 = 2;
+pub const DEFAULT_MARGIN: u32 = 2;
 
 /// One family's count, target and projection.
 #[derive(Clone, Debug, Serialize, ToSchema)]

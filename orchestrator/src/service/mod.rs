@@ -10,6 +10,7 @@ pub mod campaigns;
 pub mod chunks;
 pub mod events;
 pub mod kms;
+pub mod metrics;
 pub mod resets;
 pub mod stations;
 pub mod views;
@@ -48,6 +49,8 @@ pub struct Services {
     pub started: Instant,
     /// Live events for `GET /api/v1/events`.
     pub events: Arc<events::Hub>,
+    /// Counts for `GET /metrics`.
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 /// A station's MAC address from a request, or [`Error::Invalid`] saying why not.

@@ -280,6 +280,13 @@ pub fn progress(
         }
         _ => None,
     };
+    match (previous, next) {
+        (ResetState::Restoring, ResetState::Restoring) => {}
+        (_, ResetState::Restoring) => state.metrics.restore_started(),
+        (_, ResetState::Done) => state.metrics.restore_ended(true, &reset.stats),
+        (_, ResetState::Failed) => state.metrics.restore_ended(false, &reset.stats),
+        _ => {}
+    }
     if let Some(event) = campaign_event(mac, previous, next, &reset) {
         state.campaigns.station(mac, event);
     }

@@ -135,6 +135,11 @@ impl Store {
         self
     }
 
+    /// The store's size on disk, in bytes.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
     /// The calendar clock of this daemon.
     pub fn clock(&self) -> &Clock {
         &self.clock

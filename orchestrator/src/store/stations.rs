@@ -126,6 +126,11 @@ impl Store {
             .contains_key(&mac)
     }
 
+    /// How many stations the inventory holds.
+    pub fn station_count(&self) -> usize {
+        self.known.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// How many known stations the admin has not confirmed.
     fn unconfirmed(&self) -> usize {
         self.known

@@ -68,6 +68,22 @@ pub enum Skip {
     NoMagicCookie,
 }
 
+impl Skip {
+    /// The name of this reason in the counts ([`crate::stats::DROPS`]).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Skip::Malformed(_) => "malformed",
+            Skip::NotRequest => "not-request",
+            Skip::NotEthernet => "not-ethernet",
+            Skip::NoMessageType => "no-message-type",
+            Skip::MessageType(_) => "message-type",
+            Skip::NotPxe => "not-pxe",
+            Skip::OtherServer(_) => "other-server",
+            Skip::NoMagicCookie => "no-magic-cookie",
+        }
+    }
+}
+
 /// Decode and classify one packet received on `listener`. `server_ip` is our own
 /// address, used to tell REQUESTs meant for us from the client's REQUEST to the
 /// school's DHCP server.

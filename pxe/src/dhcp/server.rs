@@ -18,6 +18,7 @@ use tracing::{debug, info, info_span, warn};
 
 use super::classify::{classify, Listener};
 use super::offer::{boot_file, build, reply_addr, BootFiles};
+use crate::stats::DhcpStats;
 use crate::{BootDecision, BootPolicy, BootStep, Error, Observation};
 
 /// Settings of the ProxyDHCP server.
@@ -47,6 +48,7 @@ pub struct DhcpServer {
     pxe: UdpSocket,
     settings: Arc<DhcpSettings>,
     policy: Arc<dyn BootPolicy>,
+    stats: Arc<DhcpStats>,
 }
 
 impl DhcpServer {
@@ -63,7 +65,13 @@ impl DhcpServer {
             pxe,
             settings: Arc::new(settings),
             policy,
+            stats: Arc::default(),
         })
+    }
+
+    /// Its counts (answers by firmware and listener, drops by reason).
+    pub fn stats(&self) -> Arc<DhcpStats> {
+        self.stats.clone()
     }
 
     /// The bound addresses (port 67 socket, port 4011 socket); useful with port 0.
@@ -81,6 +89,7 @@ impl DhcpServer {
             pxe,
             settings,
             policy,
+            stats,
         } = self;
         info!(dhcp = %dhcp.local_addr().map_err(|source| Error::Socket { what: "dhcp", source })?,
               pxe = %pxe.local_addr().map_err(|source| Error::Socket { what: "pxe", source })?,
@@ -94,8 +103,16 @@ impl DhcpServer {
             .chain(std::iter::once((pxe, Listener::Pxe)));
         for (socket, listener) in loops {
             let (settings, policy, cancel) = (settings.clone(), policy.clone(), cancel.clone());
+            let stats = stats.clone();
             tasks.spawn_blocking(move || {
-                serve(&socket, listener, &settings, policy.as_ref(), &cancel)
+                serve(
+                    &socket,
+                    listener,
+                    &settings,
+                    policy.as_ref(),
+                    &stats,
+                    &cancel,
+                )
             });
         }
         crate::workers::supervise(tasks, &cancel, "dhcp").await
@@ -110,6 +127,7 @@ fn serve(
     listener: Listener,
     settings: &DhcpSettings,
     policy: &dyn BootPolicy,
+    stats: &DhcpStats,
     cancel: &CancellationToken,
 ) -> Result<(), Error> {
     let what = match listener {
@@ -135,32 +153,41 @@ fn serve(
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
             Err(source) => return Err(Error::Socket { what, source }),
         };
-        let Some((reply, to)) = answer(&buf[..len], from, listener, settings, policy) else {
-            continue;
+        let (reply, to, firmware) = match answer(&buf[..len], from, listener, settings, policy) {
+            Ok(answer) => answer,
+            Err(reason) => {
+                stats.dropped(reason);
+                continue;
+            }
         };
-        if let Err(e) = socket.send_to(&reply, to) {
-            // A send to one client failing (no route, unreachable) must not stop the
-            // server for everybody else.
-            warn!(%to, error = %e, "send failed");
+        match socket.send_to(&reply, to) {
+            Ok(_) => stats.answered(firmware, listener as usize),
+            Err(e) => {
+                // A send to one client failing (no route, unreachable) must not stop
+                // the server for everybody else.
+                warn!(%to, error = %e, "send failed");
+                stats.dropped("send-failed");
+            }
         }
     }
     Ok(())
 }
 
-/// One packet in, at most one answer out. Synchronous and allocation-light: this is
-/// the hot path of a classroom switching on at once.
+/// One packet in, at most one answer out (with the firmware it is for), or why not.
+/// Synchronous and allocation-light: this is the hot path of a classroom switching
+/// on at once.
 fn answer(
     bytes: &[u8],
     from: SocketAddr,
     listener: Listener,
     settings: &DhcpSettings,
     policy: &dyn BootPolicy,
-) -> Option<(Vec<u8>, SocketAddr)> {
+) -> Result<(Vec<u8>, SocketAddr, crate::Firmware), &'static str> {
     let mut request = match classify(bytes, listener, settings.server_ip) {
         Ok(r) => r,
         Err(skip) => {
             debug!(%from, ?listener, reason = %skip, "ignored packet");
-            return None;
+            return Err(skip.name());
         }
     };
     // A giaddr counts only from a relay agent we were told of: anyone else could
@@ -192,22 +219,23 @@ fn answer(
     };
     if policy.decide(&request.machine, step) == BootDecision::Ignore {
         debug!("policy: ignore");
-        return None;
+        return Err("policy-ignore");
     }
     let Some(file) = boot_file(&request.machine, &settings.files) else {
         info!(arch = ?request.machine.arch, firmware = ?request.machine.firmware, "no boot file for this firmware");
-        return None;
+        return Err("no-boot-file");
     };
     let reply = build(&request, &file, settings.server_ip);
     let mut out = Vec::with_capacity(400);
     if let Err(e) = reply.encode(&mut Encoder::new(&mut out)) {
         warn!(error = %e, "cannot encode reply");
-        return None;
+        return Err("encode-failed");
     }
     let to = reply_addr(&request, listener, from, settings.broadcast);
     debug!(%to, file = file.as_str(), kind = ?request.kind, "answer");
     let boot_file = file.as_str().to_owned();
     let machine = request.machine;
+    let firmware = machine.firmware;
     policy.observe(match listener {
         Listener::Dhcp => Observation::DhcpOffer {
             machine,
@@ -220,7 +248,7 @@ fn answer(
             boot_file,
         },
     });
-    Some((out, to))
+    Ok((out, to, firmware))
 }
 
 fn bind_udp(

@@ -173,6 +173,7 @@ pub struct TftpServer {
     socket: UdpSocket,
     settings: TftpSettings,
     policy: Arc<dyn BootPolicy>,
+    stats: Arc<crate::stats::TftpStats>,
 }
 
 impl TftpServer {
@@ -201,7 +202,13 @@ impl TftpServer {
             socket,
             settings,
             policy,
+            stats: Arc::default(),
         })
+    }
+
+    /// Its counts (transfers by outcome, bytes sent).
+    pub fn stats(&self) -> Arc<crate::stats::TftpStats> {
+        self.stats.clone()
     }
 
     /// The bound address.
@@ -229,6 +236,7 @@ impl TftpServer {
             max_per_client: self.settings.max_per_client.max(1),
             limits,
             cancel: cancel.clone(),
+            stats: self.stats,
         };
         let mut workers = tokio::task::JoinSet::new();
         workers.spawn_blocking(move || listener.run());
@@ -247,6 +255,7 @@ struct Listener {
     max_per_client: usize,
     limits: Limits,
     cancel: CancellationToken,
+    stats: Arc<crate::stats::TftpStats>,
 }
 
 impl Listener {
@@ -357,7 +366,8 @@ impl Listener {
             file: file.clone(),
             size,
         });
-        let (active, cancel) = (self.active.clone(), self.cancel.clone());
+        let (active, cancel, stats) =
+            (self.active.clone(), self.cancel.clone(), self.stats.clone());
         let local_ip = self
             .socket
             .local_addr()
@@ -376,17 +386,26 @@ impl Listener {
                     .and_then(|s| s.connect(peer).map(|()| s))
                     .map_err(TransferError::from)
                     .and_then(|socket| transfer::send(&socket, &source, &negotiated, &cancel));
+                use std::sync::atomic::Ordering::Relaxed;
                 match result {
-                    Ok(bytes) => debug!(
-                        bytes,
-                        seconds = started.elapsed().as_secs_f64(),
-                        "tftp transfer done"
-                    ),
+                    Ok(bytes) => {
+                        stats.done.fetch_add(1, Relaxed);
+                        stats.bytes.fetch_add(bytes, Relaxed);
+                        debug!(
+                            bytes,
+                            seconds = started.elapsed().as_secs_f64(),
+                            "tftp transfer done"
+                        )
+                    }
                     // EDK2 asks for tsize, then ends the exchange with error 8 and asks again.
                     Err(TransferError::Client(8)) => {
+                        stats.negotiated_only.fetch_add(1, Relaxed);
                         debug!("tftp: client ended after option negotiation")
                     }
-                    Err(e) => warn!(error = %e, "tftp transfer failed"),
+                    Err(e) => {
+                        stats.failed.fetch_add(1, Relaxed);
+                        warn!(error = %e, "tftp transfer failed")
+                    }
                 }
                 active
                     .lock()
@@ -420,6 +439,9 @@ impl Listener {
     }
 
     fn reply_error(&self, peer: SocketAddr, code: ErrorCode, message: &str) {
+        self.stats
+            .refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // From the listening port: there is no transfer, so no TID of its own.
         if let Err(e) = self.socket.send_to(&packet::error(code, message), peer) {
             debug!(%peer, error = %e, "tftp: cannot send error");
