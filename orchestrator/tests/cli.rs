@@ -605,3 +605,95 @@ fn the_admin_cli_lists_sets_and_shows_stations_and_prints_the_servers_refusals()
     let (ok, out, err) = cli(&[&["campaign", "ls", "--json"][..], &flags].concat(), &[]);
     assert!(ok && out.trim() == "[]", "{out}{err}");
 }
+
+#[test]
+fn campaign_watch_follows_the_demos_campaign_live_to_27_and_7_and_the_demo_serves_until_sigterm() {
+    let mut demo = Command::new(NETRESET)
+        .args(["demo", "--serve", "--windows-boot-ms", "400"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(demo.stderr.take().unwrap());
+    let mut demo = KillOnDrop(demo);
+    // "  dashboard: http://127.0.0.1:PORT/#token=TOKEN"
+    let mut lines = stderr.lines();
+    let dashboard = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.split_once("dashboard: ")
+                .map(|(_, u)| u.trim().to_owned())
+        })
+        .expect("the demo prints the dashboard's URL");
+    let (url, token) = dashboard.split_once("/#token=").unwrap();
+    // The rest of its stderr is read (it must never block on a full pipe) and sent here.
+    let (said, hear) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let _ = said.send(line);
+        }
+    });
+    let cli = |args: &[&str]| {
+        Command::new(NETRESET)
+            .args(args)
+            .args(["--json", "--url", url, "--token", token])
+            .output()
+            .unwrap()
+    };
+    // The demo starts its campaign right after it prints the URL.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        let ls: serde_json::Value =
+            serde_json::from_slice(&cli(&["campaign", "ls"]).stdout).unwrap_or_default();
+        if let Some(id) = ls[0]["id"].as_u64() {
+            break id.to_string();
+        }
+        assert!(Instant::now() < deadline, "the demo started no campaign");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = cli(&["campaign", "watch", &id]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let last = seen.last().unwrap();
+    assert_eq!(last["state"], "done");
+    assert_eq!(last["families"]["windows"]["reported"], 27);
+    assert_eq!(last["families"]["office"]["reported"], 7);
+    // Live: the counts were seen rising, not only the end.
+    let windows: Vec<u64> = seen
+        .iter()
+        .map(|c| c["families"]["windows"]["reported"].as_u64().unwrap())
+        .collect();
+    assert!(
+        windows.windows(2).all(|w| w[0] <= w[1]) && windows.iter().any(|&n| 0 < n && n < 27),
+        "{windows:?}"
+    );
+    // The campaign is over, the demo says so and still serves its dashboard.
+    let stays_up = std::iter::from_fn(|| hear.recv_timeout(Duration::from_secs(20)).ok())
+        .any(|l| l.contains("the dashboard stays up"));
+    assert!(stays_up, "the demo said it keeps serving");
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    assert_eq!(get_within(addr, "/", Duration::from_secs(5)), Ok(200));
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) on our own child's pid, which has not been waited for.
+    unsafe {
+        libc::kill(demo.0.id() as i32, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = demo.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the demo did not end on SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status}");
+}

@@ -155,6 +155,35 @@ impl Api {
         })
     }
 
+    /// The live event stream, from after `last_id` if given.
+    fn events(&self, last_id: Option<&str>) -> anyhow::Result<impl std::io::Read> {
+        let url = format!("{}/api/v1/events", self.base);
+        // No overall timeout: the stream runs as long as the campaign. The server
+        // sends a keep-alive every 15 s, so a read that waits 45 s means it is gone.
+        let mut request = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(10))
+            .timeout_read(Duration::from_secs(45))
+            .build()
+            .get(&url)
+            .set("Authorization", &format!("Bearer {}", self.token))
+            .set("Accept", "text/event-stream");
+        if let Some(id) = last_id {
+            request = request.set("Last-Event-ID", id);
+        }
+        match request.call() {
+            Ok(r) => Ok(r.into_reader()),
+            Err(ureq::Error::Status(status, r)) => {
+                let text = r.into_string().unwrap_or_default();
+                let why = serde_json::from_str::<Value>(&text)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(str::to_owned))
+                    .unwrap_or(text);
+                bail!("GET /api/v1/events: {status}: {}", why.trim())
+            }
+            Err(e) => bail!("GET {url}: {e}"),
+        }
+    }
+
     /// `method path` with `body`; the answer's JSON (null for an empty one), or the
     /// server's error message.
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
@@ -419,24 +448,85 @@ pub fn campaign(conn: &Connection, command: CampaignCommand) -> anyhow::Result<(
                 println!("campaign {id}: cancelling")
             });
         }
-        CampaignCommand::Watch { id } => loop {
-            let c = api.call("GET", &format!("/api/v1/campaigns/{id}"), None)?;
-            if conn.json {
-                println!("{c}");
-            } else {
-                println!("{}", campaign_lines(&c).join("\n"));
-            }
-            if c["state"] != "running" {
-                // The exit status says how it ended.
-                if c["state"] == "done" {
-                    return Ok(());
-                }
-                bail!("campaign {id} ended {}", text(&c["state"]));
-            }
-            std::thread::sleep(Duration::from_secs(1));
-        },
+        CampaignCommand::Watch { id } => return watch(&api, conn.json, id),
     }
     Ok(())
+}
+
+/// `campaign watch`: the campaign as it is, then every change of it from the live
+/// events (`GET /api/v1/events`), until it ends; the exit status says how. A dropped
+/// stream is taken up again where it stopped (`Last-Event-ID`).
+fn watch(api: &Api, json: bool, id: u64) -> anyhow::Result<()> {
+    let path = format!("/api/v1/campaigns/{id}");
+    let mut last_shown = String::new();
+    let mut show = |c: &Value| -> Option<anyhow::Result<()>> {
+        let shown = if json {
+            c.to_string()
+        } else {
+            campaign_lines(c).join("\n")
+        };
+        if shown != last_shown {
+            println!("{shown}");
+            last_shown = shown;
+        }
+        match c["state"].as_str() {
+            Some("running") => None,
+            Some("done") => Some(Ok(())),
+            _ => Some(Err(anyhow::anyhow!(
+                "campaign {id} ended {}",
+                text(&c["state"])
+            ))),
+        }
+    };
+    let mut last_id: Option<String> = None;
+    let mut failures = 0;
+    loop {
+        // Subscribed first, then the campaign read: no change falls in between.
+        let stream = api.events(last_id.as_deref());
+        if let Some(end) = show(&api.call("GET", &path, None)?) {
+            return end;
+        }
+        let reader = match stream {
+            Ok(r) => {
+                failures = 0;
+                r
+            }
+            Err(e) if failures < 10 => {
+                failures += 1;
+                eprintln!("netreset: live events: {e:#}; again in {failures} s");
+                std::thread::sleep(Duration::from_secs(failures));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let mut event = String::new();
+        let mut data = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(reader)) {
+            let Ok(line) = line else { break };
+            if let Some(v) = line.strip_prefix("id:") {
+                last_id = Some(v.trim().to_owned());
+            } else if let Some(v) = line.strip_prefix("event:") {
+                event = v.trim().to_owned();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.trim_start());
+            } else if line.is_empty() {
+                let (kind, body) = (std::mem::take(&mut event), std::mem::take(&mut data));
+                let campaign = match kind.as_str() {
+                    "campaign" => serde_json::from_str::<Value>(&body).ok(),
+                    // Events were missed: read the campaign again.
+                    "lagged" => Some(api.call("GET", &path, None)?),
+                    _ => None,
+                };
+                if let Some(c) = campaign.filter(|c| c["id"].as_u64() == Some(id)) {
+                    if let Some(end) = show(&c) {
+                        return end;
+                    }
+                }
+            }
+        }
+        // The stream ended (the server restarted, a proxy timed out): take it up again.
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 pub fn kms(conn: &Connection) -> anyhow::Result<()> {

@@ -35,6 +35,8 @@ fn mac(room: usize, i: u8) -> MacAddr {
 /// stays up) until Ctrl-C or SIGTERM.
 pub async fn run(json: bool, windows_boot: Duration, keep_serving: bool) -> anyhow::Result<()> {
     let started = Instant::now();
+    // Set before anything runs: Ctrl-C or SIGTERM ends the demo cleanly at any point.
+    let interrupted = crate::cli::stop_token()?;
     let dir = tempfile::Builder::new()
         .prefix("netreset-demo-")
         .tempdir()?;
@@ -62,11 +64,9 @@ pub async fn run(json: bool, windows_boot: Duration, keep_serving: bool) -> anyh
     let index = images::import(&store, &sample, 64 << 10, |_| {})?.index;
     images::Images::open(&data)?.add(IMAGE, &index)?;
 
-    // Port 9 is Wake-on-LAN's, and needs root; without it the rooms listen on another.
-    #[allow(unsafe_code)]
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    let wol_port = if root { 9 } else { 40_009 };
+    // A port free on every room's address: two demos (or a demo and the tests) can
+    // run side by side.
+    let wol_port = free_wol_port()?;
     let token = format!("demo-{:016x}", rand_u64());
     let mut toml = format!(
         "data_dir = \"{data}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[dhcp]\nserver_ip = \"127.0.0.1\"\nlisten = \"127.0.0.1:0\"\npxe_listen = \"127.0.0.1:0\"\nbroadcast = \"127.0.0.1:9\"\n\
@@ -181,7 +181,14 @@ pub async fn run(json: bool, windows_boot: Duration, keep_serving: bool) -> anyh
         if Instant::now() > deadline {
             bail!("the campaign did not finish within 5 minutes: {c}");
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = interrupted.cancelled() => {
+                stop.cancel();
+                daemon.shutdown().await?;
+                bail!("interrupted: campaign {id} was still running");
+            }
+        }
     };
     windows.finish();
     office.finish();
@@ -264,7 +271,7 @@ pub async fn run(json: bool, windows_boot: Duration, keep_serving: bool) -> anyh
     }
     if keep_serving {
         eprintln!("  the dashboard stays up: {url}/#token={token}  (Ctrl-C ends the demo)");
-        crate::cli::stop_signal().await;
+        interrupted.cancelled().await;
     }
     stop.cancel();
     daemon.shutdown().await?;
@@ -277,6 +284,22 @@ pub async fn run(json: bool, windows_boot: Duration, keep_serving: bool) -> anyh
     }
     drop(dir);
     Ok(())
+}
+
+/// A UDP port that is free on the three rooms' broadcast addresses just now.
+fn free_wol_port() -> anyhow::Result<u16> {
+    let room = |r: u8| Ipv4Addr::new(127, 91, r, 255);
+    for _ in 0..20 {
+        let first = std::net::UdpSocket::bind((room(1), 0))?;
+        let port = first.local_addr()?.port();
+        let others: Result<Vec<_>, _> = (2..=ROOMS.len() as u8)
+            .map(|r| std::net::UdpSocket::bind((room(r), port)))
+            .collect();
+        if others.is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no UDP port is free on the demo rooms' addresses 127.91.1-3.255")
 }
 
 /// Seconds from the campaign's creation to its last change (its end).

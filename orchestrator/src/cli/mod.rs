@@ -233,17 +233,20 @@ fn raise_fd_limit() {
     }
 }
 
-/// Resolves at SIGTERM or SIGINT (Ctrl-C); at once if the handlers cannot be set.
-pub(crate) async fn stop_signal() {
+/// A token cancelled at SIGTERM or SIGINT (Ctrl-C), the handlers set now: a signal
+/// that comes early is not lost (nor does it kill the process mid-way).
+pub(crate) fn stop_token() -> std::io::Result<tokio_util::sync::CancellationToken> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let token = tokio_util::sync::CancellationToken::new();
+    let stopped = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        stopped.cancel();
+    });
+    Ok(token)
 }
