@@ -187,6 +187,7 @@ impl Daemon {
             rooms: Arc::new(config.rooms.clone()),
             schedule: Arc::new(config.schedule.clone()),
             started: Instant::now(),
+            station_list: Arc::default(),
             metrics: Arc::new(crate::service::metrics::Metrics::new(
                 dhcp_stats,
                 Some(tftp_stats),

@@ -150,3 +150,57 @@ async fn a_subscriber_sees_station_and_boot_events_and_a_reconnect_gets_what_it_
     assert_eq!(status, 401);
     server.daemon.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_station_list_is_made_anew_after_every_change_and_answers_304_while_nothing_changed() {
+    let server = start(&format!("[[inventory.stations]]\nmac = \"{STATION}\"\n")).await;
+    let addr = server.daemon.http_addr;
+    let etag_of = |head: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix("etag: "))
+            .expect("an etag")
+            .trim()
+            .to_owned()
+    };
+    let (status, head, body) = http_send(addr, "GET", "/api/v1/stations", "", b"").await;
+    assert_eq!(status, 200);
+    let first = etag_of(&head);
+    let list: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(list[0]["name"], Value::Null);
+    let same = format!("If-None-Match: {first}\r\n");
+    let (status, _, body) = http_send(addr, "GET", "/api/v1/stations", &same, b"").await;
+    assert_eq!((status, body.len()), (304, 0), "nothing changed");
+
+    let (status, _, _) = http_send(
+        addr,
+        "PUT",
+        &format!("/api/v1/stations/{STATION}"),
+        "Content-Type: application/json\r\n",
+        br#"{"name": "pc-07"}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, head, body) = http_send(addr, "GET", "/api/v1/stations", &same, b"").await;
+    assert_eq!(status, 200, "the old ETag no longer matches");
+    assert_ne!(etag_of(&head), first);
+    let list: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(list[0]["name"], "pc-07", "the cached list was made anew");
+    // A change made below the API (a DHCP sighting, the runner) counts too.
+    let mac = STATION.parse().unwrap();
+    server
+        .daemon
+        .policy()
+        .store()
+        .configure(
+            mac,
+            &orchestrator::store::Settings {
+                room: Some("lab-9".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let (_, body) = http_get(addr, "/api/v1/stations").await;
+    let list: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(list[0]["room"], "lab-9");
+    server.daemon.shutdown().await.unwrap();
+}

@@ -49,6 +49,8 @@ pub struct Services {
     pub started: Instant,
     /// Live events for `GET /api/v1/events`.
     pub events: Arc<events::Hub>,
+    /// The station list's JSON, made once per change.
+    pub station_list: Arc<stations::ListCache>,
     /// Counts for `GET /metrics`.
     pub metrics: Arc<metrics::Metrics>,
 }

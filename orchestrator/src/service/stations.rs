@@ -2,6 +2,7 @@
 //! and its recent events, and a station's settings.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use pxe::MacAddr;
 
@@ -9,6 +10,35 @@ use super::views::{EventView, ResetView, StationDetail, StationState, StationVie
 use super::{Error, Services};
 use crate::engine::campaign::{Phase, State};
 use crate::store::{Settings, Station};
+
+/// The station list as JSON, made once per change of the store: the dashboard and
+/// scripts ask for it often, and with 2,000 stations making it costs milliseconds.
+#[derive(Debug, Default)]
+pub struct ListCache(std::sync::Mutex<Option<(u64, Arc<[u8]>)>>);
+
+/// [`list`] as JSON, and the store version it shows (an ETag).
+pub fn list_json(state: &Services) -> Result<(u64, Arc<[u8]>), Error> {
+    let version = state.policy.store().version();
+    if let Some((v, json)) = &*state
+        .station_list
+        .0
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+    {
+        if *v == version {
+            return Ok((version, json.clone()));
+        }
+    }
+    let json: Arc<[u8]> = serde_json::to_vec(&list(state)?)
+        .map_err(|e| Error::Internal(e.to_string()))?
+        .into();
+    *state
+        .station_list
+        .0
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some((version, json.clone()));
+    Ok((version, json))
+}
 
 /// Every station with the state it shows (its phase in a running campaign, else
 /// its reset's).

@@ -37,7 +37,15 @@ impl Store {
     }
 
     pub(super) fn announce(&self, change: Change) {
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         // An error only says that nobody listens.
         let _ = self.feed.send(change);
+    }
+
+    /// Rises with every change announced: a view made after reading version `v`
+    /// is current while the version is still `v` (read it before the data).
+    pub fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::SeqCst)
     }
 }

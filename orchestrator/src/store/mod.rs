@@ -73,6 +73,7 @@ pub struct Store {
     clock: Clock,
     /// Announces every write the API shows ([`Store::changes`]).
     feed: tokio::sync::broadcast::Sender<Change>,
+    version: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// `inventory.max_unknown` by default.
@@ -120,6 +121,7 @@ impl Store {
             ledger_mem: Arc::new(std::sync::Mutex::new(ledger_mem)),
             clock: Clock::system(),
             feed: feed::channel(),
+            version: Arc::default(),
         })
     }
 
