@@ -88,6 +88,20 @@ impl Subscriber {
     }
 }
 
+/// Rename the test's station through the API.
+async fn rename(addr: SocketAddr, name: &str) {
+    let body = format!("{{\"name\": \"{name}\"}}");
+    let (status, _, answer) = http_send(
+        addr,
+        "PUT",
+        &format!("/api/v1/stations/{STATION}"),
+        "Content-Type: application/json\r\n",
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+}
+
 #[tokio::test]
 async fn a_subscriber_sees_station_and_boot_events_and_a_reconnect_gets_what_it_missed() {
     let server = start(&format!("[[inventory.stations]]\nmac = \"{STATION}\"\n")).await;
@@ -126,15 +140,7 @@ async fn a_subscriber_sees_station_and_boot_events_and_a_reconnect_gets_what_it_
     // A sighting that changes nothing the station shows but its timestamps is no event;
     // the next station event is the next real change.
     store.configure(mac, &Default::default()).unwrap();
-    let (status, _, _) = http_send(
-        addr,
-        "PUT",
-        &format!("/api/v1/stations/{STATION}"),
-        "Content-Type: application/json\r\n",
-        br#"{"name": "pc-02"}"#,
-    )
-    .await;
-    assert_eq!(status, 200);
+    rename(addr, "pc-02").await;
     let next = sub.next_of("station").await;
     assert_eq!(next.data["name"], "pc-02", "{next:?}");
 
@@ -171,15 +177,7 @@ async fn the_station_list_is_made_anew_after_every_change_and_answers_304_while_
     let (status, _, body) = http_send(addr, "GET", "/api/v1/stations", &same, b"").await;
     assert_eq!((status, body.len()), (304, 0), "nothing changed");
 
-    let (status, _, _) = http_send(
-        addr,
-        "PUT",
-        &format!("/api/v1/stations/{STATION}"),
-        "Content-Type: application/json\r\n",
-        br#"{"name": "pc-07"}"#,
-    )
-    .await;
-    assert_eq!(status, 200);
+    rename(addr, "pc-07").await;
     let (status, head, body) = http_send(addr, "GET", "/api/v1/stations", &same, b"").await;
     assert_eq!(status, 200, "the old ETag no longer matches");
     assert_ne!(etag_of(&head), first);

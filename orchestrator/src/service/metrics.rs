@@ -122,6 +122,22 @@ impl Metrics {
     }
 }
 
+type Labels = Vec<(&'static str, &'static str)>;
+
+/// A counter family read from counts kept elsewhere (the protocol servers').
+fn counters(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    values: impl Iterator<Item = (Labels, u64)>,
+) {
+    let family = Family::<Labels, Counter>::default();
+    for (labels, n) in values {
+        family.get_or_create(&labels).inc_by(n);
+    }
+    registry.register(name, help, family);
+}
+
 /// The formats a scrape can get.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -222,35 +238,34 @@ pub fn render(state: &Services, format: Format) -> Result<String, Error> {
         m.restore_seconds.clone(),
     );
     if let Some(dhcp) = &m.dhcp {
-        let answers = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
-        for (firmware, listener, n) in dhcp.answers() {
-            answers
-                .get_or_create(&vec![("firmware", firmware), ("listener", listener)])
-                .inc_by(n);
-        }
-        registry.register(
+        let answers = dhcp
+            .answers()
+            .into_iter()
+            .map(|(f, l, n)| (vec![("firmware", f), ("listener", l)], n));
+        counters(
+            &mut registry,
             "dhcp_answers",
             "ProxyDHCP answers sent, by firmware and listener (dhcp: port 67, pxe: port 4011)",
             answers,
         );
-        let drops = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
-        for (reason, n) in dhcp.drops() {
-            drops.get_or_create(&vec![("reason", reason)]).inc_by(n);
-        }
-        registry.register(
+        let drops = dhcp
+            .drops()
+            .into_iter()
+            .map(|(r, n)| (vec![("reason", r)], n));
+        counters(
+            &mut registry,
             "dhcp_dropped",
             "DHCP packets not answered, by reason",
             drops,
         );
     }
     if let Some(tftp) = &m.tftp {
-        let transfers = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
-        for (outcome, n) in tftp.transfers() {
-            transfers
-                .get_or_create(&vec![("outcome", outcome)])
-                .inc_by(n);
-        }
-        registry.register(
+        let transfers = tftp
+            .transfers()
+            .into_iter()
+            .map(|(o, n)| (vec![("outcome", o)], n));
+        counters(
+            &mut registry,
             "tftp_transfers",
             "TFTP requests by outcome: done, failed, negotiated-only (the client asked for the size and ended), refused",
             transfers,
