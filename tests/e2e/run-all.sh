@@ -17,6 +17,7 @@ tests=(
   "vm_reset.sh uefi"
   "package.sh"
   "api.sh"
+  "dashboard.sh"
 )
 limit=${E2E_LIMIT:-900}
 passed=0 failed=0 n=0
