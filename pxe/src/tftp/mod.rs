@@ -54,9 +54,11 @@ pub enum Refusal {
     Unavailable(String),
 }
 
-/// Check that a file name stays inside the root: relative, no `..`, no control
-/// characters (backslashes count as separators). Used for requests and for the boot
-/// file names in the configuration.
+/// Check that a file name stays inside the root: no `..`, no control characters
+/// (backslashes count as separators). A leading `/` names the root, as tftpd-hpa
+/// (`-s`), atftpd and dnsmasq take it: Debian's signed GRUB asks for
+/// `/grub/grub.cfg`. Used for requests and for the boot file names in the
+/// configuration.
 pub fn check_name(requested: &str) -> Result<PathBuf, Refusal> {
     if requested.is_empty() {
         return Err(Refusal::Empty);
@@ -71,7 +73,9 @@ pub fn check_name(requested: &str) -> Result<PathBuf, Refusal> {
             Component::Normal(part) => relative.push(part),
             Component::CurDir => {}
             Component::ParentDir => return Err(Refusal::ParentDir),
-            Component::RootDir | Component::Prefix(_) => return Err(Refusal::Absolute),
+            // The TFTP root is the client's `/`.
+            Component::RootDir => {}
+            Component::Prefix(_) => return Err(Refusal::Absolute),
         }
     }
     if relative.as_os_str().is_empty() {
@@ -493,9 +497,12 @@ mod tests {
             ("boot\\..\\..\\etc\\passwd", Refusal::ParentDir),
             ("./../etc/passwd", Refusal::ParentDir),
             ("..", Refusal::ParentDir),
-            ("/etc/passwd", Refusal::Absolute),
-            ("\\etc\\passwd", Refusal::Absolute),
-            ("//etc/passwd", Refusal::Absolute),
+            // Under the root, where there is no such file.
+            ("/etc/passwd", Refusal::NotFound),
+            ("\\etc\\passwd", Refusal::NotFound),
+            ("//etc/passwd", Refusal::NotFound),
+            ("/../etc/passwd", Refusal::ParentDir),
+            ("/", Refusal::NotAFile),
             (
                 "undionly.kpxe\u{0}../../etc/passwd",
                 Refusal::ControlCharacter,
@@ -507,6 +514,20 @@ mod tests {
         ];
         for (name, want) in cases {
             assert_eq!(resolve(dir.path(), name).as_ref(), Err(want), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn a_leading_slash_names_the_root_as_grub_asks_for_its_config() {
+        let dir = root();
+        std::fs::create_dir_all(dir.path().join("grub")).unwrap();
+        std::fs::write(dir.path().join("grub/grub.cfg"), b"exit").unwrap();
+        for name in ["/grub/grub.cfg", "//grub/grub.cfg", "\\grub\\grub.cfg"] {
+            assert_eq!(
+                resolve(dir.path(), name).unwrap(),
+                dir.path().join("grub/grub.cfg"),
+                "{name:?}"
+            );
         }
     }
 
