@@ -7,6 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use dhcproto::{v4::Message, Decodable, Encodable};
 use libfuzzer_sys::fuzz_target;
 use pxe::dhcp::{boot_file, build, classify, reply_addr, BootFiles, Listener};
+use pxe::Loader;
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 
@@ -15,13 +16,20 @@ fuzz_target!(|data: &[u8]| {
         bios: "undionly.kpxe".into(),
         uefi_x64: "snponly.efi".into(),
         uefi_arm64: Some("arm64/snponly.efi".into()),
+        uefi_x64_signed: Some("netreset/signed/shimx64.efi".into()),
         http_base: "http://10.0.0.1:8080".into(),
+    };
+    // Both loaders, chosen by the input's length so each input stays one case.
+    let loader = if data.len() % 2 == 0 {
+        Loader::Ipxe
+    } else {
+        Loader::Signed
     };
     for listener in [Listener::Dhcp, Listener::Pxe] {
         let Ok(request) = classify(data, listener, SERVER) else {
             continue;
         };
-        let Some(file) = boot_file(&request.machine, &files) else {
+        let Some(file) = boot_file(&request.machine, &files, loader) else {
             continue;
         };
         let offer = build(&request, &file, SERVER);

@@ -73,9 +73,11 @@ copy_exec "$(command -v ntfsls)"
 # Network: Intel (e1000e, igb, igc for I225/I226, e1000 as QEMU's default), Realtek
 # (r8169; r8152 and cdc_ether for USB-C docks, behind xhci_pci), virtio.
 # Disk: AHCI/SATA (and IDE mode: ata_piix, ata_generic), NVMe (and behind Intel
-# VMD/RST: vmd), eMMC (sdhci_pci, mmc_block), virtio-blk and virtio-scsi.
+# VMD/RST: vmd), eMMC (sdhci_pci, mmc_block), virtio-blk and virtio-scsi. efivarfs:
+# the firmware's variables, whose SecureBoot the restore reports.
 modules=(e1000e igb igc e1000 r8169 xhci_pci r8152 cdc_ether virtio_net virtio_pci
-  virtio_blk virtio_scsi ahci ata_piix ata_generic sd_mod vmd nvme sdhci_pci mmc_block)
+  virtio_blk virtio_scsi ahci ata_piix ata_generic sd_mod vmd nvme sdhci_pci mmc_block
+  efivarfs)
 depmod -b "$modbase" "$kver"
 : > "$rootfs/etc/modules.order"
 for m in "${modules[@]}"; do

@@ -3,7 +3,7 @@
 //! restore the disk in place, inject, and report progress and the outcome to the
 //! orchestrator.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -127,11 +127,14 @@ fn restore(
         index.total_size as f64 / f64::from(1u32 << 30),
         args.disk.display()
     ));
-    let _ = client.report(
-        mac,
-        &progress_body(id, 0, index.total_size, &RestoreStats::default()),
-        false,
-    );
+    // The first report says whether the firmware runs Secure Boot.
+    let mut first = progress_body(id, 0, index.total_size, &RestoreStats::default());
+    let secure_boot = secure_boot(Path::new(EFIVARS));
+    if let Some(on) = secure_boot {
+        first["secure_boot"] = on.into();
+        log(&format!("Secure Boot {}", if on { "on" } else { "off" }));
+    }
+    let _ = client.report(mac, &first, false);
 
     let done = AtomicU64::new(0);
     let latest = Mutex::new(RestoreStats::default());
@@ -213,6 +216,27 @@ fn restore(
     })
 }
 
+/// Where the kernel shows the firmware's variables (efivarfs).
+const EFIVARS: &str = "/sys/firmware/efi/efivars";
+/// The `SecureBoot` variable of the UEFI global variable GUID (UEFI 2.10 §3.3).
+const SECURE_BOOT_VAR: &str = "SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c";
+
+/// Whether the firmware booted with Secure Boot on, from efivarfs at `efivars`:
+/// the variable is 4 bytes of attributes, then one byte, 1 for on. `None` when the
+/// machine has no UEFI variables to read (BIOS, or efivarfs not mounted); a UEFI
+/// firmware without the variable predates Secure Boot: off.
+fn secure_boot(efivars: &Path) -> Option<bool> {
+    match std::fs::read(efivars.join(SECURE_BOOT_VAR)) {
+        Ok(bytes) => Some(bytes.get(4) == Some(&1)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // An empty directory is efivarfs not mounted, not a firmware without it.
+            let mounted = std::fs::read_dir(efivars).is_ok_and(|mut d| d.next().is_some());
+            mounted.then_some(false)
+        }
+        Err(_) => None,
+    }
+}
+
 fn progress_body(id: &ChunkId, done: u64, total: u64, s: &RestoreStats) -> serde_json::Value {
     let mut body = serde_json::to_value(s).expect("plain struct");
     body["state"] = "running".into();
@@ -237,6 +261,30 @@ mod tests {
             max_mbit: None,
             retry_for: Duration::ZERO,
         }
+    }
+
+    #[test]
+    fn secure_boot_is_read_from_the_firmware_variable_and_unknown_without_efivarfs() {
+        let dir = tempfile::tempdir().unwrap();
+        let vars = dir.path();
+        assert_eq!(secure_boot(&vars.join("absent")), None, "BIOS: no efivars");
+        assert_eq!(
+            secure_boot(vars),
+            None,
+            "efivarfs not mounted: an empty directory"
+        );
+        std::fs::write(
+            vars.join("BootOrder-8be4df61-93ca-11d2-aa0d-00e098032b8c"),
+            [6, 0, 0, 0, 1, 0],
+        )
+        .unwrap();
+        assert_eq!(secure_boot(vars), Some(false), "UEFI without the variable");
+        std::fs::write(vars.join(SECURE_BOOT_VAR), [6, 0, 0, 0, 1]).unwrap();
+        assert_eq!(secure_boot(vars), Some(true));
+        std::fs::write(vars.join(SECURE_BOOT_VAR), [6, 0, 0, 0, 0]).unwrap();
+        assert_eq!(secure_boot(vars), Some(false));
+        std::fs::write(vars.join(SECURE_BOOT_VAR), [6, 0, 0]).unwrap();
+        assert_eq!(secure_boot(vars), Some(false), "a short variable is not on");
     }
 
     #[test]

@@ -102,14 +102,17 @@ impl Daemon {
             token_ttl: config.restore.token_ttl,
             max_mbit: config.restore.max_mbit,
             secret,
+            files: crate::service::resets::restore_files(&config.restore),
         };
         let policy = Orchestrator::new(
             store,
             config.boot.clone(),
+            config.rooms.clone(),
             config.inventory.clone(),
             restore,
         );
         let shared: Arc<dyn pxe::BootPolicy> = Arc::new(policy.clone());
+        let (campaign_handle, campaign_rx) = crate::service::campaigns::Handle::new();
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
 
@@ -128,10 +131,11 @@ impl Daemon {
                         bios: config.boot.bios.clone(),
                         uefi_x64: config.boot.uefi_x64.clone(),
                         uefi_arm64: config.boot.uefi_arm64.clone(),
+                        uefi_x64_signed: Some(crate::boot::policy::TFTP_SHIM.to_owned()),
                         http_base: public_url.clone(),
                     },
                 };
-                let server = DhcpServer::bind(settings, shared.clone()).context(
+                let server = DhcpServer::bind(settings, shared).context(
                     "ProxyDHCP needs ports 67 and 4011: run as root or with CAP_NET_BIND_SERVICE and CAP_NET_RAW",
                 )?;
                 let addrs = server.local_addrs();
@@ -154,7 +158,10 @@ impl Daemon {
                 mtu,
                 max_per_client: config.tftp.max_per_client,
             },
-            shared,
+            Arc::new(crate::service::boot::TftpPolicy {
+                policy: policy.clone(),
+                campaigns: campaign_handle.clone(),
+            }),
         )
         .context("TFTP needs port 69: run as root or with CAP_NET_BIND_SERVICE")?;
         let tftp_addr = tftp.local_addr();
@@ -162,7 +169,6 @@ impl Daemon {
         let token = cancel.child_token();
         tasks.spawn(async move { ("tftp", tftp.run(token).await.map_err(Into::into)) });
 
-        let (campaign_handle, campaign_rx) = crate::service::campaigns::Handle::new();
         let state = AppState {
             policy: policy.clone(),
             tftp_root: Arc::new(config.tftp.root.clone()),

@@ -543,7 +543,17 @@ fn the_admin_cli_lists_sets_and_shows_stations_and_prints_the_servers_refusals()
     // From the environment.
     let env = [("NETRESET_URL", url.as_str()), ("NETRESET_TOKEN", token)];
     let (ok, out, err) = cli(
-        &["station", "set", mac, "--room", "lab", "--name", "pc7"],
+        &[
+            "station",
+            "set",
+            mac,
+            "--room",
+            "lab",
+            "--name",
+            "pc7",
+            "--secure-boot",
+            "true",
+        ],
         &env,
     );
     assert!(ok && out.contains("set"), "{out}{err}");
@@ -563,6 +573,11 @@ fn the_admin_cli_lists_sets_and_shows_stations_and_prints_the_servers_refusals()
     assert_eq!(
         (st["room"].as_str(), st["name"].as_str()),
         (Some("lab"), Some("pc7")),
+        "{shown}"
+    );
+    assert_eq!(
+        (&st["secure_boot"], &shown["boot_loader"]),
+        (&serde_json::json!(true), &serde_json::json!("signed")),
         "{shown}"
     );
     // The server's refusals, with its message and a failing exit status.

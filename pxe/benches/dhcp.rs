@@ -7,6 +7,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use dhcproto::v4::{Architecture, DhcpOption, Flags, Message, MessageType};
 use dhcproto::{Encodable, Encoder};
 use pxe::dhcp::{boot_file, build, classify, BootFiles, Listener};
+use pxe::Loader;
 
 fn discover() -> Vec<u8> {
     let mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
@@ -46,6 +47,7 @@ fn hot_path(c: &mut Criterion) {
         bios: "undionly.kpxe".into(),
         uefi_x64: "snponly.efi".into(),
         uefi_arm64: None,
+        uefi_x64_signed: Some("netreset/signed/shimx64.efi".into()),
         http_base: "http://10.0.0.1:8080".into(),
     };
     c.bench_function("classify", |b| {
@@ -54,7 +56,7 @@ fn hot_path(c: &mut Criterion) {
     let request = classify(&packet, Listener::Dhcp, server).unwrap();
     c.bench_function("build+encode", |b| {
         b.iter(|| {
-            let file = boot_file(&request.machine, &files).unwrap();
+            let file = boot_file(&request.machine, &files, Loader::Ipxe).unwrap();
             let reply = build(&request, &file, server);
             let mut out = Vec::with_capacity(400);
             reply.encode(&mut Encoder::new(&mut out)).unwrap();
@@ -64,7 +66,7 @@ fn hot_path(c: &mut Criterion) {
     c.bench_function("classify+build+encode", |b| {
         b.iter(|| {
             let request = classify(&packet, Listener::Dhcp, server).unwrap();
-            let file = boot_file(&request.machine, &files).unwrap();
+            let file = boot_file(&request.machine, &files, Loader::Ipxe).unwrap();
             let mut out = Vec::with_capacity(400);
             build(&request, &file, server)
                 .encode(&mut Encoder::new(&mut out))

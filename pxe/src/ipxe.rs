@@ -69,9 +69,15 @@ reboot
 fn render_chain(s: &mut String, target: &ChainTarget) -> Result<(), Error> {
     check("kernel", &target.kernel, true)?;
     check("cmdline", &target.cmdline, false)?;
+    // A UEFI kernel's stub finds each initrd iPXE loaded by its name.
+    let mut names = String::new();
+    for initrd in &target.initrds {
+        let name = initrd.rsplit('/').next().unwrap_or("initrd");
+        let _ = write!(names, "initrd={name} ");
+    }
     let _ = writeln!(
         s,
-        "kernel {} {} || goto netreset_failed",
+        "kernel {} {names}{} || goto netreset_failed",
         target.kernel, target.cmdline
     );
     for initrd in &target.initrds {
@@ -164,7 +170,7 @@ mod tests {
         let body = script.split(":netreset_boot\n").nth(1).unwrap();
         assert_eq!(
             body,
-            "kernel http://10.0.0.1:8080/env/vmlinuz console=ttyS0 netreset.station=52:54:00:12:34:56 || goto netreset_failed\n\
+            "kernel http://10.0.0.1:8080/env/vmlinuz initrd=initrd console=ttyS0 netreset.station=52:54:00:12:34:56 || goto netreset_failed\n\
              initrd http://10.0.0.1:8080/env/initrd || goto netreset_failed\n\
              boot || goto netreset_failed\n\
              :netreset_failed\n\

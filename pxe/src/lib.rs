@@ -1,5 +1,6 @@
-//! Network boot protocol servers for netreset: ProxyDHCP (`dhcp`), TFTP (`tftp`) and
-//! iPXE script rendering (`ipxe`).
+//! Network boot protocol servers for netreset: ProxyDHCP (`dhcp`), TFTP (`tftp`), and
+//! the scripts the loaders run: iPXE's (`ipxe`) and GRUB's (`grub`, the Secure Boot
+//! path).
 //!
 //! The servers hold no policy and no campaign state. Every decision about a machine
 //! ("boot the local disk", "chain this kernel", "stay silent") is asked of one trait,
@@ -12,6 +13,7 @@
 #[cfg(feature = "servers")]
 pub mod dhcp;
 mod error;
+pub mod grub;
 pub mod ipxe;
 mod mac;
 mod policy;
@@ -25,5 +27,6 @@ mod workers;
 pub use error::Error;
 pub use mac::MacAddr;
 pub use policy::{
-    Arch, BootDecision, BootPolicy, BootStep, ChainTarget, Firmware, Machine, Observation,
+    Arch, BootDecision, BootPolicy, BootStep, ChainTarget, Firmware, Loader, Machine, Observation,
+    TftpFile,
 };

@@ -76,17 +76,43 @@ pub enum BootStep {
     Pxe4011,
     /// iPXE asks for its script over HTTP.
     Script,
+    /// GRUB (the Secure Boot path) asks for its configuration over TFTP.
+    GrubConfig,
 }
 
 /// The kernel, initrd and command line a station should boot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ChainTarget {
-    /// Absolute http(s) URL of the kernel.
+    /// Where the loader fetches the kernel: an absolute http(s) URL for iPXE, a path
+    /// on our TFTP server (`/netreset/restore/vmlinuz`) for GRUB.
     pub kernel: String,
-    /// Absolute http(s) URLs of the initrds, in load order.
+    /// The initrds, in load order, named as the kernel is.
     pub initrds: Vec<String>,
-    /// Kernel command line.
+    /// Kernel command line, without `initrd=` (the iPXE renderer adds it).
     pub cmdline: String,
+}
+
+/// The boot loader a UEFI machine is given over the network.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Loader {
+    /// Debian's iPXE (unsigned): fetches its script over HTTP.
+    #[default]
+    Ipxe,
+    /// The Secure Boot path: Microsoft-signed shim, then Debian-signed GRUB, which
+    /// fetches its configuration, kernel and initrd over TFTP.
+    Signed,
+}
+
+/// A file the policy makes for a TFTP request instead of the static root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TftpFile {
+    /// Contents made for this request (a GRUB configuration).
+    Bytes(std::sync::Arc<[u8]>),
+    /// A file outside the root (the signed loaders, the restore kernel).
+    Path(std::path::PathBuf),
+    /// The name is the policy's, but not for this client: refused with the reason.
+    Refused(String),
 }
 
 /// What to do with a machine.
@@ -136,6 +162,20 @@ pub enum Observation {
 pub trait BootPolicy: Send + Sync + 'static {
     /// Decide what `machine` boots. Called at each step of a boot attempt.
     fn decide(&self, machine: &Machine, step: BootStep) -> BootDecision;
+
+    /// The loader a UEFI x86-64 `machine` gets from DHCP. The default is iPXE.
+    fn loader(&self, machine: &Machine) -> Loader {
+        let _ = machine;
+        Loader::Ipxe
+    }
+
+    /// A TFTP file the policy serves itself, for the checked relative `name` (`/`
+    /// separators, no `..`) asked by `peer`; `None` leaves it to the static root.
+    /// The default serves none.
+    fn tftp_file(&self, peer: SocketAddr, name: &str) -> Option<TftpFile> {
+        let _ = (peer, name);
+        None
+    }
 
     /// Record what a server did. The default drops it.
     fn observe(&self, observation: Observation) {

@@ -472,21 +472,6 @@ async fn a_queued_command_reaches_the_waiting_poll_once_and_in_use_stations_need
     server.daemon.shutdown().await.unwrap();
 }
 
-async fn put_json(addr: std::net::SocketAddr, path: &str, body: &str) -> (u16, serde_json::Value) {
-    let (status, _, answer) = http_send(
-        addr,
-        "PUT",
-        path,
-        "Content-Type: application/json\r\n",
-        body.as_bytes(),
-    )
-    .await;
-    (
-        status,
-        serde_json::from_slice(&answer).unwrap_or(serde_json::Value::Null),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn station_settings_set_the_image_and_kms_flag_that_the_next_reset_uses() {
     let server = setup().await;

@@ -10,5 +10,6 @@ mod events;
 mod metrics;
 mod openapi;
 mod restore;
+mod secure_boot;
 mod support;
 mod tftp;

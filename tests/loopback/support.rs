@@ -457,6 +457,26 @@ pub async fn post_json(
     )
 }
 
+/// PUT a JSON body: status and the JSON answer (`null` when there is none).
+pub async fn put_json(
+    addr: std::net::SocketAddr,
+    path: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let (status, _, answer) = http_send(
+        addr,
+        "PUT",
+        path,
+        "Content-Type: application/json\r\n",
+        body.as_bytes(),
+    )
+    .await;
+    (
+        status,
+        serde_json::from_slice(&answer).unwrap_or(serde_json::Value::Null),
+    )
+}
+
 /// Install a stand-in restore environment (resets are refused without one) and
 /// import a generated sample disk (`images::sample`) as image `name`.
 pub fn install_sample(data: &Path, name: &str, seed: u64) {

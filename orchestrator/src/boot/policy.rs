@@ -6,19 +6,21 @@
 //! station boots its local disk.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pxe::{
-    Arch, BootDecision, BootPolicy, BootStep, ChainTarget, Firmware, MacAddr, Machine, Observation,
+    Arch, BootDecision, BootPolicy, BootStep, ChainTarget, Firmware, Loader, MacAddr, Machine,
+    Observation, TftpFile,
 };
 use tracing::{debug, warn};
 
 use crate::boot::recorder::Recorder;
 use crate::boot::tokens::Secret;
-use crate::config::{BootConfig, InventoryConfig, UnknownMode};
-use crate::store::{Sighting, Store};
+use crate::config::{BootConfig, InventoryConfig, RoomConfig, UnknownMode};
+use crate::store::{Sighting, Station, Store};
 
 /// What the boot script of a station being reset chains: the restore environment,
 /// with `netreset.*` arguments `netreset-restore` takes.
@@ -35,7 +37,28 @@ pub struct RestoreBoot {
     /// `restore.max_mbit`, passed on as `netreset.max_mbit=`.
     pub max_mbit: Option<u32>,
     pub secret: Secret,
+    /// The kernel and initrd as files here, which the Secure Boot path's GRUB loads
+    /// over TFTP (as [`TFTP_KERNEL`] and [`TFTP_INITRD`]); `None` when they are
+    /// elsewhere (http(s) URLs).
+    pub files: Option<(PathBuf, PathBuf)>,
 }
+
+/// The TFTP names of the signed loaders: shim loads `grubx64.efi` from the
+/// directory it was loaded from.
+pub const TFTP_SHIM: &str = "netreset/signed/shimx64.efi";
+pub const TFTP_GRUB: &str = "netreset/signed/grubx64.efi";
+/// The restore environment over TFTP, for GRUB (which has no http here).
+pub const TFTP_KERNEL: &str = "netreset/restore/vmlinuz";
+pub const TFTP_INITRD: &str = "netreset/restore/initrd.img";
+/// The module lists GRUB's normal mode reads from its prefix at start: served
+/// empty (it has every command it needs built in, and under Secure Boot loads no
+/// module), so that they are not refused and recorded at every boot.
+const GRUB_LISTS: [&str; 4] = [
+    "grub/x86_64-efi/command.lst",
+    "grub/x86_64-efi/fs.lst",
+    "grub/x86_64-efi/crypto.lst",
+    "grub/x86_64-efi/terminal.lst",
+];
 
 /// The boot policy over the inventory.
 #[derive(Clone)]
@@ -43,6 +66,8 @@ pub struct Orchestrator {
     store: Store,
     recorder: Arc<Recorder>,
     boot: Arc<BootConfig>,
+    /// Rooms, for their Secure Boot setting.
+    rooms: Arc<Vec<RoomConfig>>,
     inventory: Arc<InventoryConfig>,
     restore: Arc<RestoreBoot>,
     /// Where DHCP last saw each known station, and when (calendar ms): its script
@@ -102,6 +127,7 @@ impl Orchestrator {
     pub fn new(
         store: Store,
         boot: BootConfig,
+        rooms: Vec<RoomConfig>,
         inventory: InventoryConfig,
         restore: RestoreBoot,
     ) -> Orchestrator {
@@ -109,6 +135,7 @@ impl Orchestrator {
             recorder: Recorder::start(store.clone()),
             store,
             boot: Arc::new(boot),
+            rooms: Arc::new(rooms),
             inventory: Arc::new(inventory),
             restore: Arc::new(restore),
             seen: Arc::default(),
@@ -169,7 +196,7 @@ impl Orchestrator {
     /// The chain to the restore environment, when `machine` has a reset under way and
     /// asks from its own address. Each call mints a new token, valid for
     /// `restore.token_ttl`.
-    fn restore_target(&self, machine: &Machine) -> Option<ChainTarget> {
+    fn restore_target(&self, machine: &Machine, step: BootStep) -> Option<ChainTarget> {
         let mac = machine.mac;
         let reset = match self.store.reset(mac) {
             Ok(Some(r)) if r.state.active() => r,
@@ -178,6 +205,23 @@ impl Orchestrator {
                 warn!(%mac, error = %e, "cannot read the station's reset; booting local disk");
                 return None;
             }
+        };
+        let r = &self.restore;
+        let (kernel, initrd) = match step {
+            BootStep::GrubConfig => match &r.files {
+                Some(_) => (format!("/{TFTP_KERNEL}"), format!("/{TFTP_INITRD}")),
+                None => {
+                    warn!(%mac, "a reset is pending, but the Secure Boot path loads the restore environment over TFTP and restore.kernel/initrd are URLs: booting local disk");
+                    let detail = "restore withheld: the Secure Boot path loads restore.kernel and restore.initrd over TFTP from restore.dir, and they are URLs".to_owned();
+                    self.recorder.submit(move |store| {
+                        if let Err(e) = store.record(mac, "script-withheld", detail) {
+                            warn!(%mac, error = %e, "cannot record boot event");
+                        }
+                    });
+                    return None;
+                }
+            },
+            _ => (r.kernel.clone(), r.initrd.clone()),
         };
         if let Err(why) = self.bound(mac, machine.ip) {
             warn!(%mac, %why, "a reset is pending, but the script request is not the station's: no restore token");
@@ -189,16 +233,13 @@ impl Orchestrator {
             });
             return None;
         }
-        let r = &self.restore;
         let expires = self.store.clock().now_ms() / 1000 + r.token_ttl.as_secs();
         let token = r.secret.restore_token(mac, &reset.token_scope(), expires);
-        // UEFI kernels find the initrd iPXE loaded by this name.
-        let initrd_name = r.initrd.rsplit('/').next().unwrap_or("initrd");
         // quiet: the kernel does not print its command line (and the token in it) on
         // the station's screen; panic=10: a restore environment that dies reboots.
         // restore.cmdline comes after, so loglevel=7 there shows everything again.
         let mut cmdline = format!(
-            "initrd={initrd_name} quiet panic=10 netreset.server={} netreset.station={mac} netreset.token={token} netreset.image={}",
+            "quiet panic=10 netreset.server={} netreset.station={mac} netreset.token={token} netreset.image={}",
             r.server_url, reset.staged
         );
         if let Some(disk) = &reset.disk {
@@ -213,8 +254,8 @@ impl Orchestrator {
             cmdline.push_str(&r.cmdline);
         }
         Some(ChainTarget {
-            kernel: r.kernel.clone(),
-            initrds: vec![r.initrd.clone()],
+            kernel,
+            initrds: vec![initrd],
             cmdline,
         })
     }
@@ -260,15 +301,37 @@ impl Orchestrator {
         }
     }
 
-    /// Record that `mac` fetched its script from `peer`. Only DHCP registers a
-    /// station or moves its recorded address: anyone can ask for any script.
-    pub fn script_served(&self, mac: MacAddr, peer: IpAddr, decision: &BootDecision) {
+    /// Record that `mac` fetched its iPXE script (`step` `Script`, event `script`)
+    /// or its GRUB configuration (`GrubConfig`, event `grub-config`) from `peer`.
+    /// Only DHCP registers a station or moves its recorded address: anyone can ask
+    /// for any script.
+    pub fn script_served(
+        &self,
+        mac: MacAddr,
+        peer: IpAddr,
+        step: BootStep,
+        decision: &BootDecision,
+    ) {
         let what = match decision {
             BootDecision::Ignore => "local-disk (unknown station, not registered)".to_owned(),
             BootDecision::LocalDisk => format!("local-disk (from {peer})"),
             BootDecision::Chain(t) => format!("chain {} (from {peer})", t.kernel),
         };
-        self.sighted(mac, Sighting::default(), false, "script", what);
+        let kind = match step {
+            BootStep::GrubConfig => "grub-config",
+            _ => "script",
+        };
+        self.sighted(mac, Sighting::default(), false, kind, what);
+    }
+
+    /// The loader `station`'s firmware gets: the signed path when its setting, its
+    /// room's or the default says Secure Boot.
+    pub fn loader_of(&self, station: Option<&Station>) -> Loader {
+        if crate::config::secure_boot(&self.boot, &self.rooms, station) {
+            Loader::Signed
+        } else {
+            Loader::Ipxe
+        }
     }
 
     fn sighted(
@@ -349,14 +412,44 @@ impl BootPolicy for Orchestrator {
             debug!(mac = %machine.mac, ?step, "unknown station ignored");
             return BootDecision::Ignore;
         }
-        // The DHCP steps only decide whether to answer (every answer loads iPXE);
-        // what iPXE boots is decided when it asks for the script.
-        if step == BootStep::Script {
-            if let Some(target) = self.restore_target(machine) {
+        // The DHCP steps only decide whether to answer (and `loader` with what);
+        // what the loader boots is decided when it asks for its script.
+        if matches!(step, BootStep::Script | BootStep::GrubConfig) {
+            if let Some(target) = self.restore_target(machine, step) {
                 return BootDecision::Chain(target);
             }
         }
         BootDecision::LocalDisk
+    }
+
+    fn loader(&self, machine: &Machine) -> Loader {
+        self.loader_of(self.store.station(machine.mac).ok().flatten().as_ref())
+    }
+
+    /// The files of the Secure Boot path that are the same for every station: the
+    /// signed loaders, GRUB's first configuration and module lists, the restore
+    /// environment. A station's own GRUB configuration is `service::boot`'s.
+    fn tftp_file(&self, _peer: SocketAddr, name: &str) -> Option<TftpFile> {
+        let path = |p: &PathBuf| Some(TftpFile::Path(p.clone()));
+        match name {
+            TFTP_SHIM => path(&self.boot.shim),
+            TFTP_GRUB => path(&self.boot.grub),
+            "grub/grub.cfg" | "grub/x86_64-efi/grub.cfg" => {
+                Some(TftpFile::Bytes(pxe::grub::BOOTSTRAP.as_bytes().into()))
+            }
+            n if GRUB_LISTS.contains(&n) => Some(TftpFile::Bytes(Arc::from(&b""[..]))),
+            TFTP_KERNEL => self
+                .restore
+                .files
+                .as_ref()
+                .map(|(k, _)| TftpFile::Path(k.clone())),
+            TFTP_INITRD => self
+                .restore
+                .files
+                .as_ref()
+                .map(|(_, i)| TftpFile::Path(i.clone())),
+            _ => None,
+        }
     }
 
     fn observe(&self, observation: Observation) {

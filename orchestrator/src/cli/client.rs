@@ -55,6 +55,9 @@ pub enum StationCommand {
         disk: Option<String>,
         #[arg(long)]
         kms_activation: Option<bool>,
+        /// Boot the signed path (shim, GRUB) for Secure Boot: true or false.
+        #[arg(long)]
+        secure_boot: Option<bool>,
     },
     /// Reset a station at its next network boot.
     Reset {
@@ -279,6 +282,7 @@ pub fn station(conn: &Connection, command: StationCommand) -> anyhow::Result<()>
                     "image",
                     "disk",
                     "kms_activation",
+                    "boot_loader",
                     "confirmed",
                     "in_use",
                     "last_seen",
@@ -306,6 +310,7 @@ pub fn station(conn: &Connection, command: StationCommand) -> anyhow::Result<()>
             image,
             disk,
             kms_activation,
+            secure_boot,
         } => {
             let mut body = serde_json::Map::new();
             for (key, value) in [
@@ -318,11 +323,16 @@ pub fn station(conn: &Connection, command: StationCommand) -> anyhow::Result<()>
                     body.insert(key.into(), json!(v));
                 }
             }
-            if let Some(k) = kms_activation {
-                body.insert("kms_activation".into(), json!(k));
+            for (key, flag) in [
+                ("kms_activation", kms_activation),
+                ("secure_boot", secure_boot),
+            ] {
+                if let Some(f) = flag {
+                    body.insert(key.into(), json!(f));
+                }
             }
             if body.is_empty() {
-                bail!("nothing to set: give --name, --room, --image, --disk or --kms-activation");
+                bail!("nothing to set: give --name, --room, --image, --disk, --kms-activation or --secure-boot");
             }
             let answer = api.call("PUT", &path(&mac), Some(&Value::Object(body)))?;
             print(conn.json, &answer, |_| println!("{mac}: set"));

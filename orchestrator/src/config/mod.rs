@@ -81,6 +81,8 @@ pub struct RoomConfig {
     /// UDP port of the magic packets: 9, what NICs listen to (anything else is for
     /// simulated rooms that cannot bind port 9, like the demo's without root).
     pub wol_port: u16,
+    /// The room's stations boot the signed path (unless a station says otherwise).
+    pub secure_boot: Option<bool>,
 }
 
 /// Where the admin token comes from.
@@ -163,6 +165,36 @@ pub struct BootConfig {
     pub uefi_arm64: Option<String>,
     pub local: LocalBoot,
     pub unknown: UnknownMode,
+    /// Stations boot the signed path (shim, GRUB) unless their room or they say
+    /// otherwise.
+    pub secure_boot: bool,
+    /// The signed loaders, served over TFTP as `netreset/signed/shimx64.efi` and
+    /// `netreset/signed/grubx64.efi` (shim loads `grubx64.efi` from its own directory).
+    pub shim: PathBuf,
+    pub grub: PathBuf,
+}
+
+/// Debian's signed loaders (packages shim-signed and grub-efi-amd64-signed).
+pub const DEBIAN_SHIM: &str = "/usr/lib/shim/shimx64.efi.signed";
+pub const DEBIAN_GRUB: &str = "/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed";
+
+/// Whether `station` boots the signed path: its own setting, else its room's, else
+/// `boot.secure_boot`.
+pub fn secure_boot(
+    boot: &BootConfig,
+    rooms: &[RoomConfig],
+    station: Option<&crate::store::Station>,
+) -> bool {
+    let Some(station) = station else {
+        return boot.secure_boot;
+    };
+    station
+        .secure_boot
+        .or_else(|| {
+            let room = station.room.as_deref()?;
+            rooms.iter().find(|r| r.name == room)?.secure_boot
+        })
+        .unwrap_or(boot.secure_boot)
 }
 
 #[derive(Clone, Debug)]
@@ -333,6 +365,9 @@ impl Config {
                 LocalMode::Sanboot => LocalBoot::Sanboot,
             },
             unknown: raw.boot.unknown.unwrap_or(UnknownMode::Local),
+            secure_boot: raw.boot.secure_boot.unwrap_or(false),
+            shim: base.join(raw.boot.shim.as_deref().unwrap_or(DEBIAN_SHIM)),
+            grub: base.join(raw.boot.grub.as_deref().unwrap_or(DEBIAN_GRUB)),
         };
 
         let events_per_station = raw.inventory.events_per_station.unwrap_or(50);
@@ -384,6 +419,7 @@ impl Config {
                     image: st.image,
                     kms_activation: st.kms_activation,
                     disk: st.disk,
+                    secure_boot: st.secure_boot,
                 },
             });
         }
@@ -445,6 +481,7 @@ impl Config {
                 wol_broadcast,
                 wol_source,
                 wol_port,
+                secure_boot: r.secure_boot,
             });
         }
         let campaigns = campaigns(raw.campaigns)?;

@@ -81,6 +81,7 @@ pub struct RawRoom {
     pub wol_broadcast: String,
     pub wol_source: Option<String>,
     pub wol_port: Option<u16>,
+    pub secure_boot: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -156,6 +157,9 @@ pub struct RawBoot {
     pub uefi_arm64: Option<String>,
     pub local: Option<LocalMode>,
     pub unknown: Option<UnknownMode>,
+    pub secure_boot: Option<bool>,
+    pub shim: Option<String>,
+    pub grub: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -177,6 +181,7 @@ pub struct RawStation {
     pub image: Option<String>,
     pub kms_activation: Option<bool>,
     pub disk: Option<String>,
+    pub secure_boot: Option<bool>,
 }
 
 /// `[dhcp] mode`.

@@ -117,6 +117,7 @@ pub fn mark(
         },
         disk: Some(disk),
         restoring_from: None,
+        secure_boot: None,
     };
     // Written in one step with what it replaces: the station runs the image of its
     // last completed reset until this one is, also when that restore finished just
@@ -152,6 +153,20 @@ pub fn restore_env_missing(restore: &crate::config::RestoreConfig) -> Vec<std::p
         .collect()
 }
 
+/// The restore environment's kernel and initrd as files here, when both are (not
+/// http(s) URLs): the Secure Boot path's GRUB loads them over TFTP.
+pub fn restore_files(
+    restore: &crate::config::RestoreConfig,
+) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    let local = |l: &str| !l.starts_with("http://") && !l.starts_with("https://");
+    (local(&restore.kernel) && local(&restore.initrd)).then(|| {
+        (
+            restore.dir.join(&restore.kernel),
+            restore.dir.join(&restore.initrd),
+        )
+    })
+}
+
 /// What a restore report tells the station's campaign. One failure is one failure:
 /// the restore environment reports it again, with the end of its log, after the
 /// restore client did, and that must not count twice against the restore attempts.
@@ -183,6 +198,10 @@ pub struct ProgressReport {
     total_bytes: Option<u64>,
     #[serde(default)]
     error: Option<String>,
+    /// Whether the restore environment runs under Secure Boot (the firmware's
+    /// `SecureBoot` variable); absent on BIOS.
+    #[serde(default)]
+    secure_boot: Option<bool>,
     #[serde(flatten)]
     #[schema(value_type = Object)]
     figures: serde_json::Map<String, Value>,
@@ -259,6 +278,9 @@ pub fn progress(
         reset.done_bytes = report.done_bytes.unwrap_or(reset.done_bytes);
         reset.total_bytes = report.total_bytes.unwrap_or(reset.total_bytes);
         reset.error = error.clone();
+        if report.secure_boot.is_some() {
+            reset.secure_boot = report.secure_boot;
+        }
         if !figures.is_empty() {
             reset.stats = figures.clone();
         }
@@ -273,7 +295,14 @@ pub fn progress(
     }
     let event = match (previous, next) {
         (ResetState::Restoring, ResetState::Restoring) => None,
-        (_, ResetState::Restoring) => Some(("restore-started", reset.staged.clone())),
+        (_, ResetState::Restoring) => Some((
+            "restore-started",
+            match reset.secure_boot {
+                Some(true) => format!("{} (Secure Boot on)", reset.staged),
+                Some(false) => format!("{} (Secure Boot off)", reset.staged),
+                None => reset.staged.clone(),
+            },
+        )),
         (_, ResetState::Done) => Some(("restore-done", summary(&reset))),
         (_, ResetState::Failed) => {
             Some(("restore-failed", reset.error.clone().unwrap_or_default()))
@@ -455,6 +484,7 @@ mod tests {
             previous_generation: None,
             disk: Some("/dev/sdz".into()),
             restoring_from: None,
+            secure_boot: None,
         };
         let first = campaign_event(mac, ResetState::Restoring, ResetState::Failed, &reset);
         assert_eq!(

@@ -83,8 +83,10 @@ pub fn show(state: &Services, mac: MacAddr) -> Result<StationDetail, Error> {
         .ok_or_else(|| Error::NotFound(format!("no station {mac}")))?;
     let reset = store.reset(mac)?;
     let shown = StationState::of(&station, running_phases(state)?.get(&mac), reset.as_ref());
+    let boot_loader = state.policy.loader_of(Some(&station)).into();
     Ok(StationDetail {
         station: StationView::new(&station, shown, reset.as_ref()),
+        boot_loader,
         reset: reset.as_ref().map(ResetView::new),
         events: store.events(mac)?.iter().map(EventView::from).collect(),
     })
@@ -99,7 +101,8 @@ fn label(key: &str, value: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Change the settings of `mac` (name, room, image, kms_activation, disk); what
+/// Change the settings of `mac` (name, room, image, kms_activation, disk,
+/// secure_boot); what
 /// `settings` leaves out stays as it is. Every value is checked before anything is
 /// written. The KMS flag takes effect at the station's next reset.
 pub fn configure(

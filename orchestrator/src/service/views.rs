@@ -99,6 +99,9 @@ pub struct StationView {
     pub kms_activation: bool,
     /// The disk its restores write; unset: `restore.disk`.
     pub disk: Option<String>,
+    /// Its own Secure Boot setting (the signed boot path); unset: its room's, else
+    /// `boot.secure_boot`. The station's page shows the result as `boot_loader`.
+    pub secure_boot: Option<bool>,
     /// Its agent last said an interactive user is logged on.
     pub in_use: bool,
     /// Listed by the admin (configuration or `PUT`), not only seen on the LAN.
@@ -125,6 +128,7 @@ impl StationView {
             image: st.image.clone(),
             kms_activation: st.kms_activation,
             disk: st.disk.clone(),
+            secure_boot: st.secure_boot,
             in_use: st.logged_in,
             confirmed: st.confirmed,
             last_report: st.last_report.map(rfc3339),
@@ -148,9 +152,31 @@ fn percent(r: &Reset) -> f64 {
 pub struct StationDetail {
     #[serde(flatten)]
     pub station: StationView,
+    /// What its firmware is given over the network: `ipxe`, or `signed` (shim, then
+    /// GRUB, for Secure Boot), from its setting, its room's or the default.
+    pub boot_loader: BootLoaderView,
     pub reset: Option<ResetView>,
     /// Its boot path and restore history, oldest first.
     pub events: Vec<EventView>,
+}
+
+/// The loader a station's firmware is given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootLoaderView {
+    /// Debian's iPXE, then its script over HTTP.
+    Ipxe,
+    /// Microsoft-signed shim, Debian-signed GRUB, its configuration over TFTP.
+    Signed,
+}
+
+impl From<pxe::Loader> for BootLoaderView {
+    fn from(l: pxe::Loader) -> BootLoaderView {
+        match l {
+            pxe::Loader::Ipxe => BootLoaderView::Ipxe,
+            pxe::Loader::Signed => BootLoaderView::Signed,
+        }
+    }
 }
 
 /// One thing that happened to a station (a DHCP answer, a boot script, a restore).
@@ -202,6 +228,9 @@ pub struct ResetView {
     /// The restore client's figures (bytes fetched, chunks in place, seconds, ...).
     pub stats: BTreeMap<String, serde_json::Value>,
     pub error: Option<String>,
+    /// What the restore environment found: the station runs under Secure Boot (on
+    /// UEFI; absent until its first report, and on BIOS).
+    pub secure_boot: Option<bool>,
     pub requested_at: String,
     pub updated_at: String,
 }
@@ -226,6 +255,7 @@ impl ResetView {
             total_bytes: r.total_bytes,
             stats: r.stats.clone().into_iter().collect(),
             error: r.error.clone(),
+            secure_boot: r.secure_boot,
             requested_at: rfc3339(r.requested_at),
             updated_at: rfc3339(r.updated_at),
         }

@@ -63,6 +63,10 @@ pub struct Reset {
     /// token; station.json and progress reports are taken from there only.
     #[serde(default)]
     pub restoring_from: Option<std::net::Ipv4Addr>,
+    /// What the restore environment found in the firmware's `SecureBoot` variable:
+    /// on, off, or `None` (not said yet, or a BIOS station).
+    #[serde(default)]
+    pub secure_boot: Option<bool>,
 }
 
 impl Reset {

@@ -56,6 +56,10 @@ pub struct Station {
     /// `restore.disk`. netreset never guesses a disk.
     #[serde(default)]
     pub disk: Option<String>,
+    /// It boots the signed path (shim, GRUB) for Secure Boot; unset: its room's
+    /// setting, else `boot.secure_boot`.
+    #[serde(default)]
+    pub secure_boot: Option<bool>,
     /// The admin vouched for it: listed in `[[inventory.stations]]` or set with
     /// `PUT /api/v1/stations/{mac}`. Only confirmed stations count toward the KMS
     /// guard; one that registered by itself from DHCP could be anyone's laptop.
@@ -73,6 +77,8 @@ pub struct Settings {
     pub image: Option<String>,
     pub kms_activation: Option<bool>,
     pub disk: Option<String>,
+    /// Boot the signed path (shim, GRUB) for Secure Boot, or iPXE.
+    pub secure_boot: Option<bool>,
 }
 
 impl Station {
@@ -97,6 +103,7 @@ impl Station {
             agent_families: Vec::new(),
             kms_activation: false,
             disk: None,
+            secure_boot: None,
             confirmed: false,
         }
     }
@@ -172,6 +179,9 @@ impl Store {
             }
             if let Some(disk) = &settings.disk {
                 st.disk = Some(disk.clone());
+            }
+            if let Some(flag) = settings.secure_boot {
+                st.secure_boot = Some(flag);
             }
         })
     }

@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode};
 
 use super::classify::{Listener, Request, RequestKind, VendorClass};
-use crate::{Arch, Firmware, Machine};
+use crate::{Arch, Firmware, Loader, Machine};
 
 /// The boot files and URLs a server hands out, from configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,6 +20,9 @@ pub struct BootFiles {
     pub uefi_x64: String,
     /// TFTP file for ARM64 UEFI, when the admin has one.
     pub uefi_arm64: Option<String>,
+    /// TFTP file of the Secure Boot path for x86-64 UEFI (shim, which loads
+    /// `grubx64.efi` from its own directory), when the server has one.
+    pub uefi_x64_signed: Option<String>,
     /// Base URL of our HTTP server as stations reach it, without a trailing slash.
     pub http_base: String,
 }
@@ -43,16 +46,21 @@ impl BootFile {
 }
 
 /// Pick the boot file for `machine`: the script URL for iPXE (which breaks the
-/// chainload loop), else the iPXE binary that runs on its firmware. `None` when we have
-/// nothing it can run.
-pub fn boot_file(machine: &Machine, files: &BootFiles) -> Option<BootFile> {
+/// chainload loop), else the loader that runs on its firmware: iPXE, or shim for an
+/// x86-64 UEFI station on the Secure Boot path. `None` when we have nothing it can
+/// run: that includes UEFI HTTP boot on the signed path, since Debian's signed GRUB
+/// reads its configuration from the PXE DHCP answer, which HTTP boot does not make.
+pub fn boot_file(machine: &Machine, files: &BootFiles, loader: Loader) -> Option<BootFile> {
     if machine.ipxe {
         return Some(BootFile::Http(format!(
             "{}/boot/{}.ipxe",
             files.http_base, machine.mac
         )));
     }
+    let signed = loader == Loader::Signed && machine.arch == Arch::X64;
     let tftp_name = match (machine.firmware, machine.arch) {
+        (Firmware::Uefi, Arch::X64) if signed => files.uefi_x64_signed.as_ref(),
+        (Firmware::UefiHttp, _) if signed => None,
         (Firmware::Bios, _) => Some(&files.bios),
         (Firmware::Uefi | Firmware::UefiHttp, Arch::X64) => Some(&files.uefi_x64),
         (Firmware::Uefi | Firmware::UefiHttp, Arch::Arm64) => files.uefi_arm64.as_ref(),
@@ -165,6 +173,7 @@ mod tests {
             bios: "undionly.kpxe".into(),
             uefi_x64: "snponly.efi".into(),
             uefi_arm64: None,
+            uefi_x64_signed: Some("netreset/signed/shimx64.efi".into()),
             http_base: "http://10.0.0.1:8080".into(),
         }
     }
@@ -199,7 +208,7 @@ mod tests {
     }
 
     fn answer(req: &Request) -> (Message, Vec<u8>) {
-        let file = boot_file(&req.machine, &files()).unwrap();
+        let file = boot_file(&req.machine, &files(), Loader::Ipxe).unwrap();
         let reply = build(req, &file, US);
         let mut bytes = Vec::new();
         reply.encode(&mut Encoder::new(&mut bytes)).unwrap();
@@ -360,7 +369,7 @@ mod tests {
             0,
             &[DhcpOption::UserClass(b"iPXE".to_vec())],
         );
-        let file = boot_file(&req.machine, &files).unwrap();
+        let file = boot_file(&req.machine, &files, Loader::Ipxe).unwrap();
         let reply = build(&req, &file, US);
         assert!(reply.fname().is_none());
         assert_eq!(
@@ -372,20 +381,60 @@ mod tests {
     #[test]
     fn no_boot_file_for_firmware_we_cannot_serve() {
         let req = request(MessageType::Discover, "PXEClient", 11, &[]);
-        assert_eq!(boot_file(&req.machine, &files()), None);
+        assert_eq!(boot_file(&req.machine, &files(), Loader::Ipxe), None);
         let mut with_arm = files();
         with_arm.uefi_arm64 = Some("arm64/snponly.efi".into());
         assert_eq!(
-            boot_file(&req.machine, &with_arm),
+            boot_file(&req.machine, &with_arm, Loader::Ipxe),
             Some(BootFile::Tftp("arm64/snponly.efi".into()))
         );
         assert_eq!(
             boot_file(
                 &request(MessageType::Discover, "PXEClient", 31, &[]).machine,
-                &files()
+                &files(),
+                Loader::Ipxe
             ),
             None
         );
+    }
+
+    #[test]
+    fn the_signed_loader_goes_to_x64_uefi_pxe_only() {
+        let uefi = request(MessageType::Discover, "PXEClient", 7, &[]);
+        assert_eq!(
+            boot_file(&uefi.machine, &files(), Loader::Signed),
+            Some(BootFile::Tftp("netreset/signed/shimx64.efi".into()))
+        );
+        assert_eq!(
+            boot_file(&uefi.machine, &files(), Loader::Ipxe),
+            Some(BootFile::Tftp("snponly.efi".into()))
+        );
+        // BIOS has no Secure Boot: iPXE as before.
+        let bios = request(MessageType::Discover, "PXEClient", 0, &[]);
+        assert_eq!(
+            boot_file(&bios.machine, &files(), Loader::Signed),
+            Some(BootFile::Tftp("undionly.kpxe".into()))
+        );
+        // UEFI HTTP boot: GRUB could not find its configuration, so no answer rather
+        // than an iPXE the firmware would refuse.
+        let http = request(MessageType::Discover, "HTTPClient", 16, &[]);
+        assert_eq!(http.machine.firmware, Firmware::UefiHttp);
+        assert_eq!(boot_file(&http.machine, &files(), Loader::Signed), None);
+        // iPXE itself (say a station whose setting changed mid-boot) gets its script.
+        let ipxe = request(
+            MessageType::Discover,
+            "PXEClient",
+            7,
+            &[DhcpOption::UserClass(b"iPXE".to_vec())],
+        );
+        assert!(matches!(
+            boot_file(&ipxe.machine, &files(), Loader::Signed),
+            Some(BootFile::Http(_))
+        ));
+        // A server without the signed loaders does not answer such a station.
+        let mut without = files();
+        without.uefi_x64_signed = None;
+        assert_eq!(boot_file(&uefi.machine, &without, Loader::Signed), None);
     }
 
     #[test]

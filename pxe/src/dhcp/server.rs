@@ -221,8 +221,9 @@ fn answer(
         debug!("policy: ignore");
         return Err("policy-ignore");
     }
-    let Some(file) = boot_file(&request.machine, &settings.files) else {
-        info!(arch = ?request.machine.arch, firmware = ?request.machine.firmware, "no boot file for this firmware");
+    let loader = policy.loader(&request.machine);
+    let Some(file) = boot_file(&request.machine, &settings.files, loader) else {
+        info!(arch = ?request.machine.arch, firmware = ?request.machine.firmware, ?loader, "no boot file for this firmware");
         return Err("no-boot-file");
     };
     let reply = build(&request, &file, settings.server_ip);

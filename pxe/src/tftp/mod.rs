@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn};
 
-use crate::{BootPolicy, Error, Observation};
+use crate::{BootPolicy, Error, Observation, TftpFile};
 use packet::{ErrorCode, Limits, RequestError};
 use transfer::{Source, TransferError};
 
@@ -52,6 +52,10 @@ pub enum Refusal {
     /// error): said as what it is, not as "no such file".
     #[error("cannot open the file: {0}")]
     Unavailable(String),
+    /// The boot policy refused this client the file (a station's GRUB configuration
+    /// asked from another address).
+    #[error("{0}")]
+    Policy(String),
 }
 
 /// Check that a file name stays inside the root: no `..`, no control characters
@@ -291,6 +295,23 @@ impl Listener {
         Ok(())
     }
 
+    /// What `name` serves to `peer`: a file the policy makes or names, else one of the
+    /// static root. The policy sees only names that passed [`check_name`].
+    fn source(&self, name: &str, peer: SocketAddr) -> Result<Source, Refusal> {
+        let relative = check_name(name)?;
+        let key = relative.to_string_lossy();
+        match self.policy.tftp_file(peer, &key) {
+            Some(TftpFile::Bytes(bytes)) => Ok(Source::Memory(bytes)),
+            Some(TftpFile::Path(path)) => match std::fs::metadata(&path) {
+                Ok(meta) if meta.is_file() => self.open(&path),
+                Ok(_) => Err(Refusal::NotAFile),
+                Err(_) => Err(Refusal::NotFound),
+            },
+            Some(TftpFile::Refused(why)) => Err(Refusal::Policy(why)),
+            None => resolve(&self.root, name).and_then(|path| self.open(&path)),
+        }
+    }
+
     /// Answer one request: refuse it with an ERROR packet, or start its transfer.
     fn request(&self, bytes: &[u8], peer: SocketAddr) {
         let req = match packet::parse_request(bytes) {
@@ -327,7 +348,7 @@ impl Listener {
         let Ok(name) = std::str::from_utf8(&req.file) else {
             return refuse(Refusal::NotFound);
         };
-        let source = match resolve(&self.root, name).and_then(|path| self.open(&path)) {
+        let source = match self.source(name, peer) {
             Ok(Source::Memory(bytes)) if req.netascii => {
                 Source::Memory(packet::to_netascii(&bytes).into())
             }
@@ -405,6 +426,11 @@ impl Listener {
                     Err(TransferError::Client(8)) => {
                         stats.negotiated_only.fetch_add(1, Relaxed);
                         debug!("tftp: client ended after option negotiation")
+                    }
+                    // GRUB, told tsize 0, has nothing to read and closes with error 0.
+                    Err(TransferError::Client(0)) if size == 0 => {
+                        stats.negotiated_only.fetch_add(1, Relaxed);
+                        debug!("tftp: client closed an empty file after option negotiation")
                     }
                     Err(e) => {
                         stats.failed.fetch_add(1, Relaxed);

@@ -36,6 +36,7 @@ fn main() -> anyhow::Result<()> {
                 image: Some("win11-edu".into()),
                 kms_activation: Some(i % 5 == 0),
                 disk: None,
+                secure_boot: None,
             },
         )?;
         for e in 0..events {

@@ -832,7 +832,9 @@ function renderStationFields(s) {
   const yesNo = (v) => (v ? "yes" : "no");
   const rows = [
     ["MAC", s.mac], ["Name", s.name], ["Room", s.room], ["State", stateText(s)], ["IP address", s.ip],
-    ["Architecture", s.arch], ["Firmware", s.firmware], ["Image", s.image],
+    ["Architecture", s.arch], ["Firmware", s.firmware],
+    ["Boot loader", { signed: "signed: shim, GRUB (Secure Boot)", ipxe: "iPXE" }[s.boot_loader]],
+    ["Image", s.image],
     ["KMS activation", yesNo(s.kms_activation)], ["User logged on", yesNo(s.in_use)],
     ["Listed by the admin", yesNo(s.confirmed)], ["Last seen", formatTime(s.last_seen)],
     ["Last agent report", formatTime(s.last_report)],
@@ -861,6 +863,7 @@ function renderStationReset(reset) {
   fact("Image", reset.image);
   fact("Profile", reset.profile);
   if (reset.disk) fact("Disk", reset.disk);
+  if (typeof reset.secure_boot === "boolean") fact("Secure Boot", reset.secure_boot ? "on" : "off");
   fact("Requested", formatTime(reset.requested_at));
   fact("Updated", formatTime(reset.updated_at));
   const nodes = [bar, facts];
