@@ -167,14 +167,16 @@ check_windows_disk() {
     cmp -s - "$E2E_ROOT/images/windows/netreset-agent.ps1" || fail "$disk: the agent differs from its template"
 }
 
-# lab_network TAG NET: the lab network of the QEMU tests. Namespace $lab holds the
-# boot server's bridge br0 (NET.1) with the station's tap0 on it; namespace $dhcp is
-# the school's DHCP server on its own host (dnsmasq at NET.2, addresses NET.100-150
-# only, no PXE options), cabled to the bridge. Nothing leaves the two namespaces.
+# lab_network TAG NET [DNSMASQ-OPTION...]: the lab network of the QEMU tests.
+# Namespace $lab holds the boot server's bridge br0 (NET.1) with the station's tap0
+# on it; namespace $dhcp is the school's DHCP server on its own host (dnsmasq at
+# NET.2, addresses NET.100-150 only, no PXE options but the extra options given),
+# cabled to the bridge. Nothing leaves the two namespaces.
 # Sets id (4 hex digits of E2E_ID), lab, dhcp and server (NET.1); L and D run a
 # command in each.
 lab_network() {
   local tag=$1 net=$2
+  shift 2
   id=$(printf '%04x' $((E2E_ID % 65536)))
   lab=nr${tag}lab-$id dhcp=nr${tag}dhcp-$id server=$net.1
   make_ns "$lab"
@@ -189,7 +191,7 @@ lab_network() {
   L ip link set tap0 master br0 up
   bg_in "$dhcp" "$E2E_TMP/dnsmasq.log" dnsmasq --no-daemon --port=0 --interface="${tag}d-$id" \
     --bind-interfaces --dhcp-range="$net.100,$net.150,255.255.255.0,1h" \
-    --dhcp-authoritative --dhcp-leasefile="$E2E_TMP/leases" --log-dhcp
+    --dhcp-authoritative --dhcp-leasefile="$E2E_TMP/leases" --log-dhcp "$@"
 }
 L() { ip netns exec "$lab" "$@"; }
 D() { ip netns exec "$dhcp" "$@"; }

@@ -14,6 +14,8 @@ fi
 deb=$(ls "$E2E_TMP"/netreset_*.deb)
 log "built $(basename "$deb") ($(stat -c %s "$deb") bytes)"
 dpkg-deb -f "$deb" Depends | grep -q 'ipxe' || fail "the package does not depend on ipxe: $(dpkg-deb -f "$deb" Depends)"
+dpkg-deb -f "$deb" Suggests | grep -q 'shim-signed, grub-efi-amd64-signed' ||
+  fail "the package does not suggest the signed loaders: $(dpkg-deb -f "$deb" Suggests)"
 dpkg -i "$deb" > "$E2E_TMP/dpkg.log" 2>&1 || fail "dpkg -i: $(cat "$E2E_TMP/dpkg.log")"
 defer "dpkg --purge netreset"
 for f in /usr/bin/netreset /usr/lib/netreset/netreset-restore /etc/netreset/netreset.toml \

@@ -15,6 +15,7 @@ tests=(
   "restore.sh"
   "vm_reset.sh bios"
   "vm_reset.sh uefi"
+  "secure_boot.sh"
   "package.sh"
   "api.sh"
   "dashboard.sh"
