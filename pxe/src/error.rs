@@ -32,8 +32,9 @@ pub enum Error {
     /// A worker of a server panicked.
     #[error("{what} server: a worker panicked: {message}")]
     Panicked { what: &'static str, message: String },
-    /// A value would change the meaning of a rendered iPXE script.
-    #[error("unsafe value for iPXE script field {field}: {value:?} ({why})")]
+    /// A value would change the meaning of a rendered iPXE script or GRUB
+    /// configuration.
+    #[error("unsafe value for boot script field {field}: {value:?} ({why})")]
     UnsafeScriptValue {
         field: &'static str,
         value: String,
@@ -42,4 +43,21 @@ pub enum Error {
     /// A MAC address did not parse.
     #[error("not a MAC address: {0:?} (expected six hex octets such as 52:54:00:12:34:56)")]
     Mac(String),
+}
+
+/// Refuse `value` of script field `field` for `why`, when `bad` holds.
+pub(crate) fn refuse_if(
+    bad: bool,
+    field: &'static str,
+    value: &str,
+    why: &'static str,
+) -> Result<(), Error> {
+    if bad {
+        return Err(Error::UnsafeScriptValue {
+            field,
+            value: value.to_owned(),
+            why,
+        });
+    }
+    Ok(())
 }

@@ -10,6 +10,7 @@
 
 use std::fmt::Write;
 
+use crate::error::refuse_if;
 use crate::{BootDecision, ChainTarget, Error, MacAddr};
 
 /// Where the station's own configuration is on the TFTP server, by its MAC as GRUB
@@ -82,22 +83,16 @@ fn render_chain(s: &mut String, target: &ChainTarget) -> Result<(), Error> {
 /// expand a variable. A value with a quote or a control character is refused; a
 /// file is an absolute TFTP path.
 fn word(field: &'static str, value: &str, path: bool) -> Result<String, Error> {
-    let bad = |why| {
-        Err(Error::UnsafeScriptValue {
-            field,
-            value: value.to_owned(),
-            why,
-        })
-    };
-    if value.chars().any(char::is_control) {
-        return bad("control character");
-    }
-    if value.contains('\'') {
-        return bad("quote in a GRUB word");
-    }
-    if path && (!value.starts_with('/') || value.contains(char::is_whitespace)) {
-        return bad("not a single absolute TFTP path");
-    }
+    let control = value.chars().any(char::is_control);
+    refuse_if(control, field, value, "control character")?;
+    refuse_if(value.contains('\''), field, value, "quote in a GRUB word")?;
+    let not_path = !value.starts_with('/') || value.contains(char::is_whitespace);
+    refuse_if(
+        path && not_path,
+        field,
+        value,
+        "not a single absolute TFTP path",
+    )?;
     Ok(format!("'{value}'"))
 }
 

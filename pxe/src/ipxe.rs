@@ -8,6 +8,7 @@
 
 use std::fmt::Write;
 
+use crate::error::refuse_if;
 use crate::{BootDecision, ChainTarget, Error, MacAddr};
 
 /// How a station boots its local disk.
@@ -92,32 +93,17 @@ fn render_chain(s: &mut String, target: &ChainTarget) -> Result<(), Error> {
 /// command, `${` expands an iPXE setting, `||`, `&&` and `#` are iPXE's command
 /// operators and comment. URLs must be single http(s) words.
 fn check(field: &'static str, value: &str, url: bool) -> Result<(), Error> {
-    let bad = |why| {
-        Err(Error::UnsafeScriptValue {
-            field,
-            value: value.to_owned(),
-            why,
-        })
-    };
-    if value.chars().any(char::is_control) {
-        return bad("control character");
-    }
-    if value.contains("${") {
-        return bad("iPXE setting expansion");
-    }
-    if value.contains("||")
+    let control = value.chars().any(char::is_control);
+    refuse_if(control, field, value, "control character")?;
+    refuse_if(value.contains("${"), field, value, "iPXE setting expansion")?;
+    let operator = value.contains("||")
         || value.contains("&&")
         || value.contains(" #")
-        || value.starts_with('#')
-    {
-        return bad("iPXE command operator");
-    }
-    if url
-        && (value.contains(' ') || !(value.starts_with("http://") || value.starts_with("https://")))
-    {
-        return bad("not a single http(s) URL");
-    }
-    Ok(())
+        || value.starts_with('#');
+    refuse_if(operator, field, value, "iPXE command operator")?;
+    let http = value.starts_with("http://") || value.starts_with("https://");
+    let not_url = value.contains(' ') || !http;
+    refuse_if(url && not_url, field, value, "not a single http(s) URL")
 }
 
 #[cfg(test)]

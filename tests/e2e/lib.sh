@@ -217,3 +217,52 @@ bios = "undionly.kpxe"
 uefi_x64 = "snponly.efi"
 TOML
 }
+
+# --- a QEMU station on the lab network (vm_reset.sh, secure_boot.sh) ------------------
+# golden_image: $T/base.img (a windows_disk) and the restore environment from
+# $RESTORE_ENV in the daemon's $T/data/restore.
+golden_image() {
+  log "building a GPT disk (ESP, NTFS Windows, data) as the golden image"
+  windows_disk "$T/base.img"
+  mkdir -p "$T/data/restore"
+  cp "$RESTORE_ENV/vmlinuz" "$RESTORE_ENV/initrd.img" "$T/data/restore/"
+}
+
+# Station $MAC through the API at $URL (from the lab namespace); QEMU is "${vm[@]}"
+# "${disks[@]}", its console in $T/console-N.log, its pid in VM; $run is the boot.
+
+station() { L curl --max-time 30 -sf -H "Authorization: Bearer $E2E_ADMIN_TOKEN" "$URL/api/v1/stations/$MAC"; }
+# field PY-EXPR: a value of the station's record (`s`).
+field() { station | python3 -c "import json,sys; s=json.load(sys.stdin); print($1)"; }
+# put_station JSON: change the station's settings.
+put_station() {
+  L curl --max-time 30 -sf -X PUT -H "Authorization: Bearer $E2E_ADMIN_TOKEN" -H 'Content-Type: application/json' \
+    -d "$1" "$URL/api/v1/stations/$MAC" >/dev/null || fail "PUT $1 refused"
+}
+# reset_station [JSON]: ask for a reset (default body {}: the station's own image).
+reset_station() {
+  L curl --max-time 30 -sf -H "Authorization: Bearer $E2E_ADMIN_TOKEN" -H 'Content-Type: application/json' \
+    -X POST -d "${1:-"{}"}" "$URL/api/v1/stations/$MAC/reset" > "$T/reset.json" ||
+    fail "the reset was refused: $(cat "$T/reset.json")"
+}
+# start_vm N: boot the station (boot N).
+start_vm() {
+  rm -f "$T/qemu.pid"
+  bg_in "$lab" "$T/qemu-$1.log" timeout "$BOOT_LIMIT" "${vm[@]}" "${disks[@]}" -serial "file:$T/console-$1.log" \
+    -pidfile "$T/qemu.pid"
+  VM=$BG_PID
+}
+# stop_vm: pull the plug: QEMU killed with -9 flushes nothing of its own.
+stop_vm() {
+  if [ -f "$T/qemu.pid" ]; then kill -9 "$(cat "$T/qemu.pid")" 2>/dev/null || true; fi
+  wait "$VM" 2>/dev/null || true
+}
+# await SECONDS WHAT PY-CONDITION: poll the station record until the condition holds.
+await() {
+  local deadline=$((SECONDS + $1))
+  until [ "$(field "$3" 2>/dev/null)" = True ]; do
+    kill -0 "$VM" 2>/dev/null || fail "QEMU ended before $2: $(tail -c 600 "$T/console-$run.log" 2>/dev/null)"
+    [ $SECONDS -lt $deadline ] || fail "no $2 within $1 s: $(station | head -c 900)"
+    sleep 0.3
+  done
+}

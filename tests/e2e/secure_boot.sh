@@ -47,10 +47,7 @@ lab_network s 10.79.0 --dhcp-boot=,,10.79.0.1
 MAC=52:54:00:5b:${id:0:2}:${id:2:2}
 URL=http://$server:8080
 
-log "building a GPT disk (ESP, NTFS Windows, data) as the golden image"
-windows_disk "$T/base.img"
-mkdir -p "$T/data/restore"
-cp "$RESTORE_ENV/vmlinuz" "$RESTORE_ENV/initrd.img" "$T/data/restore/"
+golden_image
 { lab_server_toml; cat <<TOML
 shim = "$SHIM"
 grub = "$GRUB"
@@ -72,13 +69,6 @@ TOML
 bg_in "$lab" "$T/netreset.log" "$NETRESET" serve --config "$T/netreset.toml"
 wait_for 20 "netreset http" L curl --max-time 30 -sf "$URL/api/v1/health"
 
-station() { L curl --max-time 30 -sf -H "Authorization: Bearer $E2E_ADMIN_TOKEN" "$URL/api/v1/stations/$MAC"; }
-field() { station | python3 -c "import json,sys; s=json.load(sys.stdin); print($1)"; }
-put() { # JSON: the station's settings
-  L curl --max-time 30 -sf -X PUT -H "Authorization: Bearer $E2E_ADMIN_TOKEN" -H 'Content-Type: application/json' \
-    -d "$1" "$URL/api/v1/stations/$MAC" >/dev/null || fail "PUT $1 refused"
-}
-
 qemu-img create -q -f qcow2 "$T/disk.qcow2" 256M
 cp "$MS_VARS" "$T/vars.fd"
 # EDK2's own virtio-net driver (romfile=), network first, then the disk.
@@ -87,26 +77,23 @@ vm=(qemu-system-x86_64 -accel tcg -m 768 -nographic -monitor none
     -drive "if=pflash,format=raw,unit=0,readonly=on,file=$CODE"
     -drive "if=pflash,format=raw,unit=1,file=$T/vars.fd"
     -netdev tap,id=n0,ifname=tap0,script=no,downscript=no
-    -device "virtio-net-pci,netdev=n0,mac=$MAC,romfile=,bootindex=1"
-    -drive "file=$T/disk.qcow2,if=none,id=d0,format=qcow2"
-    -device virtio-blk-pci,drive=d0,bootindex=2)
-start_vm() {
-  rm -f "$T/qemu.pid"
-  bg_in "$lab" "$T/qemu-$1.log" timeout "$BOOT_LIMIT" "${vm[@]}" -serial "file:$T/console-$1.log" \
-    -pidfile "$T/qemu.pid"
-  VM=$BG_PID
-}
-stop_vm() {
-  if [ -f "$T/qemu.pid" ]; then kill -9 "$(cat "$T/qemu.pid")" 2>/dev/null || true; fi
-  wait "$VM" 2>/dev/null || true
-}
-await() { # SECONDS WHAT PY-CONDITION
-  local deadline=$((SECONDS + $1))
-  until [ "$(field "$3" 2>/dev/null)" = True ]; do
-    kill -0 "$VM" 2>/dev/null || fail "QEMU ended before $2: $(tail -c 600 "$T/console-$run.log" 2>/dev/null)"
-    [ $SECONDS -lt $deadline ] || fail "no $2 within $1 s: $(station | head -c 900)"
-    sleep 0.5
-  done
+    -device "virtio-net-pci,netdev=n0,mac=$MAC,romfile=,bootindex=1")
+disks=(-drive "file=$T/disk.qcow2,if=none,id=d0,format=qcow2"
+       -device virtio-blk-pci,drive=d0,bootindex=2)
+# restore_run N WHAT: reset the station (its own image), boot it (boot N) and wait for
+# the restore to start and to end; sets mark (events before), vm_started (epoch),
+# to_restore and restored (seconds).
+restore_run() {
+  reset_station
+  mark=$(field 'len(s["events"])')
+  run=$1
+  local started=$SECONDS
+  vm_started=$(date +%s.%N)
+  start_vm "$run"
+  await $BOOT_LIMIT "the restore ($2)" 's["reset"]["state"] in ("restoring", "done")'
+  to_restore=$((SECONDS - started))
+  await $BOOT_LIMIT "a completed restore ($2)" 's["reset"]["state"] == "done"'
+  restored=$((SECONDS - started))
 }
 # timeline MARK START: seconds from START (epoch) to each step of the events after MARK.
 timeline() {
@@ -140,18 +127,8 @@ refusal=$(grep -a -o -m1 -E "Access Denied|Security Violation|[Vv]erification fa
 log "ok: Secure Boot did not run Debian's unsigned iPXE (no script request${refusal:+; firmware: $refusal})"
 
 # --- 2. the signed path: reset with the KMS profile -----------------------------------------
-put '{"secure_boot": true}'
-L curl --max-time 30 -sf -H "Authorization: Bearer $E2E_ADMIN_TOKEN" -H 'Content-Type: application/json' \
-  -X POST -d '{}' "$URL/api/v1/stations/$MAC/reset" > "$T/reset.json" ||
-  fail "the reset was refused: $(cat "$T/reset.json")"
-mark=$(field 'len(s["events"])')
-run=2 started=$SECONDS
-vm_started=$(date +%s.%N)
-start_vm $run
-await $BOOT_LIMIT "the restore" 's["reset"]["state"] in ("restoring", "done")'
-to_restore=$((SECONDS - started))
-await $BOOT_LIMIT "a completed restore" 's["reset"]["state"] == "done"'
-restored=$((SECONDS - started))
+put_station '{"secure_boot": true}'
+restore_run 2 "signed path"
 done_at=$(field 'len(s["events"])')
 await 300 "the boot to local disk after the restore" "$(after "$done_at" grub-config local-disk)"
 stop_vm
@@ -191,18 +168,8 @@ log "ok: the disk is the image, with station.json, SetupComplete.cmd and the age
 
 # --- 3. the same firmware with Secure Boot off, on the iPXE path, for comparison ----------
 cp /usr/share/OVMF/OVMF_VARS_4M.fd "$T/vars.fd"
-put '{"secure_boot": false}'
-L curl --max-time 30 -sf -H "Authorization: Bearer $E2E_ADMIN_TOKEN" -H 'Content-Type: application/json' \
-  -X POST -d '{}' "$URL/api/v1/stations/$MAC/reset" > "$T/reset.json" ||
-  fail "the reset was refused: $(cat "$T/reset.json")"
-mark=$(field 'len(s["events"])')
-run=3 started=$SECONDS
-vm_started=$(date +%s.%N)
-start_vm $run
-await $BOOT_LIMIT "the restore (iPXE path)" 's["reset"]["state"] in ("restoring", "done")'
-to_restore=$((SECONDS - started))
-await $BOOT_LIMIT "a completed restore (iPXE path)" 's["reset"]["state"] == "done"'
-restored=$((SECONDS - started))
+put_station '{"secure_boot": false}'
+restore_run 3 "iPXE path"
 stop_vm
 [ "$(field 's["reset"]["secure_boot"]')" = False ] ||
   fail "Secure Boot off was not reported as off: $(field 's["reset"]')"

@@ -37,10 +37,7 @@ MAC=52:54:00:5e:${id:0:2}:${id:2:2}
 URL=http://$server:8080
 
 # --- the image and the daemon ----------------------------------------------------------
-log "building a GPT disk (ESP, NTFS Windows, data) as the golden image"
-windows_disk "$T/base.img"
-mkdir -p "$T/data/restore"
-cp "$RESTORE_ENV/vmlinuz" "$RESTORE_ENV/initrd.img" "$T/data/restore/"
+golden_image
 { lab_server_toml; cat <<TOML
 [kms]
 host = "kms.school.example"
@@ -61,23 +58,11 @@ TOML
 bg_in "$lab" "$T/netreset.log" "$NETRESET" serve --config "$T/netreset.toml"
 wait_for 20 "netreset http" L curl --max-time 30 -sf "$URL/api/v1/health"
 
-station() { L curl --max-time 30 -sf -H "Authorization: Bearer $E2E_ADMIN_TOKEN" "$URL/api/v1/stations/$MAC"; }
-# field PY-EXPR: a value of the station's record (`s`).
-field() { station | python3 -c "import json,sys; s=json.load(sys.stdin); print($1)"; }
-reset() { # [IMAGE]: the station's own image by default
-  L curl --max-time 30 -sf -H "Authorization: Bearer $E2E_ADMIN_TOKEN" -H 'Content-Type: application/json' \
-    -X POST -d "{${1:+\"image\": \"$1\"}}" "$URL/api/v1/stations/$MAC/reset" > "$T/reset.json" ||
-    fail "the reset was refused: $(cat "$T/reset.json")"
-}
-
-set_disk() { # DISK: the station's disk setting
-  L curl --max-time 30 -sf -X PUT -H "Authorization: Bearer $E2E_ADMIN_TOKEN" -H 'Content-Type: application/json' \
-    -d "{\"disk\": \"$1\"}" "$URL/api/v1/stations/$MAC" >/dev/null || fail "PUT disk $1 refused"
-}
+reset() { reset_station "{${1:+\"image\": \"$1\"}}"; } # [IMAGE]: the station's own by default
+set_disk() { put_station "{\"disk\": \"$1\"}"; }          # DISK: the station's disk setting
 
 qemu-img create -q -f qcow2 "$T/disk.qcow2" 256M
-# start_vm N: boot the station (console in console-N.log), pid in VM.
-# Network first, then the disk (bootindex, which SeaBIOS and OVMF both follow).
+# The station (start_vm, lib.sh): network first, then the disk (bootindex, which SeaBIOS and OVMF both follow).
 vm=(qemu-system-x86_64 -accel tcg -m 512 -nographic -monitor none
     -netdev tap,id=n0,ifname=tap0,script=no,downscript=no)
 # The station's disk (serial number NR-TARGET); part 4 puts another one before it.
@@ -91,26 +76,6 @@ if [ "$firmware" = uefi ]; then
 else
   vm+=(-device "virtio-net-pci,netdev=n0,mac=$MAC,bootindex=1")
 fi
-start_vm() {
-  rm -f "$T/qemu.pid"
-  bg_in "$lab" "$T/qemu-$1.log" timeout "$BOOT_LIMIT" "${vm[@]}" "${disks[@]}" -serial "file:$T/console-$1.log" \
-    -pidfile "$T/qemu.pid"
-  VM=$BG_PID
-}
-# stop_vm: pull the plug: QEMU killed with -9 flushes nothing of its own.
-stop_vm() {
-  if [ -f "$T/qemu.pid" ]; then kill -9 "$(cat "$T/qemu.pid")" 2>/dev/null || true; fi
-  wait "$VM" 2>/dev/null || true
-}
-# await SECONDS WHAT PY-CONDITION: poll the station record until the condition holds.
-await() {
-  local deadline=$((SECONDS + $1))
-  until [ "$(field "$3" 2>/dev/null)" = True ]; do
-    kill -0 "$VM" 2>/dev/null || fail "QEMU ended before $2: $(tail -n 5 "$T/console-$run.log" 2>/dev/null)"
-    [ $SECONDS -lt $deadline ] || fail "no $2 within $1 s: $(station | head -c 600)"
-    sleep 0.3
-  done
-}
 kinds_since() { # N: the event kinds after the first N
   station | python3 -c "import json,sys; print(' '.join(e['kind'] for e in json.load(sys.stdin)['events'][$1:]))"
 }
