@@ -14,6 +14,7 @@ pub mod http;
 mod import;
 mod index;
 pub mod inject;
+pub mod inspect;
 pub mod partition;
 mod reader;
 mod restore;

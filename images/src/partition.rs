@@ -13,6 +13,8 @@ use crate::Error;
 pub enum Fs {
     Fat,
     Ntfs,
+    /// A BitLocker volume (boot sector OEM id `-FVE-FS-`): unreadable without its key.
+    BitLocker,
     Other,
 }
 
@@ -115,8 +117,10 @@ where
 
 /// The filesystem a boot sector belongs to.
 pub fn detect(boot: &[u8; 512]) -> Fs {
-    if &boot[3..11] == b"NTFS    " {
-        return Fs::Ntfs;
+    match &boot[3..11] {
+        b"NTFS    " => return Fs::Ntfs,
+        b"-FVE-FS-" => return Fs::BitLocker,
+        _ => {}
     }
     let signed = boot[510] == 0x55 && boot[511] == 0xaa;
     let fat_name =

@@ -42,6 +42,12 @@ impl StageSettings {
             }),
         };
         let index = images.get(name)?;
+        if profile == Profile::Kms {
+            let seen = images::inspect::inspect(store, &index, name)?;
+            if let Some(why) = seen.kms_refusal(name) {
+                return Err(StageError::NotForKms(why));
+            }
+        }
         let windows_fs = match profile {
             Profile::Kms => images::inject::image_windows_fs(store, &index, name)?,
             Profile::Plain => WindowsFs::None,
@@ -63,6 +69,10 @@ impl StageSettings {
 pub enum StageError {
     #[error("the kms profile needs the KMS host: add [kms] host = \"...\" to the configuration")]
     NoKms,
+    /// The image cannot be staged with the KMS profile (not generalized, or an
+    /// encrypted Windows): the message says why and what to do.
+    #[error("{0}")]
+    NotForKms(String),
     #[error(transparent)]
     Images(#[from] images::Error),
 }

@@ -262,6 +262,63 @@ fn image_import_ls_verify_rm_and_gc_work_and_a_corrupt_chunk_is_found() {
 }
 
 /// A valid zstd frame holding `data`, made by the store itself.
+#[test]
+fn an_image_that_is_not_generalized_is_flagged_at_import_shown_and_refused_for_kms_with_sysprep() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[kms]\nhost = \"kms.school.example\"\n");
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/tests/fixtures");
+    for kind in ["generalized", "complete"] {
+        let packed = std::fs::File::open(fixtures.join(format!("windows-{kind}.img.zst"))).unwrap();
+        let raw = dir.path().join(format!("{kind}.raw"));
+        std::fs::write(&raw, zstd::decode_all(packed).unwrap()).unwrap();
+        let out = netreset(&config, &["import", raw.to_str().unwrap(), "--name", kind]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert_eq!(
+            err.contains("is not generalized"),
+            kind == "complete",
+            "{err}"
+        );
+    }
+    let out = netreset(&config, &["show", "complete"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("partition  1: ntfs"), "{text}");
+    assert!(
+        text.contains("ImageState=IMAGE_STATE_COMPLETE (not generalized)"),
+        "{text}"
+    );
+    let out = netreset(&config, &["show", "generalized", "--json"]);
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["windows"]["generalized"], true, "{shown}");
+
+    let out = netreset(&config, &["stage", "complete", "--profile", "kms"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "staged a non-generalized image: {err}"
+    );
+    assert!(err.contains("image complete is not generalized"), "{err}");
+    assert!(
+        err.contains(r"C:\Windows\System32\Sysprep\sysprep.exe /generalize /oobe /shutdown"),
+        "{err}"
+    );
+    // A plain reset of it is fine; the generalized one passes the KMS profile.
+    let out = netreset(&config, &["stage", "complete", "--profile", "plain"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = netreset(&config, &["stage", "generalized", "--profile", "kms"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn zstd_of(data: &[u8]) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let store = images::ChunkStore::open(dir.path()).unwrap();

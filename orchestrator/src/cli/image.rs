@@ -42,6 +42,14 @@ pub enum ImageCommand {
     },
     /// List the images.
     Ls,
+    /// One image: its size, what of it is data, its partitions, and whether its
+    /// Windows is generalized (State.ini), which the KMS profile needs.
+    Show {
+        name: String,
+        /// The facts as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Re-read and re-hash every chunk of an image.
     Verify { name: String },
     /// Remove an image from the catalog (its chunks go at the next gc).
@@ -61,7 +69,7 @@ pub fn run(config: &Path, command: ImageCommand) -> anyhow::Result<()> {
         ImageCommand::Stage { .. } => Some(("netreset image stage", Access::Shared)),
         ImageCommand::Rm { .. } => Some(("netreset image rm", Access::Exclusive)),
         ImageCommand::Gc => Some(("netreset image gc", Access::Exclusive)),
-        ImageCommand::Ls | ImageCommand::Verify { .. } => None,
+        ImageCommand::Ls | ImageCommand::Show { .. } | ImageCommand::Verify { .. } => None,
     };
     let _lock = writes
         .map(|(what, access)| DataLock::acquire(dir, what, access))
@@ -99,6 +107,15 @@ pub fn run(config: &Path, command: ImageCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        ImageCommand::Show { name, json } => {
+            let seen = images::inspect::inspect(&store, &images.get(&name)?, &name)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&seen)?);
+            } else {
+                show(&name, &seen);
+            }
+            Ok(())
+        }
         ImageCommand::Verify { name } => verify(&store, &images, &name),
         ImageCommand::Rm { name } => {
             images.remove(&name)?;
@@ -113,6 +130,47 @@ pub fn run(config: &Path, command: ImageCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+fn show(name: &str, seen: &images::inspect::Inspection) {
+    let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
+    println!("image      {name}");
+    println!(
+        "size       {} bytes ({:.1} GiB), {:.1} GiB in chunks that are not all zero ({} KiB chunks)",
+        seen.size,
+        gib(seen.size),
+        gib(seen.nonzero),
+        seen.chunk_size >> 10
+    );
+    for p in &seen.partitions {
+        println!(
+            "partition  {}: {} at {} bytes, {:.1} GiB{}",
+            p.number,
+            p.fs,
+            p.start,
+            gib(p.len),
+            if p.esp { " (EFI system partition)" } else { "" }
+        );
+    }
+    if seen.partitions.is_empty() {
+        println!("partition  none (no partition table)");
+    }
+    match &seen.windows {
+        Some(w) => println!(
+            "windows    partition {}: ImageState={} ({})",
+            w.partition,
+            w.image_state,
+            if w.generalized {
+                "generalized: fit for the kms profile"
+            } else {
+                "not generalized"
+            }
+        ),
+        None => println!(r"windows    no Windows\Setup\State\State.ini found"),
+    }
+    if let Some(why) = seen.kms_refusal(name) {
+        println!("kms        refused: {why}");
     }
 }
 
@@ -165,6 +223,11 @@ fn import(
         imported.new_chunks,
         imported.zero_chunks
     );
+    // Said at once, not at the second campaign cycle by duplicate CMIDs.
+    let seen = images::inspect::inspect(store, &imported.index, name)?;
+    if let Some(why) = seen.kms_refusal(name) {
+        eprintln!("warning: {why}");
+    }
     Ok(())
 }
 

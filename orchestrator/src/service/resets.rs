@@ -91,7 +91,9 @@ pub fn mark(
             crate::staging::StageError::Images(images::Error::NoImage(n)) => {
                 Error::NotFound(format!("no image named {n:?} (netreset image ls)"))
             }
-            crate::staging::StageError::NoKms => Error::Conflict(e.to_string()),
+            crate::staging::StageError::NoKms | crate::staging::StageError::NotForKms(_) => {
+                Error::Conflict(e.to_string())
+            }
             crate::staging::StageError::Images(images::Error::BadStaged(why)) => {
                 Error::Conflict(why)
             }
