@@ -1,12 +1,22 @@
 //! Import of a raw disk image (a file or a block device) into the chunk store.
+//!
+//! The holes of a sparse file (`SEEK_DATA`/`SEEK_HOLE`) are zero chunks without a
+//! read. The rest is read, checked for zeros, hashed, compressed and stored by one
+//! thread per core, each with `pread` at its own chunks: compression is what costs,
+//! and it spreads over the cores.
 
 use std::fs::File;
-use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Mutex;
 
 use crate::error::io;
 use crate::index::check_chunk_size;
-use crate::{ChunkStore, Error, Index};
+use crate::{ChunkId, ChunkStore, Error, Index};
+
+/// Import threads at most (the store's disk is the limit past a few cores).
+const MAX_THREADS: usize = 8;
 
 /// What an import did.
 #[derive(Debug, PartialEq, Eq)]
@@ -18,8 +28,9 @@ pub struct Imported {
     pub bytes_read: u64,
 }
 
-/// Read `path` in `chunk_size` pieces into `store`, calling `progress(bytes_read)`
-/// after each chunk. All-zero chunks are recorded as zeros and not stored.
+/// Read `path` in `chunk_size` pieces into `store`, calling `progress(bytes_done)`
+/// as chunks are done (from the calling thread, in no particular order of chunks).
+/// All-zero chunks, holes included, are recorded as zeros and not stored.
 pub fn import(
     store: &ChunkStore,
     path: &Path,
@@ -27,60 +38,166 @@ pub fn import(
     mut progress: impl FnMut(u64),
 ) -> Result<Imported, Error> {
     let chunk_size = check_chunk_size(chunk_size)?;
-    let mut file = File::open(path).map_err(io(path))?;
-    let mut buf = vec![0u8; chunk_size as usize];
-    let mut chunks = Vec::new();
-    let (mut new_chunks, mut zero_chunks, mut total) = (0, 0, 0u64);
-    loop {
-        let len = read_full(&mut file, &mut buf).map_err(io(path))?;
-        if len == 0 {
-            break;
-        }
-        let data = &buf[..len];
-        if data.iter().all(|&b| b == 0) {
-            chunks.push(None);
-            zero_chunks += 1;
-        } else {
-            let (id, new) = store.put(data)?;
-            new_chunks += u64::from(new);
-            chunks.push(Some(id));
-        }
-        total += len as u64;
-        progress(total);
-        if len < buf.len() {
-            break;
-        }
+    let cs = u64::from(chunk_size);
+    let file = File::open(path).map_err(io(path))?;
+    let total = size(&file).map_err(io(path))?;
+    let count = total.div_ceil(cs) as usize;
+    // Which chunks hold data: those that meet a data range of the file.
+    let mut has_data = vec![false; count];
+    for (start, end) in data_ranges(&file, total).map_err(io(path))? {
+        let (first, last) = (
+            (start / cs) as usize,
+            (end.div_ceil(cs) as usize).min(count),
+        );
+        has_data[first..last].fill(true);
     }
+    let todo: Vec<usize> = (0..count).filter(|&i| has_data[i]).collect();
+    let slots: Vec<Mutex<Option<ChunkId>>> = (0..count).map(|_| Mutex::new(None)).collect();
+    let (next, done, read, new_chunks) = (
+        AtomicUsize::new(0),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+    );
+    let failed: Mutex<Option<Error>> = Mutex::new(None);
+    let exited = AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, MAX_THREADS);
+    let chunk_len = |i: usize| cs.min(total - i as u64 * cs) as usize;
+    // Holes count as done at once.
+    let holes: u64 = (0..count)
+        .filter(|&i| !has_data[i])
+        .map(|i| chunk_len(i) as u64)
+        .sum();
+    done.store(holes, Relaxed);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                let mut buf = vec![0u8; chunk_size as usize];
+                let mut batch = store.batch();
+                while failed.lock().expect("not poisoned").is_none() {
+                    let Some(&i) = todo.get(next.fetch_add(1, Relaxed)) else {
+                        break;
+                    };
+                    let data = &mut buf[..chunk_len(i)];
+                    let stored = file
+                        .read_exact_at(data, i as u64 * cs)
+                        .map_err(io(path))
+                        .and_then(|()| {
+                            if data.iter().all(|&b| b == 0) {
+                                return Ok(None);
+                            }
+                            let (id, new) = batch.put(data)?;
+                            new_chunks.fetch_add(u64::from(new), Relaxed);
+                            Ok(Some(id))
+                        });
+                    match stored {
+                        Ok(id) => *slots[i].lock().expect("not poisoned") = id,
+                        Err(e) => {
+                            failed.lock().expect("not poisoned").get_or_insert(e);
+                            break;
+                        }
+                    }
+                    read.fetch_add(data.len() as u64, Relaxed);
+                    done.fetch_add(data.len() as u64, Relaxed);
+                }
+                // Every chunk durable under its name before the index can name it.
+                if let Err(e) = batch.commit() {
+                    failed.lock().expect("not poisoned").get_or_insert(e);
+                }
+                exited.fetch_add(1, std::sync::atomic::Ordering::Release);
+            });
+        }
+        // Progress from this thread, which the caller's closure may need.
+        let mut last = u64::MAX;
+        loop {
+            // Read before the count: once every worker has exited, `done` is final.
+            let finished = exited.load(std::sync::atomic::Ordering::Acquire) == threads;
+            let now = done.load(Relaxed);
+            if now != last {
+                progress(now);
+                last = now;
+            }
+            if finished {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    });
+    if let Some(e) = failed.into_inner().expect("not poisoned") {
+        return Err(e);
+    }
+    let chunks: Vec<Option<ChunkId>> = slots
+        .into_iter()
+        .map(|s| s.into_inner().expect("not poisoned"))
+        .collect();
     Ok(Imported {
+        zero_chunks: chunks.iter().filter(|c| c.is_none()).count() as u64,
         index: Index {
             chunk_size,
             total_size: total,
             chunks,
         },
-        new_chunks,
-        zero_chunks,
-        bytes_read: total,
+        new_chunks: new_chunks.into_inner(),
+        bytes_read: read.into_inner(),
     })
 }
 
-/// Fill `buf` unless the file ends first; returns how much was read.
-fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+/// The size of a file or a block device (whose metadata says 0).
+fn size(file: &File) -> std::io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let meta = file.metadata()?;
+    if meta.is_file() {
+        return Ok(meta.len());
     }
-    Ok(filled)
+    let mut f = file;
+    f.seek(SeekFrom::End(0))
+}
+
+/// The ranges of `file` (of `len` bytes) that hold data, from `SEEK_DATA` and
+/// `SEEK_HOLE`; all of it where the file system or device cannot tell.
+fn data_ranges(file: &File, len: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    let mut ranges = Vec::new();
+    let mut pos = 0;
+    while pos < len {
+        let start = match seek(file, pos, libc::SEEK_DATA) {
+            Ok(start) => start,
+            // No data after pos: the rest is a hole.
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && pos == 0 => {
+                return Ok(vec![(0, len)]);
+            }
+            Err(e) => return Err(e),
+        };
+        let end = seek(file, start, libc::SEEK_HOLE)?.min(len);
+        if end <= start {
+            break;
+        }
+        ranges.push((start, end));
+        pos = end;
+    }
+    Ok(ranges)
+}
+
+#[allow(unsafe_code)]
+fn seek(file: &File, offset: u64, whence: libc::c_int) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: lseek only reads its integer arguments; the descriptor is open for as
+    // long as `file` is borrowed. The reads go by pread, which ignores the offset.
+    let at = unsafe { libc::lseek(file.as_raw_fd(), offset as libc::off_t, whence) };
+    if at < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(at as u64)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::MIN_CHUNK_SIZE;
+    use std::os::unix::fs::FileExt;
 
     fn disk(len: usize) -> Vec<u8> {
         let mut bytes = vec![0u8; len];
@@ -120,6 +237,45 @@ mod tests {
         // A second import of the same disk writes nothing new.
         let again = import(&store, &file, u64::from(MIN_CHUNK_SIZE), |_| {}).unwrap();
         assert_eq!((again.new_chunks, again.index), (0, imported.index));
+    }
+
+    #[test]
+    fn a_sparse_file_imports_the_same_index_reading_only_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let cs = MIN_CHUNK_SIZE as u64;
+        let file = dir.path().join("sparse.raw");
+        // 64 chunks and a short tail, data in chunks 3 and 40..42 only; the rest holes.
+        let f = File::create(&file).unwrap();
+        f.set_len(64 * cs + 777).unwrap();
+        let noise: Vec<u8> = (0..cs as usize * 2)
+            .map(|i| (i * 7 % 253) as u8 + 1)
+            .collect();
+        f.write_all_at(&noise[..cs as usize], 3 * cs).unwrap();
+        f.write_all_at(&noise, 40 * cs).unwrap();
+        f.write_all_at(b"tail", 64 * cs + 10).unwrap();
+        drop(f);
+        let imported = import(&store, &file, cs, |_| {}).unwrap();
+        let dense = dir.path().join("dense.raw");
+        std::fs::write(&dense, std::fs::read(&file).unwrap()).unwrap();
+        let reference = import(&store, &dense, cs, |_| {}).unwrap();
+        assert_eq!(
+            imported.index, reference.index,
+            "same index as the dense copy"
+        );
+        assert_eq!(imported.index.total_size, 64 * cs + 777);
+        let stored: Vec<usize> = (0..65)
+            .filter(|&i| imported.index.chunks[i].is_some())
+            .collect();
+        assert_eq!(stored, vec![3, 40, 41, 64]);
+        // Only what holds data was read (the file system may round data up to its
+        // blocks, never to the whole file).
+        assert!(
+            imported.bytes_read <= 8 * cs,
+            "read {} bytes",
+            imported.bytes_read
+        );
+        assert_eq!(reference.bytes_read, 64 * cs + 777);
     }
 
     #[test]

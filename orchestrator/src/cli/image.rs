@@ -216,7 +216,8 @@ fn import(
     drop(converted);
     images.add(name, &imported.index)?;
     println!(
-        "imported {name}: {} bytes in {:.1} s, {} chunks ({} new, {} zero)",
+        "imported {name}: {} bytes ({} read, the rest holes) in {:.1} s, {} chunks ({} new, {} zero)",
+        imported.index.total_size,
         imported.bytes_read,
         started.elapsed().as_secs_f64(),
         imported.index.chunks.len(),
