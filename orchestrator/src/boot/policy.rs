@@ -193,6 +193,15 @@ impl Orchestrator {
         }
     }
 
+    /// Record that `mac`'s pending restore was not handed out, and why.
+    fn withheld(&self, mac: MacAddr, detail: String) {
+        self.recorder.submit(move |store| {
+            if let Err(e) = store.record(mac, "script-withheld", detail) {
+                warn!(%mac, error = %e, "cannot record boot event");
+            }
+        });
+    }
+
     /// The chain to the restore environment, when `machine` has a reset under way and
     /// asks from its own address. Each call mints a new token, valid for
     /// `restore.token_ttl`.
@@ -212,12 +221,7 @@ impl Orchestrator {
                 Some(_) => (format!("/{TFTP_KERNEL}"), format!("/{TFTP_INITRD}")),
                 None => {
                     warn!(%mac, "a reset is pending, but the Secure Boot path loads the restore environment over TFTP and restore.kernel/initrd are URLs: booting local disk");
-                    let detail = "restore withheld: the Secure Boot path loads restore.kernel and restore.initrd over TFTP from restore.dir, and they are URLs".to_owned();
-                    self.recorder.submit(move |store| {
-                        if let Err(e) = store.record(mac, "script-withheld", detail) {
-                            warn!(%mac, error = %e, "cannot record boot event");
-                        }
-                    });
+                    self.withheld(mac, "restore withheld: the Secure Boot path loads restore.kernel and restore.initrd over TFTP from restore.dir, and they are URLs".to_owned());
                     return None;
                 }
             },
@@ -225,12 +229,7 @@ impl Orchestrator {
         };
         if let Err(why) = self.bound(mac, machine.ip) {
             warn!(%mac, %why, "a reset is pending, but the script request is not the station's: no restore token");
-            let detail = format!("restore token withheld: {why}");
-            self.recorder.submit(move |store| {
-                if let Err(e) = store.record(mac, "script-withheld", detail) {
-                    warn!(%mac, error = %e, "cannot record boot event");
-                }
-            });
+            self.withheld(mac, format!("restore token withheld: {why}"));
             return None;
         }
         let expires = self.store.clock().now_ms() / 1000 + r.token_ttl.as_secs();
