@@ -2,7 +2,7 @@
 //! index, staged images, and an agent report with real Software Protection events.
 //! Run: cargo run --manifest-path fuzz/Cargo.toml --example seeds
 
-use images::{ChunkId, Index, KmsSettings, Profile, Staged, WindowsFs};
+use images::{Chunk, ChunkId, Index, KmsSettings, Profile, Staged, WindowsFs};
 use orchestrator::sim::school;
 
 fn write(dir: &str, name: &str, bytes: &[u8]) {
@@ -14,18 +14,24 @@ fn write(dir: &str, name: &str, bytes: &[u8]) {
 }
 
 fn main() {
-    let index = Index {
-        chunk_size: 64 << 10,
-        total_size: 5 * (64 << 10) - 100,
-        chunks: vec![
-            Some(ChunkId::of(b"a")),
-            None,
-            Some(ChunkId::of(b"b")),
-            Some(ChunkId::of(b"a")),
-            None,
+    let index = Index::build(
+        64 << 10,
+        6 * (64 << 10) - 100,
+        [
+            Chunk::Data(ChunkId::of(b"a")),
+            Chunk::Zero,
+            Chunk::Data(ChunkId::of(b"b")),
+            Chunk::Free,
+            Chunk::Data(ChunkId::of(b"a")),
+            Chunk::Zero,
         ],
-    };
+    );
     write("index", "index", &[&[0u8][..], &index.encode()].concat());
+    write(
+        "index",
+        "summary",
+        &[&[3u8][..], &index.summary().encode()].concat(),
+    );
     let kms = KmsSettings {
         host: "kms.school.example".into(),
         port: 1688,
@@ -41,7 +47,7 @@ fn main() {
     .enumerate()
     {
         let staged =
-            Staged::new("lab", index.clone(), profile, Some(&kms), "NETRESET", fs).unwrap();
+            Staged::new("lab", index.id(), profile, Some(&kms), "NETRESET", fs).unwrap();
         write(
             "index",
             &format!("staged{i}"),

@@ -117,14 +117,18 @@ fn restore(
         files.extend(staged.station_files(&client.station_json(mac)?)?);
     }
     inject::check_tools(&files, staged.windows_fs)?;
-    let index = &staged.index;
+    let summary = client.summary(&staged.index)?;
+    let summary_bytes = summary.encode().len() as u64;
+    let index = &summary.layout;
+    let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
     log(&format!(
-        "{} ({} profile), {} chunks of {} KiB, {:.1} GiB -> {}",
+        "{} ({} profile), {:.1} GiB in {} KiB chunks, {:.1} GiB of data, {:.1} GiB free -> {}",
         staged.base,
         staged.profile,
-        index.chunks.len(),
+        gib(index.total_size),
         index.chunk_size >> 10,
-        index.total_size as f64 / f64::from(1u32 << 30),
+        gib(index.bytes_of(crate::index::RunKind::Data)),
+        gib(index.bytes_of(crate::index::RunKind::Free)),
         args.disk.display()
     ));
     // The first report says whether the firmware runs Secure Boot.
@@ -153,11 +157,12 @@ fn restore(
                 let d = done.load(Relaxed);
                 let s = latest.lock().expect("not poisoned").clone();
                 log(&format!(
-                    "{:5.1}%  {} in place, {} fetched ({:.1} MB)",
+                    "{:5.1}%  {} in place, {} fetched ({:.1} MB), {} emptied",
                     d as f64 * 100.0 / index.total_size.max(1) as f64,
                     s.chunks_in_place,
                     s.chunks_fetched,
-                    s.bytes_fetched as f64 / 1e6
+                    s.bytes_fetched as f64 / 1e6,
+                    s.chunks_emptied
                 ));
                 let _ = client.report(mac, &progress_body(id, d, index.total_size, &s), false);
             }
@@ -168,10 +173,12 @@ fn restore(
                 *l = s.clone();
             }
         };
-        let stats = crate::restore(index, &args.disk, client, args.parallel, &on_progress);
+        let stats = crate::restore(&summary, &args.disk, client, args.parallel, &on_progress);
         finished.store(true, Relaxed);
         stats
     })?;
+    let mut stats = stats;
+    stats.index_bytes_fetched += summary_bytes;
 
     // The staged files and the Windows station.json must go in; the FAT copy of
     // station.json is for people and is written where the disk has the partition.
@@ -201,11 +208,15 @@ fn restore(
     body["injected"] = injected.into();
     client.report(mac, &body, true)?;
     log(&format!(
-        "done in {seconds:.1} s: {} chunks in place, {} fetched ({:.1} MB), {} zeroed, {} files injected",
+        "done in {seconds:.1} s: {} chunks in place, {} fetched ({:.1} MB), {} emptied, {} zeroed, \
+         {:.1} GB read from the disk, {:.1} kB of index, {} files injected",
         stats.chunks_in_place,
         stats.chunks_fetched,
         stats.bytes_fetched as f64 / 1e6,
+        stats.chunks_emptied,
         stats.zero_chunks_written,
+        stats.disk_bytes_read as f64 / 1e9,
+        stats.index_bytes_fetched as f64 / 1e3,
         injected
     ));
     Ok(Outcome {

@@ -1,5 +1,6 @@
-//! The restore client's side of HTTP: the staged image, chunks, station.json and
-//! progress reports, from and to the orchestrator. Blocking (ureq): the restore
+//! The restore client's side of HTTP: the staged image, the index summary and the
+//! ids of groups, chunks, station.json and progress reports, from and to the
+//! orchestrator. Blocking (ureq): the restore
 //! runs its fetches on plain threads.
 
 // ureq's own error type is large; it lives only between a request and its handling.
@@ -9,9 +10,16 @@ use std::io::Read;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::index::{ids_from_bytes, Summary, GROUP_LEN};
 use crate::restore::Fetch;
 use crate::staged::{Staged, MAX_STAGED_BYTES};
 use crate::{ChunkId, Error, MAX_CHUNK_SIZE};
+
+/// The largest index summary a client accepts: a fully used 16 TiB disk at 64 KiB
+/// chunks has 64 MiB of group hashes.
+pub const MAX_SUMMARY_BYTES: u64 = 256 << 20;
+/// Most groups of ids in one answer.
+pub const MAX_GROUPS: u64 = 64;
 
 /// How long a request is retried after a connection failure, a broken body or a 5xx
 /// when the caller does not say: long enough to ride out a restart of the daemon.
@@ -96,6 +104,15 @@ impl Client {
             .request("GET", &url, None, MAX_STAGED_BYTES, Retry::Patiently)
             .map_err(|f| f.error)?;
         Staged::decode(&bytes, Some(id))
+    }
+
+    /// The summary of the index `id`, checked against its id.
+    pub fn summary(&self, id: &ChunkId) -> Result<Summary, Error> {
+        let url = format!("{}/indexes/{id}", self.base);
+        let bytes = self
+            .request("GET", &url, None, MAX_SUMMARY_BYTES, Retry::Patiently)
+            .map_err(|f| f.error)?;
+        Summary::decode(&bytes, Some(id))
     }
 
     /// The station's station.json, as the orchestrator renders it for this restore.
@@ -290,6 +307,20 @@ impl Fetch for Client {
             // A garbled batch: fetch its chunks one by one instead.
             None => ids.iter().map(|id| self.fetch(id)).collect(),
         }
+    }
+
+    /// `GET /indexes/{id}/groups?first=K&count=N`: the ids, 32 bytes each.
+    fn group_ids(&self, index: &ChunkId, first: u64, count: u64) -> Result<Vec<ChunkId>, Error> {
+        let count = count.clamp(1, MAX_GROUPS);
+        let url = format!(
+            "{}/indexes/{index}/groups?first={first}&count={count}",
+            self.base
+        );
+        let limit = count * u64::from(GROUP_LEN) * 32;
+        let body = self
+            .request("GET", &url, None, limit, Retry::Patiently)
+            .map_err(|f| f.error)?;
+        ids_from_bytes(&body)
     }
 }
 

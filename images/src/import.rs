@@ -1,9 +1,11 @@
 //! Import of a raw disk image (a file or a block device) into the chunk store.
 //!
-//! The holes of a sparse file (`SEEK_DATA`/`SEEK_HOLE`) are zero chunks without a
-//! read. The rest is read, checked for zeros, hashed, compressed and stored by one
-//! thread per core, each with `pread` at its own chunks: compression is what costs,
-//! and it spreads over the cores.
+//! First the partitions' allocation ([`crate::alloc`]): a chunk wholly in the free
+//! space of an NTFS or FAT filesystem is recorded as free and never read. The holes
+//! of a sparse file (`SEEK_DATA`/`SEEK_HOLE`) are zero chunks without a read. The
+//! rest is read, checked for zeros, hashed, compressed and stored by one thread per
+//! core, each with `pread` at its own chunks: compression is what costs, and it
+//! spreads over the cores.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -12,11 +14,22 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
 
 use crate::error::io;
-use crate::index::check_chunk_size;
+use crate::index::{check_chunk_size, Chunk};
 use crate::{ChunkId, ChunkStore, Error, Index};
 
 /// Import threads at most (the store's disk is the limit past a few cores).
 const MAX_THREADS: usize = 8;
+
+/// What an import keeps of a disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// What the filesystems use, and everything that is not in a filesystem's free
+    /// space (the default).
+    Used,
+    /// Every byte, free space included (`--whole-disk`): a restore then brings back
+    /// deleted files too.
+    Everything,
+}
 
 /// What an import did.
 #[derive(Debug, PartialEq, Eq)]
@@ -25,16 +38,33 @@ pub struct Imported {
     /// Chunks written to the store (the rest were there already, or zeros).
     pub new_chunks: u64,
     pub zero_chunks: u64,
+    /// Chunks wholly in free space: not read, not stored.
+    pub free_chunks: u64,
     pub bytes_read: u64,
+    /// Partitions whose free space could not be used, and why.
+    pub notes: Vec<String>,
 }
 
-/// Read `path` in `chunk_size` pieces into `store`, calling `progress(bytes_done)`
-/// as chunks are done (from the calling thread, in no particular order of chunks).
-/// All-zero chunks, holes included, are recorded as zeros and not stored.
+/// Import `path` in `chunk_size` pieces into `store`, keeping what its filesystems
+/// use ([`Scope::Used`]); see [`import_with`].
 pub fn import(
     store: &ChunkStore,
     path: &Path,
     chunk_size: u64,
+    progress: impl FnMut(u64),
+) -> Result<Imported, Error> {
+    import_with(store, path, chunk_size, Scope::Used, progress)
+}
+
+/// Read `path` in `chunk_size` pieces into `store`, calling `progress(bytes_done)`
+/// as chunks are done (from the calling thread, in no particular order of chunks).
+/// All-zero chunks, holes included, are recorded as zeros and not stored; with
+/// [`Scope::Used`], chunks in free space are recorded as free and not read.
+pub fn import_with(
+    store: &ChunkStore,
+    path: &Path,
+    chunk_size: u64,
+    scope: Scope,
     mut progress: impl FnMut(u64),
 ) -> Result<Imported, Error> {
     let chunk_size = check_chunk_size(chunk_size)?;
@@ -42,6 +72,23 @@ pub fn import(
     let file = File::open(path).map_err(io(path))?;
     let total = size(&file).map_err(io(path))?;
     let count = total.div_ceil(cs) as usize;
+    let chunk_len = |i: usize| cs.min(total - i as u64 * cs) as usize;
+    let (allocation, notes) = match scope {
+        Scope::Used => {
+            let mut a = crate::alloc::allocation(&mut &file, path)?;
+            let notes = std::mem::take(&mut a.notes);
+            (Some(a), notes)
+        }
+        Scope::Everything => (None, Vec::new()),
+    };
+    let free: Vec<bool> = (0..count)
+        .map(|i| {
+            allocation.as_ref().is_some_and(|a| {
+                let start = i as u64 * cs;
+                a.free(start, start + chunk_len(i) as u64)
+            })
+        })
+        .collect();
     // Which chunks hold data: those that meet a data range of the file.
     let mut has_data = vec![false; count];
     for (start, end) in data_ranges(&file, total).map_err(io(path))? {
@@ -51,7 +98,7 @@ pub fn import(
         );
         has_data[first..last].fill(true);
     }
-    let todo: Vec<usize> = (0..count).filter(|&i| has_data[i]).collect();
+    let todo: Vec<usize> = (0..count).filter(|&i| has_data[i] && !free[i]).collect();
     let slots: Vec<Mutex<Option<ChunkId>>> = (0..count).map(|_| Mutex::new(None)).collect();
     let (next, done, read, new_chunks) = (
         AtomicUsize::new(0),
@@ -64,13 +111,12 @@ pub fn import(
     let threads = std::thread::available_parallelism()
         .map_or(1, usize::from)
         .clamp(1, MAX_THREADS);
-    let chunk_len = |i: usize| cs.min(total - i as u64 * cs) as usize;
-    // Holes count as done at once.
-    let holes: u64 = (0..count)
-        .filter(|&i| !has_data[i])
+    // Holes and free space count as done at once.
+    let skipped: u64 = (0..count)
+        .filter(|&i| !has_data[i] || free[i])
         .map(|i| chunk_len(i) as u64)
         .sum();
-    done.store(holes, Relaxed);
+    done.store(skipped, Relaxed);
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| {
@@ -128,19 +174,27 @@ pub fn import(
     if let Some(e) = failed.into_inner().expect("not poisoned") {
         return Err(e);
     }
-    let chunks: Vec<Option<ChunkId>> = slots
+    let ids: Vec<Option<ChunkId>> = slots
         .into_iter()
         .map(|s| s.into_inner().expect("not poisoned"))
         .collect();
+    let free_chunks = free.iter().filter(|&&f| f).count() as u64;
+    let index = Index::build(
+        chunk_size,
+        total,
+        ids.iter().zip(&free).map(|(id, &free)| match (id, free) {
+            (_, true) => Chunk::Free,
+            (Some(id), false) => Chunk::Data(*id),
+            (None, false) => Chunk::Zero,
+        }),
+    );
     Ok(Imported {
-        zero_chunks: chunks.iter().filter(|c| c.is_none()).count() as u64,
-        index: Index {
-            chunk_size,
-            total_size: total,
-            chunks,
-        },
+        zero_chunks: count as u64 - free_chunks - index.ids.len() as u64,
+        free_chunks,
+        index,
         new_chunks: new_chunks.into_inner(),
         bytes_read: read.into_inner(),
+        notes,
     })
 }
 
@@ -221,16 +275,16 @@ mod tests {
         std::fs::write(&file, &bytes).unwrap();
         let mut seen = Vec::new();
         let imported = import(&store, &file, u64::from(MIN_CHUNK_SIZE), |n| seen.push(n)).unwrap();
-        assert_eq!(imported.index.chunks.len(), 4);
+        assert_eq!(imported.index.layout.count(), 4);
         assert_eq!(imported.zero_chunks, 1);
         assert_eq!(imported.new_chunks, 3);
         assert_eq!(*seen.last().unwrap(), bytes.len() as u64);
         let mut back = Vec::new();
-        for (i, entry) in imported.index.chunks.iter().enumerate() {
-            let len = imported.index.chunk_len(i);
+        for (i, entry) in imported.index.chunks().enumerate() {
+            let len = imported.index.layout.chunk_len(i as u64);
             match entry {
-                None => back.extend(std::iter::repeat_n(0u8, len)),
-                Some(id) => back.extend(store.get(id, len).unwrap()),
+                Chunk::Zero | Chunk::Free => back.extend(std::iter::repeat_n(0u8, len)),
+                Chunk::Data(id) => back.extend(store.get(&id, len).unwrap()),
             }
         }
         assert_eq!(back, bytes);
@@ -263,9 +317,13 @@ mod tests {
             imported.index, reference.index,
             "same index as the dense copy"
         );
-        assert_eq!(imported.index.total_size, 64 * cs + 777);
-        let stored: Vec<usize> = (0..65)
-            .filter(|&i| imported.index.chunks[i].is_some())
+        assert_eq!(imported.index.layout.total_size, 64 * cs + 777);
+        let stored: Vec<usize> = imported
+            .index
+            .chunks()
+            .enumerate()
+            .filter(|(_, c)| matches!(c, Chunk::Data(_)))
+            .map(|(i, _)| i)
             .collect();
         assert_eq!(stored, vec![3, 40, 41, 64]);
         // Only what holds data was read (the file system may round data up to its

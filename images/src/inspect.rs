@@ -31,8 +31,10 @@ pub const SYSPREP: &str = r"C:\Windows\System32\Sysprep\sysprep.exe /generalize 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Inspection {
     pub size: u64,
-    /// Bytes in chunks that are not all zero.
-    pub nonzero: u64,
+    /// Bytes in stored chunks: what a restore reads and may fetch.
+    pub used: u64,
+    /// Bytes wholly in free space of a filesystem: not stored, emptied by a restore.
+    pub free: u64,
     pub chunk_size: u64,
     pub partitions: Vec<PartitionInfo>,
     /// The Windows partition's setup state, when one has it.
@@ -109,17 +111,12 @@ pub fn inspect(store: &ChunkStore, index: &Index, name: &str) -> Result<Inspecti
             break;
         }
     }
-    let chunk_size = u64::from(index.chunk_size);
-    let nonzero = index
-        .chunks
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| c.is_some())
-        .map(|(i, _)| index.chunk_len(i) as u64)
-        .sum();
+    let layout = &index.layout;
+    let chunk_size = u64::from(layout.chunk_size);
     Ok(Inspection {
-        size: index.total_size,
-        nonzero,
+        size: layout.total_size,
+        used: layout.bytes_of(crate::RunKind::Data),
+        free: layout.bytes_of(crate::RunKind::Free),
         chunk_size,
         partitions: parts.iter().map(info).collect(),
         windows,
@@ -264,7 +261,8 @@ mod tests {
         assert_eq!(seen.partitions.len(), 1);
         assert_eq!(seen.partitions[0].fs, "ntfs");
         assert_eq!(seen.size, 8 << 20);
-        assert!(seen.nonzero > 0 && seen.nonzero < seen.size, "{seen:?}");
+        assert!(seen.used > 0 && seen.free > 0, "{seen:?}");
+        assert!(seen.used + seen.free <= seen.size, "{seen:?}");
         assert_eq!(seen.kms_refusal("golden"), None);
 
         let (_d, store, index) = imported(&fixture("windows-complete.img.zst"));

@@ -7,6 +7,7 @@
 //! an image in place, fetching only the chunks that differ; [`http::Client`] fetches
 //! them from the orchestrator for the `netreset-restore` binary.
 
+pub mod alloc;
 mod chunk;
 pub mod client;
 mod error;
@@ -24,10 +25,13 @@ mod store;
 
 pub use chunk::ChunkId;
 pub use error::Error;
-pub use import::{import, Imported};
-pub use index::{check_chunk_size, Index, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+pub use import::{import, import_with, Imported, Scope};
+pub use index::{
+    check_chunk_size, group_hash, Chunk, Extent, Index, Layout, Run, RunKind, Summary, GROUP_LEN,
+    MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
+};
 pub use reader::ImageReader;
-pub use restore::{restore, Fetch, RestoreStats};
+pub use restore::{restore, Fetch, Local, RestoreStats};
 pub use staged::{
     check_inject_path, check_kms_host, InjectFile, KmsSettings, Profile, Staged, Target, WindowsFs,
     STAGED_VERSION,

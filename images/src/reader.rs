@@ -1,19 +1,21 @@
 //! An image read through its index from the chunk store, as if it were the disk:
 //! `Read + Seek` (and a `Write` that refuses), for looking at an image's partitions
 //! and filesystems on the server without restoring it anywhere. Every chunk read is
-//! verified against its id; zero chunks read as zeros.
+//! verified against its id; zero and free chunks read as zeros.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 
+use crate::index::{Extent, RunKind};
 use crate::{ChunkStore, Index};
 
 #[derive(Debug)]
 pub struct ImageReader<'a> {
     store: &'a ChunkStore,
     index: &'a Index,
+    extents: Vec<Extent>,
     pos: u64,
     /// The last chunk read: (number, bytes).
-    cached: Option<(usize, Vec<u8>)>,
+    cached: Option<(u64, Vec<u8>)>,
 }
 
 impl<'a> ImageReader<'a> {
@@ -21,20 +23,26 @@ impl<'a> ImageReader<'a> {
         ImageReader {
             store,
             index,
+            extents: index.layout.extents().collect(),
             pos: 0,
             cached: None,
         }
     }
 
-    fn chunk(&mut self, i: usize) -> std::io::Result<&[u8]> {
+    fn chunk(&mut self, i: u64) -> std::io::Result<&[u8]> {
         if self.cached.as_ref().is_none_or(|(n, _)| *n != i) {
-            let len = self.index.chunk_len(i);
-            let bytes = match &self.index.chunks[i] {
-                None => vec![0u8; len],
-                Some(id) => self
-                    .store
-                    .get(id, len)
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
+            let len = self.index.layout.chunk_len(i);
+            // The extent holding chunk i: the last that starts at or before it.
+            let at = self.extents.partition_point(|e| e.first <= i) - 1;
+            let e = self.extents[at];
+            let bytes = match e.kind {
+                RunKind::Zero | RunKind::Free => vec![0u8; len],
+                RunKind::Data => {
+                    let id = &self.index.ids[(e.data_first + i - e.first) as usize];
+                    self.store
+                        .get(id, len)
+                        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?
+                }
             };
             self.cached = Some((i, bytes));
         }
@@ -44,11 +52,11 @@ impl<'a> ImageReader<'a> {
 
 impl Read for ImageReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.pos >= self.index.total_size || buf.is_empty() {
+        if self.pos >= self.index.layout.total_size || buf.is_empty() {
             return Ok(0);
         }
-        let size = u64::from(self.index.chunk_size);
-        let i = (self.pos / size) as usize;
+        let size = u64::from(self.index.layout.chunk_size);
+        let i = self.pos / size;
         let within = (self.pos % size) as usize;
         let chunk = self.chunk(i)?;
         let n = buf.len().min(chunk.len() - within);
@@ -75,7 +83,7 @@ impl Seek for ImageReader<'_> {
     fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
         let pos = match to {
             SeekFrom::Start(p) => Some(p),
-            SeekFrom::End(d) => self.index.total_size.checked_add_signed(d),
+            SeekFrom::End(d) => self.index.layout.total_size.checked_add_signed(d),
             SeekFrom::Current(d) => self.pos.checked_add_signed(d),
         };
         let pos = pos.ok_or_else(|| {

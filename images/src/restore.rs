@@ -1,26 +1,33 @@
-//! Restore a disk to an image in place: read each chunk of the disk, keep it when it
-//! already matches the index, otherwise fetch the chunk, verify it against its id and
-//! write it. Zero chunks are written as zeros. Killed at any point and run again, it
-//! finishes with the same disk, since every decision is made from what is on the
-//! disk at that moment. What is written is flushed to the disk every two seconds
-//! (or 64 MiB), so a restore cut by a power loss resumes from there, not from scratch.
+//! Restore a disk to an image in place. The disk is worked through in jobs, several
+//! threads at once: a group of data chunks is read in large reads and hashed, and
+//! when the hashes of the group match the index's summary, all of it is in place;
+//! otherwise the group's ids are fetched (checked against the summary) and each
+//! chunk that differs is fetched, verified against its id and written. A run of
+//! zero or free chunks is emptied without being read where the disk can do it (a
+//! hole in a file; on a block device, a zeroing discard), else read and zeroed where
+//! it is not zeros. Killed at any point and run again, it finishes with the same
+//! disk, since every decision is made from what is on the disk at that moment.
+//! What is written is flushed to the disk every two seconds (or 64 MiB), so a
+//! restore cut by a power loss resumes from there, not from scratch.
 //!
 //! The transport is the caller's ([`Fetch`]): the restore client fetches over HTTP,
-//! tests fetch from a local store.
+//! tests fetch from a local store ([`Local`]).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{mpsc, Mutex};
 
 use crate::error::io;
+use crate::index::{group_hash, RunKind, Summary};
 use crate::store::decode_chunk;
-use crate::{ChunkId, Error, Index};
+use crate::{ChunkId, ChunkStore, Error, Index};
 
-/// Where missing chunks come from: the compressed bytes of a chunk, as stored.
-/// Fetches run on several threads at once.
+/// Where missing chunks and the ids of groups come from. Fetches run on several
+/// threads at once.
 pub trait Fetch: Sync {
+    /// The compressed bytes of a chunk, as stored.
     fn fetch(&self, id: &ChunkId) -> Result<Vec<u8>, Error>;
 
     /// Several chunks at once, in order (one request instead of many, for small
@@ -38,6 +45,10 @@ pub trait Fetch: Sync {
         }
         out
     }
+
+    /// The ids of groups `first..first + count` of the index `index`, unverified
+    /// (the restore checks them against the summary).
+    fn group_ids(&self, index: &ChunkId, first: u64, count: u64) -> Result<Vec<ChunkId>, Error>;
 }
 
 /// Chunks fetched in one request: about 1 MiB of chunk data, at most 16 chunks.
@@ -45,9 +56,25 @@ fn batch_len(chunk_size: u32) -> usize {
     ((1usize << 20) / chunk_size as usize).clamp(1, 16)
 }
 
-impl Fetch for crate::ChunkStore {
+/// A store and an index on this machine as the source of a restore.
+pub struct Local<'a> {
+    pub store: &'a ChunkStore,
+    pub index: &'a Index,
+}
+
+impl Fetch for Local<'_> {
     fn fetch(&self, id: &ChunkId) -> Result<Vec<u8>, Error> {
-        self.get_compressed(id)
+        self.store.get_compressed(id)
+    }
+
+    fn group_ids(&self, index: &ChunkId, first: u64, count: u64) -> Result<Vec<ChunkId>, Error> {
+        if *index != self.index.id() {
+            return Err(Error::NoImage(format!("index {index}")));
+        }
+        self.index
+            .group_ids(first, count)
+            .map(<[ChunkId]>::to_vec)
+            .ok_or_else(|| Error::BadIndex(format!("no group {first}")))
     }
 }
 
@@ -56,6 +83,12 @@ impl Fetch for crate::ChunkStore {
 /// only the rest.
 const SYNC_EVERY_MS: u64 = 2000;
 const SYNC_BYTES: u64 = 64 << 20;
+/// The largest read of the disk.
+const READ_BYTES: u64 = 8 << 20;
+/// A run of empty chunks is emptied in pieces of at most this, for progress.
+const EMPTY_PIECE: u64 = 1 << 30;
+/// Threads reading and hashing the disk at most.
+const MAX_READERS: usize = 8;
 
 /// Flushes the disk every [`SYNC_EVERY_MS`] or [`SYNC_BYTES`], whichever comes first,
 /// from whichever thread wrote last.
@@ -100,14 +133,22 @@ const REFETCHES: u32 = 1;
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RestoreStats {
     pub chunks_total: u64,
-    /// Chunks that were already right on the disk.
+    /// Data chunks that were already right on the disk.
     pub chunks_in_place: u64,
     /// Chunks fetched and written.
     pub chunks_fetched: u64,
-    /// Zero chunks written (the disk had something else there).
+    /// Zero and free chunks left empty without writing them: holes punched and
+    /// zeroing discards (neither reads), or read and found zeros.
+    pub chunks_emptied: u64,
+    /// Zero and free chunks that the disk could not empty by itself: read, and
+    /// written with zeros where they were not zeros.
     pub zero_chunks_written: u64,
     /// Compressed bytes fetched.
     pub bytes_fetched: u64,
+    /// Bytes read from the disk.
+    pub disk_bytes_read: u64,
+    /// Bytes of group ids fetched (for the groups of the disk that differ).
+    pub index_bytes_fetched: u64,
     /// Fetched chunks that failed verification (and were fetched again).
     pub bad_chunks_refetched: u64,
     /// Chunks the disk could not read (bad sectors), written anew.
@@ -118,8 +159,11 @@ pub struct RestoreStats {
 struct Counters {
     in_place: AtomicU64,
     fetched: AtomicU64,
+    emptied: AtomicU64,
     zeros: AtomicU64,
     bytes: AtomicU64,
+    read: AtomicU64,
+    index: AtomicU64,
     refetched: AtomicU64,
     unreadable: AtomicU64,
     done_bytes: AtomicU64,
@@ -147,38 +191,102 @@ impl Counters {
             chunks_total: total,
             chunks_in_place: self.in_place.load(Relaxed),
             chunks_fetched: self.fetched.load(Relaxed),
+            chunks_emptied: self.emptied.load(Relaxed),
             zero_chunks_written: self.zeros.load(Relaxed),
             bytes_fetched: self.bytes.load(Relaxed),
+            disk_bytes_read: self.read.load(Relaxed),
+            index_bytes_fetched: self.index.load(Relaxed),
             bad_chunks_refetched: self.refetched.load(Relaxed),
             unreadable_chunks: self.unreadable.load(Relaxed),
         }
     }
 }
 
-/// Bring the disk at `disk` to `index`. The disk (file or block device) must be at
-/// least as large as the image; it is never grown or truncated.
+/// One piece of work of the readers.
+enum Job {
+    /// Chunks `first..first + chunks`, all zero or free: empty them.
+    Empty { first: u64, chunks: u64 },
+    /// Group `k` of the data chunks, at these (first chunk, chunks) pieces of the disk.
+    Group { k: u64, pieces: Vec<(u64, u64)> },
+}
+
+/// The jobs of a restore, in disk order.
+fn jobs(summary: &Summary) -> Result<Vec<Job>, Error> {
+    let layout = &summary.layout;
+    let mut jobs = Vec::new();
+    // The group being filled: its number, its pieces so far, and their chunks.
+    type Pending = (u64, Vec<(u64, u64)>, u64);
+    let mut pending: Option<Pending> = None;
+    let mut next_group = 0u64;
+    let per_piece = (EMPTY_PIECE / u64::from(layout.chunk_size)).max(1);
+    for e in layout.extents() {
+        if e.kind != RunKind::Data {
+            let mut first = e.first;
+            while first < e.first + e.chunks {
+                let chunks = per_piece.min(e.first + e.chunks - first);
+                jobs.push(Job::Empty { first, chunks });
+                first += chunks;
+            }
+            continue;
+        }
+        let (mut first, mut left) = (e.first, e.chunks);
+        while left > 0 {
+            let (k, pieces, filled) = pending.get_or_insert_with(|| (next_group, Vec::new(), 0));
+            let (lo, hi) = summary.group_range(*k);
+            let take = (hi - lo - *filled).min(left);
+            pieces.push((first, take));
+            *filled += take;
+            first += take;
+            left -= take;
+            if *filled == hi - lo {
+                let (k, pieces, _) = pending.take().expect("just filled");
+                jobs.push(Job::Group { k, pieces });
+                next_group += 1;
+            }
+        }
+    }
+    if pending.is_some() || next_group != summary.group_count() {
+        return Err(Error::BadIndex(
+            "the groups do not cover the data chunks".into(),
+        ));
+    }
+    Ok(jobs)
+}
+
+/// Bring the disk at `disk` to the image of `summary`. The disk (file or block
+/// device) must be at least as large as the image; it is never grown or truncated.
 ///
-/// One thread reads and hashes the disk in order; `parallel` threads fetch, verify
-/// and write the chunks that differ, so the network and the disk are busy at once.
-/// `progress(done_bytes, stats)` is called after each chunk, from any of them.
+/// Up to one thread per core (at most 8) reads and hashes the disk; `parallel`
+/// threads fetch, verify and write the chunks that differ, so the network and the
+/// disk are busy at once. `progress(done_bytes, stats)` is called after each piece
+/// of work, from any of them.
 pub fn restore(
-    index: &Index,
+    summary: &Summary,
     disk: &Path,
     source: &impl Fetch,
     parallel: usize,
     progress: &(dyn Fn(u64, &RestoreStats) + Sync),
 ) -> Result<RestoreStats, Error> {
+    let layout = &summary.layout;
     let file = open_disk(disk)?;
     let size = disk_size(&file, disk)?;
-    if size < index.total_size {
+    if size < layout.total_size {
         return Err(Error::DiskTooSmall {
             disk: disk.to_owned(),
             size,
-            needed: index.total_size,
+            needed: layout.total_size,
         });
     }
-    let punch = file.metadata().map_err(io(disk))?.file_type().is_file();
-    let total = index.chunks.len() as u64;
+    let index_id = summary.id();
+    let jobs = jobs(summary)?;
+    let kind = file.metadata().map_err(io(disk))?.file_type();
+    let emptier = Emptier {
+        file: &file,
+        chunk_size: layout.chunk_size,
+        regular: kind.is_file(),
+        punch: AtomicBool::new(true),
+    };
+    let total = layout.count();
     let counters = Counters::default();
     let syncer = Syncer::new();
     let stop = AtomicBool::new(false);
@@ -187,21 +295,25 @@ pub fn restore(
         stop.store(true, Relaxed);
         failure.lock().expect("not poisoned").get_or_insert(e);
     };
-    let done = |len: usize| {
-        let d = counters.done_bytes.fetch_add(len as u64, Relaxed) + len as u64;
+    let done = |len: u64| {
+        let d = counters.done_bytes.fetch_add(len, Relaxed) + len;
         progress(d, &counters.snapshot(total));
     };
     let parallel = parallel.max(1);
-    let batch = batch_len(index.chunk_size);
-    // Deep enough that every fetch thread can take a whole batch while the reader
-    // goes on hashing.
+    let readers = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, MAX_READERS);
+    let batch = batch_len(layout.chunk_size);
+    // Deep enough that every fetch thread can take a whole batch while the readers
+    // go on hashing.
     let (tx, rx) = mpsc::sync_channel::<(u64, ChunkId, usize)>(parallel * batch * 2);
     let rx = Mutex::new(rx);
+    let next_job = AtomicUsize::new(0);
     std::thread::scope(|scope| {
         for _ in 0..parallel {
             scope.spawn(|| {
-                // Should a worker panic, the reader must not wait on a full channel
-                // for ever: stop it, and drain the channel until it gives up.
+                // Should a worker panic, the readers must not wait on a full channel
+                // for ever: stop them, and drain the channel until they give up.
                 let _guard = PanicGuard {
                     stop: &stop,
                     rx: &rx,
@@ -244,7 +356,7 @@ pub fn restore(
                         match written {
                             Ok(()) => {
                                 counters.fetched.fetch_add(1, Relaxed);
-                                done(len);
+                                done(len as u64);
                             }
                             Err(e) => {
                                 fail(e);
@@ -255,40 +367,42 @@ pub fn restore(
                 }
             });
         }
-        let mut local = vec![0u8; index.chunk_size as usize];
-        for (i, entry) in index.chunks.iter().enumerate() {
-            if stop.load(Relaxed) {
-                break;
-            }
-            let len = index.chunk_len(i);
-            let offset = i as u64 * u64::from(index.chunk_size);
-            let here = &mut local[..len];
-            if file.read_exact_at(here, offset).is_err() {
-                // An unreadable sector (EIO) is a chunk that differs: writing it lets
-                // the drive remap the sector, so one bad sector never blocks a reset.
-                counters.unreadable.fetch_add(1, Relaxed);
-                here.fill(0xff);
-            }
-            match entry {
-                None if is_zero(here) => counters.in_place.fetch_add(1, Relaxed),
-                None => match zero_range(&file, punch, offset, here)
-                    .and_then(|()| syncer.wrote(&file, len as u64))
-                {
-                    Ok(()) => counters.zeros.fetch_add(1, Relaxed),
-                    Err(e) => {
-                        fail(io(disk)(e));
+        for _ in 0..readers {
+            let tx = tx.clone();
+            scope.spawn(|| {
+                let tx = tx;
+                let mut buf = vec![0u8; READ_BYTES.max(u64::from(layout.chunk_size)) as usize];
+                while !stop.load(Relaxed) {
+                    let Some(job) = jobs.get(next_job.fetch_add(1, Relaxed)) else {
+                        break;
+                    };
+                    let result = match job {
+                        Job::Empty { first, chunks } => {
+                            let (offset, len) =
+                                (layout.offset(*first), layout.bytes(*first, *chunks));
+                            emptier
+                                .empty(offset, len, *chunks, &mut buf, &counters, &syncer)
+                                .map(|()| done(len))
+                                .map_err(io(disk))
+                        }
+                        Job::Group { k, pieces } => {
+                            let ctx = GroupCtx {
+                                summary,
+                                index_id: &index_id,
+                                file: &file,
+                                source,
+                                counters: &counters,
+                                done: &done,
+                            };
+                            ctx.run(*k, pieces, &mut buf, &tx)
+                        }
+                    };
+                    if let Err(e) = result {
+                        fail(e);
                         break;
                     }
-                },
-                Some(id) if ChunkId::of(here) == *id => counters.in_place.fetch_add(1, Relaxed),
-                Some(id) => {
-                    if tx.send((offset, *id, len)).is_err() {
-                        break;
-                    }
-                    continue;
                 }
-            };
-            done(len);
+            });
         }
         drop(tx);
     });
@@ -299,20 +413,167 @@ pub fn restore(
     Ok(counters.snapshot(total))
 }
 
+/// What a reader needs for a group.
+struct GroupCtx<'a, F: Fetch, D: Fn(u64)> {
+    summary: &'a Summary,
+    index_id: &'a ChunkId,
+    file: &'a File,
+    source: &'a F,
+    counters: &'a Counters,
+    done: &'a D,
+}
+
+impl<F: Fetch, D: Fn(u64)> GroupCtx<'_, F, D> {
+    /// Hash group `k` of the disk; when it differs from the summary, fetch its ids
+    /// and send each chunk that differs to the fetchers.
+    fn run(
+        &self,
+        k: u64,
+        pieces: &[(u64, u64)],
+        buf: &mut [u8],
+        tx: &mpsc::SyncSender<(u64, ChunkId, usize)>,
+    ) -> Result<(), Error> {
+        let layout = &self.summary.layout;
+        let per_read = (buf.len() as u64 / u64::from(layout.chunk_size)).max(1);
+        // (chunk number, id of what the disk holds there)
+        let mut local: Vec<(u64, ChunkId)> = Vec::new();
+        for &(first, chunks) in pieces {
+            let mut at = first;
+            while at < first + chunks {
+                let n = per_read.min(first + chunks - at);
+                let len = layout.bytes(at, n) as usize;
+                let offset = layout.offset(at);
+                let here = &mut buf[..len];
+                if self.file.read_exact_at(here, offset).is_err() {
+                    // Chunk by chunk: an unreadable sector (EIO) is a chunk that
+                    // differs; writing it lets the drive remap the sector.
+                    for c in 0..n {
+                        let (o, l) = (layout.offset(at + c) - offset, layout.chunk_len(at + c));
+                        let piece = &mut here[o as usize..o as usize + l];
+                        if self.file.read_exact_at(piece, offset + o).is_err() {
+                            self.counters.unreadable.fetch_add(1, Relaxed);
+                            piece.fill(0xff);
+                        }
+                    }
+                }
+                self.counters.read.fetch_add(len as u64, Relaxed);
+                let cs = layout.chunk_size as usize;
+                for (c, data) in here.chunks(cs).enumerate() {
+                    local.push((at + c as u64, ChunkId::of(data)));
+                }
+                at += n;
+            }
+        }
+        let local_ids: Vec<ChunkId> = local.iter().map(|l| l.1).collect();
+        let bytes: u64 = pieces.iter().map(|&(f, n)| layout.bytes(f, n)).sum();
+        if group_hash(&local_ids) == self.summary.groups[k as usize] {
+            self.counters
+                .in_place
+                .fetch_add(local.len() as u64, Relaxed);
+            (self.done)(bytes);
+            return Ok(());
+        }
+        let ids = self.source.group_ids(self.index_id, k, 1)?;
+        self.counters
+            .index
+            .fetch_add(ids.len() as u64 * 32, Relaxed);
+        self.summary.check_group_ids(k, &ids).map_err(|e| {
+            Error::BadIndex(format!(
+                "{e}: the server sent ids that are not the image's; nothing of them was used"
+            ))
+        })?;
+        for ((chunk, here), want) in local.into_iter().zip(ids) {
+            let len = layout.chunk_len(chunk);
+            if here == want {
+                self.counters.in_place.fetch_add(1, Relaxed);
+                (self.done)(len as u64);
+            } else if tx.send((layout.offset(chunk), want, len)).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Empties runs of zero and free chunks.
+struct Emptier<'a> {
+    file: &'a File,
+    chunk_size: u32,
+    regular: bool,
+    /// Whether to try the disk's own zeroing still (off after it said it cannot).
+    punch: AtomicBool,
+}
+
+impl Emptier<'_> {
+    /// Make `len` bytes at `offset` (`chunks` chunks) zeros: a hole in a file, a
+    /// zeroing discard on a block device (`fallocate(PUNCH_HOLE)`: the kernel's
+    /// write-zeroes with unmap, never a fallback that writes); else trim it
+    /// (`BLKDISCARD`, best effort, to give the flash back), read it, and write zeros
+    /// where it is not zeros.
+    fn empty(
+        &self,
+        offset: u64,
+        len: u64,
+        chunks: u64,
+        buf: &mut [u8],
+        counters: &Counters,
+        syncer: &Syncer,
+    ) -> std::io::Result<()> {
+        if self.punch.load(Relaxed) {
+            match punch_hole(self.file, offset, len) {
+                Ok(()) => {
+                    counters.emptied.fetch_add(chunks, Relaxed);
+                    return Ok(());
+                }
+                Err(_) => self.punch.store(false, Relaxed),
+            }
+        }
+        if !self.regular {
+            let _ = discard(self.file, offset, len);
+        }
+        let cs = self.chunk_size as usize;
+        let mut at = offset;
+        while at < offset + len {
+            let n = (buf.len() as u64).min(offset + len - at) as usize;
+            let here = &mut buf[..n];
+            self.file.read_exact_at(here, at)?;
+            counters.read.fetch_add(n as u64, Relaxed);
+            for (c, chunk) in here.chunks_mut(cs).enumerate() {
+                if !is_zero(chunk) {
+                    chunk.fill(0);
+                    self.file.write_all_at(chunk, at + (c * cs) as u64)?;
+                    syncer.wrote(self.file, chunk.len() as u64)?;
+                    counters.zeros.fetch_add(1, Relaxed);
+                } else {
+                    counters.emptied.fetch_add(1, Relaxed);
+                }
+            }
+            at += n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// `BLKDISCARD` (`_IO(0x12, 119)`): tell the device the range is unused.
+#[allow(unsafe_code)]
+fn discard(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const BLKDISCARD: libc::c_ulong = 0x1277;
+    let range: [u64; 2] = [offset, len];
+    // SAFETY: BLKDISCARD reads two u64 from the pointer, which points at `range`
+    // for the whole call; the descriptor is open for as long as `file` is borrowed.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKDISCARD as _, range.as_ptr()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// All zeros? Folding 4 KiB at a time lets the compiler vectorize it.
 fn is_zero(data: &[u8]) -> bool {
     data.chunks(4096)
         .all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
-}
-
-/// Make `here.len()` bytes at `offset` zeros: a hole in a regular file (no blocks
-/// used, reads return zeros), written zeros on a block device.
-fn zero_range(file: &File, punch: bool, offset: u64, here: &mut [u8]) -> std::io::Result<()> {
-    if punch && punch_hole(file, offset, here.len() as u64).is_ok() {
-        return Ok(());
-    }
-    here.fill(0);
-    file.write_all_at(here, offset)
 }
 
 #[allow(unsafe_code)]
@@ -404,7 +665,8 @@ fn disk_size(file: &File, path: &Path) -> Result<u64, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{import, ChunkStore, MIN_CHUNK_SIZE};
+    use crate::index::Chunk;
+    use crate::{import, MIN_CHUNK_SIZE};
     use std::sync::atomic::AtomicU32;
 
     const CS: usize = MIN_CHUNK_SIZE as usize;
@@ -425,14 +687,23 @@ mod tests {
         (dir, store, index, image)
     }
 
+    fn run(index: &Index, disk: &Path, source: &impl Fetch) -> Result<RestoreStats, Error> {
+        restore(&index.summary(), disk, source, 4, &|_, _| {})
+    }
+
     #[test]
     fn blank_disk_is_restored_byte_identical_and_zero_chunks_are_not_fetched() {
         let (dir, store, index, image) = setup();
         let disk = dir.path().join("disk");
         std::fs::write(&disk, vec![0u8; image.len() + 4096]).unwrap();
-        let stats = restore(&index, &disk, &store, 4, &|_, _| {}).unwrap();
+        let local = Local {
+            store: &store,
+            index: &index,
+        };
+        let stats = run(&index, &disk, &local).unwrap();
         assert_eq!(stats.chunks_fetched, 7);
-        assert_eq!(stats.chunks_in_place, 1, "the zero chunk was already zeros");
+        assert_eq!(stats.chunks_emptied, 1, "the zero chunk is a hole");
+        assert_eq!(stats.index_bytes_fetched, 7 * 32, "one group, 7 ids");
         let back = std::fs::read(&disk).unwrap();
         assert_eq!(&back[..image.len()], &image[..]);
         assert!(
@@ -442,44 +713,98 @@ mod tests {
     }
 
     #[test]
-    fn delta_restore_fetches_only_changed_chunks_and_an_unchanged_disk_nothing() {
+    fn delta_restore_fetches_only_changed_chunks_and_an_unchanged_disk_nothing_not_even_ids() {
         let (dir, store, index, image) = setup();
+        let local = Local {
+            store: &store,
+            index: &index,
+        };
         let disk = dir.path().join("disk");
         let mut changed = image.clone();
         changed[5] ^= 0xff; // chunk 0
         changed[6 * CS + 17] ^= 0xff; // chunk 6
         changed[3 * CS + 9] = 1; // the zero chunk
         std::fs::write(&disk, &changed).unwrap();
-        let stats = restore(&index, &disk, &store, 4, &|_, _| {}).unwrap();
+        let stats = run(&index, &disk, &local).unwrap();
         assert_eq!(
             (
                 stats.chunks_fetched,
-                stats.zero_chunks_written,
+                stats.chunks_emptied,
                 stats.chunks_in_place
             ),
             (2, 1, 5)
         );
         assert_eq!(std::fs::read(&disk).unwrap(), image);
-        let again = restore(&index, &disk, &store, 4, &|_, _| {}).unwrap();
+        let again = run(&index, &disk, &local).unwrap();
         assert_eq!(
             (
                 again.chunks_fetched,
                 again.bytes_fetched,
+                again.index_bytes_fetched,
                 again.chunks_in_place
             ),
-            (0, 0, 8)
+            (0, 0, 0, 7)
+        );
+        assert_eq!(
+            again.disk_bytes_read,
+            image.len() as u64 - CS as u64,
+            "the zero chunk is not read"
+        );
+    }
+
+    #[test]
+    fn free_chunks_are_emptied_never_read_and_only_differing_groups_fetch_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        // 300 data chunks, 50 free, 300 data: five groups of ids.
+        let data = pattern(600 * CS, 3);
+        let mut chunks = Vec::new();
+        let mut image = Vec::new();
+        for (i, c) in data.chunks(CS).enumerate() {
+            if i == 300 {
+                chunks.extend((0..50).map(|_| Chunk::Free));
+                image.resize(image.len() + 50 * CS, 0);
+            }
+            chunks.push(Chunk::Data(store.put(c).unwrap().0));
+            image.extend_from_slice(c);
+        }
+        let index = Index::build(MIN_CHUNK_SIZE, image.len() as u64, chunks);
+        assert_eq!(index.summary().group_count(), 5);
+        let local = Local {
+            store: &store,
+            index: &index,
+        };
+        // The disk: the image, a student's files in the free space, one chunk changed
+        // in group 3 (data chunk 400 is disk chunk 450).
+        let mut disk_bytes = image.clone();
+        disk_bytes[300 * CS..350 * CS].fill(0x5a);
+        disk_bytes[450 * CS + 1] ^= 1;
+        let disk = dir.path().join("disk");
+        std::fs::write(&disk, &disk_bytes).unwrap();
+        let stats = run(&index, &disk, &local).unwrap();
+        assert_eq!(std::fs::read(&disk).unwrap(), image, "free space emptied");
+        assert_eq!((stats.chunks_fetched, stats.chunks_emptied), (1, 50));
+        assert_eq!(
+            stats.index_bytes_fetched,
+            128 * 32,
+            "the ids of group 3 only"
+        );
+        assert_eq!(
+            stats.disk_bytes_read,
+            600 * CS as u64,
+            "free space is not read"
         );
     }
 
     /// A source that corrupts the first `bad` fetches.
     struct Flaky<'a> {
-        store: &'a ChunkStore,
+        local: Local<'a>,
         bad: AtomicU32,
     }
 
     impl Fetch for Flaky<'_> {
         fn fetch(&self, id: &ChunkId) -> Result<Vec<u8>, Error> {
-            let mut bytes = self.store.get_compressed(id)?;
+            let mut bytes = self.local.fetch(id)?;
             let bad = self
                 .bad
                 .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
@@ -489,6 +814,14 @@ mod tests {
             }
             Ok(bytes)
         }
+        fn group_ids(
+            &self,
+            index: &ChunkId,
+            first: u64,
+            count: u64,
+        ) -> Result<Vec<ChunkId>, Error> {
+            self.local.group_ids(index, first, count)
+        }
     }
 
     #[test]
@@ -497,19 +830,25 @@ mod tests {
         let disk = dir.path().join("disk");
         std::fs::write(&disk, vec![0u8; image.len()]).unwrap();
         let once = Flaky {
-            store: &store,
+            local: Local {
+                store: &store,
+                index: &index,
+            },
             bad: AtomicU32::new(1),
         };
-        let stats = restore(&index, &disk, &once, 4, &|_, _| {}).unwrap();
+        let stats = run(&index, &disk, &once).unwrap();
         assert_eq!(stats.bad_chunks_refetched, 1);
         assert_eq!(std::fs::read(&disk).unwrap(), image);
 
         std::fs::write(&disk, vec![0u8; image.len()]).unwrap();
         let always = Flaky {
-            store: &store,
+            local: Local {
+                store: &store,
+                index: &index,
+            },
             bad: AtomicU32::new(u32::MAX),
         };
-        let err = restore(&index, &disk, &always, 4, &|_, _| {}).unwrap_err();
+        let err = run(&index, &disk, &always).unwrap_err();
         assert!(matches!(err, Error::CorruptChunk { .. }), "{err}");
         assert!(
             std::fs::read(&disk).unwrap().iter().all(|&b| b == 0),
@@ -518,12 +857,41 @@ mod tests {
     }
 
     #[test]
+    fn ids_that_do_not_match_the_summary_are_refused_and_nothing_is_written() {
+        let (dir, store, index, image) = setup();
+        // Another image's ids under this index's id.
+        let mut other = index.clone();
+        other.ids.swap(0, 1);
+        struct Lying<'a>(Local<'a>, Vec<ChunkId>);
+        impl Fetch for Lying<'_> {
+            fn fetch(&self, id: &ChunkId) -> Result<Vec<u8>, Error> {
+                self.0.fetch(id)
+            }
+            fn group_ids(&self, _: &ChunkId, _: u64, _: u64) -> Result<Vec<ChunkId>, Error> {
+                Ok(self.1.clone())
+            }
+        }
+        let disk = dir.path().join("disk");
+        std::fs::write(&disk, vec![0u8; image.len()]).unwrap();
+        let lying = Lying(
+            Local {
+                store: &store,
+                index: &index,
+            },
+            other.ids.clone(),
+        );
+        let err = run(&index, &disk, &lying).unwrap_err().to_string();
+        assert!(err.contains("not the image's"), "{err}");
+        assert!(std::fs::read(&disk).unwrap().iter().all(|&b| b == 0));
+    }
+
+    #[test]
     fn an_interrupted_restore_run_again_finishes_with_the_same_disk() {
         let (dir, store, index, image) = setup();
         let disk = dir.path().join("disk");
         std::fs::write(&disk, pattern(image.len(), 99)).unwrap();
         // Stop after 3 chunks by failing the 4th fetch.
-        struct StopAfter<'a>(&'a ChunkStore, AtomicU32);
+        struct StopAfter<'a>(Local<'a>, AtomicU32);
         impl Fetch for StopAfter<'_> {
             fn fetch(&self, id: &ChunkId) -> Result<Vec<u8>, Error> {
                 if self
@@ -533,15 +901,33 @@ mod tests {
                 {
                     return Err(Error::MissingChunk { id: *id });
                 }
-                self.0.get_compressed(id)
+                self.0.fetch(id)
+            }
+            fn group_ids(
+                &self,
+                index: &ChunkId,
+                first: u64,
+                count: u64,
+            ) -> Result<Vec<ChunkId>, Error> {
+                self.0.group_ids(index, first, count)
             }
         }
         // One fetch thread, so "after 3 chunks" is well defined.
-        let stop = StopAfter(&store, AtomicU32::new(3));
-        assert!(restore(&index, &disk, &stop, 1, &|_, _| {}).is_err());
-        let stats = restore(&index, &disk, &store, 4, &|_, _| {}).unwrap();
-        // The first run wrote chunks 0-2 and the zero chunk 3 before chunk 4 failed.
-        assert_eq!(stats.chunks_in_place, 4, "the first run's chunks are kept");
+        let stop = StopAfter(
+            Local {
+                store: &store,
+                index: &index,
+            },
+            AtomicU32::new(3),
+        );
+        assert!(restore(&index.summary(), &disk, &stop, 1, &|_, _| {}).is_err());
+        let local = Local {
+            store: &store,
+            index: &index,
+        };
+        let stats = run(&index, &disk, &local).unwrap();
+        // The first run wrote chunks 0-2 before chunk 4 failed.
+        assert_eq!(stats.chunks_in_place, 3, "the first run's chunks are kept");
         assert_eq!(stats.chunks_fetched, 4);
         assert_eq!(std::fs::read(&disk).unwrap(), image);
     }
@@ -551,7 +937,11 @@ mod tests {
         let (dir, store, index, image) = setup();
         let disk = dir.path().join("disk");
         std::fs::write(&disk, vec![9u8; image.len() - 1]).unwrap();
-        let err = restore(&index, &disk, &store, 4, &|_, _| {}).unwrap_err();
+        let local = Local {
+            store: &store,
+            index: &index,
+        };
+        let err = run(&index, &disk, &local).unwrap_err();
         assert!(err.to_string().contains("needs"), "{err}");
         assert!(std::fs::read(&disk).unwrap().iter().all(|&b| b == 9));
     }

@@ -141,4 +141,61 @@ mod tests {
         ));
         assert!(sample_disk(&path, MIB, 1).is_err(), "too small");
     }
+
+    /// Every file of a FAT filesystem, path -> content.
+    fn files(disk: &Path, part: &partition::Partition) -> Vec<(String, Vec<u8>)> {
+        use std::io::Read;
+        let file = File::open(disk).unwrap();
+        let fs = fatfs::FileSystem::new(Slice::new(&file, part), fatfs::FsOptions::new()).unwrap();
+        let mut out = Vec::new();
+        let mut todo = vec![(String::new(), fs.root_dir())];
+        while let Some((at, dir)) = todo.pop() {
+            for e in dir.iter() {
+                let e = e.unwrap();
+                let name = e.file_name();
+                if name == "." || name == ".." {
+                    continue;
+                }
+                let path = format!("{at}/{name}");
+                if e.is_dir() {
+                    todo.push((path, e.to_dir()));
+                } else {
+                    let mut data = Vec::new();
+                    e.to_file().read_to_end(&mut data).unwrap();
+                    out.push((path, data));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_restore_over_garbage_keeps_every_fat_file_and_empties_the_free_space() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sample.img");
+        sample_disk(&path, 48 * MIB, 1).unwrap();
+        let store = crate::ChunkStore::open(dir.path()).unwrap();
+        let imported = crate::import(&store, &path, 1 << 16, |_| {}).unwrap();
+        assert!(imported.free_chunks > 200, "{} free", imported.free_chunks);
+        let disk = dir.path().join("disk");
+        std::fs::write(&disk, vec![0x5au8; 48 * MIB as usize]).unwrap();
+        let local = crate::Local {
+            store: &store,
+            index: &imported.index,
+        };
+        crate::restore(&imported.index.summary(), &disk, &local, 2, &|_, _| {}).unwrap();
+        let parts = partition::partitions(&path).unwrap();
+        assert_eq!(partition::partitions(&disk).unwrap(), parts);
+        for part in &parts {
+            let want = files(&path, part);
+            assert!(!want.is_empty());
+            assert_eq!(files(&disk, part), want, "partition {}", part.number);
+        }
+        let back = std::fs::read(&disk).unwrap();
+        assert!(
+            !back.windows(4096).step_by(4096).any(|b| b == [0x5a; 4096]),
+            "no page of the old disk's garbage survives"
+        );
+    }
 }

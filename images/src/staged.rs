@@ -1,20 +1,19 @@
-//! A staged image: a base image's index plus the files injected into the restored
-//! disk. Its id is the BLAKE3 hash of its encoding, so a station that fetches a
-//! staged image by id can check it got exactly that, and staging costs the size of
-//! the injection set, never the size of the image.
+//! A staged image: a base image's index, named by its id, plus the files injected
+//! into the restored disk. Its id is the BLAKE3 hash of its encoding, so a station
+//! that fetches a staged image by id can check it got exactly that; the index it
+//! names is fetched (and checked) by its own id, once for every staging of it.
+//! Staging costs the size of the injection set, never the size of the image.
 //!
-//! Encoding (little endian): magic `NRSTG\0\0\0`, u32 version (1), u8 profile,
+//! Encoding (little endian): magic `NRSTG\0\0\0`, u32 version (2), u8 profile,
 //! u16 + bytes base image name, u16 + bytes FAT label, u8 Windows filesystem
-//! (0 none, 1 NTFS, 2 FAT), u64 + bytes index (the
-//! `NRIDX` encoding), u32 file count, then per file: u8 target, u16 + bytes path,
-//! u32 + bytes content.
+//! (0 none, 1 NTFS, 2 FAT), index id [32], u32 file count, then per file:
+//! u8 target, u16 + bytes path, u32 + bytes content.
 
-use crate::{ChunkId, Error, Index};
+use crate::{ChunkId, Error};
 
 const MAGIC: &[u8; 8] = b"NRSTG\0\0\0";
-pub const STAGED_VERSION: u32 = 1;
-/// No staged image is larger than this: the index of a 2 TiB image at 1 MiB chunks
-/// is 64 MiB, and the injection set is a few KiB.
+pub const STAGED_VERSION: u32 = 2;
+/// No staged image is larger than this: 64 files of at most 4 MiB.
 pub const MAX_STAGED_BYTES: u64 = 256 << 20;
 const MAX_FILE_BYTES: usize = 4 << 20;
 const MAX_FILES: u32 = 64;
@@ -86,7 +85,8 @@ pub struct Staged {
     pub base: String,
     pub fat_label: String,
     pub windows_fs: WindowsFs,
-    pub index: Index,
+    /// The id of the base image's index ([`crate::Index::id`]).
+    pub index: ChunkId,
     pub files: Vec<InjectFile>,
 }
 
@@ -163,11 +163,11 @@ fn crlf(text: &str) -> Vec<u8> {
 }
 
 impl Staged {
-    /// Stage `index` (the image `base`) with `profile`.
+    /// Stage the image `base`, whose index has the id `index`, with `profile`.
     /// `windows_fs` is what the image holds Windows in (see [`crate::inject::image_windows_fs`]).
     pub fn new(
         base: &str,
-        index: Index,
+        index: ChunkId,
         profile: Profile,
         kms: Option<&KmsSettings>,
         fat_label: &str,
@@ -220,14 +220,6 @@ impl Staged {
             files,
         };
         staged.check()?;
-        let size = staged.encode().len() as u64;
-        if size > MAX_STAGED_BYTES {
-            return Err(Error::BadStaged(format!(
-                "the index of {base} has {} chunks ({size} bytes staged, at most {MAX_STAGED_BYTES}); \
-                 import it again with a larger --chunk-size",
-                staged.index.chunks.len()
-            )));
-        }
         Ok(staged)
     }
 
@@ -300,8 +292,7 @@ impl Staged {
             out.extend_from_slice(&(s.len() as u16).to_le_bytes());
             out.extend_from_slice(s);
         }
-        let index = self.index.encode();
-        let mut out = Vec::with_capacity(index.len() + 4096);
+        let mut out = Vec::with_capacity(4096);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&STAGED_VERSION.to_le_bytes());
         out.push(match self.profile {
@@ -315,8 +306,7 @@ impl Staged {
             WindowsFs::Ntfs => 1,
             WindowsFs::Fat => 2,
         });
-        out.extend_from_slice(&(index.len() as u64).to_le_bytes());
-        out.extend_from_slice(&index);
+        out.extend_from_slice(&self.index.0);
         out.extend_from_slice(&(self.files.len() as u32).to_le_bytes());
         for f in &self.files {
             out.push(match f.target {
@@ -363,11 +353,7 @@ impl Staged {
             2 => WindowsFs::Fat,
             w => return Err(Error::BadStaged(format!("unknown Windows filesystem {w}"))),
         };
-        let index_len = r.u64()?;
-        if index_len > bytes.len() as u64 {
-            return Err(r.truncated());
-        }
-        let index = Index::decode(r.take(index_len as usize)?)?;
+        let index = ChunkId(r.take(32)?.try_into().expect("32 bytes"));
         let count = r.u32()?;
         if count > MAX_FILES {
             return Err(Error::BadStaged(format!("{count} files to inject")));
@@ -465,11 +451,6 @@ impl<'a> Reader<'a> {
             self.take(4)?.try_into().expect("4 bytes"),
         ))
     }
-    fn u64(&mut self) -> Result<u64, Error> {
-        Ok(u64::from_le_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        ))
-    }
     fn string(&mut self) -> Result<String, Error> {
         let len = u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes"));
         let raw = self.take(usize::from(len))?;
@@ -481,12 +462,8 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
 
-    fn index() -> Index {
-        Index {
-            chunk_size: 1 << 16,
-            total_size: 3 << 16,
-            chunks: vec![Some(ChunkId::of(b"a")), None, Some(ChunkId::of(b"b"))],
-        }
+    fn index() -> ChunkId {
+        ChunkId::of(b"an index")
     }
 
     fn kms() -> KmsSettings {

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! chunks/ab/abcdef…      zstd-compressed chunk, named by the BLAKE3 of its bytes
-//! images/NAME.idx        an image's index
+//! images/NAME.idx        an image's index (its id is the hash of its summary)
 //! staged/ID.stg          a staged image (index + injection set), named by its hash
 //! ```
 //! Every file is written to a temporary name in its final directory, made durable and
@@ -16,6 +16,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::error::io;
 use crate::{ChunkId, Error, Index, Staged};
@@ -233,7 +234,28 @@ fn write_temp(path: &Path, bytes: &[u8]) -> Result<PathBuf, Error> {
 pub struct Images {
     dir: PathBuf,
     staged: PathBuf,
+    /// Indexes read lately, most recent first.
+    cache: Mutex<Vec<Cached>>,
 }
+
+#[derive(Clone, Debug)]
+struct Cached {
+    id: ChunkId,
+    name: String,
+    /// The file it was read from (inode, size, modification time): another process
+    /// (`netreset image rm` and `import` while the daemon runs) may have replaced it.
+    file: (u64, u64, i64, i64),
+    index: Arc<Index>,
+}
+
+fn identity(path: &Path) -> Option<(u64, u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(path).ok()?;
+    Some((m.ino(), m.len(), m.mtime(), m.mtime_nsec()))
+}
+
+/// Indexes kept in memory (an index of a disk with 40 GiB of data is 21 MB).
+const CACHED_INDEXES: usize = 4;
 
 impl Images {
     /// Open (or create) the catalog in `dir/images` and `dir/staged`.
@@ -243,7 +265,11 @@ impl Images {
         for d in [&dir, &staged] {
             fs::create_dir_all(d).map_err(io(d))?;
         }
-        Ok(Images { dir, staged })
+        Ok(Images {
+            dir,
+            staged,
+            cache: Mutex::new(Vec::new()),
+        })
     }
 
     /// A directory on the same filesystem as the store, for scratch files of imports.
@@ -322,9 +348,68 @@ impl Images {
         Index::decode(&bytes).map_err(|e| Error::BadIndex(format!("image {name:?}: {e}")))
     }
 
+    /// An image's index and its id, from memory when it was read lately (an image
+    /// never changes under its name: it is only added and removed).
+    pub fn get_shared(&self, name: &str) -> Result<(ChunkId, Arc<Index>), Error> {
+        let path = self.path(name)?;
+        let file = identity(&path);
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            let at = cache
+                .iter()
+                .position(|c| c.name == name && Some(c.file) == file);
+            if let Some(at) = at {
+                let entry = cache.remove(at);
+                cache.insert(0, entry.clone());
+                return Ok((entry.id, entry.index));
+            }
+        }
+        let index = Arc::new(self.get(name)?);
+        let id = index.id();
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|c| c.name != name);
+        if let Some(file) = file {
+            cache.insert(
+                0,
+                Cached {
+                    id,
+                    name: name.to_owned(),
+                    file,
+                    index: index.clone(),
+                },
+            );
+            cache.truncate(CACHED_INDEXES);
+        }
+        Ok((id, index))
+    }
+
+    /// The index whose id is `id`, and the image's name.
+    pub fn by_id(&self, id: &ChunkId) -> Result<(String, Arc<Index>), Error> {
+        let hit = {
+            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            cache.iter().find(|c| c.id == *id).map(|c| c.name.clone())
+        };
+        let names = match hit {
+            Some(name) => vec![name],
+            None => self.names()?,
+        };
+        for name in names {
+            match self.get_shared(&name) {
+                Ok((got, index)) if got == *id => return Ok((name, index)),
+                Ok(_) | Err(Error::NoImage(_)) | Err(Error::BadIndex(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::NoImage(format!("index {id}")))
+    }
+
     /// Remove an image and the images staged from it (the chunks stay until
     /// [`ChunkStore::gc`]).
     pub fn remove(&self, name: &str) -> Result<(), Error> {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|c| c.name != name);
         let path = self.path(name)?;
         fs::remove_file(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::NoImage(name.to_owned()),
@@ -355,7 +440,7 @@ impl Images {
     pub fn referenced(&self) -> Result<HashSet<ChunkId>, Error> {
         let mut keep = HashSet::new();
         for name in self.names()? {
-            keep.extend(self.get(&name)?.chunks.into_iter().flatten());
+            keep.extend(self.get(&name)?.ids);
         }
         Ok(keep)
     }
@@ -465,11 +550,7 @@ mod tests {
     fn catalog_adds_lists_refuses_bad_names_and_removes() {
         let dir = tempfile::tempdir().unwrap();
         let images = Images::open(dir.path()).unwrap();
-        let index = Index {
-            chunk_size: 64 << 10,
-            total_size: 10,
-            chunks: vec![Some(ChunkId::of(b"x"))],
-        };
+        let index = Index::build(64 << 10, 10, [crate::index::Chunk::Data(ChunkId::of(b"x"))]);
         images.add("win11-lab", &index).unwrap();
         assert!(matches!(
             images.add("win11-lab", &index),
@@ -477,6 +558,10 @@ mod tests {
         ));
         assert_eq!(images.get("win11-lab").unwrap(), index);
         assert_eq!(images.names().unwrap(), ["win11-lab"]);
+        let (id, shared) = images.get_shared("win11-lab").unwrap();
+        assert_eq!((id, &*shared), (index.id(), &index));
+        let (name, by_id) = images.by_id(&id).unwrap();
+        assert_eq!((name.as_str(), &*by_id), ("win11-lab", &index));
         assert_eq!(
             images.referenced().unwrap(),
             HashSet::from([ChunkId::of(b"x")])
@@ -489,5 +574,9 @@ mod tests {
         }
         images.remove("win11-lab").unwrap();
         assert!(matches!(images.get("win11-lab"), Err(Error::NoImage(_))));
+        assert!(
+            matches!(images.by_id(&id), Err(Error::NoImage(_))),
+            "a removed image's index is not served from memory"
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! Staging: a base image + a profile -> a staged image in the catalog. Shared by
-//! `netreset image stage` and `POST /api/v1/stations/{mac}/reset`; it reads the base
-//! index and renders the injection set, so it costs O(index + injection set), never
-//! O(image).
+//! `netreset image stage` and `POST /api/v1/stations/{mac}/reset`. The staged image
+//! names the base index by id; the index is read once and kept in memory
+//! ([`Images::get_shared`]), so marking a reset costs the injection set (and, for
+//! the KMS profile, the few chunks that hold the partition table and State.ini).
 
 use images::{ChunkId, ChunkStore, Images, KmsSettings, Profile, Staged, WindowsFs};
 
@@ -41,7 +42,7 @@ impl StageSettings {
                 office: k.office,
             }),
         };
-        let index = images.get(name)?;
+        let (index_id, index) = images.get_shared(name)?;
         if profile == Profile::Kms {
             let seen = images::inspect::inspect(store, &index, name)?;
             if let Some(why) = seen.kms_refusal(name) {
@@ -54,7 +55,7 @@ impl StageSettings {
         };
         let staged = Staged::new(
             name,
-            index,
+            index_id,
             profile,
             kms.as_ref(),
             &self.fat_label,

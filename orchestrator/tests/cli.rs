@@ -199,7 +199,7 @@ fn image_import_ls_verify_rm_and_gc_work_and_a_corrupt_chunk_is_found() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("3 chunks (2 new, 1 zero)"),
+        String::from_utf8_lossy(&out.stdout).contains("3 chunks (2 stored, 2 new; 1 zero, 0 free)"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
@@ -221,7 +221,7 @@ fn image_import_ls_verify_rm_and_gc_work_and_a_corrupt_chunk_is_found() {
 
     let out = netreset(&config, &["ls"]);
     assert!(String::from_utf8_lossy(&out.stdout)
-        .starts_with("golden\t3145728 bytes\t3 chunks of 1024 KiB"));
+        .starts_with("golden\t3145728 bytes\t2.0 MiB used, 0 bytes free, 1.0 MiB zero; 1024 KiB chunks (2 distinct stored)"));
     let out = netreset(&config, &["verify", "golden"]);
     assert!(
         out.status.success(),

@@ -197,6 +197,15 @@ async fn a_reset_chains_the_restore_environment_until_the_restore_reports_done()
         (again.stats.chunks_fetched, again.stats.bytes_fetched),
         (0, 0)
     );
+    // Of the index, only the summary: no group differs.
+    let summary = images::Images::open(server.data.path())
+        .unwrap()
+        .get("lab")
+        .unwrap()
+        .summary()
+        .encode()
+        .len() as u64;
+    assert_eq!(again.stats.index_bytes_fetched, summary);
     server.daemon.shutdown().await.unwrap();
 }
 
@@ -208,11 +217,15 @@ async fn delta_restore_fetches_only_the_changed_chunks() {
     for at in [5 * CHUNK + 11, 40 * CHUNK, 41 * CHUNK + 1, 90 * CHUNK + 7] {
         changed[at] ^= 0x5a;
     }
-    changed[14 * CHUNK + 3] = 1; // a zero chunk: zeroed locally, not fetched
+    changed[14 * CHUNK + 3] = 1; // a zero chunk: a hole punched, nothing fetched
     std::fs::write(&disk, &changed).unwrap();
     let outcome = restore(options(&args, &disk)).await.unwrap();
     assert_eq!(outcome.stats.chunks_fetched, 4);
-    assert_eq!(outcome.stats.zero_chunks_written, 1);
+    assert_eq!(
+        outcome.stats.zero_chunks_written, 0,
+        "a hole, not zeros written"
+    );
+    assert_eq!(std::fs::read(&disk).unwrap(), image);
     assert!(
         outcome.stats.bytes_fetched as f64 <= 1.1 * 4.0 * CHUNK as f64,
         "{} bytes for 4 changed chunks",
@@ -364,15 +377,16 @@ async fn a_bad_staged_index_is_refused_with_the_reason_and_the_disk_untouched() 
     let good = std::fs::read(&file).unwrap();
 
     let mut version = good.clone();
-    version[8] = 2;
+    version[8] = 9;
     let mut flipped = good.clone();
-    let mid = flipped.len() / 2;
-    flipped[mid] ^= 1;
+    // The last byte of the index id (the file count, 0, follows).
+    let in_id = flipped.len() - 5;
+    flipped[in_id] ^= 1;
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("truncated", good[..good.len() / 3].to_vec()),
-        ("unknown format version 2", version),
-        // The flip lands in the base index, whose own checksum catches it.
-        ("damaged", flipped),
+        ("unknown format version 9", version),
+        // Decodes, but is not what its id names.
+        ("corrupt", flipped),
     ];
     for (says, bytes) in cases {
         std::fs::write(&file, &bytes).unwrap();
@@ -879,4 +893,59 @@ async fn restore_calls_are_taken_from_the_restoring_address_only_and_end_with_th
 
 fn json_header(auth: &str) -> String {
     format!("{auth}Content-Type: application/json\r\n")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_index_is_served_as_a_summary_and_groups_by_id_and_bad_asks_are_refused() {
+    let (server, _image, _args, _dir) = marked().await;
+    let addr = server.daemon.http_addr;
+    let index = images::Images::open(server.data.path())
+        .unwrap()
+        .get("lab")
+        .unwrap();
+    let id = index.id();
+    let (status, body) = http_get_bytes(addr, &format!("/indexes/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        images::Summary::decode(&body, Some(&id)).unwrap(),
+        index.summary()
+    );
+    let (status, body) =
+        http_get_bytes(addr, &format!("/indexes/{id}/groups?first=0&count=1")).await;
+    assert_eq!(status, 200);
+    let want: Vec<u8> = index.ids.iter().flat_map(|i| i.0).collect();
+    assert_eq!(body, want, "one group: every id of this small image");
+    for (path, status, says) in [
+        (
+            format!("/indexes/{id}/groups?first=1&count=1"),
+            400,
+            "not one",
+        ),
+        (
+            format!("/indexes/{id}/groups?first=0&count=0"),
+            400,
+            "1 to 64",
+        ),
+        (
+            format!("/indexes/{id}/groups?first=0&count=65"),
+            400,
+            "1 to 64",
+        ),
+        (format!("/indexes/{id}/groups?first=x&count=1"), 400, ""),
+        (
+            format!("/indexes/{}", "0".repeat(64)),
+            404,
+            "no image has the index",
+        ),
+        (
+            "/indexes/..%2F..%2Fetc%2Fpasswd".to_owned(),
+            400,
+            "not an index id",
+        ),
+    ] {
+        let (got, text) = http_get(addr, &path).await;
+        assert_eq!(got, status, "{path}: {text}");
+        assert!(text.contains(says), "{path}: {text}");
+    }
+    server.daemon.shutdown().await.unwrap();
 }

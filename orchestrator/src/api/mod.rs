@@ -129,6 +129,8 @@ pub fn router(state: AppState) -> Router {
         .route("/chunks", get(chunks::batch))
         .route("/chunks/{id}", get(chunks::chunk))
         .route("/images/{id}/index", get(resets::staged_index))
+        .route("/indexes/{id}", get(chunks::summary))
+        .route("/indexes/{id}/groups", get(chunks::groups))
         .route("/restore/{*file}", get(resets::restore_file))
         .merge(api)
         // After routing (the route is known) and after admin_auth (outside it).

@@ -30,6 +30,10 @@ pub enum ImageCommand {
         /// Chunk size in bytes: a power of two from 65536 to 16777216.
         #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE)]
         chunk_size: u64,
+        /// Keep every byte, the free space of NTFS and FAT included (by default free
+        /// space is not stored, and a restore empties it).
+        #[arg(long)]
+        whole_disk: bool,
     },
     /// Stage an image: its index plus the files injected at restore time. Prints the
     /// staged id, which restore clients fetch.
@@ -81,7 +85,15 @@ pub fn run(config: &Path, command: ImageCommand) -> anyhow::Result<()> {
             file,
             name,
             chunk_size,
-        } => import(&store, &images, &file, &name, chunk_size),
+            whole_disk,
+        } => {
+            let scope = if whole_disk {
+                images::Scope::Everything
+            } else {
+                images::Scope::Used
+            };
+            import(&store, &images, &file, &name, chunk_size, scope)
+        }
         ImageCommand::Stage { name, profile } => {
             let settings = crate::staging::StageSettings::from_config(&config);
             let (id, staged) = settings.stage(&images, &store, &name, profile)?;
@@ -95,14 +107,16 @@ pub fn run(config: &Path, command: ImageCommand) -> anyhow::Result<()> {
         ImageCommand::Ls => {
             for name in images.names()? {
                 let index = images.get(&name)?;
-                let stored = index.chunks.iter().flatten().collect::<HashSet<_>>().len();
+                let layout = &index.layout;
+                let stored = index.ids.iter().collect::<HashSet<_>>().len();
                 println!(
-                    "{name}\t{} bytes\t{} chunks of {} KiB ({} distinct stored, {} zero)",
-                    index.total_size,
-                    index.chunks.len(),
-                    index.chunk_size >> 10,
+                    "{name}\t{} bytes\t{} used, {} free, {} zero; {} KiB chunks ({} distinct stored)",
+                    layout.total_size,
+                    human(layout.bytes_of(images::RunKind::Data)),
+                    human(layout.bytes_of(images::RunKind::Free)),
+                    human(layout.bytes_of(images::RunKind::Zero)),
+                    layout.chunk_size >> 10,
                     stored,
-                    index.chunks.iter().filter(|c| c.is_none()).count(),
                 );
             }
             Ok(())
@@ -133,23 +147,39 @@ pub fn run(config: &Path, command: ImageCommand) -> anyhow::Result<()> {
     }
 }
 
+/// Bytes for people: KiB, MiB, GiB or TiB with one decimal.
+fn human(bytes: u64) -> String {
+    let units = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < units.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} bytes")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
+}
+
 fn show(name: &str, seen: &images::inspect::Inspection) {
-    let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
     println!("image      {name}");
     println!(
-        "size       {} bytes ({:.1} GiB), {:.1} GiB in chunks that are not all zero ({} KiB chunks)",
+        "size       {} bytes ({}): {} used, {} free space (not stored; a restore empties it) ({} KiB chunks)",
         seen.size,
-        gib(seen.size),
-        gib(seen.nonzero),
+        human(seen.size),
+        human(seen.used),
+        human(seen.free),
         seen.chunk_size >> 10
     );
     for p in &seen.partitions {
         println!(
-            "partition  {}: {} at {} bytes, {:.1} GiB{}",
+            "partition  {}: {} at {} bytes, {}{}",
             p.number,
             p.fs,
             p.start,
-            gib(p.len),
+            human(p.len),
             if p.esp { " (EFI system partition)" } else { "" }
         );
     }
@@ -193,6 +223,7 @@ fn import(
     file: &Path,
     name: &str,
     chunk_size: u64,
+    scope: images::Scope,
 ) -> anyhow::Result<()> {
     images::check_name(name)?;
     if images.names()?.iter().any(|n| n == name) {
@@ -211,18 +242,25 @@ fn import(
     let raw = converted.as_ref().map_or(file, |t| t.path());
     let len = disk_len(raw)?;
     let progress = bar(len, "import");
-    let imported = images::import(store, raw, chunk_size, |n| progress.set_position(n))?;
+    let imported =
+        images::import_with(store, raw, chunk_size, scope, |n| progress.set_position(n))?;
     progress.finish_and_clear();
     drop(converted);
+    for note in &imported.notes {
+        eprintln!("note: {note}");
+    }
     images.add(name, &imported.index)?;
     println!(
-        "imported {name}: {} bytes ({} read, the rest holes) in {:.1} s, {} chunks ({} new, {} zero)",
-        imported.index.total_size,
+        "imported {name}: {} bytes ({} read; the rest holes or free space) in {:.1} s, {} chunks \
+         ({} stored, {} new; {} zero, {} free)",
+        imported.index.layout.total_size,
         imported.bytes_read,
         started.elapsed().as_secs_f64(),
-        imported.index.chunks.len(),
+        imported.index.layout.count(),
+        imported.index.ids.len(),
         imported.new_chunks,
-        imported.zero_chunks
+        imported.zero_chunks,
+        imported.free_chunks
     );
     // Said at once, not at the second campaign cycle by duplicate CMIDs.
     let seen = images::inspect::inspect(store, &imported.index, name)?;
@@ -279,18 +317,23 @@ fn qcow2_to_raw(file: &Path, scratch: &Path) -> anyhow::Result<tempfile::NamedTe
 
 fn verify(store: &ChunkStore, images: &Images, name: &str) -> anyhow::Result<()> {
     let index = images.get(name)?;
-    let progress = bar(index.total_size, "verify");
+    let layout = &index.layout;
+    let progress = bar(layout.total_size, "verify");
     let mut bad = Vec::new();
     let mut done = 0u64;
-    for (i, entry) in index.chunks.iter().enumerate() {
-        let len = index.chunk_len(i);
-        if let Some(id) = entry {
-            if let Err(e) = store.get(id, len) {
-                bad.push(format!("chunk {i}: {e}"));
+    for e in layout.extents() {
+        if e.kind == images::RunKind::Data {
+            for k in 0..e.chunks {
+                let (i, len) = (e.first + k, layout.chunk_len(e.first + k));
+                if let Err(err) = store.get(&index.ids[(e.data_first + k) as usize], len) {
+                    bad.push(format!("chunk {i}: {err}"));
+                }
+                done += len as u64;
+                progress.set_position(done);
             }
+        } else {
+            done += layout.bytes(e.first, e.chunks);
         }
-        done += len as u64;
-        progress.set_position(done);
     }
     progress.finish_and_clear();
     if !bad.is_empty() {
@@ -300,6 +343,6 @@ fn verify(store: &ChunkStore, images: &Images, name: &str) -> anyhow::Result<()>
             bad.join("\n  ")
         );
     }
-    println!("{name}: all {} chunks verified", index.chunks.len());
+    println!("{name}: all {} stored chunks verified", index.ids.len());
     Ok(())
 }

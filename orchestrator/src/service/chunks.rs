@@ -45,3 +45,42 @@ pub fn batch(state: &Services, ids: &str) -> Result<Vec<u8>, Error> {
     }
     Ok(body)
 }
+
+fn no_index(id: &ChunkId) -> impl FnOnce(images::Error) -> Error + '_ {
+    move |e| match e {
+        images::Error::NoImage(_) => Error::NotFound(format!(
+            "no image has the index {id} (removed since it was staged?)"
+        )),
+        other => Error::Internal(other.to_string()),
+    }
+}
+
+/// The summary of index `id` (its runs and group hashes), as stations fetch it first.
+pub fn summary(images: &images::Images, id: &ChunkId) -> Result<Vec<u8>, Error> {
+    let (_, index) = images.by_id(id).map_err(no_index(id))?;
+    Ok(index.summary().encode())
+}
+
+/// The ids of groups `first..first + count` of index `id`, 32 bytes each: what a
+/// station asks for where its disk differs from the summary.
+pub fn group_ids(
+    images: &images::Images,
+    id: &ChunkId,
+    first: u64,
+    count: u64,
+) -> Result<Vec<u8>, Error> {
+    if !(1..=images::http::MAX_GROUPS).contains(&count) {
+        return Err(Error::Invalid(format!(
+            "count={count}: ask for 1 to {} groups",
+            images::http::MAX_GROUPS
+        )));
+    }
+    let (_, index) = images.by_id(id).map_err(no_index(id))?;
+    let ids = index.group_ids(first, count).ok_or_else(|| {
+        Error::Invalid(format!(
+            "index {id} has {} groups; group {first} is not one",
+            index.summary().group_count()
+        ))
+    })?;
+    Ok(ids.iter().flat_map(|i| i.0).collect())
+}
