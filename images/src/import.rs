@@ -234,8 +234,10 @@ fn data_ranges(file: &File, len: u64) -> std::io::Result<Vec<(u64, u64)>> {
     Ok(ranges)
 }
 
+/// `lseek` with `SEEK_DATA` or `SEEK_HOLE` (the file offset moves, which `pread`
+/// and `pwrite` ignore).
 #[allow(unsafe_code)]
-fn seek(file: &File, offset: u64, whence: libc::c_int) -> std::io::Result<u64> {
+pub(crate) fn seek(file: &File, offset: u64, whence: libc::c_int) -> std::io::Result<u64> {
     use std::os::fd::AsRawFd;
     // SAFETY: lseek only reads its integer arguments; the descriptor is open for as
     // long as `file` is borrowed. The reads go by pread, which ignores the offset.

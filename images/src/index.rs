@@ -36,9 +36,16 @@ pub const MIN_CHUNK_SIZE: u32 = 64 << 10;
 pub const MAX_CHUNK_SIZE: u32 = 16 << 20;
 /// Largest disk an index may describe (16 TiB); anything larger is a broken index.
 const MAX_TOTAL_SIZE: u64 = 16 << 40;
-/// Data chunks per group: 8 MiB of disk at 64 KiB chunks, 4 KiB of ids.
+/// Data chunks per group at most: 8 MiB of disk at 64 KiB chunks, 4 KiB of ids.
 pub const GROUP_LEN: u32 = 128;
-const MAX_GROUP_LEN: u32 = 1 << 16;
+/// The data of a group at most: what a station reads and hashes at once.
+pub const GROUP_BYTES: u64 = 8 << 20;
+
+/// The group length of an index with `chunk_size` chunks: 8 MiB of data a group,
+/// at most [`GROUP_LEN`] chunks.
+pub fn group_len(chunk_size: u32) -> u32 {
+    ((GROUP_BYTES / u64::from(chunk_size)) as u32).clamp(1, GROUP_LEN)
+}
 
 /// What a run of chunks holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -287,13 +294,14 @@ impl Index {
 
     /// The summary: the layout and the group hashes.
     pub fn summary(&self) -> Summary {
+        let group_len = group_len(self.layout.chunk_size);
         Summary {
             layout: self.layout.clone(),
-            group_len: GROUP_LEN,
+            group_len,
             data_count: self.ids.len() as u64,
             groups: self
                 .ids
-                .chunks(GROUP_LEN as usize)
+                .chunks(group_len as usize)
                 .map(group_hash)
                 .collect(),
         }
@@ -345,7 +353,7 @@ impl Index {
     /// The ids of groups `first..first + count`, concatenated (what a station asks
     /// for when its disk differs there).
     pub fn group_ids(&self, first: u64, count: u64) -> Option<&[ChunkId]> {
-        let g = u64::from(GROUP_LEN);
+        let g = u64::from(group_len(self.layout.chunk_size));
         let from = first.checked_mul(g)?;
         let to = first
             .checked_add(count)?
@@ -444,7 +452,7 @@ impl Summary {
             )));
         }
         let group_len = u32_at(24);
-        if group_len == 0 || group_len > MAX_GROUP_LEN {
+        if group_len == 0 || u64::from(group_len) * u64::from(chunk_size) > GROUP_BYTES {
             return Err(bad(format!("group length {group_len} is out of range")));
         }
         let (run_count, data_count) = (u64_at(28), u64_at(36));
@@ -665,6 +673,29 @@ mod tests {
         assert!(index.group_ids(5, 1).is_none());
         let err = Summary::decode(&bytes, Some(&ChunkId::of(b"x"))).unwrap_err();
         assert!(err.to_string().contains("not the requested"), "{err}");
+    }
+
+    #[test]
+    fn a_group_holds_8_mib_of_data_whatever_the_chunk_size() {
+        assert_eq!(group_len(64 << 10), 128);
+        assert_eq!(group_len(1 << 20), 8);
+        assert_eq!(group_len(16 << 20), 1);
+        let index = Index::build(
+            1 << 20,
+            20 << 20,
+            (0..20u64).map(|i| Chunk::Data(ChunkId::of(&i.to_le_bytes()))),
+        );
+        let summary = index.summary();
+        assert_eq!((summary.group_len, summary.group_count()), (8, 3));
+        assert_eq!(index.group_ids(2, 1).unwrap().len(), 4);
+        // A summary whose groups would be larger than 8 MiB is refused.
+        let mut big = summary.clone();
+        big.group_len = 9;
+        big.groups.truncate(3);
+        let err = Summary::decode(&big.encode(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("group length 9"), "{err}");
     }
 
     #[test]

@@ -1,11 +1,12 @@
-//! Restore a disk to an image in place. The disk is worked through in jobs, several
-//! threads at once: a group of data chunks is read in large reads and hashed, and
-//! when the hashes of the group match the index's summary, all of it is in place;
+//! Restore a disk to an image in place. The disk is worked through in jobs, in disk
+//! order: one thread reads a group of data chunks at a time (so the disk streams),
+//! threads on every core hash it, and when the hashes of the group match the index's
+//! summary, all of it is in place;
 //! otherwise the group's ids are fetched (checked against the summary) and each
 //! chunk that differs is fetched, verified against its id and written. A run of
-//! zero or free chunks is emptied without being read where the disk can do it (a
-//! hole in a file; on a block device, a zeroing discard), else read and zeroed where
-//! it is not zeros. Killed at any point and run again, it finishes with the same
+//! zero or free chunks is emptied without being read where the disk can do it
+//! (unwritten blocks or a hole in a file; on a block device, a zeroing discard), else
+//! read and zeroed where it is not zeros. Killed at any point and run again, it finishes with the same
 //! disk, since every decision is made from what is on the disk at that moment.
 //! What is written is flushed to the disk every two seconds (or 64 MiB), so a
 //! restore cut by a power loss resumes from there, not from scratch.
@@ -16,7 +17,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc, Mutex};
 
 use crate::error::io;
@@ -87,8 +88,8 @@ const SYNC_BYTES: u64 = 64 << 20;
 const READ_BYTES: u64 = 8 << 20;
 /// A run of empty chunks is emptied in pieces of at most this, for progress.
 const EMPTY_PIECE: u64 = 1 << 30;
-/// Threads reading and hashing the disk at most.
-const MAX_READERS: usize = 8;
+/// Threads hashing what is read at most.
+const MAX_HASHERS: usize = 8;
 
 /// Flushes the disk every [`SYNC_EVERY_MS`] or [`SYNC_BYTES`], whichever comes first,
 /// from whichever thread wrote last.
@@ -137,8 +138,8 @@ pub struct RestoreStats {
     pub chunks_in_place: u64,
     /// Chunks fetched and written.
     pub chunks_fetched: u64,
-    /// Zero and free chunks left empty without writing them: holes punched and
-    /// zeroing discards (neither reads), or read and found zeros.
+    /// Zero and free chunks left empty without writing them: unwritten or punched
+    /// blocks and zeroing discards (none reads), or read and found zeros.
     pub chunks_emptied: u64,
     /// Zero and free chunks that the disk could not empty by itself: read, and
     /// written with zeros where they were not zeros.
@@ -256,9 +257,9 @@ fn jobs(summary: &Summary) -> Result<Vec<Job>, Error> {
 /// Bring the disk at `disk` to the image of `summary`. The disk (file or block
 /// device) must be at least as large as the image; it is never grown or truncated.
 ///
-/// Up to one thread per core (at most 8) reads and hashes the disk; `parallel`
-/// threads fetch, verify and write the chunks that differ, so the network and the
-/// disk are busy at once. `progress(done_bytes, stats)` is called after each piece
+/// One thread reads the disk, up to one thread per core (at most 8) hashes it;
+/// `parallel` threads fetch, verify and write the chunks that differ, so the network
+/// and the disk are busy at once. `progress(done_bytes, stats)` is called after each piece
 /// of work, from any of them.
 pub fn restore(
     summary: &Summary,
@@ -300,15 +301,32 @@ pub fn restore(
         progress(d, &counters.snapshot(total));
     };
     let parallel = parallel.max(1);
-    let readers = std::thread::available_parallelism()
+    let hashers = std::thread::available_parallelism()
         .map_or(1, usize::from)
-        .clamp(1, MAX_READERS);
+        .clamp(1, MAX_HASHERS);
     let batch = batch_len(layout.chunk_size);
     // Deep enough that every fetch thread can take a whole batch while the readers
     // go on hashing.
     let (tx, rx) = mpsc::sync_channel::<(u64, ChunkId, usize)>(parallel * batch * 2);
     let rx = Mutex::new(rx);
-    let next_job = AtomicUsize::new(0);
+    // One thread reads the disk in order, in large reads (sequential for the
+    // disk, and the next group announced to the kernel ahead), and empties the
+    // empty runs; `hashers` threads hash the groups it read.
+    let (full_tx, full_rx) = mpsc::sync_channel::<(usize, Vec<u8>)>(hashers);
+    let full_rx = Mutex::new(full_rx);
+    let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+    for _ in 0..hashers + 2 {
+        free_tx
+            .send(vec![0u8; READ_BYTES as usize])
+            .expect("receiver alive");
+    }
+    let ctx = GroupCtx {
+        summary,
+        index_id: &index_id,
+        source,
+        counters: &counters,
+        done: &done,
+    };
     std::thread::scope(|scope| {
         for _ in 0..parallel {
             scope.spawn(|| {
@@ -367,43 +385,73 @@ pub fn restore(
                 }
             });
         }
-        for _ in 0..readers {
-            let tx = tx.clone();
-            scope.spawn(|| {
-                let tx = tx;
-                let mut buf = vec![0u8; READ_BYTES.max(u64::from(layout.chunk_size)) as usize];
-                while !stop.load(Relaxed) {
-                    let Some(job) = jobs.get(next_job.fetch_add(1, Relaxed)) else {
-                        break;
-                    };
-                    let result = match job {
-                        Job::Empty { first, chunks } => {
-                            let (offset, len) =
-                                (layout.offset(*first), layout.bytes(*first, *chunks));
-                            emptier
-                                .empty(offset, len, *chunks, &mut buf, &counters, &syncer)
-                                .map(|()| done(len))
-                                .map_err(io(disk))
+        for _ in 0..hashers {
+            let (tx, free_tx) = (tx.clone(), free_tx.clone());
+            let (ctx, full_rx, jobs, stop) = (&ctx, &full_rx, &jobs, &stop);
+            let fail = &fail;
+            scope.spawn(move || {
+                let _guard = PanicGuard { stop, rx: full_rx };
+                loop {
+                    let next = full_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok((j, buf)) = next else { return };
+                    if !stop.load(Relaxed) {
+                        if let Job::Group { k, pieces } = &jobs[j] {
+                            if let Err(e) = ctx.hash(*k, pieces, &buf, &tx) {
+                                fail(e);
+                            }
                         }
-                        Job::Group { k, pieces } => {
-                            let ctx = GroupCtx {
-                                summary,
-                                index_id: &index_id,
-                                file: &file,
-                                source,
-                                counters: &counters,
-                                done: &done,
-                            };
-                            ctx.run(*k, pieces, &mut buf, &tx)
-                        }
-                    };
-                    if let Err(e) = result {
-                        fail(e);
-                        break;
                     }
+                    let _ = free_tx.send(buf);
                 }
             });
         }
+        scope.spawn(|| {
+            let (full_tx, free_tx, free_rx) = (full_tx, free_tx, free_rx);
+            // A buffer from the pool; none once the restore stops.
+            let take = || loop {
+                match free_rx.recv_timeout(std::time::Duration::from_millis(100)) {
+                    Ok(buf) => return Some(buf),
+                    Err(mpsc::RecvTimeoutError::Timeout) if !stop.load(Relaxed) => {}
+                    Err(_) => return None,
+                }
+            };
+            for (j, job) in jobs.iter().enumerate() {
+                if stop.load(Relaxed) {
+                    break;
+                }
+                let Some(mut buf) = take() else { break };
+                let result = match job {
+                    Job::Empty { first, chunks } => {
+                        let (offset, len) = (layout.offset(*first), layout.bytes(*first, *chunks));
+                        let emptied = emptier
+                            .empty(offset, len, *chunks, &mut buf, &counters, &syncer)
+                            .map(|()| done(len))
+                            .map_err(io(disk));
+                        let _ = free_tx.send(buf);
+                        emptied
+                    }
+                    Job::Group { pieces, .. } => {
+                        if let Some(Job::Group { pieces: next, .. }) = jobs.get(j + 1) {
+                            for &(first, chunks) in next {
+                                let _ = will_need(
+                                    &file,
+                                    layout.offset(first),
+                                    layout.bytes(first, chunks),
+                                );
+                            }
+                        }
+                        read_pieces(&file, layout, pieces, &mut buf, &counters);
+                        full_tx
+                            .send((j, buf))
+                            .map_err(|_| Error::Usage("the hashers stopped".into()))
+                    }
+                };
+                if let Err(e) = result {
+                    fail(e);
+                    break;
+                }
+            }
+        });
         drop(tx);
     });
     if let Some(e) = failure.into_inner().expect("not poisoned") {
@@ -413,64 +461,71 @@ pub fn restore(
     Ok(counters.snapshot(total))
 }
 
-/// What a reader needs for a group.
+/// Read the chunks at `pieces` into `buf`, one after the other. An unreadable sector
+/// (EIO) makes its chunk read as 0xff, a chunk that differs: writing it lets the
+/// drive remap the sector, so one bad sector never blocks a reset.
+fn read_pieces(
+    file: &File,
+    layout: &crate::Layout,
+    pieces: &[(u64, u64)],
+    buf: &mut [u8],
+    counters: &Counters,
+) {
+    let mut at = 0usize;
+    for &(first, chunks) in pieces {
+        let (offset, len) = (layout.offset(first), layout.bytes(first, chunks) as usize);
+        let here = &mut buf[at..at + len];
+        if file.read_exact_at(here, offset).is_err() {
+            for c in 0..chunks {
+                let o = (layout.offset(first + c) - offset) as usize;
+                let piece = &mut here[o..o + layout.chunk_len(first + c)];
+                if file.read_exact_at(piece, offset + o as u64).is_err() {
+                    counters.unreadable.fetch_add(1, Relaxed);
+                    piece.fill(0xff);
+                }
+            }
+        }
+        counters.read.fetch_add(len as u64, Relaxed);
+        at += len;
+    }
+}
+
+/// What a hasher needs for a group.
 struct GroupCtx<'a, F: Fetch, D: Fn(u64)> {
     summary: &'a Summary,
     index_id: &'a ChunkId,
-    file: &'a File,
     source: &'a F,
     counters: &'a Counters,
     done: &'a D,
 }
 
 impl<F: Fetch, D: Fn(u64)> GroupCtx<'_, F, D> {
-    /// Hash group `k` of the disk; when it differs from the summary, fetch its ids
-    /// and send each chunk that differs to the fetchers.
-    fn run(
+    /// Hash group `k`, read from the disk's `pieces` into `buf`; when it differs from
+    /// the summary, fetch its ids and send each chunk that differs to the fetchers.
+    fn hash(
         &self,
         k: u64,
         pieces: &[(u64, u64)],
-        buf: &mut [u8],
+        buf: &[u8],
         tx: &mpsc::SyncSender<(u64, ChunkId, usize)>,
     ) -> Result<(), Error> {
         let layout = &self.summary.layout;
-        let per_read = (buf.len() as u64 / u64::from(layout.chunk_size)).max(1);
         // (chunk number, id of what the disk holds there)
         let mut local: Vec<(u64, ChunkId)> = Vec::new();
+        let mut at = 0usize;
         for &(first, chunks) in pieces {
-            let mut at = first;
-            while at < first + chunks {
-                let n = per_read.min(first + chunks - at);
-                let len = layout.bytes(at, n) as usize;
-                let offset = layout.offset(at);
-                let here = &mut buf[..len];
-                if self.file.read_exact_at(here, offset).is_err() {
-                    // Chunk by chunk: an unreadable sector (EIO) is a chunk that
-                    // differs; writing it lets the drive remap the sector.
-                    for c in 0..n {
-                        let (o, l) = (layout.offset(at + c) - offset, layout.chunk_len(at + c));
-                        let piece = &mut here[o as usize..o as usize + l];
-                        if self.file.read_exact_at(piece, offset + o).is_err() {
-                            self.counters.unreadable.fetch_add(1, Relaxed);
-                            piece.fill(0xff);
-                        }
-                    }
-                }
-                self.counters.read.fetch_add(len as u64, Relaxed);
-                let cs = layout.chunk_size as usize;
-                for (c, data) in here.chunks(cs).enumerate() {
-                    local.push((at + c as u64, ChunkId::of(data)));
-                }
-                at += n;
+            for c in first..first + chunks {
+                let len = layout.chunk_len(c);
+                local.push((c, ChunkId::of(&buf[at..at + len])));
+                at += len;
             }
         }
         let local_ids: Vec<ChunkId> = local.iter().map(|l| l.1).collect();
-        let bytes: u64 = pieces.iter().map(|&(f, n)| layout.bytes(f, n)).sum();
         if group_hash(&local_ids) == self.summary.groups[k as usize] {
             self.counters
                 .in_place
                 .fetch_add(local.len() as u64, Relaxed);
-            (self.done)(bytes);
+            (self.done)(at as u64);
             return Ok(());
         }
         let ids = self.source.group_ids(self.index_id, k, 1)?;
@@ -505,11 +560,14 @@ struct Emptier<'a> {
 }
 
 impl Emptier<'_> {
-    /// Make `len` bytes at `offset` (`chunks` chunks) zeros: a hole in a file, a
-    /// zeroing discard on a block device (`fallocate(PUNCH_HOLE)`: the kernel's
-    /// write-zeroes with unmap, never a fallback that writes); else trim it
-    /// (`BLKDISCARD`, best effort, to give the flash back), read it, and write zeros
-    /// where it is not zeros.
+    /// Make `len` bytes at `offset` (`chunks` chunks) zeros without writing them: in a
+    /// file, its holes left alone and its data blocks marked unwritten
+    /// (`fallocate(ZERO_RANGE)`, a change of the extent tree only: freeing the blocks
+    /// instead costs more than reading them on a filesystem mounted with `discard`),
+    /// else punched out; on a block device a zeroing
+    /// discard (`fallocate(PUNCH_HOLE)`: the kernel's write-zeroes with unmap, never
+    /// a fallback that writes). Where neither works: trim it (`BLKDISCARD`, best
+    /// effort, to give the flash back), read it, and write zeros where it is not zeros.
     fn empty(
         &self,
         offset: u64,
@@ -520,7 +578,11 @@ impl Emptier<'_> {
         syncer: &Syncer,
     ) -> std::io::Result<()> {
         if self.punch.load(Relaxed) {
-            match punch_hole(self.file, offset, len) {
+            let zeroed = match self.regular {
+                true => zero_file_range(self.file, offset, len),
+                false => punch_hole(self.file, offset, len),
+            };
+            match zeroed {
                 Ok(()) => {
                     counters.emptied.fetch_add(chunks, Relaxed);
                     return Ok(());
@@ -554,6 +616,28 @@ impl Emptier<'_> {
     }
 }
 
+/// Tell the kernel the range will be read soon (`POSIX_FADV_WILLNEED`): it starts
+/// reading it while the range before it is hashed.
+#[allow(unsafe_code)]
+fn will_need(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is open
+    // for as long as `file` is borrowed.
+    let rc = unsafe {
+        libc::posix_fadvise(
+            file.as_raw_fd(),
+            offset as libc::off_t,
+            len as libc::off_t,
+            libc::POSIX_FADV_WILLNEED,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::from_raw_os_error(rc))
+    }
+}
+
 /// `BLKDISCARD` (`_IO(0x12, 119)`): tell the device the range is unused.
 #[allow(unsafe_code)]
 fn discard(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
@@ -576,15 +660,57 @@ fn is_zero(data: &[u8]) -> bool {
         .all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
-#[allow(unsafe_code)]
+/// Make a range of a file read as zeros: its holes stay holes (`ZERO_RANGE` over a
+/// hole would allocate it: a sparse terabyte disk file would fill the filesystem),
+/// its data is marked unwritten, or punched out where that is not supported.
+fn zero_file_range(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    use crate::import::seek;
+    let end = offset + len;
+    let mut pos = offset;
+    while pos < end {
+        let data = match seek(file, pos, libc::SEEK_DATA) {
+            Ok(data) => data,
+            // No data from pos on.
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break,
+            Err(e) => return Err(e),
+        };
+        if data >= end {
+            break;
+        }
+        let hole = seek(file, data, libc::SEEK_HOLE)?.min(end);
+        zero_range(file, data, hole - data).or_else(|_| punch_hole(file, data, hole - data))?;
+        pos = hole;
+    }
+    Ok(())
+}
+
 fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    fallocate(
+        file,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        offset,
+        len,
+    )
+}
+
+fn zero_range(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    fallocate(
+        file,
+        libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+        offset,
+        len,
+    )
+}
+
+#[allow(unsafe_code)]
+fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: fallocate only reads its integer arguments; the descriptor is open for
     // as long as `file` is borrowed.
     let rc = unsafe {
         libc::fallocate(
             file.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            mode,
             offset as libc::off_t,
             len as libc::off_t,
         )
@@ -702,7 +828,10 @@ mod tests {
         };
         let stats = run(&index, &disk, &local).unwrap();
         assert_eq!(stats.chunks_fetched, 7);
-        assert_eq!(stats.chunks_emptied, 1, "the zero chunk is a hole");
+        assert_eq!(
+            stats.chunks_emptied, 1,
+            "the zero chunk is emptied, not fetched"
+        );
         assert_eq!(stats.index_bytes_fetched, 7 * 32, "one group, 7 ids");
         let back = std::fs::read(&disk).unwrap();
         assert_eq!(&back[..image.len()], &image[..]);
@@ -794,6 +923,86 @@ mod tests {
             600 * CS as u64,
             "free space is not read"
         );
+    }
+
+    #[test]
+    fn many_runs_of_free_and_data_chunks_are_worked_through_to_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let data = pattern(40 * CS, 9);
+        let (mut chunks, mut image) = (Vec::new(), Vec::new());
+        for (i, c) in data.chunks(CS).enumerate() {
+            // Runs: 2 data, 1 free, 2 data, 1 free, ...: 20 empty jobs.
+            chunks.push(Chunk::Data(store.put(c).unwrap().0));
+            image.extend_from_slice(c);
+            if i % 2 == 1 {
+                chunks.push(Chunk::Free);
+                image.resize(image.len() + CS, 0);
+            }
+        }
+        let index = Index::build(MIN_CHUNK_SIZE, image.len() as u64, chunks);
+        let disk = dir.path().join("disk");
+        std::fs::write(&disk, vec![0x33u8; image.len()]).unwrap();
+        let local = Local {
+            store: &store,
+            index: &index,
+        };
+        let stats = run(&index, &disk, &local).unwrap();
+        assert_eq!((stats.chunks_fetched, stats.chunks_emptied), (40, 20));
+        assert_eq!(std::fs::read(&disk).unwrap(), image);
+    }
+
+    #[test]
+    fn emptying_free_space_of_a_sparse_disk_file_allocates_nothing() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let data = pattern(CS, 4);
+        // One data chunk, then 256 MiB of free space.
+        let free = (256u64 << 20) / CS as u64;
+        let chunks = std::iter::once(Chunk::Data(store.put(&data).unwrap().0))
+            .chain((0..free).map(|_| Chunk::Free));
+        let index = Index::build(MIN_CHUNK_SIZE, (free + 1) * CS as u64, chunks);
+        let disk = dir.path().join("disk");
+        let f = File::create(&disk).unwrap();
+        f.set_len((free + 1) * CS as u64).unwrap();
+        // A student's file in the middle of the free space.
+        f.write_all_at(&pattern(4 * CS, 8), 2000 * CS as u64)
+            .unwrap();
+        drop(f);
+        let local = Local {
+            store: &store,
+            index: &index,
+        };
+        let stats = run(&index, &disk, &local).unwrap();
+        assert_eq!(stats.chunks_emptied, free);
+        let back = std::fs::read(&disk).unwrap();
+        assert_eq!(&back[..CS], &data[..]);
+        assert!(is_zero(&back[CS..]), "the free space reads as zeros");
+        let allocated = std::fs::metadata(&disk).unwrap().blocks() * 512;
+        assert!(allocated <= 8 * CS as u64, "{allocated} bytes allocated");
+    }
+
+    #[test]
+    fn an_image_of_large_chunks_restores_in_groups_that_fit_the_read_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let image = pattern((20 << 20) - 4096, 5);
+        let raw = dir.path().join("image.raw");
+        std::fs::write(&raw, &image).unwrap();
+        let index = import(&store, &raw, 1 << 20, |_| {}).unwrap().index;
+        let disk = dir.path().join("disk");
+        let mut old = image.clone();
+        old[13 << 20] ^= 1;
+        std::fs::write(&disk, &old).unwrap();
+        let local = Local {
+            store: &store,
+            index: &index,
+        };
+        let stats = run(&index, &disk, &local).unwrap();
+        assert_eq!((stats.chunks_fetched, stats.chunks_in_place), (1, 19));
+        assert_eq!(stats.index_bytes_fetched, 8 * 32, "group 1: chunks 8 to 15");
+        assert_eq!(std::fs::read(&disk).unwrap(), image);
     }
 
     /// A source that corrupts the first `bad` fetches.

@@ -217,13 +217,13 @@ async fn delta_restore_fetches_only_the_changed_chunks() {
     for at in [5 * CHUNK + 11, 40 * CHUNK, 41 * CHUNK + 1, 90 * CHUNK + 7] {
         changed[at] ^= 0x5a;
     }
-    changed[14 * CHUNK + 3] = 1; // a zero chunk: a hole punched, nothing fetched
+    changed[14 * CHUNK + 3] = 1; // a zero chunk: emptied in place, nothing fetched
     std::fs::write(&disk, &changed).unwrap();
     let outcome = restore(options(&args, &disk)).await.unwrap();
     assert_eq!(outcome.stats.chunks_fetched, 4);
     assert_eq!(
         outcome.stats.zero_chunks_written, 0,
-        "a hole, not zeros written"
+        "emptied by fallocate, not written"
     );
     assert_eq!(std::fs::read(&disk).unwrap(), image);
     assert!(
