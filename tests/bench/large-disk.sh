@@ -44,20 +44,9 @@ rm -rf "$W" "$LOGS" && mkdir -p "$W/mnt" "$W/www" "$W/tftp" "$LOGS"
 defer "for f in $W/image.raw $W/station.raw; do losetup -n -O NAME -j \$f | xargs -r -n1 losetup -d; done"
 defer "umount $W/mnt 2>/dev/null || true"
 
-# part FILE N: a loop device of partition N of FILE (no udev here to make loopNpM).
-part() {
-  local start sectors dev
-  read -r start sectors <<< "$(partx -g -o START,SECTORS --nr "$2" "$1")"
-  losetup -f --show --offset $((start * 512)) --sizelimit $((sectors * 512)) "$1"
-}
 
 log "the image: $gib GiB, $used GiB of fragmented files"
-truncate -s "${gib}G" "$W/image.raw"
-sgdisk -n1:2048:+256M -t1:ef00 -n2:0:0 -t2:0700 "$W/image.raw" >/dev/null
-esp=$(part "$W/image.raw" 1) win=$(part "$W/image.raw" 2)
-mkfs.vfat -F 32 -n ESP "$esp" >/dev/null
-mkntfs -Q -q -L Windows "$win"
-ntfs-3g -o big_writes "$win" "$W/mnt"
+lab_pc_disk "$W/image.raw" "$gib" "$W/mnt"
 python3 - "$W/mnt" "$used" <<'PY'
 import os, sys
 root, used = sys.argv[1], int(sys.argv[2])
@@ -80,7 +69,7 @@ for i in range(1, files, 2):   # every other file: zeroed, then deleted
     os.unlink(path)
 PY
 umount "$W/mnt"
-losetup -d "$esp" "$win"
+losetup -d "$ESP_DEV" "$NTFS_DEV"
 fallocate --dig-holes "$W/image.raw"
 log "image: $(du -h "$W/image.raw" | cut -f1) on disk of $gib GiB"
 

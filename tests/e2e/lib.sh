@@ -109,6 +109,27 @@ with open(path, "wb") as f:
 PY
 }
 
+# part FILE N: a loop device of partition N of the disk image FILE, printed (no udev
+# here to make loopNpM); detach it with losetup -d.
+part() {
+  local start sectors
+  read -r start sectors <<< "$(partx -g -o START,SECTORS --nr "$2" "$1")"
+  losetup -f --show --offset $((start * 512)) --sizelimit $((sectors * 512)) "$1"
+}
+
+# lab_pc_disk FILE GIB MNT: FILE becomes a GIB GiB sparse disk image laid out as a lab
+# PC's (GPT: a 256 MiB FAT32 EFI partition, NTFS on the rest) with the NTFS mounted on
+# MNT by ntfs-3g; ESP_DEV and NTFS_DEV are the partitions' loop devices. Unmount MNT
+# and detach both when done.
+lab_pc_disk() {
+  truncate -s "${2}G" "$1"
+  sgdisk -n1:2048:+256M -t1:ef00 -n2:0:0 -t2:0700 "$1" >/dev/null
+  ESP_DEV=$(part "$1" 1) NTFS_DEV=$(part "$1" 2)
+  mkfs.vfat -F 32 -n ESP "$ESP_DEV" >/dev/null
+  mkntfs -Q -q -L Windows "$NTFS_DEV" 2>/dev/null
+  ntfs-3g -o big_writes "$NTFS_DEV" "$3"
+}
+
 # windows_disk PATH: a 256 MiB GPT disk as a Windows install lays it out: an EFI system
 # partition (FAT16, EFI/BOOT/BOOTX64.EFI), a Windows partition (NTFS with
 # Windows/System32 and Windows/Setup/Scripts, 3 MiB of noise in System32) and 40 MiB
