@@ -56,7 +56,7 @@ EOF
 qemu-img convert -f raw -O qcow2 "$T/base.img" "$T/base.qcow2"
 "$NETRESET" image --config "$T/netreset.toml" import "$T/base.qcow2" --name win11-qcow2 > "$T/import-q.log" 2>&1 ||
   fail "qcow2 import: $(cat "$T/import-q.log")"
-grep -q "(0 new," "$T/import-q.log" || fail "the qcow2 import stored new chunks: $(cat "$T/import-q.log")"
+grep -q "stored, 0 new;" "$T/import-q.log" || fail "the qcow2 import stored new chunks: $(cat "$T/import-q.log")"
 "$NETRESET" serve --config "$T/netreset.toml" > "$T/daemon.log" 2>&1 &
 daemon=$!
 defer "kill $daemon; wait $daemon"
@@ -141,7 +141,8 @@ api -X POST -H 'Content-Type: application/json' -d '{"image": "big", "profile": 
   "$URL/api/v1/stations/$MAC/reset" >/dev/null || fail "reset to big refused"
 script "$MAC" | tr ' ' '\n' | sed -n 's/^netreset\.\([a-z]*\)=/\1 /p' > "$T/args3"
 cp --sparse=always "$T/big.img" "$T/station.img"
-chunk=$("$NETRESET" image --config "$T/netreset.toml" ls | awk '$1 == "big" {print $7}')
+chunk=$("$NETRESET" image --config "$T/netreset.toml" ls | sed -n 's/^big\t.* \([0-9]*\) KiB chunks.*/\1/p')
+[ -n "$chunk" ] || fail "no chunk size in image ls: $("$NETRESET" image --config "$T/netreset.toml" ls)"
 changed=$(python3 - "$T/station.img" "$((chunk * 1024))" <<'EOF'
 import os, random, sys
 path, chunk = sys.argv[1], int(sys.argv[2])
