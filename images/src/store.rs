@@ -246,6 +246,8 @@ struct Cached {
     /// (`netreset image rm` and `import` while the daemon runs) may have replaced it.
     file: (u64, u64, i64, i64),
     index: Arc<Index>,
+    /// The summary's encoding, as stations fetch it (its hash is `id`).
+    summary: Arc<Vec<u8>>,
 }
 
 fn identity(path: &Path) -> Option<(u64, u64, i64, i64)> {
@@ -365,7 +367,8 @@ impl Images {
             }
         }
         let index = Arc::new(self.get(name)?);
-        let id = index.id();
+        let summary = Arc::new(index.summary().encode());
+        let id = ChunkId::of(&summary);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache.retain(|c| c.name != name);
         if let Some(file) = file {
@@ -376,11 +379,22 @@ impl Images {
                     name: name.to_owned(),
                     file,
                     index: index.clone(),
+                    summary,
                 },
             );
             cache.truncate(CACHED_INDEXES);
         }
         Ok((id, index))
+    }
+
+    /// The encoded summary of the index `id`, computed once per index read.
+    pub fn summary_by_id(&self, id: &ChunkId) -> Result<Arc<Vec<u8>>, Error> {
+        let (name, _) = self.by_id(id)?;
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        match cache.iter().find(|c| c.id == *id && c.name == name) {
+            Some(c) => Ok(c.summary.clone()),
+            None => Ok(Arc::new(self.get(&name)?.summary().encode())),
+        }
     }
 
     /// The index whose id is `id`, and the image's name.
@@ -561,6 +575,10 @@ mod tests {
         let (id, shared) = images.get_shared("win11-lab").unwrap();
         assert_eq!((id, &*shared), (index.id(), &index));
         let (name, by_id) = images.by_id(&id).unwrap();
+        assert_eq!(
+            *images.summary_by_id(&id).unwrap(),
+            index.summary().encode()
+        );
         assert_eq!((name.as_str(), &*by_id), ("win11-lab", &index));
         assert_eq!(
             images.referenced().unwrap(),

@@ -57,8 +57,8 @@ fn no_index(id: &ChunkId) -> impl FnOnce(images::Error) -> Error + '_ {
 
 /// The summary of index `id` (its runs and group hashes), as stations fetch it first.
 pub fn summary(images: &images::Images, id: &ChunkId) -> Result<Vec<u8>, Error> {
-    let (_, index) = images.by_id(id).map_err(no_index(id))?;
-    Ok(index.summary().encode())
+    let summary = images.summary_by_id(id).map_err(no_index(id))?;
+    Ok(summary.as_ref().clone())
 }
 
 /// The ids of groups `first..first + count` of index `id`, 32 bytes each: what a
