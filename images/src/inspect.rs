@@ -39,6 +39,8 @@ pub struct Inspection {
     pub partitions: Vec<PartitionInfo>,
     /// The Windows partition's setup state, when one has it.
     pub windows: Option<WindowsState>,
+    /// The Windows version and edition, from its SOFTWARE registry hive.
+    pub version: Option<crate::hive::WindowsVersion>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -101,7 +103,11 @@ pub fn inspect(store: &ChunkStore, index: &Index, name: &str) -> Result<Inspecti
         Err(e) => return Err(e),
     };
     let mut windows = None;
+    let mut version = None;
     for p in partition::ntfs_partitions(&parts) {
+        if version.is_none() {
+            version = windows_version(Window::new(&mut reader, p));
+        }
         if let Some(image_state) = state_ini(Window::new(&mut reader, p))? {
             windows = Some(WindowsState {
                 partition: p.number,
@@ -120,6 +126,7 @@ pub fn inspect(store: &ChunkStore, index: &Index, name: &str) -> Result<Inspecti
         chunk_size,
         partitions: parts.iter().map(info).collect(),
         windows,
+        version,
     })
 }
 
@@ -152,19 +159,9 @@ pub fn state_ini<T: Read + Seek>(mut fs: T) -> Result<Option<String>, Error> {
 fn read_state_ini<T: Read + Seek>(fs: &mut T) -> Result<Option<Vec<u8>>, ntfs::NtfsError> {
     let mut ntfs = Ntfs::new(fs)?;
     ntfs.read_upcase_table(fs)?;
-    let mut file = ntfs.root_directory(fs)?;
-    for name in ["Windows", "Setup", "State", "State.ini"] {
-        let index = file.directory_index(fs)?;
-        let mut finder = index.finder();
-        let Some(entry) = NtfsFileNameIndex::find(&mut finder, &ntfs, fs, name) else {
-            return Ok(None);
-        };
-        let next = entry?.to_file(&ntfs, fs)?;
-        file = next;
-    }
-    if file.is_directory() {
+    let Some(file) = find(&ntfs, fs, &["Windows", "Setup", "State", "State.ini"])? else {
         return Ok(None);
-    }
+    };
     let Some(item) = file.data(fs, "") else {
         return Ok(None);
     };
@@ -179,6 +176,43 @@ fn read_state_ini<T: Read + Seek>(fs: &mut T) -> Result<Option<Vec<u8>>, ntfs::N
         return Ok(None);
     }
     Ok(Some(bytes))
+}
+
+/// The file at `path` (names as the directory index matches them) of the NTFS
+/// volume `ntfs`; `None` when a part is missing or the last is a directory.
+fn find<'n, T: Read + Seek>(
+    ntfs: &'n Ntfs,
+    fs: &mut T,
+    path: &[&str],
+) -> Result<Option<ntfs::NtfsFile<'n>>, ntfs::NtfsError> {
+    let mut file = ntfs.root_directory(fs)?;
+    for name in path {
+        let index = file.directory_index(fs)?;
+        let mut finder = index.finder();
+        let Some(entry) = NtfsFileNameIndex::find(&mut finder, ntfs, fs, name) else {
+            return Ok(None);
+        };
+        let next = entry?.to_file(ntfs, fs)?;
+        file = next;
+    }
+    Ok((!file.is_directory()).then_some(file))
+}
+
+/// The Windows version of the NTFS volume `fs`, from its SOFTWARE registry hive
+/// (`Windows\System32\config\SOFTWARE`, read where the reader seeks, never whole);
+/// `None` when it has none or it cannot be read.
+pub fn windows_version<T: Read + Seek>(mut fs: T) -> Option<crate::hive::WindowsVersion> {
+    let fs = &mut fs;
+    let ntfs = {
+        let mut ntfs = Ntfs::new(fs).ok()?;
+        ntfs.read_upcase_table(fs).ok()?;
+        ntfs
+    };
+    let file = find(&ntfs, fs, &["Windows", "System32", "config", "SOFTWARE"]).ok()??;
+    let item = file.data(fs, "")?.ok()?;
+    let attribute = item.to_attribute().ok()?;
+    let value = attribute.value(fs).ok()?.attach(fs);
+    crate::hive::windows_version(value).ok()?
 }
 
 /// `ImageState=` of State.ini's text: UTF-16LE with a byte order mark (as Windows

@@ -11,6 +11,7 @@ pub mod alloc;
 mod chunk;
 pub mod client;
 mod error;
+pub mod hive;
 pub mod http;
 mod import;
 mod index;

@@ -132,7 +132,8 @@ lab_pc_disk() {
 
 # windows_disk PATH: a 256 MiB GPT disk as a Windows install lays it out: an EFI system
 # partition (FAT16, EFI/BOOT/BOOTX64.EFI), a Windows partition (NTFS with
-# Windows/System32 and Windows/Setup/Scripts, 3 MiB of noise in System32) and 40 MiB
+# Windows/System32 and Windows/Setup/Scripts, 3 MiB of noise in System32, the SOFTWARE
+# registry hive of a Windows 11 Education) and 40 MiB
 # of noise in a data partition. Sets esp_start esp_len ntfs_start ntfs_len data_start
 # data_len (sectors) and ESP (the mtools path of the ESP).
 windows_disk() {
@@ -154,6 +155,9 @@ windows_disk() {
   mkdir -p "$t/mnt/Windows/Setup/Scripts" "$t/mnt/Windows/System32"
   echo "[fonts]" > "$t/mnt/Windows/win.ini"
   head -c 3M /dev/urandom > "$t/mnt/Windows/System32/big.dll"
+  # The registry's SOFTWARE hive of a Windows 11 Education 23H2 (images/tests/data/make-hive.sh).
+  mkdir -p "$t/mnt/Windows/System32/config"
+  cp "$E2E_ROOT/images/tests/data/SOFTWARE" "$t/mnt/Windows/System32/config/SOFTWARE"
   umount "$t/mnt"
   dd if="$t/ntfs.img" of="$img" bs=512 seek="$ntfs_start" conv=notrunc status=none
   head -c $((data_len * 512)) /dev/urandom | dd of="$img" bs=512 seek="$data_start" conv=notrunc status=none

@@ -186,6 +186,9 @@ fn show(name: &str, seen: &images::inspect::Inspection) {
     if seen.partitions.is_empty() {
         println!("partition  none (no partition table)");
     }
+    if let Some(v) = &seen.version {
+        println!("version    {}", v.describe());
+    }
     match &seen.windows {
         Some(w) => println!(
             "windows    partition {}: ImageState={} ({})",
