@@ -87,4 +87,33 @@ fn main() {
         "report",
         &[&[0u8][..], report.to_string().as_bytes()].concat(),
     );
+    // A capture's upload: two chunks framed as the restore client frames them
+    // (compressed by a store, which is how the fuzz crate gets zstd bytes).
+    let dir = std::env::temp_dir().join(format!("netreset-seeds-{}", std::process::id()));
+    let store = images::ChunkStore::open(&dir).unwrap();
+    let mut frames = vec![0u8];
+    for data in [vec![7u8; 5000], (0..3000u32).map(|i| (i * 31 % 251) as u8).collect()] {
+        let (id, _) = store.put(&data).unwrap();
+        let z = store.get_compressed(&id).unwrap();
+        frames.extend_from_slice(&id.0);
+        frames.extend_from_slice(&(z.len() as u32).to_le_bytes());
+        frames.extend_from_slice(&z);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    write("capture", "frames", &frames);
+    write(
+        "capture",
+        "request",
+        &[&[1u8][..], br#"{"name": "win11-v3", "chunk_size": 65536}"#].concat(),
+    );
+    write(
+        "capture",
+        "report",
+        &[
+            &[2u8][..],
+            br#"{"state": "running", "done_bytes": 1, "total_bytes": 2, "chunks_uploaded": 1}"#,
+        ]
+        .concat(),
+    );
+    write("capture", "index", &[&[3u8][..], &index.encode()].concat());
 }

@@ -57,11 +57,168 @@ fn identify(opts: &Options) -> Result<(ChunkId, MacAddr), Error> {
             opts.image
         ))
     })?;
-    let mac = opts
-        .station
+    Ok((id, station(opts)?))
+}
+
+/// The station's MAC of `opts`, checked.
+fn station(opts: &Options) -> Result<MacAddr, Error> {
+    opts.station
         .parse()
-        .map_err(|e: pxe::Error| Error::Usage(format!("--station {:?}: {e}", opts.station)))?;
-    Ok((id, mac))
+        .map_err(|e: pxe::Error| Error::Usage(format!("--station {:?}: {e}", opts.station)))
+}
+
+/// What a capture did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CaptureOutcome {
+    pub image: String,
+    pub chunk_size: u64,
+    pub total_bytes: u64,
+    pub chunks_data: u64,
+    pub chunks_free: u64,
+    pub chunks_zero: u64,
+    pub chunks_uploaded: u64,
+    pub bytes_uploaded: u64,
+    pub disk_bytes_read: u64,
+    pub seconds: f64,
+}
+
+/// Capture the disk `opts.disk` into a new image on the server (the capture the
+/// token is for); `log` gets the console lines. The disk is only read.
+pub fn run_capture(opts: &Options, log: &(dyn Fn(&str) + Sync)) -> Result<CaptureOutcome, Error> {
+    let started = Instant::now();
+    let mac = station(opts)?;
+    let client = Client::new(
+        &opts.server,
+        &opts.token,
+        opts.parallel,
+        opts.max_mbit,
+        opts.retry_for,
+    )?;
+    let result = capture(opts, &client, &mac, started, log);
+    if let Err(e) = &result {
+        let _ = client.capture_report(
+            &mac,
+            &serde_json::json!({"state": "failed", "error": e.to_string()}),
+            false,
+        );
+    }
+    result
+}
+
+fn capture(
+    opts: &Options,
+    client: &Client,
+    mac: &MacAddr,
+    started: Instant,
+    log: &(dyn Fn(&str) + Sync),
+) -> Result<CaptureOutcome, Error> {
+    let file = std::fs::File::open(&opts.disk).map_err(crate::error::io(&opts.disk))?;
+    let total = crate::import::size(&file).map_err(crate::error::io(&opts.disk))?;
+    drop(file);
+    // The first report binds the capture to this address and names the chunk size.
+    let plan = client.capture_report(
+        mac,
+        &serde_json::json!({"state": "running", "done_bytes": 0, "total_bytes": total}),
+        true,
+    )?;
+    let (Some(name), Some(chunk_size)) = (plan["image"].as_str(), plan["chunk_size"].as_u64())
+    else {
+        return Err(Error::Usage(format!(
+            "the server's answer names no image and chunk size: {plan}"
+        )));
+    };
+    log(&format!(
+        "capture of {} ({:.1} GiB) into image {name}, {} KiB chunks",
+        opts.disk.display(),
+        total as f64 / f64::from(1u32 << 30),
+        chunk_size >> 10
+    ));
+    let upload = crate::capture::Upload::new(client, *mac);
+    let done = AtomicU64::new(0);
+    let finished = AtomicBool::new(false);
+    let figures = |d: u64| {
+        let (chunks, bytes) = upload.uploaded();
+        serde_json::json!({"state": "running", "done_bytes": d, "total_bytes": total,
+            "chunks_uploaded": chunks, "bytes_uploaded": bytes})
+    };
+    let captured = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut last = Instant::now();
+            while !finished.load(Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                if last.elapsed() < Duration::from_secs(1) {
+                    continue;
+                }
+                last = Instant::now();
+                let d = done.load(Relaxed);
+                let (chunks, bytes) = upload.uploaded();
+                log(&format!(
+                    "{:5.1}%  {chunks} chunks uploaded ({:.1} MB)",
+                    d as f64 * 100.0 / total.max(1) as f64,
+                    bytes as f64 / 1e6
+                ));
+                let _ = client.capture_report(mac, &figures(d), false);
+            }
+        });
+        let captured =
+            crate::capture::capture(&opts.disk, chunk_size, &upload, |d| done.store(d, Relaxed));
+        finished.store(true, Relaxed);
+        captured
+    })?;
+    for note in &captured.imported.notes {
+        log(note);
+    }
+    let index = &captured.imported.index;
+    // The figures first: the index ends the capture.
+    let mut last = figures(total);
+    last["chunks_data"] = (index.ids.len() as u64).into();
+    last["chunks_free"] = captured.imported.free_chunks.into();
+    last["disk_bytes_read"] = captured.imported.bytes_read.into();
+    client.capture_report(mac, &last, true)?;
+    client.finish_capture(mac, index.encode())?;
+    let seconds = started.elapsed().as_secs_f64();
+    let outcome = CaptureOutcome {
+        image: name.to_owned(),
+        chunk_size,
+        total_bytes: total,
+        chunks_data: index.ids.len() as u64,
+        chunks_free: captured.imported.free_chunks,
+        chunks_zero: captured.imported.zero_chunks,
+        chunks_uploaded: captured.chunks_uploaded,
+        bytes_uploaded: captured.bytes_uploaded,
+        disk_bytes_read: captured.imported.bytes_read,
+        seconds,
+    };
+    log(&format!(
+        "captured in {seconds:.1} s: {} chunks of data, {} uploaded ({:.1} MB), {} free, \
+         {:.1} GB read from the disk; image {name}",
+        outcome.chunks_data,
+        outcome.chunks_uploaded,
+        outcome.bytes_uploaded as f64 / 1e6,
+        outcome.chunks_free,
+        outcome.disk_bytes_read as f64 / 1e9
+    ));
+    Ok(outcome)
+}
+
+/// Tell the orchestrator that this station's capture failed outside the capture
+/// itself, with `message` (the end of a log).
+pub fn report_capture_failure(opts: &Options, message: &str) -> Result<(), Error> {
+    let mac = station(opts)?;
+    let client = Client::new(&opts.server, &opts.token, 1, None, opts.retry_for)?;
+    client
+        .capture_report(
+            &mac,
+            &serde_json::json!({"state": "failed", "error": log_tail(message)}),
+            true,
+        )
+        .map(|_| ())
+}
+
+/// The end of a log: at most 2000 characters, the last ones kept.
+fn log_tail(message: &str) -> String {
+    let chars: Vec<char> = message.trim().chars().collect();
+    chars[chars.len().saturating_sub(2000)..].iter().collect()
 }
 
 /// Run a restore; `log` gets the console lines (start, progress every second, end).
@@ -93,11 +250,9 @@ pub fn run(opts: &Options, log: &(dyn Fn(&str) + Sync)) -> Result<Outcome, Error
 pub fn report_failure(opts: &Options, message: &str) -> Result<(), Error> {
     let (id, mac) = identify(opts)?;
     let client = Client::new(&opts.server, &opts.token, 1, None, opts.retry_for)?;
-    let chars: Vec<char> = message.trim().chars().collect();
-    let tail: String = chars[chars.len().saturating_sub(2000)..].iter().collect();
     client.report(
         &mac,
-        &serde_json::json!({"state": "failed", "image": id.to_string(), "error": tail}),
+        &serde_json::json!({"state": "failed", "image": id.to_string(), "error": log_tail(message)}),
         true,
     )
 }

@@ -216,9 +216,7 @@ impl<R: Read + Seek> Hive<R> {
             return bad(format!("cell offset {offset:#x} past the hive bins"));
         }
         let io = |e: std::io::Error| HiveError(format!("cell {offset:#x}: {e}"));
-        self.inner
-            .seek(SeekFrom::Start(BINS + at))
-            .map_err(io)?;
+        self.inner.seek(SeekFrom::Start(BINS + at)).map_err(io)?;
         let mut size = [0u8; 4];
         self.inner.read_exact(&mut size).map_err(io)?;
         let size = i32::from_le_bytes(size);

@@ -132,9 +132,94 @@ impl Client {
     ) -> Result<(), Error> {
         let url = format!("{}/api/v1/stations/{mac}/restore-progress", self.base);
         let retry = if last { Retry::Patiently } else { Retry::Once };
-        self.request("POST", &url, Some(body.to_string()), 64 << 10, retry)
-            .map(|_| ())
-            .map_err(|f| f.error)
+        self.request(
+            "POST",
+            &url,
+            Some(Body::Json(body.to_string())),
+            64 << 10,
+            retry,
+        )
+        .map(|_| ())
+        .map_err(|f| f.error)
+    }
+
+    /// A capture's progress report (`last`: patiently); the answer is the capture's
+    /// view, which names its chunk size.
+    pub fn capture_report(
+        &self,
+        mac: &pxe::MacAddr,
+        body: &serde_json::Value,
+        last: bool,
+    ) -> Result<serde_json::Value, Error> {
+        let url = format!("{}/api/v1/stations/{mac}/capture/progress", self.base);
+        let retry = if last { Retry::Patiently } else { Retry::Once };
+        let answer = self
+            .request(
+                "POST",
+                &url,
+                Some(Body::Json(body.to_string())),
+                64 << 10,
+                retry,
+            )
+            .map_err(|f| f.error)?;
+        serde_json::from_slice(&answer).map_err(|e| Error::Fetch {
+            url,
+            why: format!("the answer is not JSON: {e}"),
+        })
+    }
+
+    /// Which of `ids` the server's store lacks (a capture's question).
+    pub fn missing(&self, mac: &pxe::MacAddr, ids: &[ChunkId]) -> Result<Vec<bool>, Error> {
+        let url = format!("{}/api/v1/stations/{mac}/capture/missing", self.base);
+        let body: Vec<u8> = ids.iter().flat_map(|i| i.0).collect();
+        let answer = self
+            .request(
+                "POST",
+                &url,
+                Some(Body::Bytes(body)),
+                ids.len() as u64,
+                Retry::Patiently,
+            )
+            .map_err(|f| f.error)?;
+        if answer.len() != ids.len() || answer.iter().any(|&b| b > 1) {
+            return Err(Error::Fetch {
+                url,
+                why: format!("{} answers to {} ids", answer.len(), ids.len()),
+            });
+        }
+        Ok(answer.into_iter().map(|b| b == 1).collect())
+    }
+
+    /// Upload compressed chunks (frames: the id, a u32 LE length, the bytes), at most
+    /// [`MAX_BATCH_BYTES`] of them; the bandwidth cap applies.
+    pub fn upload(&self, mac: &pxe::MacAddr, frames: Vec<u8>) -> Result<(), Error> {
+        if let Some(limit) = &self.limit {
+            limit.take(frames.len() as u64);
+        }
+        let url = format!("{}/api/v1/stations/{mac}/capture/chunks", self.base);
+        self.request(
+            "POST",
+            &url,
+            Some(Body::Bytes(frames)),
+            64 << 10,
+            Retry::Patiently,
+        )
+        .map(|_| ())
+        .map_err(|f| f.error)
+    }
+
+    /// Send a capture's index: the server checks it and makes it the image.
+    pub fn finish_capture(&self, mac: &pxe::MacAddr, index: Vec<u8>) -> Result<(), Error> {
+        let url = format!("{}/api/v1/stations/{mac}/capture/index", self.base);
+        self.request(
+            "POST",
+            &url,
+            Some(Body::Bytes(index)),
+            64 << 10,
+            Retry::Patiently,
+        )
+        .map(|_| ())
+        .map_err(|f| f.error)
     }
 
     /// One request, its body read and bounded by `limit`, retried per `retry`.
@@ -142,7 +227,7 @@ impl Client {
         &self,
         method: &str,
         url: &str,
-        json: Option<String>,
+        body: Option<Body>,
         limit: u64,
         retry: Retry,
     ) -> Result<Vec<u8>, Failure> {
@@ -157,10 +242,13 @@ impl Client {
             if matches!(retry, Retry::Once) {
                 req = req.timeout(Duration::from_secs(5));
             }
-            let sent = match &json {
-                Some(body) => req
+            let sent = match &body {
+                Some(Body::Json(text)) => req
                     .set("Content-Type", "application/json")
-                    .send_string(body),
+                    .send_string(text),
+                Some(Body::Bytes(bytes)) => req
+                    .set("Content-Type", "application/octet-stream")
+                    .send_bytes(bytes),
                 None => req.call(),
             };
             let why = match sent {
@@ -213,6 +301,12 @@ impl Client {
             attempt += 1;
         }
     }
+}
+
+/// What a request sends.
+enum Body {
+    Json(String),
+    Bytes(Vec<u8>),
 }
 
 /// A failed request, with the HTTP status when the server answered.

@@ -65,17 +65,73 @@ pub fn import_with(
     path: &Path,
     chunk_size: u64,
     scope: Scope,
+    progress: impl FnMut(u64),
+) -> Result<Imported, Error> {
+    let file = File::open(path).map_err(io(path))?;
+    scan(&file, path, chunk_size, scope, &Local(store), progress)
+}
+
+/// Where the chunks a [`scan`] reads go: the store here (an import), or the
+/// server's (a capture, [`crate::capture`]).
+pub trait Sink: Sync {
+    /// A writer for one scanning thread.
+    fn writer(&self) -> Box<dyn Writer + '_>;
+}
+
+/// One scanning thread's way into a [`Sink`].
+pub trait Writer {
+    /// Keep `chunks` (consecutive in the scan, none all zeros): for each, in order,
+    /// its id and whether it was new there.
+    fn put(&mut self, chunks: &[&[u8]]) -> Result<Vec<(ChunkId, bool)>, Error>;
+    /// Make everything put durable; the index may name it after this.
+    fn finish(&mut self) -> Result<(), Error>;
+}
+
+/// The local chunk store as a [`Sink`]: each thread writes one [`crate::store::Batch`].
+struct Local<'s>(&'s ChunkStore);
+
+impl Sink for Local<'_> {
+    fn writer(&self) -> Box<dyn Writer + '_> {
+        Box::new(self.0.batch())
+    }
+}
+
+impl Writer for crate::store::Batch<'_> {
+    fn put(&mut self, chunks: &[&[u8]]) -> Result<Vec<(ChunkId, bool)>, Error> {
+        chunks
+            .iter()
+            .map(|c| crate::store::Batch::put(self, c))
+            .collect()
+    }
+
+    fn finish(&mut self) -> Result<(), Error> {
+        self.commit()
+    }
+}
+
+/// Bytes a scanning thread reads before it hands them to its writer at once (a
+/// capture asks the server which of them it lacks in one request).
+const WORK_BYTES: u64 = 4 << 20;
+
+/// Read `file` (`path` in messages) in `chunk_size` pieces into `sink`: the
+/// allocation first (with [`Scope::Used`]), then every chunk that holds data and is
+/// not free, by one thread per core with `pread`, a few MiB at a time.
+pub(crate) fn scan(
+    file: &File,
+    path: &Path,
+    chunk_size: u64,
+    scope: Scope,
+    sink: &dyn Sink,
     mut progress: impl FnMut(u64),
 ) -> Result<Imported, Error> {
     let chunk_size = check_chunk_size(chunk_size)?;
     let cs = u64::from(chunk_size);
-    let file = File::open(path).map_err(io(path))?;
-    let total = size(&file).map_err(io(path))?;
+    let total = size(file).map_err(io(path))?;
     let count = total.div_ceil(cs) as usize;
     let chunk_len = |i: usize| cs.min(total - i as u64 * cs) as usize;
     let (allocation, notes) = match scope {
         Scope::Used => {
-            let mut a = crate::alloc::allocation(&mut &file, path)?;
+            let mut a = crate::alloc::allocation(&mut &*file, path)?;
             let notes = std::mem::take(&mut a.notes);
             (Some(a), notes)
         }
@@ -91,7 +147,7 @@ pub fn import_with(
         .collect();
     // Which chunks hold data: those that meet a data range of the file.
     let mut has_data = vec![false; count];
-    for (start, end) in data_ranges(&file, total).map_err(io(path))? {
+    for (start, end) in data_ranges(file, total).map_err(io(path))? {
         let (first, last) = (
             (start / cs) as usize,
             (end.div_ceil(cs) as usize).min(count),
@@ -99,6 +155,7 @@ pub fn import_with(
         has_data[first..last].fill(true);
     }
     let todo: Vec<usize> = (0..count).filter(|&i| has_data[i] && !free[i]).collect();
+    let per_unit = (WORK_BYTES / cs).max(1) as usize;
     let slots: Vec<Mutex<Option<ChunkId>>> = (0..count).map(|_| Mutex::new(None)).collect();
     let (next, done, read, new_chunks) = (
         AtomicUsize::new(0),
@@ -117,40 +174,45 @@ pub fn import_with(
         .map(|i| chunk_len(i) as u64)
         .sum();
     done.store(skipped, Relaxed);
+    let fail = |e: Error| {
+        failed.lock().expect("not poisoned").get_or_insert(e);
+    };
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| {
-                let mut buf = vec![0u8; chunk_size as usize];
-                let mut batch = store.batch();
+                let mut buf = vec![0u8; per_unit * chunk_size as usize];
+                let mut writer = sink.writer();
                 while failed.lock().expect("not poisoned").is_none() {
-                    let Some(&i) = todo.get(next.fetch_add(1, Relaxed)) else {
+                    let first = next.fetch_add(per_unit, Relaxed);
+                    let Some(unit) = todo.get(first..(first + per_unit).min(todo.len())) else {
                         break;
                     };
-                    let data = &mut buf[..chunk_len(i)];
-                    let stored = file
-                        .read_exact_at(data, i as u64 * cs)
-                        .map_err(io(path))
-                        .and_then(|()| {
-                            if data.iter().all(|&b| b == 0) {
-                                return Ok(None);
-                            }
-                            let (id, new) = batch.put(data)?;
-                            new_chunks.fetch_add(u64::from(new), Relaxed);
-                            Ok(Some(id))
-                        });
-                    match stored {
-                        Ok(id) => *slots[i].lock().expect("not poisoned") = id,
-                        Err(e) => {
-                            failed.lock().expect("not poisoned").get_or_insert(e);
-                            break;
-                        }
+                    if unit.is_empty() {
+                        break;
                     }
-                    read.fetch_add(data.len() as u64, Relaxed);
-                    done.fetch_add(data.len() as u64, Relaxed);
+                    if let Err(e) = scan_unit(
+                        file,
+                        path,
+                        unit,
+                        &mut buf,
+                        cs,
+                        &chunk_len,
+                        |i, id, new| {
+                            *slots[i].lock().expect("not poisoned") = Some(id);
+                            new_chunks.fetch_add(u64::from(new), Relaxed);
+                        },
+                        &mut *writer,
+                    ) {
+                        fail(e);
+                        break;
+                    }
+                    let bytes: u64 = unit.iter().map(|&i| chunk_len(i) as u64).sum();
+                    read.fetch_add(bytes, Relaxed);
+                    done.fetch_add(bytes, Relaxed);
                 }
                 // Every chunk durable under its name before the index can name it.
-                if let Err(e) = batch.commit() {
-                    failed.lock().expect("not poisoned").get_or_insert(e);
+                if let Err(e) = writer.finish() {
+                    fail(e);
                 }
                 exited.fetch_add(1, std::sync::atomic::Ordering::Release);
             });
@@ -198,8 +260,49 @@ pub fn import_with(
     })
 }
 
+/// Read the chunks `unit` into `buf`, hand those that are not all zeros to `writer`
+/// in one call, and tell `stored(chunk, id, new)` of each it kept.
+#[allow(clippy::too_many_arguments)]
+fn scan_unit(
+    file: &File,
+    path: &Path,
+    unit: &[usize],
+    buf: &mut [u8],
+    cs: u64,
+    chunk_len: &dyn Fn(usize) -> usize,
+    mut stored: impl FnMut(usize, ChunkId, bool),
+    writer: &mut dyn Writer,
+) -> Result<(), Error> {
+    let mut kept: Vec<(usize, std::ops::Range<usize>)> = Vec::with_capacity(unit.len());
+    let mut at = 0;
+    for &i in unit {
+        let data = &mut buf[at..at + chunk_len(i)];
+        file.read_exact_at(data, i as u64 * cs).map_err(io(path))?;
+        if data.iter().any(|&b| b != 0) {
+            kept.push((i, at..at + data.len()));
+        }
+        at += data.len();
+    }
+    if kept.is_empty() {
+        return Ok(());
+    }
+    let chunks: Vec<&[u8]> = kept.iter().map(|(_, r)| &buf[r.clone()]).collect();
+    let ids = writer.put(&chunks)?;
+    if ids.len() != kept.len() {
+        return Err(Error::Usage(format!(
+            "{} chunks stored of {}",
+            ids.len(),
+            kept.len()
+        )));
+    }
+    for ((i, _), (id, new)) in kept.iter().zip(ids) {
+        stored(*i, id, new);
+    }
+    Ok(())
+}
+
 /// The size of a file or a block device (whose metadata says 0).
-fn size(file: &File) -> std::io::Result<u64> {
+pub(crate) fn size(file: &File) -> std::io::Result<u64> {
     use std::io::{Seek, SeekFrom};
     let meta = file.metadata()?;
     if meta.is_file() {

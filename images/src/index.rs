@@ -30,6 +30,11 @@ const HEADER: usize = 8 + 4 + 4 + 8 + 4 + 8 + 8;
 const RUN: usize = 9;
 const HASH: usize = 32;
 
+/// Chunk size of imports and captures that name none: 64 KiB, from the delta
+/// benchmark (BENCHMARKS.md): the only size measured that fetched fewer bytes than
+/// casync for scattered 1 MiB changes, with a cold restore still faster than a full
+/// copy. Every image records its own.
+pub const DEFAULT_CHUNK_SIZE: u64 = 64 << 10;
 /// Smallest chunk size an index may use.
 pub const MIN_CHUNK_SIZE: u32 = 64 << 10;
 /// Largest chunk size an index may use.

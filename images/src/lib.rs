@@ -8,6 +8,7 @@
 //! them from the orchestrator for the `netreset-restore` binary.
 
 pub mod alloc;
+pub mod capture;
 mod chunk;
 pub mod client;
 mod error;
@@ -26,10 +27,10 @@ mod store;
 
 pub use chunk::ChunkId;
 pub use error::Error;
-pub use import::{import, import_with, Imported, Scope};
+pub use import::{import, import_with, Imported, Scope, Sink, Writer};
 pub use index::{
-    check_chunk_size, group_hash, Chunk, Extent, Index, Layout, Run, RunKind, Summary, GROUP_LEN,
-    MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
+    check_chunk_size, group_hash, ids_from_bytes, Chunk, Extent, Index, Layout, Run, RunKind,
+    Summary, DEFAULT_CHUNK_SIZE, GROUP_LEN, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
 };
 pub use reader::ImageReader;
 pub use restore::{restore, Fetch, Local, RestoreStats};

@@ -143,17 +143,33 @@ impl Batch<'_> {
     /// Like [`ChunkStore::put`], durable at the next [`Batch::commit`].
     pub fn put(&mut self, data: &[u8]) -> Result<(ChunkId, bool), Error> {
         let id = ChunkId::of(data);
-        let path = self.store.path(&id);
-        if path.is_file() || self.pending.iter().any(|(_, p)| *p == path) {
+        if self.holds(&id) {
             return Ok((id, false));
         }
-        let compressed = zstd::bulk::compress(data, ZSTD_LEVEL).map_err(io(&path))?;
-        let temp = write_temp(&path, &compressed)?;
+        let compressed =
+            zstd::bulk::compress(data, ZSTD_LEVEL).map_err(io(self.store.path(&id)))?;
+        Ok((id, self.put_checked(&id, &compressed)?))
+    }
+
+    /// Whether chunk `id` is stored or pending in this batch.
+    fn holds(&self, id: &ChunkId) -> bool {
+        let path = self.store.path(id);
+        path.is_file() || self.pending.iter().any(|(_, p)| *p == path)
+    }
+
+    /// Store `compressed` as chunk `id` as it is (the caller has checked it with
+    /// [`decode_chunk`]), durable at the next [`Batch::commit`]; whether it was new.
+    pub fn put_checked(&mut self, id: &ChunkId, compressed: &[u8]) -> Result<bool, Error> {
+        if self.holds(id) {
+            return Ok(false);
+        }
+        let path = self.store.path(id);
+        let temp = write_temp(&path, compressed)?;
         self.pending.push((temp, path));
         if self.pending.len() >= BATCH_CHUNKS {
             self.commit()?;
         }
-        Ok((id, true))
+        Ok(true)
     }
 
     /// Make every chunk put so far durable under its name.

@@ -15,6 +15,7 @@ tests=(
   "restore.sh"
   "vm_reset.sh bios"
   "vm_reset.sh uefi"
+  "capture.sh"
   "secure_boot.sh"
   "package.sh"
   "api.sh"

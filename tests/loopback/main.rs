@@ -5,6 +5,7 @@ mod agent;
 mod auth;
 mod boot_path;
 mod campaign;
+mod capture;
 mod chunks;
 mod events;
 mod metrics;

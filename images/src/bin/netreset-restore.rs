@@ -1,13 +1,15 @@
 //! netreset-restore: reset a station's disk to a staged image, in place, fetching only
 //! the chunks that differ from the orchestrator, then inject the staged files. Runs
 //! in the restore environment; the iPXE script passes the same values on the kernel
-//! command line (`netreset.server=` and so on).
+//! command line (`netreset.server=` and so on). With `--capture`, the other way:
+//! read the disk (never write it) into a new image on the orchestrator, uploading
+//! only the chunks its store lacks.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use images::client::{report_failure, run, Options};
+use images::client::{report_capture_failure, report_failure, run, run_capture, Options};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -25,8 +27,12 @@ struct Args {
     #[arg(long)]
     token: String,
     /// The staged image id (64 hex digits)
-    #[arg(long)]
-    image: String,
+    #[arg(long, required_unless_present = "capture")]
+    image: Option<String>,
+    /// Capture the disk into the image the orchestrator was asked to make, instead
+    /// of restoring it (the disk is opened read-only)
+    #[arg(long, conflicts_with = "image")]
+    capture: bool,
     /// The disk to reset: a block device (/dev/sda, /dev/nvme0n1) or an image file
     #[arg(long, required_unless_present = "report_failure")]
     disk: Option<PathBuf>,
@@ -54,7 +60,7 @@ fn main() -> ExitCode {
         server: args.server,
         station: args.station,
         token: args.token,
-        image: args.image,
+        image: args.image.unwrap_or_default(),
         disk: args.disk.unwrap_or_default(),
         parallel: usize::from(args.parallel),
         max_mbit: args.max_mbit,
@@ -65,7 +71,12 @@ fn main() -> ExitCode {
             Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
             Err(e) => format!("(the failure log {} is unreadable: {e})", file.display()),
         };
-        return match report_failure(&opts, &text) {
+        let reported = if args.capture {
+            report_capture_failure(&opts, &text)
+        } else {
+            report_failure(&opts, &text)
+        };
+        return match reported {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("netreset-restore: cannot report the failure: {e}");
@@ -73,10 +84,16 @@ fn main() -> ExitCode {
             }
         };
     }
-    match run(&opts, &|line| eprintln!("netreset-restore: {line}")) {
-        Ok(outcome) => {
+    let log = |line: &str| eprintln!("netreset-restore: {line}");
+    let outcome = if args.capture {
+        run_capture(&opts, &log).map(|o| serde_json::to_string(&o))
+    } else {
+        run(&opts, &log).map(|o| serde_json::to_string(&o))
+    };
+    match outcome {
+        Ok(json) => {
             if args.json {
-                println!("{}", serde_json::to_string(&outcome).expect("plain struct"));
+                println!("{}", json.expect("plain struct"));
             }
             ExitCode::SUCCESS
         }

@@ -21,6 +21,8 @@ fn action(method: &axum::http::Method, route: &str) -> Option<&'static str> {
     Some(match (method, route) {
         (&Method::POST, "/api/v1/stations/{mac}/reset") => "reset",
         (&Method::DELETE, "/api/v1/stations/{mac}/reset") => "cancel-reset",
+        (&Method::POST, "/api/v1/stations/{mac}/capture") => "capture",
+        (&Method::DELETE, "/api/v1/stations/{mac}/capture") => "cancel-capture",
         (&Method::PUT, "/api/v1/stations/{mac}") => "station-settings",
         (&Method::POST, "/api/v1/stations/{mac}/command") => "command",
         (&Method::POST, "/api/v1/campaigns") => "campaign-start",

@@ -33,7 +33,7 @@ fn lagged(missed: u64) -> Event {
         .data(serde_json::to_string(&Lagged { missed }).expect("serializes"))
 }
 
-/// Live events: `station`, `boot`, `restore`, `campaign`, `kms`, and `lagged` when
+/// Live events: `station`, `boot`, `restore`, `capture`, `campaign`, `kms`, and `lagged` when
 /// this subscriber missed some (load the views again). With `Last-Event-ID`, the
 /// events after it come first (the last 4,096 are kept).
 #[utoipa::path(

@@ -6,6 +6,7 @@ mod agent;
 mod audit;
 mod boot;
 mod campaigns;
+mod captures;
 mod chunks;
 mod dashboard;
 mod events;
@@ -37,7 +38,9 @@ fn needs_admin(path: &str) -> bool {
         || rest == "openapi.json"
         || rest.starts_with("agent/")
         || (rest.starts_with("stations/")
-            && (rest.ends_with("/station.json") || rest.ends_with("/restore-progress"))))
+            && (rest.ends_with("/station.json")
+                || rest.ends_with("/restore-progress")
+                || rest.contains("/capture/"))))
 }
 
 async fn admin_auth(
@@ -93,6 +96,11 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(resets::request, resets::cancel))
         .routes(routes!(resets::station_json))
         .routes(routes!(resets::progress))
+        .routes(routes!(captures::request, captures::cancel))
+        .routes(routes!(captures::progress))
+        .routes(routes!(captures::missing))
+        .routes(routes!(captures::chunks))
+        .routes(routes!(captures::index))
         .routes(routes!(agent::queue))
         .routes(routes!(agent::report))
         .routes(routes!(agent::commands))

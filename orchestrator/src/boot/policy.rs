@@ -207,11 +207,21 @@ impl Orchestrator {
     /// `restore.token_ttl`.
     fn restore_target(&self, machine: &Machine, step: BootStep) -> Option<ChainTarget> {
         let mac = machine.mac;
-        let reset = match self.store.reset(mac) {
-            Ok(Some(r)) if r.state.active() => r,
-            Ok(_) => return None,
-            Err(e) => {
-                warn!(%mac, error = %e, "cannot read the station's reset; booting local disk");
+        // What the environment does: a restore (`netreset.image=`), or a capture.
+        let (scope, work, disk) = match (self.store.reset(mac), self.store.capture(mac)) {
+            (Ok(Some(r)), _) if r.state.active() => (
+                r.token_scope(),
+                format!("netreset.image={}", r.staged),
+                r.disk,
+            ),
+            (Ok(_), Ok(Some(c))) if c.under_way() => (
+                c.token_scope(),
+                "netreset.mode=capture".to_owned(),
+                Some(c.disk),
+            ),
+            (Ok(_), Ok(_)) => return None,
+            (Err(e), _) | (_, Err(e)) => {
+                warn!(%mac, error = %e, "cannot read the station's reset or capture; booting local disk");
                 return None;
             }
         };
@@ -233,15 +243,15 @@ impl Orchestrator {
             return None;
         }
         let expires = self.store.clock().now_ms() / 1000 + r.token_ttl.as_secs();
-        let token = r.secret.restore_token(mac, &reset.token_scope(), expires);
+        let token = r.secret.restore_token(mac, &scope, expires);
         // quiet: the kernel does not print its command line (and the token in it) on
         // the station's screen; panic=10: a restore environment that dies reboots.
         // restore.cmdline comes after, so loglevel=7 there shows everything again.
         let mut cmdline = format!(
-            "quiet panic=10 netreset.server={} netreset.station={mac} netreset.token={token} netreset.image={}",
-            r.server_url, reset.staged
+            "quiet panic=10 netreset.server={} netreset.station={mac} netreset.token={token} {work}",
+            r.server_url
         );
-        if let Some(disk) = &reset.disk {
+        if let Some(disk) = &disk {
             cmdline.push_str(" netreset.disk=");
             cmdline.push_str(disk);
         }

@@ -71,6 +71,20 @@ pub enum StationCommand {
     },
     /// Cancel a station's pending reset.
     Cancel { mac: String },
+    /// Capture a station's disk into a new image at its next network boot (the
+    /// disk is only read; only the chunks the store lacks are uploaded).
+    Capture {
+        mac: String,
+        /// The new image's name.
+        #[arg(long, required_unless_present = "cancel")]
+        name: Option<String>,
+        /// Bytes per chunk (a power of two, 64 KiB to 16 MiB; default 64 KiB).
+        #[arg(long)]
+        chunk_size: Option<u64>,
+        /// Cancel the station's capture instead.
+        #[arg(long, conflicts_with_all = ["chunk_size", "name"])]
+        cancel: bool,
+    },
     /// Queue `reboot` or `shutdown` for the station's agent.
     Command {
         mac: String,
@@ -293,6 +307,16 @@ pub fn station(conn: &Connection, command: StationCommand) -> anyhow::Result<()>
                 if !st["reset"].is_null() {
                     println!("{:<15} {}", "reset", st["reset"]);
                 }
+                if let Some(c) = st["capture"].as_object() {
+                    println!(
+                        "{:<15} {} {} ({}%) {}",
+                        "capture",
+                        text(&c["image"]),
+                        text(&c["state"]),
+                        text(&c["percent"]),
+                        c.get("error").and_then(Value::as_str).unwrap_or("")
+                    );
+                }
                 for e in st["events"].as_array().into_iter().flatten() {
                     println!(
                         "  {}  {:<16} {}",
@@ -360,6 +384,32 @@ pub fn station(conn: &Connection, command: StationCommand) -> anyhow::Result<()>
         StationCommand::Cancel { mac } => {
             let answer = api.call("DELETE", &format!("{}/reset", path(&mac)), None)?;
             print(conn.json, &answer, |_| println!("{mac}: reset cancelled"));
+        }
+        StationCommand::Capture {
+            mac, cancel: true, ..
+        } => {
+            let answer = api.call("DELETE", &format!("{}/capture", path(&mac)), None)?;
+            print(conn.json, &answer, |_| println!("{mac}: capture cancelled"));
+        }
+        StationCommand::Capture {
+            mac,
+            name,
+            chunk_size,
+            cancel: false,
+        } => {
+            let mut body = json!({ "name": name.unwrap_or_default() });
+            if let Some(cs) = chunk_size {
+                body["chunk_size"] = json!(cs);
+            }
+            let answer = api.call("POST", &format!("{}/capture", path(&mac)), Some(&body))?;
+            print(conn.json, &answer, |a| {
+                println!(
+                    "{mac}: its disk {} is captured into image {} at its next network boot \
+                     (netreset station show {mac} follows it)",
+                    text(&a["disk"]),
+                    text(&a["image"])
+                );
+            });
         }
         StationCommand::Command {
             mac,

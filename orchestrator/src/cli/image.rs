@@ -12,10 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::Config;
 
-/// Default chunk size: 64 KiB, from the delta benchmark (BENCHMARKS.md): the only
-/// size measured that fetched fewer bytes than casync for scattered 1 MiB changes,
-/// with a cold restore still faster than a full copy. Every image records its own.
-const DEFAULT_CHUNK_SIZE: u64 = 64 << 10;
+use images::DEFAULT_CHUNK_SIZE;
 
 #[derive(Subcommand)]
 pub enum ImageCommand {

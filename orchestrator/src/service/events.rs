@@ -4,7 +4,7 @@
 //!
 //! Events: `station` (a [`StationView`] whose state, settings or address changed),
 //! `boot` (a station's boot-path or restore event), `restore` (a [`ResetView`]),
-//! `campaign` (a [`CampaignView`]), `kms` (the [`super::kms::Overview`]), and `lagged` (this
+//! `capture` (a [`super::views::CaptureView`]), `campaign` (a [`CampaignView`]), `kms` (the [`super::kms::Overview`]), and `lagged` (this
 //! subscriber missed events: load the views again).
 
 use std::collections::{HashMap, VecDeque};
@@ -14,7 +14,7 @@ use pxe::MacAddr;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use super::views::{CampaignView, EventView, ResetView, StationView};
+use super::views::{CampaignView, CaptureView, EventView, ResetView, StationView};
 use super::{Error, Services};
 use crate::engine::campaign::Phase;
 use crate::store::Change;
@@ -166,6 +166,12 @@ impl Publisher {
                 Change::Reset(mac) => {
                     if let Some(reset) = state.policy.store().reset(mac)? {
                         hub.publish("restore", &ResetView::of(mac, &reset));
+                    }
+                    stations.push(mac);
+                }
+                Change::Capture(mac) => {
+                    if let Some(capture) = state.policy.store().capture(mac)? {
+                        hub.publish("capture", &CaptureView::of(mac, &capture));
                     }
                     stations.push(mac);
                 }

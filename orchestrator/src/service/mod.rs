@@ -7,6 +7,7 @@ pub mod agent;
 pub mod audit;
 pub mod boot;
 pub mod campaigns;
+pub mod captures;
 pub mod chunks;
 pub mod events;
 pub mod kms;

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{Error, Services};
-use crate::store::{Reset, ResetState};
+use crate::store::{Capture, Reset, ResetState};
 
 /// `POST /api/v1/stations/{mac}/reset` `{"image"?, "profile"?}`: by default the
 /// station's own image, and the kms profile when the station has KMS activation on.
@@ -41,31 +41,25 @@ pub fn mark(
     profile: Option<Profile>,
     families: Option<Vec<crate::engine::Family>>,
 ) -> Result<Reset, Error> {
-    let station = state.policy.store().station(mac)?;
-    let missing = restore_env_missing(&state.restore);
-    if !missing.is_empty() {
-        let names: Vec<String> = missing.iter().map(|p| p.display().to_string()).collect();
+    let store = state.policy.store().clone();
+    let station = store.station(mac)?;
+    restore_env_ready(state)?;
+    let Some(station) = station else {
+        return Err(not_listed(mac));
+    };
+    if let Some(c) = store.capture(mac)?.filter(Capture::under_way) {
         return Err(Error::Conflict(format!(
-            "the restore environment is not installed ({} missing): a station sent to it would fail to boot",
-            names.join(", ")
+            "{mac} is being captured into {:?} ({:?}): a reset would overwrite the disk it reads; \
+             let the capture finish, or cancel it (DELETE /api/v1/stations/{mac}/capture)",
+            c.name, c.state
         )));
     }
-    let store = state.policy.store().clone();
-    let Some(station) = station else {
-        return Err(Error::NotFound(format!(
-            "no station {mac} in the inventory (it registers at its first PXE boot, or list it in [[inventory.stations]])"
-        )));
-    };
     let profile = match profile {
         Some(p) => p,
         None if station.kms_activation => Profile::Kms,
         None => Profile::Plain,
     };
-    let disk = station.disk.clone().or_else(|| state.restore.disk.clone()).ok_or_else(|| {
-        Error::Conflict(format!(
-            "no disk to restore {mac} to: set restore.disk, or the station's disk (PUT /api/v1/stations/{mac} {{\"disk\": \"/dev/nvme0n1\"}}); netreset never guesses a disk"
-        ))
-    })?;
+    let disk = disk_of(state, mac, &station)?;
     let image = image.or(station.image).ok_or_else(|| {
         Error::Invalid(format!(
             "no image: name one, or set the image of {mac} (PUT /api/v1/stations/{mac})"
@@ -142,6 +136,39 @@ pub fn mark(
     )?;
     tracing::info!(%mac, image = %reset.image, profile = %reset.profile, staged = %reset.staged, "reset requested");
     Ok(reset)
+}
+
+/// Refuse to send a station to a restore environment that is not installed.
+pub(super) fn restore_env_ready(state: &Services) -> Result<(), Error> {
+    let missing = restore_env_missing(&state.restore);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = missing.iter().map(|p| p.display().to_string()).collect();
+    Err(Error::Conflict(format!(
+        "the restore environment is not installed ({} missing): a station sent to it would fail to boot",
+        names.join(", ")
+    )))
+}
+
+pub(super) fn not_listed(mac: MacAddr) -> Error {
+    Error::NotFound(format!(
+        "no station {mac} in the inventory (it registers at its first PXE boot, or list it in [[inventory.stations]])"
+    ))
+}
+
+/// The disk the restore environment works on for `station`: its own setting, else
+/// `restore.disk`; never a guess.
+pub(super) fn disk_of(
+    state: &Services,
+    mac: MacAddr,
+    station: &crate::store::Station,
+) -> Result<String, Error> {
+    station.disk.clone().or_else(|| state.restore.disk.clone()).ok_or_else(|| {
+        Error::Conflict(format!(
+            "no disk for {mac}: set restore.disk, or the station's disk (PUT /api/v1/stations/{mac} {{\"disk\": \"/dev/nvme0n1\"}}); netreset never guesses a disk"
+        ))
+    })
 }
 
 /// The restore environment's files that are not where `restore.dir` says (kernel
@@ -350,26 +377,50 @@ fn authorize(
     token: Option<&str>,
     expired_ok: bool,
 ) -> Result<Reset, Error> {
-    let token = token.ok_or_else(|| {
-        Error::Unauthorized("a restore token is needed (Authorization: Bearer ...)".into())
-    })?;
+    let token = token_of(token)?;
     let reset = state
         .policy
         .store()
         .reset(mac)?
         .ok_or_else(|| Error::Unauthorized(format!("no reset was asked for {mac}")))?;
+    check_token(
+        state,
+        mac,
+        token,
+        &reset.token_scope(),
+        expired_ok && reset.state.active(),
+    )?;
+    Ok(reset)
+}
+
+/// The bearer token a restore environment's call must carry.
+pub(super) fn token_of(token: Option<&str>) -> Result<&str, Error> {
+    token.ok_or_else(|| {
+        Error::Unauthorized("a restore token is needed (Authorization: Bearer ...)".into())
+    })
+}
+
+/// Whether `token` is a restore token for `mac` and `scope` that has not expired
+/// (or has, and `expired_ok`: work under way may outlive its token).
+pub(super) fn check_token(
+    state: &Services,
+    mac: MacAddr,
+    token: &str,
+    scope: &str,
+    expired_ok: bool,
+) -> Result<(), Error> {
     let restore = state.policy.restore();
-    match restore.secret.restore_token_expiry(token, mac, &reset.token_scope()) {
+    match restore.secret.restore_token_expiry(token, mac, scope) {
         None => Err(Error::Unauthorized(
             "the restore token is not one issued for this station and its current reset".into(),
         )),
-        Some(expires) if state.policy.store().clock().now_ms() / 1000 >= expires && !(expired_ok && reset.state.active()) => {
+        Some(expires) if state.policy.store().clock().now_ms() / 1000 >= expires && !expired_ok => {
             Err(Error::Unauthorized(format!(
                 "the restore token expired (tokens last [restore] token_ttl = {}); PXE-boot the station again for a new one",
                 crate::clock::friendly(restore.token_ttl)
             )))
         }
-        Some(_) => Ok(reset),
+        Some(_) => Ok(()),
     }
 }
 
@@ -428,19 +479,28 @@ pub fn station_json(
 /// Bind `reset` to the address its restore runs from (the first one), or refuse a
 /// call from another: the restore token was for the station, not for the LAN.
 fn restoring_from(reset: &mut Reset, from: Option<Ipv4Addr>) -> Result<(), Error> {
+    bind_from(&mut reset.restoring_from, from, "restore")
+}
+
+/// Bind `slot` to `from` (the first address to call), or refuse another address.
+pub(super) fn bind_from(
+    slot: &mut Option<Ipv4Addr>,
+    from: Option<Ipv4Addr>,
+    what: &str,
+) -> Result<(), Error> {
     let Some(from) = from else {
-        return Err(Error::Unauthorized(
-            "restore calls come over IPv4 from the station".into(),
-        ));
+        return Err(Error::Unauthorized(format!(
+            "{what} calls come over IPv4 from the station"
+        )));
     };
-    match reset.restoring_from {
+    match *slot {
         None => {
-            reset.restoring_from = Some(from);
+            *slot = Some(from);
             Ok(())
         }
         Some(ip) if ip == from => Ok(()),
         Some(ip) => Err(Error::Unauthorized(format!(
-            "this restore runs from {ip}: its calls are taken from there only, not from {from}"
+            "this {what} runs from {ip}: its calls are taken from there only, not from {from}"
         ))),
     }
 }

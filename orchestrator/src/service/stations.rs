@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use pxe::MacAddr;
 
-use super::views::{EventView, ResetView, StationDetail, StationState, StationView};
+use super::views::{CaptureView, EventView, ResetView, StationDetail, StationState, StationView};
 use super::{Error, Services};
 use crate::engine::campaign::{Phase, State};
 use crate::store::{Settings, Station};
@@ -88,6 +88,7 @@ pub fn show(state: &Services, mac: MacAddr) -> Result<StationDetail, Error> {
         station: StationView::new(&station, shown, reset.as_ref()),
         boot_loader,
         reset: reset.as_ref().map(ResetView::new),
+        capture: store.capture(mac)?.as_ref().map(CaptureView::new),
         events: store.events(mac)?.iter().map(EventView::from).collect(),
     })
 }

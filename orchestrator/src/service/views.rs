@@ -135,16 +135,16 @@ impl StationView {
             state,
             percent: reset
                 .filter(|r| r.state.active() && r.total_bytes > 0)
-                .map(percent),
+                .map(|r| percent(r.done_bytes, r.total_bytes)),
         }
     }
 }
 
-fn percent(r: &Reset) -> f64 {
-    if r.total_bytes == 0 {
+fn percent(done: u64, total: u64) -> f64 {
+    if total == 0 {
         return 0.0;
     }
-    (r.done_bytes as f64 * 1000.0 / r.total_bytes as f64).round() / 10.0
+    (done as f64 * 1000.0 / total as f64).round() / 10.0
 }
 
 /// A station with its reset and its recent events (`GET /api/v1/stations/{mac}`).
@@ -156,6 +156,8 @@ pub struct StationDetail {
     /// GRUB, for Secure Boot), from its setting, its room's or the default.
     pub boot_loader: BootLoaderView,
     pub reset: Option<ResetView>,
+    /// Its capture into a new image, if one was asked for.
+    pub capture: Option<CaptureView>,
     /// Its boot path and restore history, oldest first.
     pub events: Vec<EventView>,
 }
@@ -209,6 +211,70 @@ pub enum ResetStateView {
     Failed,
 }
 
+impl From<crate::store::ResetState> for ResetStateView {
+    fn from(s: crate::store::ResetState) -> ResetStateView {
+        use crate::store::ResetState;
+        match s {
+            ResetState::Pending => ResetStateView::Pending,
+            ResetState::Restoring => ResetStateView::Restoring,
+            ResetState::Done => ResetStateView::Done,
+            ResetState::Failed => ResetStateView::Failed,
+        }
+    }
+}
+
+/// A station's capture into a new image and how far it got (`restoring`: the disk
+/// is being read and uploaded).
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct CaptureView {
+    /// The station, in answers about one capture.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub station: Option<String>,
+    /// The image it makes.
+    pub image: String,
+    pub chunk_size: u32,
+    pub disk: String,
+    pub state: ResetStateView,
+    pub percent: f64,
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    /// The capture client's figures (chunks read, uploaded, bytes uploaded, ...).
+    pub stats: BTreeMap<String, serde_json::Value>,
+    pub error: Option<String>,
+    /// The index id of the image, once done.
+    pub index: Option<String>,
+    pub requested_at: String,
+    pub updated_at: String,
+}
+
+impl CaptureView {
+    pub fn new(c: &crate::store::Capture) -> CaptureView {
+        CaptureView {
+            station: None,
+            image: c.name.clone(),
+            chunk_size: c.chunk_size,
+            disk: c.disk.clone(),
+            state: c.state.into(),
+            percent: percent(c.done_bytes, c.total_bytes),
+            done_bytes: c.done_bytes,
+            total_bytes: c.total_bytes,
+            stats: c.stats.clone().into_iter().collect(),
+            error: c.error.clone(),
+            index: c.index.clone(),
+            requested_at: rfc3339(c.requested_at),
+            updated_at: rfc3339(c.updated_at),
+        }
+    }
+
+    /// The view of `mac`'s capture, naming the station.
+    pub fn of(mac: pxe::MacAddr, c: &crate::store::Capture) -> CaptureView {
+        CaptureView {
+            station: Some(mac.to_string()),
+            ..CaptureView::new(c)
+        }
+    }
+}
+
 /// A station's reset to a staged image and how far its restore got.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ResetView {
@@ -237,20 +303,14 @@ pub struct ResetView {
 
 impl ResetView {
     pub fn new(r: &Reset) -> ResetView {
-        use crate::store::ResetState;
         ResetView {
             station: None,
             image: r.image.clone(),
             profile: r.profile.clone(),
             staged: r.staged.clone(),
             disk: r.disk.clone(),
-            state: match r.state {
-                ResetState::Pending => ResetStateView::Pending,
-                ResetState::Restoring => ResetStateView::Restoring,
-                ResetState::Done => ResetStateView::Done,
-                ResetState::Failed => ResetStateView::Failed,
-            },
-            percent: percent(r),
+            state: r.state.into(),
+            percent: percent(r.done_bytes, r.total_bytes),
             done_bytes: r.done_bytes,
             total_bytes: r.total_bytes,
             stats: r.stats.clone().into_iter().collect(),
@@ -441,7 +501,7 @@ pub struct AuditEntry {
     /// Rises by one with every entry: `?since=` takes the last one seen.
     pub seq: u64,
     pub at: String,
-    /// `reset`, `cancel-reset`, `station-settings`, `command`, `campaign-start`,
+    /// `reset`, `cancel-reset`, `capture`, `cancel-capture`, `station-settings`, `command`, `campaign-start`,
     /// `campaign-cancel`.
     pub action: String,
     /// The station's MAC or the campaign's id.

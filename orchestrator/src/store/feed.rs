@@ -20,6 +20,8 @@ pub enum Change {
     Event(MacAddr, Event),
     /// A station's reset (marked, progress, done, failed, cancelled).
     Reset(MacAddr),
+    /// A station's capture (asked for, progress, done, failed, cancelled).
+    Capture(MacAddr),
     /// A campaign was saved.
     Campaign(u64),
     /// A report reached the ledger.

@@ -7,6 +7,7 @@
 
 mod audit;
 mod campaigns;
+mod captures;
 mod commands;
 mod events;
 mod feed;
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::Clock;
 
 pub use audit::{Audit, AUDIT_KEEP};
+pub use captures::Capture;
 pub use commands::Command;
 pub use events::Event;
 pub use feed::Change;
@@ -48,6 +50,7 @@ pub struct Store {
     db: sled::Db,
     stations: sled::Tree,
     resets: sled::Tree,
+    captures: sled::Tree,
     campaigns: sled::Tree,
     ledger: sled::Tree,
     commands: sled::Tree,
@@ -107,6 +110,7 @@ impl Store {
         Ok(Store {
             stations,
             resets: db.open_tree("resets")?,
+            captures: db.open_tree("captures")?,
             campaigns: db.open_tree("campaigns")?,
             ledger,
             commands: db.open_tree("commands")?,

@@ -100,23 +100,39 @@ impl Store {
     pub fn change_reset<T, E: From<StoreError>>(
         &self,
         mac: MacAddr,
-        mut change: impl FnMut(Option<Reset>) -> Result<(Option<Reset>, T), E>,
+        change: impl FnMut(Option<Reset>) -> Result<(Option<Reset>, T), E>,
     ) -> Result<T, E> {
+        self.change_record(&self.resets, mac, super::Change::Reset(mac), change)
+    }
+
+    /// [`Store::change_reset`] for the record of `mac` in any tree keyed by MAC:
+    /// compare-and-swap until no other writer came in between, flushed, then
+    /// `announce`d.
+    pub(super) fn change_record<R, T, E>(
+        &self,
+        tree: &sled::Tree,
+        mac: MacAddr,
+        announce: super::Change,
+        mut change: impl FnMut(Option<R>) -> Result<(Option<R>, T), E>,
+    ) -> Result<T, E>
+    where
+        R: Serialize + for<'de> Deserialize<'de>,
+        E: From<StoreError>,
+    {
         loop {
-            let old = self.resets.get(mac.octets()).map_err(StoreError::from)?;
+            let old = tree.get(mac.octets()).map_err(StoreError::from)?;
             let current = match &old {
                 Some(bytes) => Some(decode(&mac.to_string(), bytes)?),
                 None => None,
             };
             let (new, out) = change(current)?;
-            let new = new.map(|r| serde_json::to_vec(&r).expect("reset serializes"));
-            let swapped = self
-                .resets
+            let new = new.map(|r| serde_json::to_vec(&r).expect("record serializes"));
+            let swapped = tree
                 .compare_and_swap(mac.octets(), old, new)
                 .map_err(StoreError::from)?;
             if swapped.is_ok() {
-                self.resets.flush().map_err(StoreError::from)?;
-                self.announce(super::Change::Reset(mac));
+                tree.flush().map_err(StoreError::from)?;
+                self.announce(announce);
                 return Ok(out);
             }
         }

@@ -153,7 +153,7 @@ function stopSession() {
   model.cancelling.clear();
   tiles.clear();
   roomSections.clear();
-  for (const id of ["rooms", "recent-events", "campaign-current", "station-events", "station-fields", "station-reset"]) {
+  for (const id of ["rooms", "recent-events", "campaign-current", "station-events", "station-fields", "station-reset", "station-capture"]) {
     $(id).replaceChildren();
   }
 }
@@ -316,6 +316,10 @@ function applyEvent(type, data) {
       markDirty("rooms", "station");
       break;
     }
+    case "capture":
+      if (detail && detail.data && detail.mac === data.station) detail.data.capture = data;
+      markDirty("station");
+      break;
     case "campaign":
       model.campaigns.set(data.id, data);
       markDirty("bars", "campaign");
@@ -819,6 +823,7 @@ function renderStation() {
   if (!s) return;
   renderStationFields(s);
   renderStationReset(detail.data ? detail.data.reset : undefined);
+  renderStationCapture(detail.data ? detail.data.capture : undefined);
   const events = (detail.data && detail.data.events) || [];
   const list = $("station-events");
   if (list.children.length !== events.length || list.dataset.mac !== detail.mac) {
@@ -846,38 +851,56 @@ function renderStationReset(reset) {
   const box = $("station-reset");
   if (reset === undefined) { box.replaceChildren(el("p", "muted", "Loading…")); return; }
   if (reset === null) { box.replaceChildren(el("p", "muted", "No reset recorded.")); return; }
-  const percent = typeof reset.percent === "number" ? reset.percent : 0;
-  const bar = el("div", reset.state === "done" ? "bar small-bar reached" : "bar small-bar");
+  box.replaceChildren(...workNodes(reset, "Restore", (fact) => {
+    fact("Image", reset.image);
+    fact("Profile", reset.profile);
+    if (reset.disk) fact("Disk", reset.disk);
+    if (typeof reset.secure_boot === "boolean") fact("Secure Boot", reset.secure_boot ? "on" : "off");
+  }));
+}
+
+/** A station's capture into a new image: shown only when one was asked for. */
+function renderStationCapture(capture) {
+  $("station-capture-card").hidden = !capture;
+  if (!capture) { $("station-capture").replaceChildren(); return; }
+  $("station-capture").replaceChildren(...workNodes(capture, "Capture", (fact) => {
+    fact("New image", capture.image);
+    fact("Disk (read only)", capture.disk);
+    if (capture.index) fact("Index", capture.index.slice(0, 16) + "…");
+  }));
+}
+
+/** The progress bar, facts, error and figures of a restore or a capture. */
+function workNodes(work, what, facts) {
+  const percent = typeof work.percent === "number" ? work.percent : 0;
+  const bar = el("div", work.state === "done" ? "bar small-bar reached" : "bar small-bar");
   bar.setAttribute("role", "progressbar");
-  bar.setAttribute("aria-label", "Restore progress");
+  bar.setAttribute("aria-label", `${what} progress`);
   bar.setAttribute("aria-valuemin", "0");
   bar.setAttribute("aria-valuemax", "100");
   bar.setAttribute("aria-valuenow", String(Math.floor(percent)));
   const fill = el("div", "bar-fill");
   fill.style.width = `${Math.max(0, Math.min(100, percent))}%`;
   bar.append(fill);
-  const facts = el("dl", "fields");
-  const fact = (name, value) => facts.append(el("dt", null, name), el("dd", null, value ?? "–"));
-  fact("State", reset.state);
-  fact("Progress", `${Math.floor(percent)} % (${formatBytes(reset.done_bytes)} of ${formatBytes(reset.total_bytes)})`);
-  fact("Image", reset.image);
-  fact("Profile", reset.profile);
-  if (reset.disk) fact("Disk", reset.disk);
-  if (typeof reset.secure_boot === "boolean") fact("Secure Boot", reset.secure_boot ? "on" : "off");
-  fact("Requested", formatTime(reset.requested_at));
-  fact("Updated", formatTime(reset.updated_at));
-  const nodes = [bar, facts];
-  if (reset.error) nodes.push(el("p", "error", reset.error));
-  const stats = Object.entries(reset.stats || {});
+  const list = el("dl", "fields");
+  const fact = (name, value) => list.append(el("dt", null, name), el("dd", null, value ?? "–"));
+  fact("State", work.state);
+  fact("Progress", `${Math.floor(percent)} % (${formatBytes(work.done_bytes)} of ${formatBytes(work.total_bytes)})`);
+  facts(fact);
+  fact("Requested", formatTime(work.requested_at));
+  fact("Updated", formatTime(work.updated_at));
+  const nodes = [bar, list];
+  if (work.error) nodes.push(el("p", "error", work.error));
+  const stats = Object.entries(work.stats || {});
   if (stats.length) {
     const more = el("details", "stats");
-    more.append(el("summary", null, "Restore figures"));
-    const list = el("dl", "fields compact");
-    for (const [name, value] of stats) list.append(el("dt", null, name.replace(/_/g, " ")), el("dd", null, typeof value === "object" ? JSON.stringify(value) : value));
-    more.append(list);
+    more.append(el("summary", null, `${what} figures`));
+    const figures = el("dl", "fields compact");
+    for (const [name, value] of stats) figures.append(el("dt", null, name.replace(/_/g, " ")), el("dd", null, typeof value === "object" ? JSON.stringify(value) : value));
+    more.append(figures);
     nodes.push(more);
   }
-  box.replaceChildren(...nodes);
+  return nodes;
 }
 
 // ---------------------------------------------------------------- routing
