@@ -62,6 +62,11 @@ reset() { reset_station "{${1:+\"image\": \"$1\"}}"; } # [IMAGE]: the station's 
 set_disk() { put_station "{\"disk\": \"$1\"}"; }          # DISK: the station's disk setting
 
 qemu-img create -q -f qcow2 "$T/disk.qcow2" 256M
+# The station's disk full of an earlier life (every byte 0xa5): the reset must bring
+# back the image's allocated clusters and empty the free ones (through virtio's
+# write-zeroes), not leave a student's data there.
+qemu-io -f qcow2 -c "write -q -P 0xa5 0 256M" "$T/disk.qcow2" > "$T/fill.log" 2>&1 ||
+  fail "qemu-io: $(cat "$T/fill.log")"
 # The station (start_vm, lib.sh): network first, then the disk (bootindex, which SeaBIOS and OVMF both follow).
 vm=(qemu-system-x86_64 -accel tcg -m 512 -nographic -monitor none
     -netdev tap,id=n0,ifname=tap0,script=no,downscript=no)
@@ -117,7 +122,12 @@ sys.exit(0 if all(any(k == w for k in it) for w in want) else 1)
 PY
 qemu-img convert -f qcow2 -O raw "$T/disk.qcow2" "$T/disk.raw"
 check_windows_disk "$T/base.img" "$T/disk.raw" "$MAC"
-log "ok: the VM disk is the image, with station.json, SetupComplete.cmd and the agent injected"
+# Free space emptied: of the ESP and the NTFS partition (mostly free clusters), only
+# what injection wrote may differ from the image (its files, MFT records, bitmaps):
+# left as it was, the 0xa5 of the earlier life would differ in ~180 MB.
+differ=$({ cmp -l -n $(((ntfs_start + ntfs_len) * 512)) "$T/base.img" "$T/disk.raw" || true; } | wc -l)
+[ "$differ" -lt $((2 << 20)) ] || fail "$differ bytes of the ESP and NTFS differ from the image: free space not emptied"
+log "ok: the VM disk is the image, with station.json, SetupComplete.cmd and the agent injected; free space emptied ($differ bytes differ, injection's)"
 if [ "$firmware" = uefi ]; then
   log "PASS vm_reset uefi"
   exit 0
