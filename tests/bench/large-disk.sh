@@ -47,27 +47,7 @@ defer "umount $W/mnt 2>/dev/null || true"
 
 log "the image: $gib GiB, $used GiB of fragmented files"
 lab_pc_disk "$W/image.raw" "$gib" "$W/mnt"
-python3 - "$W/mnt" "$used" <<'PY'
-import os, sys
-root, used = sys.argv[1], int(sys.argv[2])
-files, piece = 16, 1 << 20
-per_file = (2 * used << 30) // files // piece     # pieces per file: twice USED in all
-os.makedirs(f"{root}/Windows/System32")
-handles = [open(f"{root}/Windows/System32/f{i:02}.bin", "wb") for i in range(files)]
-for _ in range(per_file):
-    for h in handles:          # in turn: each file's clusters interleave with the others'
-        h.write(os.urandom(piece))
-for h in handles:
-    h.close()
-zeros = bytes(piece)
-for i in range(1, files, 2):   # every other file: zeroed, then deleted
-    path = f"{root}/Windows/System32/f{i:02}.bin"
-    with open(path, "r+b") as f:
-        for _ in range(per_file):
-            f.write(zeros)
-        f.flush(); os.fsync(f.fileno())
-    os.unlink(path)
-PY
+fragmented_files "$W/mnt" "$used"
 umount "$W/mnt"
 losetup -d "$ESP_DEV" "$NTFS_DEV"
 fallocate --dig-holes "$W/image.raw"
@@ -177,6 +157,14 @@ print(rc, f"{time.monotonic() - t:.1f}", ru.ru_inblock * 512)' "$W/run.log" "$@"
   RUNS=$((RUNS + 1))
   cp "$W/run.log" "$LOGS/run-$RUNS-$(basename "$1").log"
 }
+# boot_args PORT DHCP: the station's boot script's netreset.* words as netreset-restore
+# options (not the disk; netreset.mode=capture as --capture).
+boot_args() {
+  S python3 "$E2E_ROOT/tests/e2e/dhcp_seen.py" 02:00:00:00:1a:01 127.0.0.1 127.0.0.1 "$2" >/dev/null || fail "no boot server answer on $2"
+  S curl -sf "http://127.0.0.1:$1/boot/02:00:00:00:1a:01.ipxe" | tr ' ' '\n' |
+    sed -n 's/^netreset\.\([a-z]*\)=\(.*\)/--\1 \2/p' | grep -v '^--disk' |
+    sed 's/^--mode capture$/--capture/' | tr '\n' ' '
+}
 # netreset_run new|old: mark the station for a plain reset of "lab" and restore it.
 netreset_run() {
   local which=$1 bin port dhcp args code
@@ -185,9 +173,7 @@ netreset_run() {
     -H 'Content-Type: application/json' -d '{"image": "lab", "profile": "plain"}' \
     "http://127.0.0.1:$port/api/v1/stations/02:00:00:00:1a:01/reset")
   [ "$code" = 202 ] || fail "$which: reset refused ($code): $(cat "$W/reset.json")"
-  S python3 "$E2E_ROOT/tests/e2e/dhcp_seen.py" 02:00:00:00:1a:01 127.0.0.1 127.0.0.1 "$dhcp" || fail "$which: no boot server answer"
-  args=$(S curl -sf "http://127.0.0.1:$port/boot/02:00:00:00:1a:01.ipxe" | tr ' ' '\n' |
-    sed -n 's/^netreset\.\([a-z]*\)=\(.*\)/--\1 \2/p' | grep -v '^--disk' | tr '\n' ' ')
+  args=$(boot_args "$port" "$dhcp")
   # shellcheck disable=SC2086
   measure "$bin/netreset-restore" $args --disk "$W/station.raw" --parallel 4
   cmp -s "$W/image.raw" "$W/station.raw" || fail "netreset ($which): the disk differs from the image"
@@ -224,5 +210,29 @@ for round in $(seq "$rounds"); do
   rm -f "$W/casync-out.raw"
   echo "| $round | casync extract --seed | $SECS | $(gb "$READ") | $(mb "$(stat -c %s "$W/www/image.caibx")") | $(mb "$WIRE") |" | tee -a "$W/results.md"
 done
+# A capture of the station's disk (the image and the changes) into the daemon that
+# holds the image: only the chunks the changes made go over the wire.
+log "capture of the station's disk"
+station
+code=$(S curl -s -o "$W/capture.json" -w '%{http_code}' -H "Authorization: Bearer $E2E_ADMIN_TOKEN" -X POST \
+  -H 'Content-Type: application/json' -d '{"name": "captured"}' \
+  "http://127.0.0.1:8080/api/v1/stations/02:00:00:00:1a:01/capture")
+[ "$code" = 202 ] || fail "capture refused ($code): $(cat "$W/capture.json")"
+args=$(boot_args 8080 8068)
+sum=$(md5sum < "$W/station.raw")
+# shellcheck disable=SC2086
+measure "$NEW/netreset-restore" $args --disk "$W/station.raw" --parallel 4
+[ "$(md5sum < "$W/station.raw")" = "$sum" ] || fail "the capture changed the station's disk"
+S curl -sf -H "Authorization: Bearer $E2E_ADMIN_TOKEN" http://127.0.0.1:8080/api/v1/stations/02:00:00:00:1a:01 > "$W/captured.json"
+python3 - "$W/captured.json" "$SECS" "$READ" "$WIRE" <<'PY' | tee -a "$W/results.md"
+import json, sys
+c = json.load(open(sys.argv[1]))["capture"]
+assert c["state"] == "done", c
+s, secs, read, wire = c["stats"], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+print(f"\nCapture of the station's disk into the store holding the image (`netreset-restore --capture`): "
+      f"{secs} s, {read / 1e9:.2f} GB read from the disk, {s['chunks_data']} chunks of data, "
+      f"{s['chunks_uploaded']} uploaded ({s['bytes_uploaded'] / 1e6:.1f} MB compressed), "
+      f"{wire / 1e6:.1f} MB over the wire.")
+PY
 cp "$W/results.md" "$E2E_ROOT/target/bench-large-results.md"
 log "results in target/bench-large-results.md"

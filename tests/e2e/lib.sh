@@ -130,6 +130,34 @@ lab_pc_disk() {
   ntfs-3g -o big_writes "$NTFS_DEV" "$3"
 }
 
+# fragmented_files MNT USED_GIB: USED_GIB GiB of noise in files on the filesystem at
+# MNT, fragmented: 16 files written a MiB at a time in turn (their clusters
+# interleave), then every other one zeroed and deleted, so used and free space
+# alternate (the zeros leave the free space as holes after fallocate --dig-holes).
+fragmented_files() {
+  python3 - "$1" "$2" <<'PY'
+import os, sys
+root, used = sys.argv[1], int(sys.argv[2])
+files, piece = 16, 1 << 20
+per_file = (2 * used << 30) // files // piece     # pieces per file: twice USED in all
+os.makedirs(f"{root}/Windows/System32")
+handles = [open(f"{root}/Windows/System32/f{i:02}.bin", "wb") for i in range(files)]
+for _ in range(per_file):
+    for h in handles:          # in turn: each file's clusters interleave with the others'
+        h.write(os.urandom(piece))
+for h in handles:
+    h.close()
+zeros = bytes(piece)
+for i in range(1, files, 2):   # every other file: zeroed, then deleted
+    path = f"{root}/Windows/System32/f{i:02}.bin"
+    with open(path, "r+b") as f:
+        for _ in range(per_file):
+            f.write(zeros)
+        f.flush(); os.fsync(f.fileno())
+    os.unlink(path)
+PY
+}
+
 # windows_disk PATH: a 256 MiB GPT disk as a Windows install lays it out: an EFI system
 # partition (FAT16, EFI/BOOT/BOOTX64.EFI), a Windows partition (NTFS with
 # Windows/System32 and Windows/Setup/Scripts, 3 MiB of noise in System32, the SOFTWARE
