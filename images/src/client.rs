@@ -143,13 +143,7 @@ fn capture(
     };
     let captured = std::thread::scope(|scope| {
         scope.spawn(|| {
-            let mut last = Instant::now();
-            while !finished.load(Relaxed) {
-                std::thread::sleep(Duration::from_millis(100));
-                if last.elapsed() < Duration::from_secs(1) {
-                    continue;
-                }
-                last = Instant::now();
+            each_second_until(&finished, || {
                 let d = done.load(Relaxed);
                 let (chunks, bytes) = upload.uploaded();
                 log(&format!(
@@ -158,7 +152,7 @@ fn capture(
                     bytes as f64 / 1e6
                 ));
                 let _ = client.capture_report(mac, &figures(d), false);
-            }
+            });
         });
         let captured =
             crate::capture::capture(&opts.disk, chunk_size, &upload, |d| done.store(d, Relaxed));
@@ -302,13 +296,7 @@ fn restore(
         // Progress goes to the console and the orchestrator from a thread of its own,
         // so a slow server never stalls the restore.
         scope.spawn(|| {
-            let mut last = Instant::now();
-            while !finished.load(Relaxed) {
-                std::thread::sleep(Duration::from_millis(100));
-                if last.elapsed() < Duration::from_secs(1) {
-                    continue;
-                }
-                last = Instant::now();
+            each_second_until(&finished, || {
                 let d = done.load(Relaxed);
                 let s = latest.lock().expect("not poisoned").clone();
                 log(&format!(
@@ -320,7 +308,7 @@ fn restore(
                     s.chunks_emptied
                 ));
                 let _ = client.report(mac, &progress_body(id, d, index.total_size, &s), false);
-            }
+            });
         });
         let on_progress = |d: u64, s: &RestoreStats| {
             done.fetch_max(d, Relaxed);
@@ -380,6 +368,20 @@ fn restore(
         image: id.to_string(),
         injected,
     })
+}
+
+/// Call `tick` once a second until `finished` (polled every 100 ms, so the end is
+/// not held up): the console and server progress of a restore or capture, from a
+/// thread of its own, so a slow server never stalls the work.
+fn each_second_until(finished: &AtomicBool, mut tick: impl FnMut()) {
+    let mut last = Instant::now();
+    while !finished.load(Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        if last.elapsed() >= Duration::from_secs(1) {
+            last = Instant::now();
+            tick();
+        }
+    }
 }
 
 /// Where the kernel shows the firmware's variables (efivarfs).

@@ -17,12 +17,7 @@
 source "$(dirname "$0")/lib.sh"
 need ip dnsmasq qemu-system-x86_64 qemu-img curl python3 sgdisk sfdisk mkfs.vfat mkntfs \
   ntfs-3g mmd mcopy cmp
-[ -x "$NETRESET" ] || fail "$NETRESET missing: cargo build first"
-[ "$(id -u)" = 0 ] || fail "needs root (network namespaces)"
-RESTORE_ENV=${RESTORE_ENV:-$E2E_ROOT/target/restore-env}
-for f in vmlinuz initrd.img; do
-  [ -f "$RESTORE_ENV/$f" ] || fail "$RESTORE_ENV/$f missing: images/restore-env/build.sh"
-done
+need_qemu_station
 T=$E2E_TMP
 BOOT_LIMIT=300
 

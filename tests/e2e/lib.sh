@@ -271,7 +271,18 @@ uefi_x64 = "snponly.efi"
 TOML
 }
 
-# --- a QEMU station on the lab network (vm_reset.sh, secure_boot.sh) ------------------
+# --- a QEMU station on the lab network (vm_reset.sh, capture.sh, secure_boot.sh) -------
+# need_qemu_station: root, netreset built, and the restore environment (RESTORE_ENV,
+# default target/restore-env, from images/restore-env/build.sh).
+need_qemu_station() {
+  [ -x "$NETRESET" ] || fail "$NETRESET missing: cargo build first"
+  [ "$(id -u)" = 0 ] || fail "needs root (network namespaces)"
+  RESTORE_ENV=${RESTORE_ENV:-$E2E_ROOT/target/restore-env}
+  local f
+  for f in vmlinuz initrd.img; do
+    [ -f "$RESTORE_ENV/$f" ] || fail "$RESTORE_ENV/$f missing: images/restore-env/build.sh"
+  done
+}
 # golden_image: $T/base.img (a windows_disk) and the restore environment from
 # $RESTORE_ENV in the daemon's $T/data/restore.
 golden_image() {

@@ -12,7 +12,9 @@ use pxe::MacAddr;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::resets::{bind_from, check_token, disk_of, not_listed, restore_env_ready, token_of};
+use super::resets::{
+    bind_from, check_token, disk_of, log_tail, not_listed, numbers, restore_env_ready, token_of,
+};
 use super::{Error, Services};
 use crate::store::{Capture, ResetState};
 
@@ -173,18 +175,8 @@ pub fn progress(
     };
     let store = state.policy.store();
     let now = store.clock().now_ms();
-    let error = report.error.map(|e| {
-        let chars: Vec<char> = e.chars().collect();
-        chars[chars.len().saturating_sub(2000)..]
-            .iter()
-            .collect::<String>()
-    });
-    let figures: serde_json::Map<String, Value> = report
-        .figures
-        .into_iter()
-        .filter(|(_, v)| v.is_number())
-        .take(32)
-        .collect();
+    let error = report.error.map(log_tail);
+    let figures = numbers(report.figures);
     let (capture, previous) = store.change_capture(mac, |current| {
         let Some(mut c) = current.filter(|c| c.state.active()) else {
             return Err(Error::Unauthorized(format!(

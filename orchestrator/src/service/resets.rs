@@ -258,19 +258,8 @@ pub fn progress(
         }
     };
     let now = state.policy.store().clock().now_ms();
-    // The end of a log says the most: the last 2000 characters are kept.
-    let error = report.error.map(|e| {
-        let chars: Vec<char> = e.chars().collect();
-        chars[chars.len().saturating_sub(2000)..]
-            .iter()
-            .collect::<String>()
-    });
-    let figures: serde_json::Map<String, Value> = report
-        .figures
-        .into_iter()
-        .filter(|(_, v)| v.is_number())
-        .take(32)
-        .collect();
+    let error = report.error.map(log_tail);
+    let figures = numbers(report.figures);
     // Read, checked and written in one step: a cancel or another report in between
     // is seen, never overwritten.
     let changed = state.policy.store().change_reset(mac, |current| {
@@ -353,6 +342,21 @@ pub fn progress(
         tracing::info!(%mac, kind, "restore report");
     }
     Ok(reset)
+}
+
+/// The end of a log, which says the most: its last 2000 characters.
+pub(super) fn log_tail(e: String) -> String {
+    let chars: Vec<char> = e.chars().collect();
+    chars[chars.len().saturating_sub(2000)..].iter().collect()
+}
+
+/// A client's figures: the numbers among its report's other fields, 32 at most.
+pub(super) fn numbers(fields: serde_json::Map<String, Value>) -> serde_json::Map<String, Value> {
+    fields
+        .into_iter()
+        .filter(|(_, v)| v.is_number())
+        .take(32)
+        .collect()
 }
 
 fn summary(r: &Reset) -> String {
