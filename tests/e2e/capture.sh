@@ -84,6 +84,8 @@ cmp "$T/data/images/ref.idx" "$T/data/images/ref-import.idx" ||
   fail "the captured index differs from the import of the same disk"
 image verify ref > "$T/verify.log" 2>&1 || fail "verify: $(cat "$T/verify.log")"
 image show ref > "$T/show.log" 2>&1 || fail "show: $(cat "$T/show.log")"
+field '[e["detail"] for e in s["events"] if e["kind"] == "capture-done"][-1]' > "$T/done-event.txt"
+grep -q "Windows 11 Education 23H2" "$T/done-event.txt" || fail "the capture-done event does not name the Windows: $(cat "$T/done-event.txt")"
 grep -qx "version    Windows 11 Education 23H2 (build 22631.2861)" "$T/show.log" ||
   fail "image show does not tell the captured Windows (the registry's SOFTWARE hive): $(cat "$T/show.log")"
 [ "$(uploaded 1)" -gt 0 ] || fail "the first capture uploaded nothing"

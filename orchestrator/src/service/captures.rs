@@ -338,11 +338,26 @@ pub fn finish(
         Ok((Some(c.clone()), c))
     })?;
     let n = |k: &str| done.stats.get(k).and_then(Value::as_u64).unwrap_or(0);
+    // Said now, as an import says it, not at a campaign's second cycle.
+    let checks = match images::inspect::inspect(&state.chunks, &index, &done.name) {
+        Ok(seen) => {
+            let version = seen.version.as_ref().map(|v| format!("; {}", v.describe()));
+            let refusal = seen
+                .kms_refusal(&done.name)
+                .map(|why| format!("; warning: {why}"));
+            format!(
+                "{}{}",
+                version.unwrap_or_default(),
+                refusal.unwrap_or_default()
+            )
+        }
+        Err(e) => format!("; not inspected: {e}"),
+    };
     store.record(
         mac,
         "capture-done",
         format!(
-            "{}: {} chunks of data, {} uploaded ({} bytes), index {id}",
+            "{}: {} chunks of data, {} uploaded ({} bytes), index {id}{checks}",
             done.name,
             index.ids.len(),
             n("chunks_uploaded"),
