@@ -50,16 +50,7 @@ async fn ask_capture(server: &TestServer, body: &str) -> (u16, serde_json::Value
 
 /// The station's boot script and the `netreset.*` arguments in it.
 async fn script(server: &TestServer) -> (String, HashMap<String, String>) {
-    dhcp_seen(server, MAC, Ipv4Addr::LOCALHOST).await;
-    let (status, text) = http_get(server.daemon.http_addr, &format!("/boot/{MAC}.ipxe")).await;
-    assert_eq!(status, 200, "{text}");
-    let args = text
-        .split_whitespace()
-        .filter_map(|w| w.strip_prefix("netreset."))
-        .filter_map(|w| w.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-    (text, args)
+    boot_script(server, MAC).await
 }
 
 fn options(args: &HashMap<String, String>, disk: &Path) -> Options {

@@ -3,6 +3,7 @@
 //! the same code as `netreset-restore`) resets a file-backed disk through the daemon's
 //! HTTP API, reports, and the station boots its local disk again.
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
@@ -71,7 +72,7 @@ fn install_restore_env(data: &Path) {
 async fn marked() -> (
     TestServer,
     Vec<u8>,
-    std::collections::HashMap<String, String>,
+    HashMap<String, String>,
     tempfile::TempDir,
 ) {
     let server = start(&inventory()).await;
@@ -96,20 +97,11 @@ async fn reset(server: &TestServer, profile: &str) -> String {
 }
 
 /// The station's boot script, and the `netreset.*` arguments in it.
-async fn script(server: &TestServer) -> (String, std::collections::HashMap<String, String>) {
-    dhcp_seen(server, MAC, Ipv4Addr::LOCALHOST).await;
-    let (status, text) = http_get(server.daemon.http_addr, &format!("/boot/{MAC}.ipxe")).await;
-    assert_eq!(status, 200, "{text}");
-    let args = text
-        .split_whitespace()
-        .filter_map(|w| w.strip_prefix("netreset."))
-        .filter_map(|w| w.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-    (text, args)
+async fn script(server: &TestServer) -> (String, HashMap<String, String>) {
+    boot_script(server, MAC).await
 }
 
-fn options(args: &std::collections::HashMap<String, String>, disk: &Path) -> Options {
+fn options(args: &HashMap<String, String>, disk: &Path) -> Options {
     Options {
         server: args["server"].clone(),
         station: args["station"].clone(),

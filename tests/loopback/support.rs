@@ -494,3 +494,21 @@ pub fn install_sample(data: &Path, name: &str, seed: u64) {
         .add(name, &index)
         .unwrap();
 }
+
+/// `mac`'s boot script, asked from 127.0.0.1 after a DHCP sighting there, and the
+/// `netreset.*` arguments in it (the restore environment's command line).
+pub async fn boot_script(
+    server: &TestServer,
+    mac: &str,
+) -> (String, std::collections::HashMap<String, String>) {
+    dhcp_seen(server, mac, Ipv4Addr::LOCALHOST).await;
+    let (status, text) = http_get(server.daemon.http_addr, &format!("/boot/{mac}.ipxe")).await;
+    assert_eq!(status, 200, "{text}");
+    let args = text
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("netreset."))
+        .filter_map(|w| w.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    (text, args)
+}
