@@ -25,6 +25,10 @@ pub struct Options {
     pub max_mbit: Option<f64>,
     /// How long a failed request is retried (the server restarting, a cable pulled).
     pub retry_for: Duration,
+    /// Where to serve chunks to the other stations of the restore's wave (the
+    /// orchestrator passes `netreset.peer_port=` to a restore in a wave); `None`:
+    /// fetch from the server only.
+    pub peer_listen: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for Options {
@@ -47,6 +51,9 @@ pub struct Outcome {
     pub seconds: f64,
     pub image: String,
     pub injected: usize,
+    /// What the peer exchange did, in a wave.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peers: Option<crate::peer::SwarmStats>,
 }
 
 /// The staged image id and the station's MAC of `opts`, checked.
@@ -281,7 +288,7 @@ fn restore(
         args.disk.display()
     ));
     // The first report says whether the firmware runs Secure Boot.
-    let mut first = progress_body(id, 0, index.total_size, &RestoreStats::default());
+    let mut first = progress_body(id, 0, index.total_size, &RestoreStats::default(), None);
     let secure_boot = secure_boot(Path::new(EFIVARS));
     if let Some(on) = secure_boot {
         first["secure_boot"] = on.into();
@@ -289,25 +296,58 @@ fn restore(
     }
     let _ = client.report(mac, &first, false);
 
+    let wave = join_wave(args, client, mac, log);
+    let pace = |b: u64| client.pace(b);
+    let swarm = wave.as_ref().map(|(_, wave, _)| {
+        let swarm = crate::peer::Swarm::new(client, &mac.to_string(), &pace);
+        swarm.update(wave);
+        swarm
+    });
     let done = AtomicU64::new(0);
     let latest = Mutex::new(RestoreStats::default());
     let finished = AtomicBool::new(false);
+    let serving = AtomicBool::new(false);
+    let served_on = wave.as_ref().map(|w| w.2);
     let stats = std::thread::scope(|scope| {
+        if let (Some((listener, _, port)), Some(swarm)) = (wave, &swarm) {
+            match crate::peer::serve(scope, listener, swarm, &args.disk, &serving) {
+                Ok(_) => log(&format!("serving chunks to the wave on port {port}")),
+                Err(e) => log(&format!("not serving chunks to the wave: {e}")),
+            }
+        }
         // Progress goes to the console and the orchestrator from a thread of its own,
-        // so a slow server never stalls the restore.
+        // so a slow server never stalls the restore; in a wave, the members serving
+        // are asked for every second.
         scope.spawn(|| {
             each_second_until(&finished, || {
                 let d = done.load(Relaxed);
                 let s = latest.lock().expect("not poisoned").clone();
+                let peers = swarm.as_ref().map(|w| w.stats());
                 log(&format!(
-                    "{:5.1}%  {} in place, {} fetched ({:.1} MB), {} emptied",
+                    "{:5.1}%  {} in place, {} fetched ({:.1} MB), {} emptied{}",
                     d as f64 * 100.0 / index.total_size.max(1) as f64,
                     s.chunks_in_place,
                     s.chunks_fetched,
                     s.bytes_fetched as f64 / 1e6,
-                    s.chunks_emptied
+                    s.chunks_emptied,
+                    match &peers {
+                        Some(p) => format!(
+                            "; {} from peers, {} from the server, {} served",
+                            p.chunks_from_peers, p.chunks_from_server, p.chunks_served
+                        ),
+                        None => String::new(),
+                    }
                 ));
-                let _ = client.report(mac, &progress_body(id, d, index.total_size, &s), false);
+                let _ = client.report(
+                    mac,
+                    &progress_body(id, d, index.total_size, &s, peers.as_ref()),
+                    false,
+                );
+                if let (Some(swarm), Some(port)) = (&swarm, served_on) {
+                    if let Ok(wave) = client.wave(mac, port) {
+                        swarm.update(&wave);
+                    }
+                }
             });
         });
         let on_progress = |d: u64, s: &RestoreStats| {
@@ -316,10 +356,19 @@ fn restore(
                 *l = s.clone();
             }
         };
-        let stats = crate::restore(&summary, &args.disk, client, args.parallel, &on_progress);
+        let stats = match &swarm {
+            Some(swarm) => crate::restore(&summary, &args.disk, swarm, args.parallel, &on_progress),
+            None => crate::restore(&summary, &args.disk, client, args.parallel, &on_progress),
+        };
+        // Nothing is served once the restore ends: injection changes the disk.
+        if let Some(swarm) = &swarm {
+            swarm.shelf().close();
+        }
+        serving.store(true, Relaxed);
         finished.store(true, Relaxed);
         stats
     })?;
+    let peers = swarm.as_ref().map(|w| w.stats());
     let mut stats = stats;
     stats.index_bytes_fetched += summary_bytes;
 
@@ -345,7 +394,13 @@ fn restore(
     }
 
     let seconds = started.elapsed().as_secs_f64();
-    let mut body = progress_body(id, index.total_size, index.total_size, &stats);
+    let mut body = progress_body(
+        id,
+        index.total_size,
+        index.total_size,
+        &stats,
+        peers.as_ref(),
+    );
     body["state"] = "done".into();
     body["seconds"] = seconds.into();
     body["injected"] = injected.into();
@@ -362,12 +417,63 @@ fn restore(
         stats.index_bytes_fetched as f64 / 1e3,
         injected
     ));
+    if let Some(p) = &peers {
+        log(&format!(
+            "peers: {} chunks from peers ({:.1} MB), {} from the server, {} served ({:.1} MB), {} peers dropped",
+            p.chunks_from_peers,
+            p.bytes_from_peers as f64 / 1e6,
+            p.chunks_from_server,
+            p.chunks_served,
+            p.bytes_served as f64 / 1e6,
+            p.peers_dropped
+        ));
+    }
     Ok(Outcome {
         stats,
         seconds,
         image: id.to_string(),
         injected,
+        peers,
     })
+}
+
+/// Join the restore's wave when told where to serve: bind the listener, tell the
+/// server the port, and learn the wave. `None` (a unicast restore) when this restore
+/// is in no wave, or the port cannot be bound, or the server cannot say.
+fn join_wave(
+    args: &Options,
+    client: &Client,
+    mac: &MacAddr,
+    log: &(dyn Fn(&str) + Sync),
+) -> Option<(std::net::TcpListener, crate::peer::Wave, u16)> {
+    let listen = args.peer_listen?;
+    let listener = match std::net::TcpListener::bind(listen) {
+        Ok(l) => l,
+        Err(e) => {
+            log(&format!(
+                "cannot serve chunks on {listen} ({e}): fetching from the server only"
+            ));
+            return None;
+        }
+    };
+    let port = listener.local_addr().ok()?.port();
+    match client.wave(mac, port) {
+        Ok(wave) if wave.wave.is_some() => {
+            log(&format!(
+                "restore wave {}: {} other stations serving now",
+                wave.wave.unwrap_or_default(),
+                wave.peers.len()
+            ));
+            Some((listener, wave, port))
+        }
+        Ok(_) => None,
+        Err(e) => {
+            log(&format!(
+                "the wave is unknown ({e}): fetching from the server only"
+            ));
+            None
+        }
+    }
 }
 
 /// Call `tick` once a second until `finished` (polled every 100 ms, so the end is
@@ -405,8 +511,19 @@ fn secure_boot(efivars: &Path) -> Option<bool> {
     }
 }
 
-fn progress_body(id: &ChunkId, done: u64, total: u64, s: &RestoreStats) -> serde_json::Value {
+fn progress_body(
+    id: &ChunkId,
+    done: u64,
+    total: u64,
+    s: &RestoreStats,
+    peers: Option<&crate::peer::SwarmStats>,
+) -> serde_json::Value {
     let mut body = serde_json::to_value(s).expect("plain struct");
+    if let Some(serde_json::Value::Object(p)) =
+        peers.map(|p| serde_json::to_value(p).expect("plain struct"))
+    {
+        body.as_object_mut().expect("an object").extend(p);
+    }
     body["state"] = "running".into();
     body["image"] = id.to_string().into();
     body["done_bytes"] = done.into();
@@ -428,6 +545,7 @@ mod tests {
             parallel: 1,
             max_mbit: None,
             retry_for: Duration::ZERO,
+            peer_listen: None,
         }
     }
 

@@ -143,6 +143,28 @@ impl Client {
         .map_err(|f| f.error)
     }
 
+    /// Ask for this restore's wave, saying where this station serves chunks: once,
+    /// with a short timeout (a restore never waits for it).
+    pub fn wave(&self, mac: &pxe::MacAddr, port: u16) -> Result<crate::peer::Wave, Error> {
+        let url = format!("{}/api/v1/stations/{mac}/peers", self.base);
+        let body = serde_json::json!({ "port": port }).to_string();
+        let answer = self
+            .request("POST", &url, Some(Body::Json(body)), 1 << 20, Retry::Once)
+            .map_err(|f| f.error)?;
+        serde_json::from_slice(&answer).map_err(|e| Error::Fetch {
+            url,
+            why: format!("the answer is not a wave: {e}"),
+        })
+    }
+
+    /// Wait as the bandwidth cap says `bytes` more take (chunks from peers count
+    /// against the same cap as chunks from the server).
+    pub fn pace(&self, bytes: u64) {
+        if let Some(limit) = &self.limit {
+            limit.take(bytes);
+        }
+    }
+
     /// A capture's progress report (`last`: patiently); the answer is the capture's
     /// view, which names its chunk size.
     pub fn capture_report(

@@ -19,6 +19,7 @@ mod index;
 pub mod inject;
 pub mod inspect;
 pub mod partition;
+pub mod peer;
 mod reader;
 mod restore;
 pub mod sample;

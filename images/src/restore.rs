@@ -50,6 +50,14 @@ pub trait Fetch: Sync {
     /// The ids of groups `first..first + count` of the index `index`, unverified
     /// (the restore checks them against the summary).
     fn group_ids(&self, index: &ChunkId, first: u64, count: u64) -> Result<Vec<ChunkId>, Error>;
+
+    /// The chunk `id` is on the disk at `offset` (`len` bytes), verified: found in
+    /// place, or fetched, verified and written. A source that shares chunks with
+    /// peers ([`crate::peer::Swarm`]) serves it from there.
+    fn have(&self, _id: &ChunkId, _offset: u64, _len: usize) {}
+
+    /// The chunk `id` this source sent failed verification; it is fetched again.
+    fn rejected(&self, _id: &ChunkId) {}
 }
 
 /// Chunks fetched in one request: about 1 MiB of chunk data, at most 16 chunks.
@@ -373,6 +381,7 @@ pub fn restore(
                             });
                         match written {
                             Ok(()) => {
+                                source.have(&id, offset, len);
                                 counters.fetched.fetch_add(1, Relaxed);
                                 done(len as u64);
                             }
@@ -522,6 +531,10 @@ impl<F: Fetch, D: Fn(u64)> GroupCtx<'_, F, D> {
         }
         let local_ids: Vec<ChunkId> = local.iter().map(|l| l.1).collect();
         if group_hash(&local_ids) == self.summary.groups[k as usize] {
+            for &(chunk, id) in &local {
+                self.source
+                    .have(&id, layout.offset(chunk), layout.chunk_len(chunk));
+            }
             self.counters
                 .in_place
                 .fetch_add(local.len() as u64, Relaxed);
@@ -540,6 +553,7 @@ impl<F: Fetch, D: Fn(u64)> GroupCtx<'_, F, D> {
         for ((chunk, here), want) in local.into_iter().zip(ids) {
             let len = layout.chunk_len(chunk);
             if here == want {
+                self.source.have(&here, layout.offset(chunk), len);
                 self.counters.in_place.fetch_add(1, Relaxed);
                 (self.done)(len as u64);
             } else if tx.send((layout.offset(chunk), want, len)).is_err() {
@@ -750,6 +764,7 @@ fn verified(
             });
         }
         counters.refetched.fetch_add(1, Relaxed);
+        source.rejected(id);
         compressed = source.fetch(id)?;
     }
 }

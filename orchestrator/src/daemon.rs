@@ -101,6 +101,7 @@ impl Daemon {
             server_url: public_url.clone(),
             token_ttl: config.restore.token_ttl,
             max_mbit: config.restore.max_mbit,
+            peer_port: config.restore.peer_port,
             secret,
             files: crate::service::resets::restore_files(&config.restore),
         };

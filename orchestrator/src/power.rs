@@ -78,6 +78,7 @@ mod tests {
             wol_source: Some(Ipv4Addr::LOCALHOST),
             wol_port: 9,
             secure_boot: None,
+            peers: None,
         };
         let mac = MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
         let mut buf = [0u8; 200];

@@ -141,6 +141,7 @@ fn restore_client_process() {
         parallel: 2,
         max_mbit: None,
         retry_for: Duration::from_secs(5),
+        peer_listen: None,
     };
     if let Err(e) = images::client::run(&opts, &|_| {}) {
         eprintln!("{e}");

@@ -63,6 +63,7 @@ fn options(args: &HashMap<String, String>, disk: &Path) -> Options {
         parallel: 4,
         max_mbit: None,
         retry_for: std::time::Duration::from_secs(2),
+        peer_listen: None,
     }
 }
 

@@ -10,6 +10,7 @@ mod chunks;
 mod events;
 mod metrics;
 mod openapi;
+mod peers;
 mod restore;
 mod secure_boot;
 mod support;

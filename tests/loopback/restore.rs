@@ -101,7 +101,8 @@ async fn script(server: &TestServer) -> (String, HashMap<String, String>) {
     boot_script(server, MAC).await
 }
 
-fn options(args: &HashMap<String, String>, disk: &Path) -> Options {
+/// The restore client's options from the boot script's arguments, onto `disk`.
+pub(crate) fn options(args: &HashMap<String, String>, disk: &Path) -> Options {
     Options {
         server: args["server"].clone(),
         station: args["station"].clone(),
@@ -111,6 +112,7 @@ fn options(args: &HashMap<String, String>, disk: &Path) -> Options {
         parallel: 4,
         max_mbit: None,
         retry_for: std::time::Duration::from_secs(2),
+        peer_listen: None,
     }
 }
 

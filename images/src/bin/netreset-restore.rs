@@ -49,6 +49,10 @@ struct Args {
     /// Cap the bandwidth chunk fetches use, in Mbit/s
     #[arg(long, value_name = "MBIT")]
     max_mbit: Option<f64>,
+    /// Serve chunks to the other stations of the restore's wave on this TCP port
+    /// (the orchestrator passes netreset.peer_port= to a restore in a wave)
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    peer_port: Option<u16>,
     /// Keep retrying a failed request this many seconds (the server restarting)
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     retry_for: u64,
@@ -65,6 +69,9 @@ fn main() -> ExitCode {
         parallel: usize::from(args.parallel),
         max_mbit: args.max_mbit,
         retry_for: std::time::Duration::from_secs(args.retry_for),
+        peer_listen: args
+            .peer_port
+            .map(|p| std::net::SocketAddr::from(([0, 0, 0, 0], p))),
     };
     if let Some(file) = &args.report_failure {
         let text = match std::fs::read(file) {

@@ -40,6 +40,7 @@ fn needs_admin(path: &str) -> bool {
         || (rest.starts_with("stations/")
             && (rest.ends_with("/station.json")
                 || rest.ends_with("/restore-progress")
+                || rest.ends_with("/peers")
                 || rest.contains("/capture/"))))
 }
 
@@ -96,6 +97,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(resets::request, resets::cancel))
         .routes(routes!(resets::station_json))
         .routes(routes!(resets::progress))
+        .routes(routes!(resets::peers))
         .routes(routes!(captures::request, captures::cancel))
         .routes(routes!(captures::progress))
         .routes(routes!(captures::missing))

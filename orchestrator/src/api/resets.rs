@@ -20,8 +20,8 @@ use utoipa::{IntoParams, ToSchema};
 use super::extract::{Bearer, Body, Mac, Peer, QueryOf};
 use super::openapi::Errors;
 use super::{blocking, ApiError, AppState};
-use crate::service::resets::{self, ProgressReport, ResetRequest};
-use crate::service::views::ResetView;
+use crate::service::resets::{self, PeersRequest, ProgressReport, ResetRequest};
+use crate::service::views::{ResetView, WaveView};
 
 /// A reset cancelled.
 #[derive(Serialize, ToSchema)]
@@ -137,6 +137,31 @@ pub async fn progress(
     })
     .await?;
     Ok(Json(ResetView::new(&reset)))
+}
+
+/// A restore environment asks for its wave: the token its members share and the
+/// members serving chunks now.
+#[utoipa::path(
+    post,
+    path = "/api/v1/stations/{mac}/peers",
+    tag = "restore",
+    params(("mac" = String, Path, description = "The station's MAC address", example = "52:54:00:12:34:56")),
+    request_body = PeersRequest,
+    security(("restore" = [])),
+    responses((status = 200, body = WaveView), Errors)
+)]
+pub async fn peers(
+    State(state): State<AppState>,
+    Peer(from): Peer,
+    Mac(mac): Mac,
+    Bearer(token): Bearer,
+    Body(req): Body<PeersRequest>,
+) -> Result<Json<WaveView>, ApiError> {
+    let wave = blocking(&state, move |s| {
+        resets::peers(s, mac, token.as_deref(), from, req)
+    })
+    .await?;
+    Ok(Json(wave))
 }
 
 pub async fn restore_file(

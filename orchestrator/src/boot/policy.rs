@@ -36,6 +36,8 @@ pub struct RestoreBoot {
     pub token_ttl: Duration,
     /// `restore.max_mbit`, passed on as `netreset.max_mbit=`.
     pub max_mbit: Option<u32>,
+    /// `restore.peer_port`, passed on as `netreset.peer_port=` to a reset in a wave.
+    pub peer_port: u16,
     pub secret: Secret,
     /// The kernel and initrd as files here, which the Secure Boot path's GRUB loads
     /// over TFTP (as [`TFTP_KERNEL`] and [`TFTP_INITRD`]); `None` when they are
@@ -211,7 +213,14 @@ impl Orchestrator {
         let (scope, work, disk) = match (self.store.reset(mac), self.store.capture(mac)) {
             (Ok(Some(r)), _) if r.state.active() => (
                 r.token_scope(),
-                format!("netreset.image={}", r.staged),
+                match r.wave {
+                    // In a wave: serve chunks to its other members on this port.
+                    Some(_) => format!(
+                        "netreset.image={} netreset.peer_port={}",
+                        r.staged, self.restore.peer_port
+                    ),
+                    None => format!("netreset.image={}", r.staged),
+                },
                 r.disk,
             ),
             (Ok(_), Ok(Some(c))) if c.under_way() => (

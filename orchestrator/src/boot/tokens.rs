@@ -96,6 +96,13 @@ impl Secret {
         format!("{expires}.{}", tag.to_hex())
     }
 
+    /// The token the members of restore wave `wave` ask each other for chunks with.
+    pub fn wave_token(&self, wave: u64) -> String {
+        self.mac(&format!("netreset wave v1 {wave}"))
+            .to_hex()
+            .to_string()
+    }
+
     /// Whether `token` is a restore token for `station` and `staged` that has not
     /// expired at `now` (Unix seconds).
     pub fn check_restore_token(
@@ -187,6 +194,17 @@ mod tests {
 
     const A: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
     const B: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);
+
+    #[test]
+    fn wave_tokens_differ_per_wave_and_secret_and_are_no_restore_token() {
+        let s = Secret::fixed(7);
+        let t = s.wave_token(5);
+        assert_eq!(t, s.wave_token(5), "stable: every member gets the same");
+        assert_ne!(t, s.wave_token(6), "another wave");
+        assert_ne!(t, Secret::fixed(8).wave_token(5), "another secret");
+        assert_eq!(t.len(), 64);
+        assert!(!s.check_restore_token(&t, A, "img1", 0));
+    }
 
     #[test]
     fn a_restore_token_is_good_for_its_station_image_and_time_only() {

@@ -321,6 +321,12 @@ pub(super) fn restore(raw: RawRestore, dir: PathBuf) -> Result<RestoreConfig, Co
         token_ttl,
         disk: raw.disk,
         max_mbit: raw.max_mbit,
+        peers: raw.peers.unwrap_or(true),
+        peer_port: match raw.peer_port {
+            Some(0) => return Err(invalid("restore.peer_port", "0", "a TCP port, 1 to 65535")),
+            Some(port) => port,
+            None => images::peer::DEFAULT_PORT,
+        },
     })
 }
 

@@ -83,6 +83,16 @@ pub struct RoomConfig {
     pub wol_port: u16,
     /// The room's stations boot the signed path (unless a station says otherwise).
     pub secure_boot: Option<bool>,
+    /// The room's stations take chunks from each other in a restore wave (unless
+    /// `false`: `restore.peers` otherwise).
+    pub peers: Option<bool>,
+}
+
+/// Whether a station of `room` joins a restore wave: its room's `peers`, else
+/// `restore.peers`.
+pub fn peers(restore: &RestoreConfig, rooms: &[RoomConfig], room: Option<&str>) -> bool {
+    room.and_then(|room| rooms.iter().find(|r| r.name == room)?.peers)
+        .unwrap_or(restore.peers)
 }
 
 /// Where the admin token comes from.
@@ -135,6 +145,11 @@ pub struct RestoreConfig {
     pub disk: Option<String>,
     /// A cap on each restore's download, in Mbit/s (many stations share an uplink).
     pub max_mbit: Option<u32>,
+    /// Whether stations restoring the same image in one room at once take chunks
+    /// from each other (`restore.peers`, default on; a room's `peers` overrides).
+    pub peers: bool,
+    /// The TCP port a station of a wave serves chunks on (`restore.peer_port`).
+    pub peer_port: u16,
 }
 
 #[derive(Clone, Debug)]
@@ -482,6 +497,7 @@ impl Config {
                 wol_source,
                 wol_port,
                 secure_boot: r.secure_boot,
+                peers: r.peers,
             });
         }
         let campaigns = campaigns(raw.campaigns)?;
@@ -574,6 +590,32 @@ mod tests {
         assert_eq!(c.boot.local, LocalBoot::Exit);
         assert!(c.inventory.register_unknown);
         assert_eq!(c.public_url, None);
+        assert!(c.restore.peers, "restore waves are on by default");
+        assert_eq!(c.restore.peer_port, 7410);
+    }
+
+    #[test]
+    fn a_rooms_peers_setting_wins_over_restore_peers() {
+        let dir = root();
+        let rooms = "[[rooms]]\nname = \"101\"\nwol_broadcast = \"10.1.1.255\"\npeers = false\n\
+                     [[rooms]]\nname = \"102\"\nwol_broadcast = \"10.1.2.255\"\n";
+        let c = parse(&format!("{}{rooms}", minimal(dir.path()))).unwrap();
+        assert!(!peers(&c.restore, &c.rooms, Some("101")));
+        assert!(peers(&c.restore, &c.rooms, Some("102")), "102 says nothing");
+        assert!(peers(&c.restore, &c.rooms, None), "no room");
+        let off = format!("{}[restore]\npeers = false\n{rooms}", minimal(dir.path()));
+        let c = parse(&off).unwrap();
+        assert!(!peers(&c.restore, &c.rooms, Some("102")));
+        let c = parse(&off.replace(
+            "wol_broadcast = \"10.1.1.255\"\npeers = false",
+            "wol_broadcast = \"10.1.1.255\"\npeers = true",
+        ))
+        .unwrap();
+        assert!(!c.restore.peers);
+        assert!(
+            peers(&c.restore, &c.rooms, Some("101")),
+            "the room's true wins over restore's false"
+        );
     }
 
     #[test]
@@ -625,6 +667,7 @@ mod tests {
             ("[restore]\ndisk = \"serial:\"\n", "restore.disk"),
             ("[restore]\ndisk = \"serial:AB 12\"\n", "restore.disk"),
             ("[restore]\nmax_mbit = 0\n", "restore.max_mbit"),
+            ("[restore]\npeer_port = 0\n", "restore.peer_port"),
             (
                 "[[inventory.stations]]\nmac = \"52:54:00:00:00:01\"\ndisk = \"/dev/sda 1\"\n",
                 "inventory.stations[0].disk",

@@ -82,6 +82,7 @@ pub struct RawRoom {
     pub wol_source: Option<String>,
     pub wol_port: Option<u16>,
     pub secure_boot: Option<bool>,
+    pub peers: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -115,6 +116,8 @@ pub struct RawRestore {
     pub token_ttl: Option<String>,
     pub disk: Option<String>,
     pub max_mbit: Option<u32>,
+    pub peers: Option<bool>,
+    pub peer_port: Option<u16>,
 }
 
 #[derive(Debug, Default, Deserialize)]

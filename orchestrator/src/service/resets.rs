@@ -9,6 +9,7 @@ use pxe::MacAddr;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::views::{PeerView, WaveView};
 use super::{Error, Services};
 use crate::store::{Capture, Reset, ResetState};
 
@@ -60,6 +61,7 @@ pub fn mark(
         None => Profile::Plain,
     };
     let disk = disk_of(state, mac, &station)?;
+    let room = station.room.clone();
     let image = image.or(station.image).ok_or_else(|| {
         Error::Invalid(format!(
             "no image: name one, or set the image of {mac} (PUT /api/v1/stations/{mac})"
@@ -79,7 +81,7 @@ pub fn mark(
         _ => state.staging.clone(),
     };
     let kms = staging.kms.clone();
-    let (id, _) = staging
+    let (id, staged) = staging
         .stage(&state.images, &state.chunks, &image, profile)
         .map_err(|e| match e {
             crate::staging::StageError::Images(images::Error::NoImage(n)) => {
@@ -93,6 +95,11 @@ pub fn mark(
             }
             other => Error::Internal(other.to_string()),
         })?;
+    let index = staged.index.to_string();
+    let wave = match crate::config::peers(&state.restore, &state.rooms, room.as_deref()) {
+        true => Some(wave_for(state, mac, room.as_deref(), &index)?),
+        false => None,
+    };
     let now = state.policy.store().clock().now_ms();
     let mut reset = Reset {
         image,
@@ -114,6 +121,9 @@ pub fn mark(
         disk: Some(disk),
         restoring_from: None,
         secure_boot: None,
+        wave,
+        index: Some(index),
+        peer_port: None,
     };
     // Written in one step with what it replaces: the station runs the image of its
     // last completed reset until this one is, also when that restore finished just
@@ -136,6 +146,95 @@ pub fn mark(
     )?;
     tracing::info!(%mac, image = %reset.image, profile = %reset.profile, staged = %reset.staged, "reset requested");
     Ok(reset)
+}
+
+/// The restore wave a reset of `mac` to `index` joins: the wave of another station
+/// of its room with a reset to the same index under way, else a new one.
+fn wave_for(state: &Services, mac: MacAddr, room: Option<&str>, index: &str) -> Result<u64, Error> {
+    let store = state.policy.store();
+    for (other, r) in store.resets()? {
+        if other == mac || !r.state.active() || r.index.as_deref() != Some(index) {
+            continue;
+        }
+        let Some(wave) = r.wave else { continue };
+        let same_room = store
+            .station(other)?
+            .is_some_and(|s| s.room.as_deref() == room);
+        if same_room {
+            return Ok(wave);
+        }
+    }
+    Ok(store.next_id()?)
+}
+
+/// `POST /api/v1/stations/{mac}/peers` `{"port": 7410}`: a restore environment
+/// serving chunks on `port` asks for its wave.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PeersRequest {
+    /// The TCP port it serves chunks on.
+    port: u16,
+}
+
+/// A restore client's question about its wave, with its restore token: the caller's
+/// address and port are noted (the first call binds the restore to that address, as
+/// a progress report does), and the answer names the wave's token and the members
+/// restoring and serving now. A reset in no wave gets `wave: null`.
+pub fn peers(
+    state: &Services,
+    mac: MacAddr,
+    token: Option<&str>,
+    from: Option<Ipv4Addr>,
+    req: PeersRequest,
+) -> Result<WaveView, Error> {
+    let reset = authorize(state, mac, token, true)?;
+    if req.port == 0 {
+        return Err(Error::Invalid(
+            "port 0: the TCP port chunks are served on".into(),
+        ));
+    }
+    let Some(wave) = reset.wave else {
+        return Ok(WaveView {
+            wave: None,
+            token: None,
+            peers: Vec::new(),
+        });
+    };
+    let store = state.policy.store();
+    if reset.restoring_from.is_none()
+        || reset.restoring_from != from
+        || reset.peer_port != Some(req.port)
+    {
+        store.change_reset(mac, |current| {
+            let Some(mut r) = current.filter(|r| r.generation == reset.generation) else {
+                return Err(Error::Unauthorized(
+                    "the restore token is not one issued for this station and its current reset"
+                        .into(),
+                ));
+            };
+            restoring_from(&mut r, from)?;
+            r.peer_port = Some(req.port);
+            Ok((Some(r), ()))
+        })?;
+    }
+    let peers = store
+        .resets()?
+        .into_iter()
+        .filter(|(other, r)| {
+            *other != mac && r.wave == Some(wave) && r.state == ResetState::Restoring
+        })
+        .filter_map(|(other, r)| {
+            Some(PeerView {
+                station: other.to_string(),
+                address: std::net::SocketAddrV4::new(r.restoring_from?, r.peer_port?).to_string(),
+            })
+        })
+        .collect();
+    Ok(WaveView {
+        wave: Some(wave),
+        token: Some(state.policy.restore().secret.wave_token(wave)),
+        peers,
+    })
 }
 
 /// Refuse to send a station to a restore environment that is not installed.
@@ -551,6 +650,9 @@ mod tests {
             disk: Some("/dev/sdz".into()),
             restoring_from: None,
             secure_boot: None,
+            wave: None,
+            index: None,
+            peer_port: None,
         };
         let first = campaign_event(mac, ResetState::Restoring, ResetState::Failed, &reset);
         assert_eq!(

@@ -297,8 +297,31 @@ pub struct ResetView {
     /// What the restore environment found: the station runs under Secure Boot (on
     /// UEFI; absent until its first report, and on BIOS).
     pub secure_boot: Option<bool>,
+    /// The restore wave the reset is in (the stations of its room restoring the same
+    /// image at once, which take chunks from each other); absent when peers are off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wave: Option<u64>,
     pub requested_at: String,
     pub updated_at: String,
+}
+
+/// A member of a restore wave, as the others are told of it.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct PeerView {
+    /// The station's MAC: the name the seeder of each chunk is chosen by.
+    pub station: String,
+    /// Where its restore environment serves chunks (`10.1.1.23:7410`).
+    pub address: String,
+}
+
+/// A restore's wave: its number, the token its members ask each other with, and the
+/// members serving now (the caller not among them).
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct WaveView {
+    /// `null`: the restore is in no wave (peers are off); it fetches from the server.
+    pub wave: Option<u64>,
+    pub token: Option<String>,
+    pub peers: Vec<PeerView>,
 }
 
 impl ResetView {
@@ -316,6 +339,7 @@ impl ResetView {
             stats: r.stats.clone().into_iter().collect(),
             error: r.error.clone(),
             secure_boot: r.secure_boot,
+            wave: r.wave,
             requested_at: rfc3339(r.requested_at),
             updated_at: rfc3339(r.updated_at),
         }

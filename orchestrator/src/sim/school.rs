@@ -360,6 +360,7 @@ impl School {
             parallel: 2,
             max_mbit: None,
             retry_for: Duration::from_secs(5),
+            peer_listen: None,
         };
         let disk = spec.disk.clone();
         let restore = self.restore.clone();

@@ -67,6 +67,16 @@ pub struct Reset {
     /// on, off, or `None` (not said yet, or a BIOS station).
     #[serde(default)]
     pub secure_boot: Option<bool>,
+    /// The restore wave the reset is in: the stations of one room restoring the same
+    /// image at once, which take chunks from each other. `None`: peers are off.
+    #[serde(default)]
+    pub wave: Option<u64>,
+    /// The id of the staged image's index (what a wave's members share).
+    #[serde(default)]
+    pub index: Option<String>,
+    /// The port the restore environment serves its chunks to the wave on.
+    #[serde(default)]
+    pub peer_port: Option<u16>,
 }
 
 impl Reset {
@@ -136,6 +146,20 @@ impl Store {
                 return Ok(out);
             }
         }
+    }
+
+    /// Every station's reset.
+    pub fn resets(&self) -> Result<Vec<(MacAddr, Reset)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.resets.iter() {
+            let (key, value) = entry.map_err(StoreError::from)?;
+            let Ok(octets) = <[u8; 6]>::try_from(key.as_ref()) else {
+                continue;
+            };
+            let mac = MacAddr(octets);
+            out.push((mac, decode(&mac.to_string(), &value)?));
+        }
+        Ok(out)
     }
 
     /// Forget the reset of `mac` when its restore has not started; returns whether
