@@ -91,21 +91,8 @@ for side in new:8080:8067 old:8090:8077; do
   IFS=: read -r which port dhcp <<< "$side"
   mkdir -p "$W/data-$which/restore"
   echo kernel > "$W/data-$which/restore/vmlinuz"; echo initrd > "$W/data-$which/restore/initrd.img"
-  cat > "$W/$which.toml" <<EOF
-data_dir = "$W/data-$which"
-[http]
-listen = "127.0.0.1:$port"
-public_url = "http://127.0.0.1:$port"
-[dhcp]
-server_ip = "127.0.0.1"
-listen = "127.0.0.1:$dhcp"
-pxe_listen = "127.0.0.1:$((dhcp + 1))"
-broadcast = "127.0.0.1:9"
-[api]
-token = "$E2E_ADMIN_TOKEN"
-[tftp]
-listen = "127.0.0.1:0"
-root = "$W/tftp"
+  bench_toml "$W/data-$which" "127.0.0.1:$port" "http://127.0.0.1:$port" "$dhcp" "$W/tftp" > "$W/$which.toml"
+  cat >> "$W/$which.toml" <<EOF
 [[inventory.stations]]
 mac = "02:00:00:00:1a:01"
 disk = "/dev/sda"

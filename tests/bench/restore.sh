@@ -55,21 +55,8 @@ for side in "S $srv_if" "C $cli_if"; do
   $1 tc qdisc add dev "$2" root tbf rate 1gbit burst 1mb latency 20ms
 done
 
-cat > "$W/netreset.toml" <<EOF
-data_dir = "$W/data"
-[http]
-listen = "0.0.0.0:8080"
-public_url = "http://10.80.0.1:8080"
-[dhcp]
-server_ip = "127.0.0.1"
-listen = "127.0.0.1:8067"
-pxe_listen = "127.0.0.1:8068"
-broadcast = "127.0.0.1:9"
-[api]
-token = "$E2E_ADMIN_TOKEN"
-[tftp]
-listen = "127.0.0.1:0"
-root = "$W/tftp"
+bench_toml "$W/data" 0.0.0.0:8080 http://10.80.0.1:8080 8067 "$W/tftp" > "$W/netreset.toml"
+cat >> "$W/netreset.toml" <<EOF
 [[inventory.stations]]
 mac = "$MAC"
 EOF

@@ -47,21 +47,8 @@ umount "$W/mnt"
 losetup -d "$ESP_DEV" "$NTFS_DEV"
 log "image: $(du -h "$W/image.raw" | cut -f1) on disk of $gib GiB"
 
-cat > "$W/netreset.toml" <<EOF
-data_dir = "$W/data"
-[http]
-listen = "127.0.0.1:8080"
-public_url = "http://127.0.0.1:8080"
-[dhcp]
-server_ip = "127.0.0.1"
-listen = "127.0.0.1:8067"
-pxe_listen = "127.0.0.1:8068"
-broadcast = "127.0.0.1:9"
-[api]
-token = "$E2E_ADMIN_TOKEN"
-[tftp]
-listen = "127.0.0.1:0"
-root = "$W/tftp"
+bench_toml "$W/data" 127.0.0.1:8080 http://127.0.0.1:8080 8067 "$W/tftp" > "$W/netreset.toml"
+cat >> "$W/netreset.toml" <<EOF
 [[inventory.stations]]
 mac = "02:00:00:00:1b:01"
 disk = "/dev/sda"

@@ -247,6 +247,28 @@ lab_network() {
     --dhcp-authoritative --dhcp-leasefile="$E2E_TMP/leases" --log-dhcp "$@"
 }
 L() { ip netns exec "$lab" "$@"; }
+
+# bench_toml DATA_DIR LISTEN PUBLIC_URL DHCP_PORT TFTP_ROOT: the start of a benchmark
+# daemon's configuration: HTTP on LISTEN, DHCP (and 4011 on DHCP_PORT + 1) and TFTP on
+# loopback only, the e2e admin token. Benchmarks append their own sections.
+bench_toml() {
+  cat <<TOML
+data_dir = "$1"
+[http]
+listen = "$2"
+public_url = "$3"
+[dhcp]
+server_ip = "127.0.0.1"
+listen = "127.0.0.1:$4"
+pxe_listen = "127.0.0.1:$(($4 + 1))"
+broadcast = "127.0.0.1:9"
+[api]
+token = "$E2E_ADMIN_TOKEN"
+[tftp]
+listen = "127.0.0.1:0"
+root = "$5"
+TOML
+}
 D() { ip netns exec "$dhcp" "$@"; }
 
 # lab_server_toml: netreset's configuration on the lab_network: HTTP on $server:8080,

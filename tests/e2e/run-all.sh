@@ -13,6 +13,7 @@ tests=(
   "pxe_boot.sh bios"
   "pxe_boot.sh uefi"
   "restore.sh"
+  "peers.sh"
   "vm_reset.sh bios"
   "vm_reset.sh uefi"
   "capture.sh"
