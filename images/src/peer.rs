@@ -929,6 +929,8 @@ mod tests {
         disks: Vec<Vec<u8>>,
         stats: Vec<SwarmStats>,
         server_sent: u64,
+        /// Bytes from peers the bandwidth cap was told of.
+        paced: u64,
     }
 
     /// Restore `stations` blank disks of the image at once, each station serving the
@@ -937,7 +939,10 @@ mod tests {
     fn wave(dir: &Path, stations: usize, liar: bool, dead: bool) -> (Outcome, Vec<u8>) {
         let (store, index, image) = image(dir);
         let server = counting(&store, &index);
-        let pace = |_: u64| {};
+        let paced = AtomicU64::new(0);
+        let pace = |b: u64| {
+            paced.fetch_add(b, Relaxed);
+        };
         let swarms: Vec<Swarm<Counting>> = (0..stations)
             .map(|i| Swarm::new(&server, &format!("station-{i}"), &pace))
             .collect();
@@ -1001,6 +1006,7 @@ mod tests {
             disks: disks.iter().map(|d| std::fs::read(d).unwrap()).collect(),
             stats: swarms.iter().map(Swarm::stats).collect(),
             server_sent: server.sent.load(Relaxed),
+            paced: paced.load(Relaxed),
         };
         (outcome, image)
     }
@@ -1025,6 +1031,13 @@ mod tests {
             o.stats
         );
         assert_eq!(from_peers, served, "every chunk a peer sent was one served");
+        let peer_bytes: u64 = o.stats.iter().map(|s| s.bytes_from_peers).sum();
+        // The cap sees every byte of the answers: the chunks and their 4-byte frames.
+        assert!(
+            (peer_bytes..=peer_bytes + 4 * from_peers).contains(&o.paced),
+            "the bandwidth cap covers chunks from peers: {} paced, {peer_bytes} from peers",
+            o.paced
+        );
         assert!(
             o.stats.iter().all(|s| s.peers_dropped == 0),
             "{:?}",

@@ -138,6 +138,16 @@ async fn stations_reset_together_restore_from_each_other_and_every_disk_is_the_i
         done["stats"]["chunks_from_peers"].as_u64().unwrap() > 0,
         "{done}"
     );
+    let (_, metrics) = http_get(server.daemon.http_addr, "/metrics").await;
+    let counted: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("netreset_restore_peer_chunks_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no peer chunks in the metrics:\n{metrics}"));
+    assert_eq!(
+        counted, from_peers,
+        "the metric counts the chunks from peers"
+    );
 }
 
 /// The wave of each station's reset, as its view shows it.

@@ -47,6 +47,7 @@ pub struct Metrics {
     restores: Family<OutcomeLabel, Counter>,
     restore_chunks: Family<SourceLabel, Counter>,
     restore_fetched: Counter,
+    restore_peer_chunks: Counter,
     restore_seconds: Histogram,
     dhcp: Option<Arc<pxe::stats::DhcpStats>>,
     tftp: Option<Arc<pxe::stats::TftpStats>>,
@@ -66,6 +67,7 @@ impl Metrics {
             restores: Family::default(),
             restore_chunks: Family::default(),
             restore_fetched: Counter::default(),
+            restore_peer_chunks: Counter::default(),
             // 10 s to about 3 hours.
             restore_seconds: Histogram::new(exponential_buckets(10.0, 2.0, 11)),
             dhcp,
@@ -116,6 +118,7 @@ impl Metrics {
             .get_or_create(&SourceLabel { source: "in-place" })
             .inc_by(n("chunks_in_place"));
         self.restore_fetched.inc_by(n("bytes_fetched"));
+        self.restore_peer_chunks.inc_by(n("chunks_from_peers"));
         if let Some(s) = stats.get("seconds").and_then(serde_json::Value::as_f64) {
             self.restore_seconds.observe(s);
         }
@@ -222,8 +225,13 @@ pub fn render(state: &Services, format: Format) -> Result<String, Error> {
     );
     registry.register(
         "restore_chunks",
-        "Chunks of completed restores: fetched from the server, or already in place on the disk",
+        "Chunks of completed restores: fetched (from the server, or in a wave from its other stations), or already in place on the disk",
         m.restore_chunks.clone(),
+    );
+    registry.register(
+        "restore_peer_chunks",
+        "Chunks of completed restores that came from other stations of their restore wave (counted among the fetched ones too)",
+        m.restore_peer_chunks.clone(),
     );
     registry.register_with_unit(
         "restore_fetched",

@@ -856,6 +856,8 @@ function renderStationReset(reset) {
     fact("Profile", reset.profile);
     if (reset.disk) fact("Disk", reset.disk);
     if (typeof reset.secure_boot === "boolean") fact("Secure Boot", reset.secure_boot ? "on" : "off");
+    // The stations restoring the same image with it, taking chunks from each other.
+    if (typeof reset.wave === "number") fact("Restore wave", `#${reset.wave}`);
   }));
 }
 
