@@ -94,16 +94,6 @@ impl Shelf {
         self.open.store(false, Relaxed);
     }
 
-    /// How many chunks are on the shelf.
-    pub fn len(&self) -> usize {
-        self.chunks.lock().expect("not poisoned").len()
-    }
-
-    /// Whether the shelf holds no chunk.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Chunks and compressed bytes served to peers so far.
     pub fn served(&self) -> (u64, u64) {
         (
