@@ -306,11 +306,11 @@ fn restore(
     let done = AtomicU64::new(0);
     let latest = Mutex::new(RestoreStats::default());
     let finished = AtomicBool::new(false);
-    let serving = AtomicBool::new(false);
+    let stop_serving = AtomicBool::new(false);
     let served_on = wave.as_ref().map(|w| w.2);
     let stats = std::thread::scope(|scope| {
         if let (Some((listener, _, port)), Some(swarm)) = (wave, &swarm) {
-            match crate::peer::serve(scope, listener, swarm, &args.disk, &serving) {
+            match crate::peer::serve(scope, listener, swarm, &args.disk, &stop_serving) {
                 Ok(_) => log(&format!("serving chunks to the wave on port {port}")),
                 Err(e) => log(&format!("not serving chunks to the wave: {e}")),
             }
@@ -364,7 +364,7 @@ fn restore(
         if let Some(swarm) = &swarm {
             swarm.shelf().close();
         }
-        serving.store(true, Relaxed);
+        stop_serving.store(true, Relaxed);
         finished.store(true, Relaxed);
         stats
     })?;
