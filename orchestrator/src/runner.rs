@@ -11,7 +11,7 @@ use pxe::MacAddr;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::campaign::{Action, Event, Record, State};
+use crate::engine::campaign::{Action, Event, Phase, Record, State};
 use crate::service::campaigns::Msg;
 use crate::service::{Error as ServiceError, Services};
 
@@ -169,7 +169,7 @@ pub async fn run(state: Services, mut rx: mpsc::UnboundedReceiver<Msg>, cancel: 
             if record.campaign.state != State::Running {
                 tracing::info!(id, state = ?record.campaign.state, "campaign ended");
                 for s in &record.campaign.stations {
-                    if s.phase != crate::engine::campaign::Phase::Idle {
+                    if s.phase != Phase::Idle {
                         // Nothing of an ended campaign stays marked for reset.
                         let _ = store.remove_reset_if_pending(s.mac);
                     }
@@ -208,14 +208,20 @@ fn carry_out(state: &Services, record: &Record, action: Action) -> Vec<Event> {
                 }
                 power_on(state, record, &action)
             }
-            // The cycle's restore is done: the daemon missed saying so. Nothing to
-            // boot again.
+            // The cycle's restore is done. Restored and silent since: the station
+            // may be off, wake it (its firmware boots the restored disk). Else the
+            // daemon missed saying that the restore is done: nothing to boot again.
             Ok(Some(r))
                 if r.state == crate::store::ResetState::Done
                     && run.and_then(|s| s.generation) == Some(r.generation) =>
             {
-                follow.extend(recover(state, record, *mac));
-                Ok(())
+                match run.map(|s| &s.phase) {
+                    Some(Phase::BootingOs { .. }) => power_on(state, record, &action),
+                    _ => {
+                        follow.extend(recover(state, record, *mac));
+                        Ok(())
+                    }
+                }
             }
             // The cycle's mark is not there (the daemon stopped between saving the
             // cycle and marking it, or it was withdrawn): mark it before the boot.

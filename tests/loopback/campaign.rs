@@ -32,9 +32,20 @@ async fn school_server(room_ip: Ipv4Addr, n: u8) -> TestServer {
 
 /// [`school_server`] on `clock`, with `more` configuration.
 async fn school_server_on(room_ip: Ipv4Addr, n: u8, more: &str, clock: Clock) -> TestServer {
+    school_server_reporting_within(room_ip, n, more, clock, "20s").await
+}
+
+/// [`school_server_on`] with the campaigns' `report_timeout`.
+async fn school_server_reporting_within(
+    room_ip: Ipv4Addr,
+    n: u8,
+    more: &str,
+    clock: Clock,
+    report_timeout: &str,
+) -> TestServer {
     let mut extra = format!(
         "[kms]\nhost = \"kms.sim\"\n[[rooms]]\nname = \"lab\"\nwol_broadcast = \"{room_ip}\"\nwol_source = \"127.0.0.1\"\nwol_port = {WOL_PORT}\n\
-         [campaigns]\ntick = \"100ms\"\nwake_timeout = \"2s\"\nwake_attempts = 2\nrestore_timeout = \"20s\"\nreport_timeout = \"20s\"\n"
+         [campaigns]\ntick = \"100ms\"\nwake_timeout = \"2s\"\nwake_attempts = 2\nrestore_timeout = \"20s\"\nreport_timeout = \"{report_timeout}\"\n"
     );
     for i in 0..30u8 {
         let room = if i < n { "room = \"lab\"\n" } else { "" };
@@ -824,4 +835,41 @@ async fn an_image_whose_licence_is_no_kms_client_stops_the_campaign_naming_the_c
             && !reason.contains("firewall"),
         "{reason}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_station_whose_power_goes_right_after_its_restore_is_woken_and_its_cycle_counts() {
+    let room = Ipv4Addr::new(127, 79, 16, 1);
+    let server = school_server_reporting_within(room, 3, "", Clock::system(), "3s").await;
+    let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (school, stop, _disks) = school_with(&server, room, 3, &[], true, |school| {
+        let real = school.restore.clone();
+        let cut = cut.clone();
+        let victim = mac(0).to_string();
+        // Station 0's first restore completes and reports done; then its power goes
+        // before it restarts, so it is off with the restored disk.
+        school.restore = std::sync::Arc::new(move |opts| {
+            real(opts)?;
+            match opts.station == victim && !cut.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                true => Err("power cut after the restore's last report".into()),
+                false => Ok(()),
+            }
+        });
+    })
+    .await;
+    let c = campaign_to_end(&server, 3, r#"["office"]"#).await;
+    assert!(
+        cut.load(std::sync::atomic::Ordering::SeqCst),
+        "the power cut happened"
+    );
+    assert_eq!(c["state"], "done", "{c}");
+    let first = &c["stations"][0];
+    assert_eq!(first["mac"], mac(0).to_string());
+    assert!(
+        first["phase"] != "quarantined" && first["cycles_done"].as_u64() >= Some(1),
+        "woken, it booted the restored disk and its activation counted: {first}"
+    );
+    assert_eq!(school.count(Product::Office), 7);
+    stop.cancel();
+    server.daemon.shutdown().await.unwrap();
 }

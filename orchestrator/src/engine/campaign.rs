@@ -7,7 +7,8 @@
 //! Station lifecycle: idle → waking (WoL sent or reboot queued) → pxe → restoring →
 //! booting-os (restored, waiting for the agent's reports) → idle, or the next cycle.
 //! Failure edges: no PXE boot after the wake attempts → unreachable; a restore that
-//! fails or stalls, retried, then → quarantined; no report in time → quarantined; a
+//! fails or stalls, retried, then → quarantined; no report in time → woken once (it may
+//! have lost its power after the restore), then → quarantined; a
 //! logged-in user → in-use, until the user logs off. Stations out of the campaign keep their reason, and the
 //! planner re-plans on the others.
 
@@ -51,12 +52,24 @@ impl Default for Limits {
 #[serde(tag = "phase", rename_all = "kebab-case")]
 pub enum Phase {
     Idle,
-    Waking { attempt: u32 },
+    Waking {
+        attempt: u32,
+    },
     Pxe,
     Restoring,
-    BootingOs { reported: Vec<Family> },
-    Unreachable { reason: String },
-    Quarantined { reason: String },
+    BootingOs {
+        reported: Vec<Family>,
+        /// Woken once because nothing came within the report timeout (its power may
+        /// have gone after the restore's last report).
+        #[serde(default)]
+        woken: bool,
+    },
+    Unreachable {
+        reason: String,
+    },
+    Quarantined {
+        reason: String,
+    },
     InUse,
 }
 
@@ -289,9 +302,11 @@ impl Campaign {
             }
             Event::RestoreDone(mac) => {
                 if let Some(s) = self.station(mac) {
-                    if s.phase.in_cycle() {
+                    // Said again (a rerun, a recovery) it changes nothing.
+                    if s.phase.in_cycle() && !matches!(s.phase, Phase::BootingOs { .. }) {
                         s.phase = Phase::BootingOs {
                             reported: Vec::new(),
+                            woken: false,
                         };
                         s.since = now;
                     }
@@ -334,7 +349,7 @@ impl Campaign {
                 // Once per cycle (a report sent again after a crash is not a
                 // second failure).
                 let first = self.station(mac).is_some_and(|s| {
-                    matches!(&s.phase, Phase::BootingOs { reported } if !reported.contains(&family))
+                    matches!(&s.phase, Phase::BootingOs { reported, .. } if !reported.contains(&family))
                 });
                 if first && counted {
                     self.failed_in_a_row.remove(&family);
@@ -359,7 +374,7 @@ impl Campaign {
                 }
                 if let Some(s) = self.station(mac) {
                     s.powered_on = true;
-                    if let Phase::BootingOs { reported } = &mut s.phase {
+                    if let Phase::BootingOs { reported, .. } = &mut s.phase {
                         if !reported.contains(&family) {
                             reported.push(family);
                         }
@@ -455,11 +470,26 @@ impl Campaign {
                     let why = format!("no restore progress for {waited} s");
                     restore_failed(s, &why, limits.restore_attempts, now, actions);
                 }
-                Phase::BootingOs { .. } if waited >= limits.report_s => {
+                // Nothing at all from the restored station: it may be off (its power
+                // went after the restore's last report, or it shut down instead of
+                // restarting). Wake it once; its firmware boots the restored disk.
+                Phase::BootingOs {
+                    reported,
+                    woken: false,
+                } if waited >= limits.report_s && reported.is_empty() => {
+                    s.phase = Phase::BootingOs {
+                        reported,
+                        woken: true,
+                    };
+                    s.since = now;
+                    actions.push(wake(s));
+                }
+                Phase::BootingOs { woken, .. } if waited >= limits.report_s => {
                     s.phase = Phase::Quarantined {
                         reason: format!(
-                            "restored, but no activation report within {} s (does Windows boot? does the agent reach the server?)",
-                            limits.report_s
+                            "restored, but no activation report within {} s{} (does Windows boot? does the agent reach the server?)",
+                            limits.report_s,
+                            if woken { ", nor after a wake" } else { "" }
                         ),
                     };
                     s.families.clear();
@@ -868,6 +898,78 @@ mod tests {
             ),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_restored_station_that_never_reports_is_woken_once_then_quarantined() {
+        let limits = Limits::default();
+        let r = limits.report_s;
+        let stations = [(mac(0), false), (mac(1), false)];
+        let mut c = Campaign::new("w", &[Family::Office], 0, &stations, 2, limits);
+        c.handle(Event::Tick, 0);
+        for m in [mac(0), mac(1)] {
+            c.handle(Event::PxeSeen(m), 1);
+            c.handle(Event::RestoreDone(m), 2);
+        }
+        mark(&mut c);
+        // mac(1) reports; mac(0) lost its power after the restore and is silent.
+        c.handle(
+            Event::Report {
+                mac: mac(1),
+                generation: generation(&c, mac(1)),
+                family: Family::Office,
+                result: Some(COUNT_INSUFFICIENT),
+                count: 1,
+                duplicate_cmid: false,
+            },
+            3,
+        );
+        let actions = c.handle(Event::Tick, 2 + r);
+        assert!(actions.contains(&Action::Wake(mac(0))), "{actions:?}");
+        assert!(
+            matches!(c.stations[0].phase, Phase::BootingOs { .. }),
+            "{:?}",
+            c.stations[0].phase
+        );
+        let actions = c.handle(Event::Tick, 2 + r + r / 2);
+        assert!(!actions.contains(&Action::Wake(mac(0))), "woken once");
+        c.handle(Event::Tick, 3 + 2 * r);
+        match &c.stations[0].phase {
+            Phase::Quarantined { reason } => {
+                assert!(reason.contains("nor after a wake"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_station_woken_after_its_restore_that_reports_finishes_its_cycle() {
+        let limits = Limits::default();
+        let r = limits.report_s;
+        let stations = [(mac(0), false)];
+        let mut c = Campaign::new("w", &[Family::Office], 0, &stations, 1, limits);
+        c.handle(Event::Tick, 0);
+        c.handle(Event::PxeSeen(mac(0)), 1);
+        c.handle(Event::RestoreDone(mac(0)), 2);
+        mark(&mut c);
+        c.handle(Event::Tick, 2 + r);
+        c.handle(
+            Event::Report {
+                mac: mac(0),
+                generation: generation(&c, mac(0)),
+                family: Family::Office,
+                result: Some(COUNT_INSUFFICIENT),
+                count: 1,
+                duplicate_cmid: false,
+            },
+            3 + r,
+        );
+        assert_eq!(c.stations[0].cycles_done, 1, "{:?}", c.stations[0].phase);
+        assert_eq!(
+            c.stations[0].phase,
+            Phase::Waking { attempt: 1 },
+            "its next cycle"
+        );
     }
 
     #[test]

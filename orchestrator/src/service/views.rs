@@ -49,7 +49,7 @@ impl StationState {
             Phase::Waking { .. } => StationState::Waking,
             Phase::Pxe => StationState::Pxe,
             Phase::Restoring => StationState::Restoring,
-            Phase::BootingOs { reported } if reported.is_empty() => StationState::Booting,
+            Phase::BootingOs { reported, .. } if reported.is_empty() => StationState::Booting,
             Phase::BootingOs { .. } => StationState::Reported,
             Phase::Unreachable { .. } => StationState::Unreachable,
             Phase::Quarantined { .. } => StationState::Quarantined,
@@ -469,7 +469,7 @@ impl CampaignView {
                     Phase::Waking { attempt } => ("waking", Some(*attempt), None, None),
                     Phase::Pxe => ("pxe", None, None, None),
                     Phase::Restoring => ("restoring", None, None, None),
-                    Phase::BootingOs { reported } => (
+                    Phase::BootingOs { reported, .. } => (
                         "booting-os",
                         None,
                         Some(reported.iter().copied().map(family).collect()),

@@ -264,6 +264,10 @@ impl School {
     ) {
         let mut running: Option<Windows> = None;
         let mut resets = 0u32;
+        // The agent token of the Windows that last ran from the disk: a restored
+        // Windows that never ran (its power went right after the restore's last
+        // report) runs its first boot at the next local boot.
+        let mut booted = disk_token(&spec.disk).await;
         let (power_offs, power_off) = &*self.power_offs;
         let mut seen_power_offs = power_offs.load(Ordering::SeqCst);
         loop {
@@ -305,6 +309,7 @@ impl School {
             match self.pxe_boot(&spec, boots).await {
                 Ok(Some(mut win)) => {
                     resets += 1;
+                    booted = Some(win.token.clone());
                     self.activate(&spec, &mut win, resets).await;
                     self.log
                         .lock()
@@ -313,8 +318,21 @@ impl School {
                         .push(woke.elapsed());
                     running = Some(win);
                 }
-                // Local disk: Windows as it was.
-                Ok(None) => {}
+                // Local disk: Windows as it was, or a restored one's first boot.
+                Ok(None) => {
+                    let disk = spec.disk.clone();
+                    let fresh = tokio::task::spawn_blocking(move || read_windows(&disk))
+                        .await
+                        .ok()
+                        .flatten()
+                        .filter(|w| booted.as_ref() != Some(&w.token));
+                    if let Some(mut win) = fresh {
+                        resets += 1;
+                        booted = Some(win.token.clone());
+                        self.activate(&spec, &mut win, resets).await;
+                        running = Some(win);
+                    }
+                }
                 Err(BootFailure::Pxe(e)) => {
                     tracing::warn!(mac = %spec.mac, error = %e, "simulated station: boot failed")
                 }
@@ -741,6 +759,15 @@ fn cmid_guid(seed: &str) -> String {
 
 /// Read station.json from the Windows partition (FAT on the
 /// simulator's sample image).
+/// The agent token of the Windows on `disk`, if it has one.
+async fn disk_token(disk: &std::path::Path) -> Option<String> {
+    let disk = disk.to_owned();
+    tokio::task::spawn_blocking(move || read_windows(&disk).map(|w| w.token))
+        .await
+        .ok()
+        .flatten()
+}
+
 fn read_windows(disk: &std::path::Path) -> Option<Windows> {
     let parts = images::partition::partitions(disk).ok()?;
     let file = std::fs::File::open(disk).ok()?;
