@@ -10,7 +10,11 @@
 //! restore has verified on its disk (its [`Shelf`]), else one it seeds, fetched from
 //! the server at the first request, verified, and kept in a bounded cache until its
 //! own restore writes it. So the server sends each chunk once, to its seeder, and
-//! nobody waits for a seeder to reach a chunk in its own disk order. A member that
+//! nobody waits for a seeder to reach a chunk in its own disk order. A seeder that
+//! lacks a chunk asks first the member that would seed it were the seeder not in the
+//! wave, for what it holds only (`GET /held?ids=...`: its shelf and cache, nothing
+//! fetched): a station that joins late seeds chunks its predecessors fetched
+//! already, and takes those from them, not the server. A member that
 //! refuses, fails or does not answer is dropped; a chunk that fails verification
 //! drops the member that sent it and comes from the server. Nothing here is
 //! trusted: the restore verifies every chunk against its id before it writes it.
@@ -24,7 +28,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
@@ -114,6 +118,8 @@ fn key(id: &ChunkId) -> [u8; 16] {
 pub enum Ask {
     One(ChunkId),
     Many(Vec<ChunkId>),
+    /// Only those the member holds (`/held?ids=`): nothing fetched for them.
+    Held(Vec<ChunkId>),
 }
 
 /// A request head, parsed.
@@ -131,8 +137,8 @@ pub struct Request {
 pub struct Refusal(pub u16, pub String);
 
 /// Parse a request head (up to and including the blank line). Only `GET` of
-/// `/chunks/{id}` and `/chunks?ids=...` (at most [`MAX_BATCH`] ids), without a
-/// body; everything else is refused with the status to answer.
+/// `/chunks/{id}`, `/chunks?ids=...` and `/held?ids=...` (at most [`MAX_BATCH`]
+/// ids), without a body; everything else is refused with the status to answer.
 pub fn parse_request(head: &[u8]) -> Result<Request, Refusal> {
     let bad = |why: &str| Refusal(400, why.to_owned());
     let text = std::str::from_utf8(head).map_err(|_| bad("the request is not UTF-8"))?;
@@ -173,24 +179,27 @@ pub fn parse_request(head: &[u8]) -> Result<Request, Refusal> {
     if method != "GET" {
         return Err(Refusal(405, format!("{method:.16}: only GET")));
     }
+    let list = |list: &str| {
+        let ids: Vec<&str> = list.split(',').collect();
+        if ids.len() > MAX_BATCH {
+            return Err(bad(&format!("more than {MAX_BATCH} ids")));
+        }
+        ids.into_iter()
+            .map(str::parse)
+            .collect::<Result<Vec<ChunkId>, _>>()
+            .map_err(|_| bad("not a list of chunk ids"))
+    };
     let ask = if let Some(id) = target.strip_prefix("/chunks/") {
         Ask::One(
             id.parse()
                 .map_err(|_| Refusal(404, "not a chunk id".into()))?,
         )
-    } else if let Some(list) = target.strip_prefix("/chunks?ids=") {
-        let ids: Vec<&str> = list.split(',').collect();
-        if ids.len() > MAX_BATCH {
-            return Err(bad(&format!("more than {MAX_BATCH} ids")));
-        }
-        let ids = ids
-            .into_iter()
-            .map(str::parse)
-            .collect::<Result<Vec<ChunkId>, _>>()
-            .map_err(|_| bad("not a list of chunk ids"))?;
-        Ask::Many(ids)
+    } else if let Some(ids) = target.strip_prefix("/chunks?ids=") {
+        Ask::Many(list(ids)?)
+    } else if let Some(ids) = target.strip_prefix("/held?ids=") {
+        Ask::Held(list(ids)?)
     } else {
-        return Err(Refusal(404, "a peer serves /chunks only".into()));
+        return Err(Refusal(404, "a peer serves /chunks and /held only".into()));
     };
     Ok(Request {
         ask,
@@ -336,9 +345,13 @@ fn connection<S: Fetch>(
                     Some(body) => answer(&mut writer, 200, &body, keep)?,
                     None => answer(&mut writer, 404, b"not here", keep)?,
                 },
-                Ask::Many(ids) => {
+                Ask::Many(ids) | Ask::Held(ids) => {
+                    let chunks = match &request.ask {
+                        Ask::Held(_) => swarm.held(ids, disk),
+                        _ => swarm.serve(ids, disk),
+                    };
                     let mut body = Vec::new();
-                    for chunk in swarm.serve(ids, disk) {
+                    for chunk in chunks {
                         let chunk = chunk.unwrap_or_default();
                         body.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
                         body.extend_from_slice(&chunk);
@@ -405,12 +418,22 @@ pub struct Wave {
 struct Peer {
     member: Member,
     good: AtomicBool,
+    /// Whether it was in the wave before this station joined (in the server's first
+    /// answer): only such a member can hold chunks this station seeds.
+    before_me: bool,
+    /// Its answers in a row to "what do you hold" that held nothing: past
+    /// [`HELD_MISSES`] it is asked so no more (it holds nothing this station seeds).
+    held_misses: AtomicU32,
 }
+
+/// Empty answers in a row after which a member is no longer asked what it holds.
+const HELD_MISSES: u32 = 3;
 
 /// What the exchange did, for the restore's figures.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SwarmStats {
-    /// Chunks the restore took from peers, and their compressed bytes.
+    /// Chunks taken from peers (for the restore, or held by another to seed), and
+    /// their compressed bytes.
     pub chunks_from_peers: u64,
     pub bytes_from_peers: u64,
     /// Chunks this station fetched from the server (for itself and as a seeder).
@@ -459,6 +482,15 @@ impl Cache {
     }
 }
 
+/// How `station` ranks as the seeder of `id` (rendezvous hashing): the highest of
+/// the wave's members seeds it.
+fn rank(id: &ChunkId, station: &str) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(&id.0);
+    h.update(station.as_bytes());
+    u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
 /// A restore's source of chunks in a wave: each chunk from its seeder (a peer, or
 /// the server when this station is the seeder), the server as the fallback; and
 /// what this station serves to the others.
@@ -469,6 +501,8 @@ pub struct Swarm<'a, S: Fetch> {
     cache: Mutex<Cache>,
     fetched: Condvar,
     peers: RwLock<Vec<Arc<Peer>>>,
+    /// Whether the server said who is in the wave yet.
+    joined: AtomicBool,
     token: RwLock<Option<String>>,
     agent: ureq::Agent,
     pace: &'a (dyn Fn(u64) + Sync),
@@ -512,6 +546,7 @@ impl<'a, S: Fetch> Swarm<'a, S> {
             cache: Mutex::new(Cache::default()),
             fetched: Condvar::new(),
             peers: RwLock::new(Vec::new()),
+            joined: AtomicBool::new(false),
             token: RwLock::new(None),
             agent: ureq::AgentBuilder::new()
                 .timeout_connect(Duration::from_secs(2))
@@ -540,12 +575,15 @@ impl<'a, S: Fetch> Swarm<'a, S> {
         *self.token.write().expect("not poisoned") = wave.token.clone();
         let mut peers = self.peers.write().expect("not poisoned");
         let old = std::mem::take(&mut *peers);
+        let before_me = !self.joined.swap(true, Relaxed);
         for m in wave.peers.iter().filter(|m| m.station != self.me) {
             match old.iter().find(|p| p.member == *m) {
                 Some(p) => peers.push(p.clone()),
                 None => peers.push(Arc::new(Peer {
                     member: m.clone(),
                     good: AtomicBool::new(true),
+                    before_me,
+                    held_misses: AtomicU32::new(0),
                 })),
             }
         }
@@ -570,35 +608,86 @@ impl<'a, S: Fetch> Swarm<'a, S> {
         }
     }
 
-    /// The seeder of `id` among this station and the good peers not in `skip`.
-    fn seeder(&self, id: &ChunkId, skip: &[SocketAddr]) -> Source {
-        let score = |name: &str| {
-            let mut h = blake3::Hasher::new();
-            h.update(&id.0);
-            h.update(name.as_bytes());
-            u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
-        };
-        if self.token.read().expect("not poisoned").is_none()
+    /// Whether `id` is to come from the server only: no wave, or a peer's copy of
+    /// it failed verification.
+    fn server_only(&self, id: &ChunkId) -> bool {
+        self.token.read().expect("not poisoned").is_none()
             || self.server_only.lock().expect("not poisoned").contains(id)
-        {
-            return Source::Seeded;
-        }
-        let mut best = (score(&self.me), Source::Seeded);
-        for p in self.peers.read().expect("not poisoned").iter() {
-            if !p.good.load(Relaxed) || skip.contains(&p.member.address) {
-                continue;
-            }
-            let s = score(&p.member.station);
-            if s > best.0 {
-                best = (s, Source::Peer(p.clone()));
-            }
-        }
-        best.1
     }
 
-    /// Chunks this station seeds: from its cache, else from the server (one request
-    /// for all that no other thread is fetching already), verified and cached for
-    /// the peers that will ask. A chunk another thread is fetching is waited for.
+    /// The good peer not in `skip` that ranks highest for `id`, and its rank.
+    fn best_peer(&self, id: &ChunkId, skip: &[SocketAddr]) -> Option<(u64, Arc<Peer>)> {
+        self.peers
+            .read()
+            .expect("not poisoned")
+            .iter()
+            .filter(|p| p.good.load(Relaxed) && !skip.contains(&p.member.address))
+            .map(|p| (rank(id, &p.member.station), p.clone()))
+            .max_by_key(|(r, _)| *r)
+    }
+
+    /// The seeder of `id` among this station and the good peers not in `skip`.
+    fn seeder(&self, id: &ChunkId, skip: &[SocketAddr]) -> Source {
+        if self.server_only(id) {
+            return Source::Seeded;
+        }
+        match self.best_peer(id, skip) {
+            Some((r, peer)) if r > rank(id, &self.me) => Source::Peer(peer),
+            _ => Source::Seeded,
+        }
+    }
+
+    /// Chunks this station seeds but lacks, from the good peer that ranks next for
+    /// each (the one that seeded it before this station joined, or took it from its
+    /// own predecessor), asked for what it holds only, when that peer was in the
+    /// wave before this station and has held something lately. Each verified; a
+    /// peer that sends a bad one is dropped. `None` for one no peer holds.
+    fn held_elsewhere(&self, ids: &[ChunkId]) -> Vec<Option<Vec<u8>>> {
+        let mut out = vec![None; ids.len()];
+        let mut plan: Vec<(Arc<Peer>, Vec<usize>)> = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            if self.server_only(id) {
+                continue;
+            }
+            let Some((_, peer)) = self.best_peer(id, &[]) else {
+                continue;
+            };
+            if !peer.before_me || peer.held_misses.load(Relaxed) >= HELD_MISSES {
+                continue;
+            }
+            match plan.iter_mut().find(|(p, _)| Arc::ptr_eq(p, &peer)) {
+                Some((_, list)) => list.push(i),
+                None => plan.push((peer, vec![i])),
+            }
+        }
+        for (peer, list) in plan {
+            let these: Vec<ChunkId> = list.iter().map(|&i| ids[i]).collect();
+            let Some(said) = self.ask(&peer, &these, true) else {
+                continue;
+            };
+            match said.iter().any(Option::is_some) {
+                true => peer.held_misses.store(0, Relaxed),
+                false => _ = peer.held_misses.fetch_add(1, Relaxed),
+            }
+            for (&i, body) in list.iter().zip(said) {
+                let Some(body) = body else { continue };
+                if crate::decode_chunk(&ids[i], &body, MAX_CHUNK_SIZE as usize).is_err() {
+                    self.drop_peer(&peer);
+                    continue;
+                }
+                self.from_peers.fetch_add(1, Relaxed);
+                self.peer_bytes.fetch_add(body.len() as u64, Relaxed);
+                out[i] = Some(body);
+            }
+        }
+        out
+    }
+
+    /// Chunks this station seeds: from its cache, else from the peer that held them
+    /// before it joined ([`Swarm::held_elsewhere`]), else from the server (one
+    /// request for all that no other thread is fetching already), verified and
+    /// cached for the peers that will ask. A chunk another thread is fetching is
+    /// waited for.
     /// With `disk`, a chunk the restore has written in the meantime is read from
     /// there.
     fn seeded(&self, ids: &[ChunkId], disk: Option<&File>) -> Vec<Result<Vec<u8>, Error>> {
@@ -630,22 +719,40 @@ impl<'a, S: Fetch> Swarm<'a, S> {
             }
             if !claimed.is_empty() {
                 let these: Vec<ChunkId> = claimed.iter().map(|&i| ids[i]).collect();
-                let mut got = self.server.fetch_many(&these).into_iter();
+                let mut held = self.held_elsewhere(&these);
+                let missing: Vec<ChunkId> = these
+                    .iter()
+                    .zip(&held)
+                    .filter(|(_, h)| h.is_none())
+                    .map(|(id, _)| *id)
+                    .collect();
+                let mut got = match missing.is_empty() {
+                    true => Vec::new(),
+                    false => self.server.fetch_many(&missing),
+                }
+                .into_iter();
                 let mut cache = self.cache.lock().expect("not poisoned");
-                for &i in &claimed {
+                for (&i, held) in claimed.iter().zip(&mut held) {
                     let id = ids[i];
-                    let body = got.next().unwrap_or_else(|| {
-                        Err(Error::Fetch {
-                            url: "chunk batch".into(),
-                            why: format!("no answer for chunk {id}"),
-                        })
-                    });
                     cache.slots.remove(&id);
-                    let checked = body.and_then(|b| {
-                        crate::decode_chunk(&id, &b, MAX_CHUNK_SIZE as usize).map(|_| b)
-                    });
+                    let checked = match held.take() {
+                        // Verified by held_elsewhere.
+                        Some(b) => Ok(b),
+                        None => got
+                            .next()
+                            .unwrap_or_else(|| {
+                                Err(Error::Fetch {
+                                    url: "chunk batch".into(),
+                                    why: format!("no answer for chunk {id}"),
+                                })
+                            })
+                            .and_then(|b| {
+                                crate::decode_chunk(&id, &b, MAX_CHUNK_SIZE as usize)?;
+                                self.from_server.fetch_add(1, Relaxed);
+                                Ok(b)
+                            }),
+                    };
                     if let Ok(b) = &checked {
-                        self.from_server.fetch_add(1, Relaxed);
                         cache.insert(id, Arc::new(b.clone()));
                     }
                     out[i] = Some(checked);
@@ -687,26 +794,46 @@ impl<'a, S: Fetch> Swarm<'a, S> {
                 out[i] = got.ok();
             }
         }
-        for body in out.iter().flatten() {
-            self.shelf.served_chunks.fetch_add(1, Relaxed);
-            self.shelf
-                .served_bytes
-                .fetch_add(body.len() as u64, Relaxed);
-        }
+        self.shelf.count_served(&out);
         out
     }
 
-    /// Ask `peer` for `ids`: each chunk it sent, or `None` for one it does not have;
-    /// `None` for all when it failed us (it is dropped then).
-    fn ask(&self, peer: &Peer, ids: &[ChunkId]) -> Option<Vec<Option<Vec<u8>>>> {
+    /// What to send a peer that asks for the chunks of `ids` this station holds:
+    /// each from the shelf, else a verified one in the cache; nothing fetched, and
+    /// nothing waited for (a fetch under way may be this peer's own request).
+    fn held(&self, ids: &[ChunkId], disk: &File) -> Vec<Option<Vec<u8>>> {
+        if !self.shelf.open.load(Relaxed) {
+            return vec![None; ids.len()];
+        }
+        let out: Vec<Option<Vec<u8>>> = ids
+            .iter()
+            .map(|id| {
+                self.shelf.read(id, disk).or_else(|| {
+                    match self.cache.lock().expect("not poisoned").slots.get(id) {
+                        Some(Slot::Ready(body)) => Some(body.to_vec()),
+                        _ => None,
+                    }
+                })
+            })
+            .collect();
+        self.shelf.count_served(&out);
+        out
+    }
+
+    /// Ask `peer` for `ids` (with `held`, only those it holds): each chunk it
+    /// sent, or `None` for one it does not have; `None` for all when it failed us
+    /// (it is dropped then).
+    fn ask(&self, peer: &Peer, ids: &[ChunkId], held: bool) -> Option<Vec<Option<Vec<u8>>>> {
         let token = self.token.read().expect("not poisoned").clone()?;
         let base = format!("http://{}", peer.member.address);
+        let list = || {
+            let list: Vec<String> = ids.iter().map(ChunkId::to_string).collect();
+            list.join(",")
+        };
         let url = match ids {
+            _ if held => format!("{base}/held?ids={}", list()),
             [id] => format!("{base}/chunks/{id}"),
-            _ => {
-                let list: Vec<String> = ids.iter().map(ChunkId::to_string).collect();
-                format!("{base}/chunks?ids={}", list.join(","))
-            }
+            _ => format!("{base}/chunks?ids={}", list()),
         };
         let limit = ids.len() as u64 * (u64::from(MAX_CHUNK_SIZE) + (1 << 20));
         let resp = match self
@@ -729,7 +856,7 @@ impl<'a, S: Fetch> Swarm<'a, S> {
             return None;
         }
         (self.pace)(body.len() as u64);
-        if ids.len() == 1 {
+        if ids.len() == 1 && !held {
             return Some(vec![Some(body)]);
         }
         let Some(frames) = crate::http::unframe(&body, ids.len()) else {
@@ -746,6 +873,14 @@ impl<'a, S: Fetch> Swarm<'a, S> {
 }
 
 impl Shelf {
+    /// Count the chunks of an answer to a peer.
+    fn count_served(&self, answer: &[Option<Vec<u8>>]) {
+        for body in answer.iter().flatten() {
+            self.served_chunks.fetch_add(1, Relaxed);
+            self.served_bytes.fetch_add(body.len() as u64, Relaxed);
+        }
+    }
+
     /// Chunk `id` read from `disk` and compressed as the store keeps chunks, if it is
     /// on the shelf.
     fn read(&self, id: &ChunkId, disk: &File) -> Option<Vec<u8>> {
@@ -798,7 +933,7 @@ impl<S: Fetch> Fetch for Swarm<'_, S> {
                     }
                     Source::Peer(peer) => {
                         // None: the peer is dropped, and these go to their next seeder.
-                        let Some(said) = self.ask(&peer, &these) else {
+                        let Some(said) = self.ask(&peer, &these, false) else {
                             continue;
                         };
                         for (&i, s) in list.iter().zip(said) {
@@ -914,6 +1049,35 @@ mod tests {
         }
     }
 
+    /// `n` blank disks of the image's size in `dir`.
+    fn blank_disks(dir: &Path, n: usize) -> Vec<std::path::PathBuf> {
+        (0..n)
+            .map(|i| {
+                let d = dir.join(format!("disk-{i}"));
+                std::fs::write(&d, vec![0u8; 300 * CS]).unwrap();
+                d
+            })
+            .collect()
+    }
+
+    /// Serve each swarm's disk, until `stop`: the members `station-0`, `station-1`, ...
+    fn serve_all<'scope, 'env>(
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        swarms: &[&'env Swarm<'env, Counting<'env>>],
+        disks: &[std::path::PathBuf],
+        stop: &'env AtomicBool,
+    ) -> Vec<Member> {
+        swarms
+            .iter()
+            .zip(disks)
+            .enumerate()
+            .map(|(i, (s, d))| Member {
+                station: format!("station-{i}"),
+                address: serve(scope, listener(), s, d, stop).unwrap(),
+            })
+            .collect()
+    }
+
     /// What a wave of stations did.
     struct Outcome {
         disks: Vec<Vec<u8>>,
@@ -936,13 +1100,7 @@ mod tests {
         let swarms: Vec<Swarm<Counting>> = (0..stations)
             .map(|i| Swarm::new(&server, &format!("station-{i}"), &pace))
             .collect();
-        let disks: Vec<std::path::PathBuf> = (0..stations)
-            .map(|i| {
-                let d = dir.join(format!("disk-{i}"));
-                std::fs::write(&d, vec![0u8; 300 * CS]).unwrap();
-                d
-            })
-            .collect();
+        let disks = blank_disks(dir, stations);
         let garbage = dir.join("garbage");
         std::fs::write(&garbage, crate::sample::noise(300 * CS, 99)).unwrap();
         let liar_swarm = Swarm::new(&server, "liar", &pace);
@@ -952,15 +1110,7 @@ mod tests {
         let stop = AtomicBool::new(false);
         let summary = index.summary();
         std::thread::scope(|scope| {
-            let mut members: Vec<Member> = swarms
-                .iter()
-                .zip(&disks)
-                .enumerate()
-                .map(|(i, (s, d))| Member {
-                    station: format!("station-{i}"),
-                    address: serve(scope, listener(), s, d, &stop).unwrap(),
-                })
-                .collect();
+            let mut members = serve_all(scope, &swarms.iter().collect::<Vec<_>>(), &disks, &stop);
             if liar {
                 let address = serve(scope, listener(), &liar_swarm, &garbage, &stop).unwrap();
                 members.push(Member {
@@ -1022,9 +1172,11 @@ mod tests {
         );
         assert_eq!(from_peers, served, "every chunk a peer sent was one served");
         let peer_bytes: u64 = o.stats.iter().map(|s| s.bytes_from_peers).sum();
-        // The cap sees every byte of the answers: the chunks and their 4-byte frames.
+        // The cap sees every byte of the answers: the chunks and their 4-byte frames,
+        // and the empty frames of the seeders' asks for what a peer held (each
+        // chunk's seeder asks once).
         assert!(
-            (peer_bytes..=peer_bytes + 4 * from_peers).contains(&o.paced),
+            (peer_bytes..=peer_bytes + 4 * (from_peers + 300)).contains(&o.paced),
             "the bandwidth cap covers chunks from peers: {} paced, {peer_bytes} from peers",
             o.paced
         );
@@ -1033,6 +1185,48 @@ mod tests {
             "{:?}",
             o.stats
         );
+    }
+
+    #[test]
+    fn a_station_that_joins_late_takes_what_its_predecessor_fetched_from_it_not_the_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, index, image) = image(dir.path());
+        let server = counting(&store, &index);
+        let pace = |_: u64| {};
+        let (first, late) = (
+            Swarm::new(&server, "station-0", &pace),
+            Swarm::new(&server, "station-1", &pace),
+        );
+        let disks = blank_disks(dir.path(), 2);
+        let summary = index.summary();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let members = serve_all(scope, &[&first, &late], &disks, &stop);
+            // Alone in its wave, the first station seeds, so fetches, every chunk.
+            first.update(&wave_of(Vec::new()));
+            crate::restore(&summary, &disks[0], &first, 4, &|_, _| {}).unwrap();
+            assert_eq!(server.sent.load(Relaxed), 300);
+            // The second joins: it seeds about half the chunks now, all of which the
+            // first holds.
+            let wave = wave_of(members);
+            first.update(&wave);
+            late.update(&wave);
+            crate::restore(&summary, &disks[1], &late, 4, &|_, _| {}).unwrap();
+            stop.store(true, Relaxed);
+        });
+        assert!(
+            std::fs::read(&disks[1]).unwrap() == image,
+            "the late station's disk is the image"
+        );
+        assert_eq!(
+            server.sent.load(Relaxed),
+            300,
+            "the server sent each chunk once: {:?} {:?}",
+            first.stats(),
+            late.stats()
+        );
+        assert_eq!(late.stats().chunks_from_peers, 300);
+        assert_eq!(first.stats().chunks_served, 300);
     }
 
     /// A wave with a faulty member completes: every disk is the image, and every
@@ -1094,14 +1288,20 @@ mod tests {
                 1,
                 "only the good request was served"
             );
-            let unknown = get(
-                addr,
-                &format!(
-                    "GET /chunks/{} HTTP/1.1\r\nAuthorization: Bearer wave-token\r\nConnection: close\r\n\r\n",
-                    ChunkId::of(b"in no image")
-                ),
-            );
+            let authorized = |target: String| {
+                get(
+                    addr,
+                    &format!(
+                        "GET {target} HTTP/1.1\r\nAuthorization: Bearer wave-token\r\nConnection: close\r\n\r\n"
+                    ),
+                )
+            };
+            let unknown = authorized(format!("/chunks/{}", ChunkId::of(b"in no image")));
             assert!(unknown.starts_with("HTTP/1.1 404"), "{unknown:.80}");
+            // Asked for what it holds only, it fetches nothing: an empty frame.
+            let held = authorized(format!("/held?ids={}", ChunkId::of(b"in no image either")));
+            assert!(held.starts_with("HTTP/1.1 200"), "{held:.80}");
+            assert!(held.ends_with("\r\n\r\n\0\0\0\0"), "{held:?}");
             swarm.shelf().close();
             let closed = ask("Authorization: Bearer wave-token\r\n");
             assert!(closed.starts_with("HTTP/1.1 404"), "closed: {closed:.80}");
@@ -1149,9 +1349,13 @@ mod tests {
             .unwrap();
         assert_eq!(r.ask, Ask::Many(vec![id, id]));
         assert!(!r.keep_alive, "HTTP/1.0 closes by default");
+        let r = parse_request(format!("GET /held?ids={id} HTTP/1.1\r\n\r\n").as_bytes()).unwrap();
+        assert_eq!(r.ask, Ask::Held(vec![id]));
         let many = vec![id.to_string(); MAX_BATCH + 1].join(",");
         for (head, status) in [
             (format!("GET /chunks?ids={many} HTTP/1.1\r\n\r\n"), 400),
+            (format!("GET /held?ids={many} HTTP/1.1\r\n\r\n"), 400),
+            (format!("GET /held/{id} HTTP/1.1\r\n\r\n"), 404),
             (format!("GET /chunks?ids={id},zz HTTP/1.1\r\n\r\n"), 400),
             (
                 format!("GET /chunks/{id} HTTP/1.1\r\nContent-Length: 5\r\n\r\n"),
